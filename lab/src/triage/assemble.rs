@@ -52,12 +52,14 @@ impl Draft {
             lines: Vec::new(),
             scanned: 0,
             stacks: Stacks::new(None),
-            awaiting_headline: header.role == Role::CutHere,
+            awaiting_headline: false,
             has_die: header.role == Role::Die,
             has_panic: header.role == Role::Panic,
             closed_at: None,
         };
+        let awaiting_headline = header.role == Role::CutHere;
         draft.take_headline(header);
+        draft.awaiting_headline = awaiting_headline;
         draft
     }
 
@@ -106,7 +108,7 @@ impl Draft {
         Report {
             kind: self.kind,
             title: title(self.kind, &self.subject, frame.as_deref()),
-            cpu: self.cpu.or(self.stacks.detector_cpu).or(self.stacks.first_dump_cpu),
+            cpu: self.cpu.or(self.stacks.reporter_cpu).or(self.stacks.first_dump_cpu),
             frame,
             line: self.line,
             lines: self.lines,
@@ -233,8 +235,8 @@ impl Assembler {
         // What follows a panic, a die banner or a stuck CPU's dump is another stack.
         draft.stacks.start_section(cpu);
         draft.record(line.text);
-        if role == Role::Panic {
-            // The panic stops every other CPU: nothing else is still being reported.
+        if role == Role::Panic && line.caller.is_none() {
+            // The panic stops every other CPU; without caller ids, what follows can only be the panic's.
             self.open.clear();
         }
         self.open.retain(|&i| i != index);
@@ -245,8 +247,7 @@ impl Assembler {
     fn open_report(&mut self, number: usize, line: &ConsoleLine<'_>, header: Header) {
         // A new headline ends the reports its printer had open; without caller ids, all of them.
         let caller = line.caller;
-        let ends_all = header.role == Role::Panic || caller.is_none();
-        self.close_where(number, |_, owner| ends_all || owner.is_none() || owner == caller);
+        self.close_where(number, |_, owner| caller.is_none() || owner.is_none() || owner == caller);
         let mut draft = Draft::new(number, caller, header);
         draft.record(line.text);
         self.open.push(self.drafts.len());

@@ -87,10 +87,13 @@ const HEADLINES: &[(Kind, Role, &str)] = &[
     (Kind::Warning, Role::CutHere, r"-+\[ cut here \]-+\s*$"),
     // lib/ubsan.c: "UBSAN: %s in %s:%d:%d\n"
     (Kind::Other, Role::Opens, r"(?P<subject>UBSAN: .+?) in \S+:\d+"),
+    // arch/arm64/mm/fault.c die_kernel_fault: "Unable to handle kernel %s at virtual address %016lx\n",
+    // the opening of an arm64 oops whose die() banner follows.
+    (Kind::Oops, Role::Opens, r"Unable to handle kernel .+ at virtual address "),
     // x86 __die_header "Oops: %s: %04lx [#%d]...", powerpc die "Oops: %s, sig: %ld [#%d]\n" (e.g. "Oops:
     // Kernel access of bad area"), arm64 __die "Internal error: %s: %016lx [#%d] " with str "Oops" or
-    // "Oops - BUG", and arm64 die_kernel_fault "Unable to handle kernel %s at virtual address %016lx\n".
-    (Kind::Oops, Role::Die, r"(?:Oops(?: - [\w ]+)?: |Internal error: Oops|Unable to handle kernel .+ at virtual address |general protection fault)"),
+    // "Oops - BUG"; before 4.x x86 printed "general protection fault: %04lx [#%d]" without "Oops: ".
+    (Kind::Oops, Role::Die, r"(?:Oops(?: - [\w ]+)?: |Internal error: Oops|general protection fault)"),
     // kernel/panic.c: "Kernel panic - not syncing: %s\n"
     (Kind::Panic, Role::Panic, r"Kernel panic - not syncing: (?P<subject>.*)"),
 ];
@@ -288,8 +291,10 @@ mod tests {
         oops("Oops: Exception in kernel mode, sig: 5 [#1]");
         oops("Internal error: Oops: 0000000096000005 [#1] PREEMPT SMP");
         oops("Internal error: Oops - BUG: 00000000f2000800 [#1] SMP");
-        oops("Unable to handle kernel NULL pointer dereference at virtual address 0000000000000000");
-        oops("Unable to handle kernel paging request at virtual address dead000000000108");
+        oops("general protection fault: 0000 [#1] SMP");
+        let fault = |line: &str| check(line, "oops Opens cpu=- stuck=- frame=- | ");
+        fault("Unable to handle kernel NULL pointer dereference at virtual address 0000000000000000");
+        fault("Unable to handle kernel paging request at virtual address dead000000000108");
     }
 
     /// Boot banners and lines that mention the same words without being reports.

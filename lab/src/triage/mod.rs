@@ -75,6 +75,8 @@ pub struct Report {
 /// Judges a whole console log. Never panics, never hangs, on any bytes.
 pub fn triage(log: &[u8]) -> Vec<Report> {
     let mut assembler = assemble::Assembler::default();
+    // The newline ends the last line; it does not start an empty one.
+    let log = log.strip_suffix(b"\n").unwrap_or(log);
     for (index, raw) in log.split(|&byte| byte == b'\n').enumerate() {
         assembler.push(index + 1, raw);
     }

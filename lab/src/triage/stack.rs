@@ -153,7 +153,8 @@ static STACK_OWNER: LazyLock<Regex> = LazyLock::new(|| {
         r"NMI backtrace for cpu (?P<nmi>\d+)",            // lib/nmi_backtrace.c
         r"|CPU: (?P<dump>\d+) (?:UID: \d+ )?PID: ",     // lib/dump_stack.c dump_stack_print_info
         r"|(?P<task>task:.* state:)",                     // kernel/sched/core.c sched_show_task
-        r"|\(detected by (?P<detector>\d+), ",            // kernel/rcu/tree_stall.h
+        r"|\(detected by (?P<reporter>\d+), ",            // kernel/rcu/tree_stall.h
+        r"|Sending NMI from CPU (?P<sender>\d+) to CPUs ",  // lib/nmi_backtrace.c
         r")",
     ))
     .expect("stack owner pattern is valid")
@@ -183,13 +184,13 @@ pub(super) struct Stacks {
     /// The CPU of the first dump_stack/show_regs banner: who printed the report when the headline
     /// does not say.
     pub first_dump_cpu: Option<u32>,
-    /// RCU: the CPU that detected a stall of other CPUs.
-    pub detector_cpu: Option<u32>,
+    /// The CPU that found other CPUs stuck and asked them for their stacks.
+    pub reporter_cpu: Option<u32>,
 }
 
 impl Stacks {
     pub fn new(cpu: Option<u32>) -> Self {
-        Stacks { sections: vec![Section { cpu, frames: Vec::new() }], first_dump_cpu: None, detector_cpu: None }
+        Stacks { sections: vec![Section { cpu, frames: Vec::new() }], first_dump_cpu: None, reporter_cpu: None }
     }
 
     /// A new stack begins unless the current one has no frames yet and does not belong to another CPU.
@@ -222,8 +223,8 @@ impl Stacks {
             self.start_section(Some(cpu));
         } else if captures.name("task").is_some() {
             self.start_section(None);
-        } else if let Some(cpu) = number("detector") {
-            self.detector_cpu = self.detector_cpu.or(Some(cpu));
+        } else if let Some(cpu) = number("reporter").or_else(|| number("sender")) {
+            self.reporter_cpu = self.reporter_cpu.or(Some(cpu));
         }
     }
 
