@@ -103,12 +103,23 @@ impl Draft {
     }
 
     fn into_report(self) -> Report {
-        let preferred_cpu = if self.kind == Kind::HardLockup { self.stuck_cpu } else { None };
-        let frame = self.stacks.culprit(preferred_cpu).map(str::to_owned).or(self.named_frame);
+        let preferred_cpu = if self.kind == Kind::HardLockup {
+            self.stuck_cpu
+        } else {
+            None
+        };
+        let frame = self
+            .stacks
+            .culprit(preferred_cpu)
+            .map(str::to_owned)
+            .or(self.named_frame);
         Report {
             kind: self.kind,
             title: title(self.kind, &self.subject, frame.as_deref()),
-            cpu: self.cpu.or(self.stacks.reporter_cpu).or(self.stacks.first_dump_cpu),
+            cpu: self
+                .cpu
+                .or(self.stacks.reporter_cpu)
+                .or(self.stacks.first_dump_cpu),
             frame,
             line: self.line,
             lines: self.lines,
@@ -134,7 +145,9 @@ fn title(kind: Kind, subject: &str, frame: Option<&str>) -> String {
         Kind::Lockdep => return format!("lockdep: {subject}"),
     };
     // Without a stack, a soft lockup or a hung task still names the task it caught.
-    let task = matches!(kind, Kind::SoftLockup | Kind::HungTask).then_some(subject).filter(|task| !task.is_empty());
+    let task = matches!(kind, Kind::SoftLockup | Kind::HungTask)
+        .then_some(subject)
+        .filter(|task| !task.is_empty());
     match frame.or(task) {
         Some(culprit) => format!("{label} in {culprit}"),
         None => label.to_owned(),
@@ -170,12 +183,20 @@ impl Assembler {
     /// The open report a line from `caller` belongs to: the one that caller opened, else the most
     /// recently active one (NMI backtraces are printed by the CPUs they are about, not by the reporter).
     fn route(&self, caller: Option<Caller>) -> Option<usize> {
-        let owned = caller.and_then(|caller| self.open.iter().rev().copied().find(|&i| self.drafts[i].owner == Some(caller)));
+        let owned = caller.and_then(|caller| {
+            self.open
+                .iter()
+                .rev()
+                .copied()
+                .find(|&i| self.drafts[i].owner == Some(caller))
+        });
         owned.or_else(|| self.open.last().copied())
     }
 
     fn on_line(&mut self, number: usize, line: &ConsoleLine<'_>) {
-        let Some(index) = self.route(line.caller) else { return };
+        let Some(index) = self.route(line.caller) else {
+            return;
+        };
         let draft = &mut self.drafts[index];
         draft.record(line.text);
         if draft.ends_with(line.text) {
@@ -191,7 +212,12 @@ impl Assembler {
     }
 
     /// The report this headline belongs to, if it does not open one of its own.
-    fn continued_report(&self, number: usize, caller: Option<Caller>, header: &Header) -> Option<usize> {
+    fn continued_report(
+        &self,
+        number: usize,
+        caller: Option<Caller>,
+        header: &Header,
+    ) -> Option<usize> {
         if header.role == Role::Panic {
             return self.report_concluded_by_panic(number, caller, header.kind);
         }
@@ -199,10 +225,17 @@ impl Assembler {
         let draft = &self.drafts[index];
         let continues = match header.role {
             _ if draft.is_waiting_for_headline() => header.role != Role::CutHere,
-            Role::Die => matches!(draft.kind, Kind::Bug | Kind::Kasan | Kind::Oops | Kind::Other) && !draft.has_die,
+            Role::Die => {
+                matches!(
+                    draft.kind,
+                    Kind::Bug | Kind::Kasan | Kind::Oops | Kind::Other
+                ) && !draft.has_die
+            }
             Role::StuckCpuDump => draft.kind == Kind::HardLockup,
             // One watchdog pass prints one line per stuck pool.
-            Role::Opens => header.kind == Kind::WorkqueueLockup && draft.kind == Kind::WorkqueueLockup,
+            Role::Opens => {
+                header.kind == Kind::WorkqueueLockup && draft.kind == Kind::WorkqueueLockup
+            }
             Role::CutHere | Role::Panic => false,
         };
         continues.then_some(index)
@@ -210,7 +243,12 @@ impl Assembler {
 
     /// A panic whose reason names a kind concludes the latest report of that kind; any other panic
     /// concludes the report in progress (or one that just ended).
-    fn report_concluded_by_panic(&self, number: usize, caller: Option<Caller>, kind: Kind) -> Option<usize> {
+    fn report_concluded_by_panic(
+        &self,
+        number: usize,
+        caller: Option<Caller>,
+        kind: Kind,
+    ) -> Option<usize> {
         let candidate = if kind == Kind::Panic {
             self.route(caller).or_else(|| {
                 let last = self.drafts.len().checked_sub(1)?;
@@ -247,7 +285,9 @@ impl Assembler {
     fn open_report(&mut self, number: usize, line: &ConsoleLine<'_>, header: Header) {
         // A new headline ends the reports its printer had open; without caller ids, all of them.
         let caller = line.caller;
-        self.close_where(number, |_, owner| caller.is_none() || owner.is_none() || owner == caller);
+        self.close_where(number, |_, owner| {
+            caller.is_none() || owner.is_none() || owner == caller
+        });
         let mut draft = Draft::new(number, caller, header);
         draft.record(line.text);
         self.open.push(self.drafts.len());

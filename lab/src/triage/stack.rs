@@ -7,6 +7,7 @@ use regex::Regex;
 
 /// Functions that are never the culprit: they are how the CPU got to the culprit, how it waits for
 /// something the culprit holds, or how the kernel reports on it. A trailing `*` matches a prefix.
+#[rustfmt::skip]
 const PLUMBING: &[&[&str]] = &[
     // Locking primitives: a CPU spinning or sleeping in a lock is the victim; the caller that takes the
     // lock (or the holder, in another report) is where the problem is.
@@ -98,17 +99,23 @@ const PLUMBING: &[&[&str]] = &[
 fn is_plumbing(function: &str) -> bool {
     // Compiler clones (.isra.0, .constprop.0, .cold, .part.0) are the same function for this purpose.
     let function = function.split('.').next().unwrap_or(function);
-    PLUMBING.iter().flat_map(|group| group.iter()).any(|pattern| match pattern.strip_suffix('*') {
-        Some(prefix) => function.starts_with(prefix),
-        None => function == *pattern,
-    })
+    PLUMBING
+        .iter()
+        .flat_map(|group| group.iter())
+        .any(|pattern| match pattern.strip_suffix('*') {
+            Some(prefix) => function.starts_with(prefix),
+            None => function == *pattern,
+        })
 }
 
 /// `name` of "name+0xoff/0xsize" (what `%pS` prints), if `text` starts with one.
 pub(super) fn symbol_name(text: &str) -> Option<&str> {
     let (name, offset) = text.split_once("+0x")?;
-    let valid_start = name.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_' || c == '.' || c == '$');
-    let valid_name = name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.' || c == '$');
+    let valid_start =
+        name.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_' || c == '.' || c == '$');
+    let valid_name = name
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.' || c == '$');
     (valid_start && valid_name && offset.contains("/0x")).then_some(name)
 }
 
@@ -142,19 +149,25 @@ static FRAME_LINE: LazyLock<Regex> = LazyLock::new(|| {
 
 fn parse_frame(text: &str) -> Option<Frame> {
     let captures = FRAME_LINE.captures(text)?;
-    let guessed = captures.name("guess").is_some() || captures.name("note").is_some_and(|m| m.as_str() == "unreliable");
-    Some(Frame { function: captures["function"].to_owned(), reliable: captures.name("register").is_some() || !guessed })
+    let guessed = captures.name("guess").is_some()
+        || captures
+            .name("note")
+            .is_some_and(|m| m.as_str() == "unreliable");
+    Some(Frame {
+        function: captures["function"].to_owned(),
+        reliable: captures.name("register").is_some() || !guessed,
+    })
 }
 
 /// Lines that say whose stack comes next.
 static STACK_OWNER: LazyLock<Regex> = LazyLock::new(|| {
     Regex::new(concat!(
         r"^(?:rcu: )?\s*(?:",
-        r"NMI backtrace for cpu (?P<nmi>\d+)",            // lib/nmi_backtrace.c
-        r"|CPU: (?P<dump>\d+) (?:UID: \d+ )?PID: ",     // lib/dump_stack.c dump_stack_print_info
-        r"|(?P<task>task:.* state:)",                     // kernel/sched/core.c sched_show_task
-        r"|\(detected by (?P<reporter>\d+), ",            // kernel/rcu/tree_stall.h
-        r"|Sending NMI from CPU (?P<sender>\d+) to CPUs ",  // lib/nmi_backtrace.c
+        r"NMI backtrace for cpu (?P<nmi>\d+)", // lib/nmi_backtrace.c
+        r"|CPU: (?P<dump>\d+) (?:UID: \d+ )?PID: ", // lib/dump_stack.c dump_stack_print_info
+        r"|(?P<task>task:.* state:)",          // kernel/sched/core.c sched_show_task
+        r"|\(detected by (?P<reporter>\d+), ", // kernel/rcu/tree_stall.h
+        r"|Sending NMI from CPU (?P<sender>\d+) to CPUs ", // lib/nmi_backtrace.c
         r")",
     ))
     .expect("stack owner pattern is valid")
@@ -171,9 +184,13 @@ impl Section {
     /// guesses are all there is.
     fn culprit(&self) -> Option<&str> {
         let first_culprit = |reliable_only: bool| {
-            self.frames.iter().find(|frame| (frame.reliable || !reliable_only) && !is_plumbing(&frame.function))
+            self.frames
+                .iter()
+                .find(|frame| (frame.reliable || !reliable_only) && !is_plumbing(&frame.function))
         };
-        first_culprit(true).or_else(|| first_culprit(false)).map(|frame| frame.function.as_str())
+        first_culprit(true)
+            .or_else(|| first_culprit(false))
+            .map(|frame| frame.function.as_str())
     }
 }
 
@@ -190,7 +207,14 @@ pub(super) struct Stacks {
 
 impl Stacks {
     pub fn new(cpu: Option<u32>) -> Self {
-        Stacks { sections: vec![Section { cpu, frames: Vec::new() }], first_dump_cpu: None, reporter_cpu: None }
+        Stacks {
+            sections: vec![Section {
+                cpu,
+                frames: Vec::new(),
+            }],
+            first_dump_cpu: None,
+            reporter_cpu: None,
+        }
     }
 
     /// A new stack begins unless the current one has no frames yet and does not belong to another CPU.
@@ -200,13 +224,19 @@ impl Stacks {
         if current.frames.is_empty() && !other_cpu {
             current.cpu = current.cpu.or(cpu);
         } else {
-            self.sections.push(Section { cpu, frames: Vec::new() });
+            self.sections.push(Section {
+                cpu,
+                frames: Vec::new(),
+            });
         }
     }
 
     /// A function named by the headline itself: as good as a register.
     pub fn push_named_frame(&mut self, function: &str) {
-        self.push(Frame { function: function.to_owned(), reliable: true });
+        self.push(Frame {
+            function: function.to_owned(),
+            reliable: true,
+        });
     }
 
     pub fn feed(&mut self, text: &str) {
@@ -214,8 +244,14 @@ impl Stacks {
             self.push(frame);
             return;
         }
-        let Some(captures) = STACK_OWNER.captures(text) else { return };
-        let number = |name: &str| captures.name(name).and_then(|m| m.as_str().parse::<u32>().ok());
+        let Some(captures) = STACK_OWNER.captures(text) else {
+            return;
+        };
+        let number = |name: &str| {
+            captures
+                .name(name)
+                .and_then(|m| m.as_str().parse::<u32>().ok())
+        };
         if let Some(cpu) = number("nmi") {
             self.start_section(Some(cpu));
         } else if let Some(cpu) = number("dump") {
@@ -229,13 +265,20 @@ impl Stacks {
     }
 
     fn push(&mut self, frame: Frame) {
-        self.sections.last_mut().expect("there is always a section").frames.push(frame);
+        self.sections
+            .last_mut()
+            .expect("there is always a section")
+            .frames
+            .push(frame);
     }
 
     /// The first non-plumbing frame of the stack that tells the story: `preferred_cpu`'s when it was
     /// dumped, otherwise the first stack that has a culprit at all.
     pub fn culprit(&self, preferred_cpu: Option<u32>) -> Option<&str> {
-        let preferred = self.sections.iter().filter(|section| preferred_cpu.is_some() && section.cpu == preferred_cpu);
+        let preferred = self
+            .sections
+            .iter()
+            .filter(|section| preferred_cpu.is_some() && section.cpu == preferred_cpu);
         preferred.chain(&self.sections).find_map(Section::culprit)
     }
 }
@@ -245,8 +288,18 @@ mod tests {
     use super::{is_plumbing, parse_frame, symbol_name, Frame, Stacks};
 
     fn check(line: &str, expect: &str) {
-        let render = |frame: Frame| format!("{}{}", if frame.reliable { "" } else { "? " }, frame.function);
-        assert_eq!(parse_frame(line).map_or("-".to_owned(), render), expect, "line {line:?}");
+        let render = |frame: Frame| {
+            format!(
+                "{}{}",
+                if frame.reliable { "" } else { "? " },
+                frame.function
+            )
+        };
+        assert_eq!(
+            parse_frame(line).map_or("-".to_owned(), render),
+            expect,
+            "line {line:?}"
+        );
     }
 
     #[test]
@@ -256,7 +309,10 @@ mod tests {
         check(" mm_get_cid+0x1c/0x2a", "mm_get_cid");
         check(" ? __schedule+0x3a4/0x9c0", "? __schedule");
         check(" lkdtm_HARDLOCKUP+0x2b/0x30 [lkdtm]", "lkdtm_HARDLOCKUP");
-        check(" ? lkdtm_HARDLOCKUP+0x2b/0x30 [lkdtm 4ad7e2c8c3b58e0f]", "? lkdtm_HARDLOCKUP");
+        check(
+            " ? lkdtm_HARDLOCKUP+0x2b/0x30 [lkdtm 4ad7e2c8c3b58e0f]",
+            "? lkdtm_HARDLOCKUP",
+        );
         check(" do_one.constprop.0+0x10/0x20", "do_one.constprop.0");
         check(" [<ffffffff81234567>] old_style+0x10/0x20", "old_style");
         check(" <NMI>", "-");
@@ -280,18 +336,36 @@ mod tests {
         check("NIP [c000000000123456] mm_get_cid+0xe8/0x188", "mm_get_cid");
         check("LR [c000000000123400] mm_get_cid+0x108/0x188", "mm_get_cid");
         check("NIP: mm_get_cid+0xe8/0x188", "mm_get_cid");
-        check("LR: queued_spin_lock_slowpath+0xd88/0x15d0", "queued_spin_lock_slowpath");
-        check("[c00000000a1b3c40] [c000000000123456] mm_get_cid+0xe8/0x188 (unreliable)", "? mm_get_cid");
-        check("[c00000000a1b3c40] [c000000000123456] mm_get_cid+0xe8/0x188", "mm_get_cid");
-        check("[c00000000a1b3c40] [c008000001230000] lkdtm_x+0x8/0x10 [lkdtm]", "lkdtm_x");
+        check(
+            "LR: queued_spin_lock_slowpath+0xd88/0x15d0",
+            "queued_spin_lock_slowpath",
+        );
+        check(
+            "[c00000000a1b3c40] [c000000000123456] mm_get_cid+0xe8/0x188 (unreliable)",
+            "? mm_get_cid",
+        );
+        check(
+            "[c00000000a1b3c40] [c000000000123456] mm_get_cid+0xe8/0x188",
+            "mm_get_cid",
+        );
+        check(
+            "[c00000000a1b3c40] [c008000001230000] lkdtm_x+0x8/0x10 [lkdtm]",
+            "lkdtm_x",
+        );
         check("mm_cid_switch_to+0x3c4/0x52c", "mm_cid_switch_to");
-        check("NIP:  c000000000123456 LR: c000000000123400 CTR: c0000000001e2c40", "-");
+        check(
+            "NIP:  c000000000123456 LR: c000000000123400 CTR: c0000000001e2c40",
+            "-",
+        );
         check("--- interrupt: 900 at mm_get_cid+0xe8/0x188", "-");
     }
 
     #[test]
     fn text_mentioning_a_symbol_is_not_a_frame() {
-        check("watchdog: CPU 23 self-detected hard LOCKUP @ mm_get_cid+0xe8/0x188", "-");
+        check(
+            "watchdog: CPU 23 self-detected hard LOCKUP @ mm_get_cid+0xe8/0x188",
+            "-",
+        );
         check("BUG: KASAN: slab-use-after-free in foo+0x1/0x2", "-");
         check("Workqueue: events foo_work_fn", "-");
         check("", "-");
@@ -309,16 +383,47 @@ mod tests {
     #[test]
     fn plumbing() {
         for function in [
-            "_raw_spin_lock", "_raw_spin_lock_irqsave", "queued_spin_lock_slowpath", "native_queued_spin_lock_slowpath",
-            "do_raw_spin_lock", "raw_spin_rq_lock_nested", "_task_rq_lock", "cpu_relax", "plpar_hcall_norets_notrace",
-            "yield_count_of", "vcpu_is_preempted", "asm_sysvec_apic_timer_interrupt", "watchdog_timer_fn", "_printk",
-            "panic", "dump_stack_lvl", "show_regs", "nmi_cpu_backtrace", "__schedule", "schedule_idle", "do_idle",
-            "cpu_startup_entry", "start_secondary", "start_secondary_prolog", "__warn", "report_bug",
-            "do_syscall_64", "entry_SYSCALL_64_after_hwframe", "system_call_exception", "__mutex_lock.constprop.0",
+            "_raw_spin_lock",
+            "_raw_spin_lock_irqsave",
+            "queued_spin_lock_slowpath",
+            "native_queued_spin_lock_slowpath",
+            "do_raw_spin_lock",
+            "raw_spin_rq_lock_nested",
+            "_task_rq_lock",
+            "cpu_relax",
+            "plpar_hcall_norets_notrace",
+            "yield_count_of",
+            "vcpu_is_preempted",
+            "asm_sysvec_apic_timer_interrupt",
+            "watchdog_timer_fn",
+            "_printk",
+            "panic",
+            "dump_stack_lvl",
+            "show_regs",
+            "nmi_cpu_backtrace",
+            "__schedule",
+            "schedule_idle",
+            "do_idle",
+            "cpu_startup_entry",
+            "start_secondary",
+            "start_secondary_prolog",
+            "__warn",
+            "report_bug",
+            "do_syscall_64",
+            "entry_SYSCALL_64_after_hwframe",
+            "system_call_exception",
+            "__mutex_lock.constprop.0",
         ] {
             assert!(is_plumbing(function), "{function} is plumbing");
         }
-        for function in ["mm_get_cid", "mm_cid_fixup_cpus_to_tasks", "lkdtm_HARDLOCKUP", "do_exit", "panic_foo", "dieharder"] {
+        for function in [
+            "mm_get_cid",
+            "mm_cid_fixup_cpus_to_tasks",
+            "lkdtm_HARDLOCKUP",
+            "do_exit",
+            "panic_foo",
+            "dieharder",
+        ] {
             assert!(!is_plumbing(function), "{function} is not plumbing");
         }
     }
@@ -331,7 +436,13 @@ mod tests {
 
     #[test]
     fn guess_unwinder_trusts_the_register() {
-        let lines = ["RIP: 0010:mm_get_cid+0x1c/0x2a", "Call Trace:", " <TASK>", " ? __schedule+0x3a4/0x9c0", " ? mm_cid_switch_to+0x10/0x40"];
+        let lines = [
+            "RIP: 0010:mm_get_cid+0x1c/0x2a",
+            "Call Trace:",
+            " <TASK>",
+            " ? __schedule+0x3a4/0x9c0",
+            " ? mm_cid_switch_to+0x10/0x40",
+        ];
         assert_eq!(culprit(&lines, None).as_deref(), Some("mm_get_cid"));
     }
 
@@ -344,7 +455,11 @@ mod tests {
             " culprit_fn+0x10/0x20",
         ];
         assert_eq!(culprit(&lines, None).as_deref(), Some("culprit_fn"));
-        let only_guesses = ["RIP: 0010:native_queued_spin_lock_slowpath+0x6e/0x2c0", " ? _raw_spin_lock+0x1/0x2", " ? guessed_fn+0x1/0x2"];
+        let only_guesses = [
+            "RIP: 0010:native_queued_spin_lock_slowpath+0x6e/0x2c0",
+            " ? _raw_spin_lock+0x1/0x2",
+            " ? guessed_fn+0x1/0x2",
+        ];
         assert_eq!(culprit(&only_guesses, None).as_deref(), Some("guessed_fn"));
         assert_eq!(culprit(&[" ? __schedule+0x1/0x2"], None), None);
     }
