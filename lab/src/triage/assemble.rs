@@ -32,7 +32,8 @@ struct Draft {
     awaiting_headline: bool,
     has_die: bool,
     has_panic: bool,
-    closed_at: Option<usize>,
+    /// Where the report's end marker was, if it had one.
+    ended_at: Option<usize>,
 }
 
 impl Draft {
@@ -55,7 +56,7 @@ impl Draft {
             awaiting_headline: false,
             has_die: header.role == Role::Die,
             has_panic: header.role == Role::Panic,
-            closed_at: None,
+            ended_at: None,
         };
         let awaiting_headline = header.role == Role::CutHere;
         draft.take_headline(header);
@@ -93,6 +94,11 @@ impl Draft {
 
     fn is_waiting_for_headline(&self) -> bool {
         self.awaiting_headline && self.lines.len() <= CUT_HERE_WINDOW
+    }
+
+    /// Reports about CPUs other than the reporter take those CPUs' own dumps.
+    fn expects_other_cpus(&self) -> bool {
+        self.kind == Kind::HardLockup && self.stuck_cpu.is_some() && self.stuck_cpu != self.cpu
     }
 
     fn ends_with(&self, text: &str) -> bool {
@@ -167,7 +173,7 @@ impl Assembler {
         let clean = sanitize::clean(&decoded);
         let line = ConsoleLine::parse(&clean);
         if line.is_from_guest() {
-            self.close_where(number, |_, _| true);
+            self.open.clear();
             return;
         }
         match header::classify(line.text) {
@@ -200,7 +206,8 @@ impl Assembler {
         let draft = &mut self.drafts[index];
         draft.record(line.text);
         if draft.ends_with(line.text) {
-            self.close_where(number, |i, _| i == index);
+            draft.ended_at = Some(number);
+            self.open.retain(|&i| i != index);
         }
     }
 
@@ -231,7 +238,7 @@ impl Assembler {
                     Kind::Bug | Kind::Kasan | Kind::Oops | Kind::Other
                 ) && !draft.has_die
             }
-            Role::StuckCpuDump => draft.kind == Kind::HardLockup,
+            Role::StuckCpuDump => draft.expects_other_cpus(),
             // One watchdog pass prints one line per stuck pool.
             Role::Opens => {
                 header.kind == Kind::WorkqueueLockup && draft.kind == Kind::WorkqueueLockup
@@ -242,7 +249,7 @@ impl Assembler {
     }
 
     /// A panic whose reason names a kind concludes the latest report of that kind; any other panic
-    /// concludes the report in progress (or one that just ended).
+    /// concludes the report in progress, or one whose end marker was just printed.
     fn report_concluded_by_panic(
         &self,
         number: usize,
@@ -252,8 +259,8 @@ impl Assembler {
         let candidate = if kind == Kind::Panic {
             self.route(caller).or_else(|| {
                 let last = self.drafts.len().checked_sub(1)?;
-                let closed_at = self.drafts[last].closed_at?;
-                (number - closed_at <= PANIC_GRACE_LINES).then_some(last)
+                let ended_at = self.drafts[last].ended_at?;
+                (number - ended_at <= PANIC_GRACE_LINES).then_some(last)
             })
         } else {
             self.drafts.iter().rposition(|draft| draft.kind == kind)
@@ -279,30 +286,134 @@ impl Assembler {
         }
         self.open.retain(|&i| i != index);
         self.open.push(index);
-        self.drafts[index].closed_at = None;
     }
 
     fn open_report(&mut self, number: usize, line: &ConsoleLine<'_>, header: Header) {
         // A new headline ends the reports its printer had open; without caller ids, all of them.
         let caller = line.caller;
-        self.close_where(number, |_, owner| {
-            caller.is_none() || owner.is_none() || owner == caller
+        let drafts = &self.drafts;
+        self.open.retain(|&i| {
+            let owner = drafts[i].owner;
+            caller.is_some() && owner.is_some() && owner != caller
         });
         let mut draft = Draft::new(number, caller, header);
         draft.record(line.text);
         self.open.push(self.drafts.len());
         self.drafts.push(draft);
     }
+}
 
-    fn close_where(&mut self, number: usize, closes: impl Fn(usize, Option<Caller>) -> bool) {
-        let drafts = &mut self.drafts;
-        self.open.retain(|&index| {
-            let draft = &mut drafts[index];
-            let close = closes(index, draft.owner);
-            if close {
-                draft.closed_at = Some(number);
-            }
-            !close
-        });
+#[cfg(test)]
+mod tests {
+    use crate::triage::triage;
+
+    /// `expect`: "kind@line title" per report, joined by "; ".
+    fn check(log: &str, expect: &str) {
+        let reports = triage(log.as_bytes());
+        let actual: Vec<String> = reports
+            .iter()
+            .map(|report| format!("{}@{} {}", report.kind, report.line, report.title))
+            .collect();
+        assert_eq!(actual.join("; "), expect, "log:\n{log}");
+    }
+
+    #[test]
+    fn headline_frame_is_the_fallback() {
+        check(
+            "watchdog: CPU 11 self-detected hard LOCKUP @ plpar_hcall_norets_notrace+0x18/0x2c\n",
+            "hard-lockup@1 hard LOCKUP in plpar_hcall_norets_notrace",
+        );
+        check(
+            "watchdog: CPU2: Watchdog detected hard LOCKUP on cpu 3\n",
+            "hard-lockup@1 hard LOCKUP",
+        );
+    }
+
+    #[test]
+    fn cut_here_takes_the_headline_that_follows() {
+        check(
+            "------------[ cut here ]------------\n",
+            "warning@1 WARNING",
+        );
+        check(
+            "------------[ cut here ]------------\nmessage\nWARNING: at f+0x1/0x2, CPU#0: sh/1\n",
+            "warning@1 WARNING in f",
+        );
+        check(
+            "------------[ cut here ]------------\n------------[ cut here ]------------\nkernel BUG at x.c:1!\n",
+            "warning@1 WARNING; bug@2 kernel BUG",
+        );
+        let far = format!(
+            "------------[ cut here ]------------\n{}kernel BUG at x.c:1!\n",
+            "text\n".repeat(10)
+        );
+        check(&far, "warning@1 WARNING; bug@12 kernel BUG");
+    }
+
+    #[test]
+    fn panics_conclude_the_report_they_belong_to() {
+        check(
+            "Kernel panic - not syncing: Hard LOCKUP\n",
+            "hard-lockup@1 hard LOCKUP",
+        );
+        check(
+            "BUG: soft lockup - CPU#0 stuck for 22s! [sh:1]\n f+0x1/0x2\nKernel panic - not syncing: softlockup: hung tasks\n",
+            "soft-lockup@1 soft lockup in f",
+        );
+        check(
+            "Oops: 0000 [#1] SMP\n f+0x1/0x2\n---[ end trace 0000000000000000 ]---\nKernel panic - not syncing: Fatal exception\n",
+            "oops@1 Oops in f",
+        );
+        let late = format!(
+            "Oops: 0000 [#1] SMP\n---[ end trace 0000000000000000 ]---\n{}Kernel panic - not syncing: Fatal exception\n",
+            "text\n".repeat(40)
+        );
+        check(&late, "oops@1 Oops; panic@43 panic: Fatal exception");
+        check(
+            "BUG: soft lockup - CPU#0 stuck for 22s! [sh:1]\nLAB-PROGRESS round 3\nKernel panic - not syncing: Attempted to kill init! exitcode=0x00000100\n",
+            "soft-lockup@1 soft lockup in sh; panic@3 panic: Attempted to kill init! exitcode=0x00000100",
+        );
+        check(
+            "Kernel panic - not syncing: Fatal exception\nKernel panic - not syncing: Fatal exception\n",
+            "panic@1 panic: Fatal exception; panic@2 panic: Fatal exception",
+        );
+    }
+
+    #[test]
+    fn die_banners_belong_to_the_fault_before_them() {
+        check(
+            "BUG: kernel NULL pointer dereference, address: 0\nOops: Oops: 0000 [#1] SMP\n",
+            "bug@1 BUG: kernel NULL pointer dereference",
+        );
+        check(
+            "Oops: 0000 [#1] SMP\nOops: 0000 [#2] SMP\n",
+            "oops@1 Oops; oops@2 Oops",
+        );
+        check(
+            "BUG: soft lockup - CPU#0 stuck for 22s! [sh:1]\nOops: 0000 [#1] SMP\n",
+            "soft-lockup@1 soft lockup in sh; oops@2 Oops",
+        );
+    }
+
+    #[test]
+    fn repeated_watchdog_lines_are_separate_reports_except_workqueue_pools() {
+        check(
+            "watchdog: CPU 1 Hard LOCKUP\nwatchdog: CPU 2 Hard LOCKUP\n",
+            "hard-lockup@1 hard LOCKUP; hard-lockup@2 hard LOCKUP",
+        );
+        check(
+            "BUG: workqueue lockup - pool cpus=0 stuck for 31s!\nBUG: workqueue lockup - pool cpus=1 stuck for 31s!\n",
+            "workqueue-lockup@1 workqueue lockup",
+        );
+    }
+
+    #[test]
+    fn guest_and_empty_input_make_no_reports() {
+        check("", "");
+        check("\n\n\n", "");
+        check(
+            "LAB-RESULT fail: saw BUG: soft lockup - CPU#0 stuck for 22s! [sh:1]\n",
+            "",
+        );
     }
 }
