@@ -81,7 +81,8 @@ const PLUMBING: &[&[&str]] = &[
         "rcu_check_gp_start_stall", "rcu_stall_kick_kthreads", "_printk", "printk*", "vprintk*", "__printk*",
         "dump_stack*", "show_stack*", "show_regs*", "__show_regs*", "show_trace_log_lvl", "sched_show_task",
         "dump_backtrace", "arch_stack_walk", "stack_trace_*", "kunwind_*", "nmi_cpu_backtrace*",
-        "nmi_trigger_cpumask_backtrace", "arch_trigger_cpumask_backtrace", "trigger_*backtrace", "panic",
+        "nmi_trigger_cpumask_backtrace", "arch_trigger_cpumask_backtrace", "trigger_single_cpu_backtrace",
+        "trigger_all_cpu_backtrace", "trigger_allbutcpu_cpu_backtrace", "panic",
         "vpanic", "nmi_panic", "__warn", "warn_slowpath*", "__warn_printk", "report_bug*", "__report_bug",
         "check_panic_on_warn", "sys_info", "kasan_*", "__kasan_*", "__asan_*", "__hwasan_*", "check_region*",
         "print_report", "print_address_description*", "kfence_*", "ubsan_*", "__ubsan_*",
@@ -90,7 +91,7 @@ const PLUMBING: &[&[&str]] = &[
     &[
         "do_syscall_64", "entry_SYSCALL*", "x64_sys_call", "do_int80_syscall_32", "__do_fast_syscall_32",
         "do_fast_syscall_32", "entry_SYSENTER*", "syscall_exit_*", "exit_to_user_mode*", "syscall_trace_enter",
-        "invoke_syscall", "el0_svc*", "do_el0_svc*", "el0t_*", "el0_*", "system_call_exception",
+        "invoke_syscall", "do_el0_svc*", "el0t_*", "el0_*", "system_call_exception",
         "system_call_vectored_*", "system_call_common*", "ret_from_fork*", "ret_from_kernel_user_thread",
         "start_kernel_thread", "kthread", "worker_thread", "process_one_work", "process_scheduled_works",
     ],
@@ -285,7 +286,7 @@ impl Stacks {
 
 #[cfg(test)]
 mod tests {
-    use super::{is_plumbing, parse_frame, symbol_name, Frame, Stacks};
+    use super::{is_plumbing, parse_frame, symbol_name, Frame, Stacks, PLUMBING};
 
     fn check(line: &str, expect: &str) {
         let render = |frame: Frame| {
@@ -378,6 +379,17 @@ mod tests {
         assert_eq!(symbol_name("0xffffffff81000000"), None);
         assert_eq!(symbol_name("foo+0x10"), None);
         assert_eq!(symbol_name("+0x1/0x2"), None);
+    }
+
+    #[test]
+    fn plumbing_patterns_are_names_or_prefixes() {
+        for pattern in PLUMBING.iter().flat_map(|group| group.iter()) {
+            let name = pattern.strip_suffix('*').unwrap_or(pattern);
+            assert!(
+                !name.is_empty() && !name.contains('*'),
+                "{pattern:?}: '*' only at the end"
+            );
+        }
     }
 
     #[test]
