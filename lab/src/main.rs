@@ -1,1 +1,5 @@
+#![allow(dead_code)]
+
+mod triage;
+
 fn main() {}

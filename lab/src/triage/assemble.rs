@@ -1,0 +1,419 @@
+//! Groups console lines into reports: which headline opens a report and which one only continues or
+//! concludes the report before it, and which lines belong to which report when CPUs interleave.
+
+use super::console::{Caller, ConsoleLine};
+use super::header::{self, Header, Role};
+use super::sanitize;
+use super::stack::Stacks;
+use super::{Kind, Report};
+
+/// Lines kept per report for people to read.
+const MAX_REPORT_LINES: usize = 80;
+/// Lines per report scanned for stacks: an all-CPU backtrace of a big guest is long, and the stack
+/// that matters may be far down, but a stuck kernel can repeat itself forever.
+const MAX_SCANNED_LINES: usize = 5000;
+/// How far after "cut here" the real headline may come (a WARN's message can come first).
+const CUT_HERE_WINDOW: usize = 8;
+/// A panic this soon after a report was closed by its end marker is that report's ending
+/// ("---[ end trace ]---" then "Kernel panic - not syncing: Fatal exception").
+const PANIC_GRACE_LINES: usize = 30;
+
+struct Draft {
+    kind: Kind,
+    subject: String,
+    line: usize,
+    owner: Option<Caller>,
+    cpu: Option<u32>,
+    stuck_cpu: Option<u32>,
+    named_frame: Option<String>,
+    lines: Vec<String>,
+    scanned: usize,
+    stacks: Stacks,
+    awaiting_headline: bool,
+    has_die: bool,
+    has_panic: bool,
+    /// Where the report's end marker was, if it had one.
+    ended_at: Option<usize>,
+}
+
+impl Draft {
+    fn new(number: usize, caller: Option<Caller>, header: Header) -> Self {
+        let caller_cpu = match caller {
+            Some(Caller::Cpu(cpu)) => Some(cpu),
+            _ => None,
+        };
+        let mut draft = Draft {
+            kind: header.kind,
+            subject: String::new(),
+            line: number,
+            owner: caller,
+            cpu: caller_cpu,
+            stuck_cpu: None,
+            named_frame: None,
+            lines: Vec::new(),
+            scanned: 0,
+            stacks: Stacks::new(None),
+            awaiting_headline: false,
+            has_die: header.role == Role::Die,
+            has_panic: header.role == Role::Panic,
+            ended_at: None,
+        };
+        let awaiting_headline = header.role == Role::CutHere;
+        draft.take_headline(header);
+        draft.awaiting_headline = awaiting_headline;
+        draft
+    }
+
+    /// Adopts what a headline says; also used when the headline follows "cut here".
+    fn take_headline(&mut self, header: Header) {
+        self.kind = header.kind;
+        // A panic that turned out to conclude a specific kind of report whose headline is missing
+        // (e.g. the log starts mid-report) has nothing to say beyond the kind.
+        if header.role != Role::Panic || header.kind == Kind::Panic {
+            self.subject = header.subject;
+        }
+        self.cpu = header.cpu.or(self.cpu);
+        self.stuck_cpu = header.stuck_cpu;
+        self.stacks.start_section(header.cpu);
+        if let Some(frame) = &header.frame {
+            self.stacks.push_named_frame(frame);
+        }
+        self.named_frame = header.frame;
+        self.awaiting_headline = false;
+    }
+
+    fn record(&mut self, text: &str) {
+        if self.lines.len() < MAX_REPORT_LINES {
+            self.lines.push(text.to_owned());
+        }
+        if self.scanned < MAX_SCANNED_LINES {
+            self.scanned += 1;
+            self.stacks.feed(text);
+        }
+    }
+
+    fn is_waiting_for_headline(&self) -> bool {
+        self.awaiting_headline && self.lines.len() <= CUT_HERE_WINDOW
+    }
+
+    /// Reports about CPUs other than the reporter take those CPUs' own dumps.
+    fn expects_other_cpus(&self) -> bool {
+        self.kind == Kind::HardLockup && self.stuck_cpu.is_some() && self.stuck_cpu != self.cpu
+    }
+
+    fn ends_with(&self, text: &str) -> bool {
+        text.starts_with("---[ end trace")
+            || text.starts_with("---[ end Kernel panic")
+            // KASAN frames its report with lines of '='.
+            || (self.kind == Kind::Kasan && text.len() >= 16 && text.bytes().all(|byte| byte == b'='))
+    }
+
+    fn into_report(self) -> Report {
+        let preferred_cpu = if self.kind == Kind::HardLockup {
+            self.stuck_cpu
+        } else {
+            None
+        };
+        let frame = self
+            .stacks
+            .culprit(preferred_cpu)
+            .map(str::to_owned)
+            .or(self.named_frame);
+        Report {
+            kind: self.kind,
+            title: title(self.kind, &self.subject, frame.as_deref()),
+            cpu: self
+                .cpu
+                .or(self.stacks.reporter_cpu)
+                .or(self.stacks.first_dump_cpu),
+            frame,
+            line: self.line,
+            lines: self.lines,
+        }
+    }
+}
+
+fn title(kind: Kind, subject: &str, frame: Option<&str>) -> String {
+    let or = |label: &'static str| if subject.is_empty() { label } else { subject };
+    let label = match kind {
+        Kind::HardLockup => "hard LOCKUP",
+        Kind::SoftLockup => "soft lockup",
+        Kind::RcuStall => "RCU stall",
+        Kind::HungTask => "hung task",
+        Kind::Warning => "WARNING",
+        Kind::Oops => "Oops",
+        Kind::Bug => or("BUG"),
+        Kind::Kasan => or("KASAN"),
+        Kind::Other => or("other"),
+        Kind::Silent => "silent",
+        Kind::WorkqueueLockup => return "workqueue lockup".to_owned(),
+        Kind::Panic => return format!("panic: {subject}"),
+        Kind::Lockdep => return format!("lockdep: {subject}"),
+    };
+    // Without a stack, a soft lockup or a hung task still names the task it caught.
+    let task = matches!(kind, Kind::SoftLockup | Kind::HungTask)
+        .then_some(subject)
+        .filter(|task| !task.is_empty());
+    match frame.or(task) {
+        Some(culprit) => format!("{label} in {culprit}"),
+        None => label.to_owned(),
+    }
+}
+
+#[derive(Default)]
+pub(super) struct Assembler {
+    drafts: Vec<Draft>,
+    /// Indices of reports still taking lines, most recently active last.
+    open: Vec<usize>,
+}
+
+impl Assembler {
+    pub fn push(&mut self, number: usize, raw: &[u8]) {
+        let decoded = String::from_utf8_lossy(raw);
+        let clean = sanitize::clean(&decoded);
+        let line = ConsoleLine::parse(&clean);
+        if line.is_from_guest() {
+            self.open.clear();
+            return;
+        }
+        match header::classify(line.text) {
+            Some(header) => self.on_headline(number, &line, header),
+            None => self.on_line(number, &line),
+        }
+    }
+
+    pub fn finish(self) -> Vec<Report> {
+        self.drafts.into_iter().map(Draft::into_report).collect()
+    }
+
+    /// The open report a line from `caller` belongs to: the one that caller opened, else the most
+    /// recently active one (NMI backtraces are printed by the CPUs they are about, not by the reporter).
+    fn route(&self, caller: Option<Caller>) -> Option<usize> {
+        let owned = caller.and_then(|caller| {
+            self.open
+                .iter()
+                .rev()
+                .copied()
+                .find(|&i| self.drafts[i].owner == Some(caller))
+        });
+        owned.or_else(|| self.open.last().copied())
+    }
+
+    fn on_line(&mut self, number: usize, line: &ConsoleLine<'_>) {
+        let Some(index) = self.route(line.caller) else {
+            return;
+        };
+        let draft = &mut self.drafts[index];
+        draft.record(line.text);
+        if draft.ends_with(line.text) {
+            draft.ended_at = Some(number);
+            self.open.retain(|&i| i != index);
+        }
+    }
+
+    fn on_headline(&mut self, number: usize, line: &ConsoleLine<'_>, header: Header) {
+        match self.continued_report(number, line.caller, &header) {
+            Some(index) => self.continue_report(index, line, header),
+            None => self.open_report(number, line, header),
+        }
+    }
+
+    /// The report this headline belongs to, if it does not open one of its own.
+    fn continued_report(
+        &self,
+        number: usize,
+        caller: Option<Caller>,
+        header: &Header,
+    ) -> Option<usize> {
+        if header.role == Role::Panic {
+            return self.report_concluded_by_panic(number, caller, header.kind);
+        }
+        let index = self.route(caller)?;
+        let draft = &self.drafts[index];
+        let continues = match header.role {
+            _ if draft.is_waiting_for_headline() => header.role != Role::CutHere,
+            Role::Die => {
+                matches!(
+                    draft.kind,
+                    Kind::Bug | Kind::Kasan | Kind::Oops | Kind::Other
+                ) && !draft.has_die
+            }
+            Role::StuckCpuDump => draft.expects_other_cpus(),
+            // One watchdog pass prints one line per stuck pool.
+            Role::Opens => {
+                header.kind == Kind::WorkqueueLockup && draft.kind == Kind::WorkqueueLockup
+            }
+            Role::CutHere | Role::Panic => false,
+        };
+        continues.then_some(index)
+    }
+
+    /// A panic whose reason names a kind concludes the latest report of that kind; any other panic
+    /// concludes the report in progress, or one whose end marker was just printed.
+    fn report_concluded_by_panic(
+        &self,
+        number: usize,
+        caller: Option<Caller>,
+        kind: Kind,
+    ) -> Option<usize> {
+        let candidate = if kind == Kind::Panic {
+            self.route(caller).or_else(|| {
+                let last = self.drafts.len().checked_sub(1)?;
+                let ended_at = self.drafts[last].ended_at?;
+                (number - ended_at <= PANIC_GRACE_LINES).then_some(last)
+            })
+        } else {
+            self.drafts.iter().rposition(|draft| draft.kind == kind)
+        };
+        candidate.filter(|&index| !self.drafts[index].has_panic)
+    }
+
+    fn continue_report(&mut self, index: usize, line: &ConsoleLine<'_>, header: Header) {
+        let (role, cpu) = (header.role, header.cpu);
+        let draft = &mut self.drafts[index];
+        match role {
+            Role::Panic => draft.has_panic = true,
+            _ if draft.is_waiting_for_headline() => draft.take_headline(header),
+            Role::Die => draft.has_die = true,
+            _ => {}
+        }
+        // What follows a panic, a die banner or a stuck CPU's dump is another stack.
+        draft.stacks.start_section(cpu);
+        draft.record(line.text);
+        if role == Role::Panic && line.caller.is_none() {
+            // The panic stops every other CPU; without caller ids, what follows can only be the panic's.
+            self.open.clear();
+        }
+        self.open.retain(|&i| i != index);
+        self.open.push(index);
+    }
+
+    fn open_report(&mut self, number: usize, line: &ConsoleLine<'_>, header: Header) {
+        // A new headline ends the reports its printer had open; without caller ids, all of them.
+        let caller = line.caller;
+        let drafts = &self.drafts;
+        self.open.retain(|&i| {
+            let owner = drafts[i].owner;
+            caller.is_some() && owner.is_some() && owner != caller
+        });
+        let mut draft = Draft::new(number, caller, header);
+        draft.record(line.text);
+        self.open.push(self.drafts.len());
+        self.drafts.push(draft);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::triage::triage;
+
+    /// `expect`: "kind@line title" per report, joined by "; ".
+    fn check(log: &str, expect: &str) {
+        let reports = triage(log.as_bytes());
+        let actual: Vec<String> = reports
+            .iter()
+            .map(|report| format!("{}@{} {}", report.kind, report.line, report.title))
+            .collect();
+        assert_eq!(actual.join("; "), expect, "log:\n{log}");
+    }
+
+    #[test]
+    fn headline_frame_is_the_fallback() {
+        check(
+            "watchdog: CPU 11 self-detected hard LOCKUP @ plpar_hcall_norets_notrace+0x18/0x2c\n",
+            "hard-lockup@1 hard LOCKUP in plpar_hcall_norets_notrace",
+        );
+        check(
+            "watchdog: CPU2: Watchdog detected hard LOCKUP on cpu 3\n",
+            "hard-lockup@1 hard LOCKUP",
+        );
+    }
+
+    #[test]
+    fn cut_here_takes_the_headline_that_follows() {
+        check(
+            "------------[ cut here ]------------\n",
+            "warning@1 WARNING",
+        );
+        check(
+            "------------[ cut here ]------------\nmessage\nWARNING: at f+0x1/0x2, CPU#0: sh/1\n",
+            "warning@1 WARNING in f",
+        );
+        check(
+            "------------[ cut here ]------------\n------------[ cut here ]------------\nkernel BUG at x.c:1!\n",
+            "warning@1 WARNING; bug@2 kernel BUG",
+        );
+        let far = format!(
+            "------------[ cut here ]------------\n{}kernel BUG at x.c:1!\n",
+            "text\n".repeat(10)
+        );
+        check(&far, "warning@1 WARNING; bug@12 kernel BUG");
+    }
+
+    #[test]
+    fn panics_conclude_the_report_they_belong_to() {
+        check(
+            "Kernel panic - not syncing: Hard LOCKUP\n",
+            "hard-lockup@1 hard LOCKUP",
+        );
+        check(
+            "BUG: soft lockup - CPU#0 stuck for 22s! [sh:1]\n f+0x1/0x2\nKernel panic - not syncing: softlockup: hung tasks\n",
+            "soft-lockup@1 soft lockup in f",
+        );
+        check(
+            "Oops: 0000 [#1] SMP\n f+0x1/0x2\n---[ end trace 0000000000000000 ]---\nKernel panic - not syncing: Fatal exception\n",
+            "oops@1 Oops in f",
+        );
+        let late = format!(
+            "Oops: 0000 [#1] SMP\n---[ end trace 0000000000000000 ]---\n{}Kernel panic - not syncing: Fatal exception\n",
+            "text\n".repeat(40)
+        );
+        check(&late, "oops@1 Oops; panic@43 panic: Fatal exception");
+        check(
+            "BUG: soft lockup - CPU#0 stuck for 22s! [sh:1]\nLAB-PROGRESS round 3\nKernel panic - not syncing: Attempted to kill init! exitcode=0x00000100\n",
+            "soft-lockup@1 soft lockup in sh; panic@3 panic: Attempted to kill init! exitcode=0x00000100",
+        );
+        check(
+            "Kernel panic - not syncing: Fatal exception\nKernel panic - not syncing: Fatal exception\n",
+            "panic@1 panic: Fatal exception; panic@2 panic: Fatal exception",
+        );
+    }
+
+    #[test]
+    fn die_banners_belong_to_the_fault_before_them() {
+        check(
+            "BUG: kernel NULL pointer dereference, address: 0\nOops: Oops: 0000 [#1] SMP\n",
+            "bug@1 BUG: kernel NULL pointer dereference",
+        );
+        check(
+            "Oops: 0000 [#1] SMP\nOops: 0000 [#2] SMP\n",
+            "oops@1 Oops; oops@2 Oops",
+        );
+        check(
+            "BUG: soft lockup - CPU#0 stuck for 22s! [sh:1]\nOops: 0000 [#1] SMP\n",
+            "soft-lockup@1 soft lockup in sh; oops@2 Oops",
+        );
+    }
+
+    #[test]
+    fn repeated_watchdog_lines_are_separate_reports_except_workqueue_pools() {
+        check(
+            "watchdog: CPU 1 Hard LOCKUP\nwatchdog: CPU 2 Hard LOCKUP\n",
+            "hard-lockup@1 hard LOCKUP; hard-lockup@2 hard LOCKUP",
+        );
+        check(
+            "BUG: workqueue lockup - pool cpus=0 stuck for 31s!\nBUG: workqueue lockup - pool cpus=1 stuck for 31s!\n",
+            "workqueue-lockup@1 workqueue lockup",
+        );
+    }
+
+    #[test]
+    fn guest_and_empty_input_make_no_reports() {
+        check("", "");
+        check("\n\n\n", "");
+        check(
+            "LAB-RESULT fail: saw BUG: soft lockup - CPU#0 stuck for 22s! [sh:1]\n",
+            "",
+        );
+    }
+}

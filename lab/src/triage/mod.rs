@@ -1,0 +1,90 @@
+//! Console-log triage: finds the kernel failure reports (lockups, stalls, BUGs, oopses, panics, ...)
+//! in a guest's serial console and names the guilty function of each.
+//!
+//! The kernel's own printk formats (7.3 source tree) are the authority for what a report looks like;
+//! `testdata/README.md` says where each format comes from.
+
+mod assemble;
+mod console;
+mod header;
+mod sanitize;
+mod stack;
+#[cfg(test)]
+mod tests;
+
+use std::fmt;
+
+pub use sanitize::sanitize;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Kind {
+    HardLockup,
+    SoftLockup,
+    RcuStall,
+    HungTask,
+    WorkqueueLockup,
+    Bug,
+    Warning,
+    Oops,
+    Panic,
+    Kasan,
+    Lockdep,
+    Silent,
+    Other,
+}
+
+impl Kind {
+    /// Same spelling as the serde names, so logs, JSON and JUnit agree.
+    fn name(self) -> &'static str {
+        match self {
+            Kind::HardLockup => "hard-lockup",
+            Kind::SoftLockup => "soft-lockup",
+            Kind::RcuStall => "rcu-stall",
+            Kind::HungTask => "hung-task",
+            Kind::WorkqueueLockup => "workqueue-lockup",
+            Kind::Bug => "bug",
+            Kind::Warning => "warning",
+            Kind::Oops => "oops",
+            Kind::Panic => "panic",
+            Kind::Kasan => "kasan",
+            Kind::Lockdep => "lockdep",
+            Kind::Silent => "silent",
+            Kind::Other => "other",
+        }
+    }
+}
+
+impl fmt::Display for Kind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Report {
+    pub kind: Kind,
+    pub title: String,
+    pub frame: Option<String>,
+    pub cpu: Option<u32>,
+    pub line: usize,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub lines: Vec<String>,
+}
+
+/// Judges a whole console log. Never panics, never hangs, on any bytes.
+pub fn triage(log: &[u8]) -> Vec<Report> {
+    let mut assembler = assemble::Assembler::default();
+    // The newline ends the last line; it does not start an empty one.
+    let log = log.strip_suffix(b"\n").unwrap_or(log);
+    for (index, raw) in log.split(|&byte| byte == b'\n').enumerate() {
+        assembler.push(index + 1, raw);
+    }
+    assembler.finish()
+}
+
+/// True when this single console line (prefix-stripped or not) opens a report.
+pub fn starts_report(line: &str) -> bool {
+    let line = console::ConsoleLine::parse(line);
+    !line.is_from_guest() && header::classify(line.text).is_some()
+}

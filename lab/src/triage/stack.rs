@@ -1,0 +1,492 @@
+//! Stacks inside a report: frame lines of the three architectures, which CPU each stack belongs to,
+//! and which frame is the guilty one.
+
+use std::sync::LazyLock;
+
+use regex::Regex;
+
+/// Functions that are never the culprit: they are how the CPU got to the culprit, how it waits for
+/// something the culprit holds, or how the kernel reports on it. A trailing `*` matches a prefix.
+#[rustfmt::skip]
+const PLUMBING: &[&[&str]] = &[
+    // Locking primitives: a CPU spinning or sleeping in a lock is the victim; the caller that takes the
+    // lock (or the holder, in another report) is where the problem is.
+    &[
+        "_raw_*", "raw_spin_*", "do_raw_*", "arch_spin_*", "queued_spin_*", "native_queued_spin_*",
+        "__pv_queued_spin_*", "pv_queued_spin_*", "queued_read_lock_slowpath", "queued_write_lock_slowpath",
+        "try_to_steal_lock", "task_rq_lock", "__task_rq_lock", "_task_rq_lock", "rq_lock*", "double_rq_lock",
+        "_double_lock_balance", "double_lock_balance", "mutex_lock*", "__mutex_lock*", "mutex_spin_on_owner",
+        "down", "down_*", "__down*", "rwsem_down_*", "rt_mutex*", "__rt_mutex*", "rt_spin_lock*",
+        "percpu_down_*", "__percpu_down_*", "percpu_rwsem_wait", "bit_spin_lock",
+    ],
+    // Lockdep's own bookkeeping sits between every lock call and the lock.
+    &[
+        "lock_acquire*", "__lock_acquire*", "lock_release", "__lock_release", "lock_acquired", "lock_contended",
+        "lockdep_*", "validate_chain", "check_prev_add", "check_prevs_add", "check_noncircular",
+        "print_circular_bug*", "check_deadlock", "print_deadlock_bug", "mark_lock*", "print_usage_bug",
+        "valid_state", "mark_usage", "check_irq_usage",
+    ],
+    // Busy-wait helpers and hypervisor calls: where a waiting vCPU burns time or yields to the host.
+    &[
+        "cpu_relax", "__cpu_relax", "delay_tsc", "delay_halt*", "__delay", "__udelay", "__const_udelay",
+        "__ndelay", "udelay", "__cmpwait*", "plpar_hcall*", "yield_count_of", "vcpu_is_preempted",
+        "__kvm_vcpu_is_preempted", "__raw_callee_save_*", "pv_wait", "pv_kick", "kvm_wait", "kvm_kick_cpu",
+        "splpar_spin_yield", "splpar_rw_yield", "__spin_yield", "yield_to_preempted", "yield_to_locked_owner",
+        "yield_head_to_locked_owner", "propagate_yield_cpu",
+    ],
+    // Scheduler entry and blocking waits: a task that sleeps here is waiting for someone else.
+    &[
+        "__schedule", "schedule*", "preempt_schedule*", "io_schedule*", "__cond_resched", "_cond_resched",
+        "wait_for_completion*", "__wait_for_common", "wait_for_common*", "do_wait_for_common",
+        "__wait_rcu_gp", "synchronize_rcu*", "rcu_gp_fqs_loop", "rcu_gp_kthread",
+    ],
+    // Idle loop and CPU bring-up: the bottom of every idle or secondary CPU's stack.
+    &[
+        "do_idle", "cpu_startup_entry", "start_secondary*", "secondary_startup*", "rest_init", "start_kernel",
+        "default_idle*", "arch_cpu_idle*", "cpuidle_*", "acpi_idle*", "poll_idle", "cpu_idle_poll",
+        "native_safe_halt", "pv_native_safe_halt", "power7_idle*", "power9_idle*", "pseries_lpar_idle",
+        "arch_local_irq_restore", "cpu_do_idle",
+    ],
+    // Interrupt, NMI and exception entry: they interrupted the culprit, they are not it.
+    &[
+        "asm_*", "exc_*", "sysvec_*", "__sysvec_*", "common_interrupt", "__common_interrupt", "irq_exit*",
+        "__irq_exit_rcu", "irqentry_*", "handle_softirqs", "__do_softirq", "do_softirq*", "handle_irq_event*",
+        "handle_edge_irq", "handle_fasteoi_irq", "handle_level_irq", "handle_percpu_devid_irq",
+        "generic_handle_*", "__handle_irq_event_percpu", "default_do_nmi", "nmi_handle", "do_nmi",
+        "end_repeat_nmi", "repeat_nmi", "handle_bug", "do_error_trap", "do_trap", "die", "__die", "__die_body",
+        "die_addr", "oops_end", "page_fault_oops", "kernelmode_fixup_or_oops", "__bad_area_nosemaphore",
+        "bad_area_nosemaphore", "do_user_addr_fault", "handle_page_fault", "do_page_fault", "___do_page_fault",
+        "bad_page_fault", "__bad_page_fault", "do_mem_abort", "el1_*", "el1h_*", "__el1_*", "call_on_irq_stack",
+        "do_interrupt_handler", "gic_handle_irq", "handle_domain_irq", "ipi_handler", "do_handle_IPI",
+        "call_el1_break_hook", "brk_handler", "bug_brk_handler", "do_debug_exception", "arm64_notify_die",
+        "interrupt_return*", "decrementer_common*", "hardware_interrupt_common*", "soft_nmi_common",
+        "system_reset_common", "program_check_common*", "timer_interrupt", "__do_irq", "do_IRQ", "__do_IRQ",
+        "soft_nmi_interrupt", "replay_soft_interrupts*", "__replay_soft_interrupts", "program_check_exception",
+        "do_program_check", "system_reset_exception", "smp_ipi_demux*", "doorbell_exception",
+        "__flush_smp_call_function_queue", "generic_smp_call_function_single_interrupt",
+    ],
+    // Timer ticks and the perf NMI: the interrupts that noticed the lockup.
+    &[
+        "update_process_times", "tick_*", "hrtimer_*", "__hrtimer_*", "__run_hrtimer", "sched_tick",
+        "scheduler_tick", "run_timer_softirq", "__run_timers", "call_timer_fn", "arch_timer_handler_*",
+        "perf_event_overflow", "__perf_event_overflow", "perf_event_nmi_handler", "handle_pmi_common",
+        "intel_pmu_handle_irq", "x86_pmu_handle_irq", "amd_pmu_handle_irq", "armv8pmu_handle_irq",
+        "perf_event_interrupt", "performance_monitor_exception*",
+    ],
+    // Detectors and reporting machinery: watchdogs, RCU stall checks, printk, dump_stack, panic, WARN,
+    // sanitizers. They print the report; the culprit is below them.
+    &[
+        "watchdog*", "__watchdog*", "wd_*", "softlockup_fn", "check_hung_*", "wq_watchdog_*", "rcu_sched_clock_irq",
+        "rcu_pending", "check_cpu_stall", "print_cpu_stall*", "print_other_cpu_stall", "rcu_dump_cpu_stacks",
+        "rcu_check_gp_start_stall", "rcu_stall_kick_kthreads", "_printk", "printk*", "vprintk*", "__printk*",
+        "dump_stack*", "show_stack*", "show_regs*", "__show_regs*", "show_trace_log_lvl", "sched_show_task",
+        "dump_backtrace", "arch_stack_walk", "stack_trace_*", "kunwind_*", "nmi_cpu_backtrace*",
+        "nmi_trigger_cpumask_backtrace", "arch_trigger_cpumask_backtrace", "trigger_single_cpu_backtrace",
+        "trigger_all_cpu_backtrace", "trigger_allbutcpu_cpu_backtrace", "panic",
+        "vpanic", "nmi_panic", "__warn", "warn_slowpath*", "__warn_printk", "report_bug*", "__report_bug",
+        "check_panic_on_warn", "sys_info", "kasan_*", "__kasan_*", "__asan_*", "__hwasan_*", "check_region*",
+        "print_report", "print_address_description*", "kfence_*", "ubsan_*", "__ubsan_*",
+    ],
+    // Syscall, kernel-thread and workqueue entry: the bottom of a task's stack.
+    &[
+        "do_syscall_64", "entry_SYSCALL*", "x64_sys_call", "do_int80_syscall_32", "__do_fast_syscall_32",
+        "do_fast_syscall_32", "entry_SYSENTER*", "syscall_exit_*", "exit_to_user_mode*", "syscall_trace_enter",
+        "invoke_syscall", "do_el0_svc*", "el0t_*", "el0_*", "system_call_exception",
+        "system_call_vectored_*", "system_call_common*", "ret_from_fork*", "ret_from_kernel_user_thread",
+        "start_kernel_thread", "kthread", "worker_thread", "process_one_work", "process_scheduled_works",
+    ],
+];
+
+fn is_plumbing(function: &str) -> bool {
+    // Compiler clones (.isra.0, .constprop.0, .cold, .part.0) are the same function for this purpose.
+    let function = function.split('.').next().unwrap_or(function);
+    PLUMBING
+        .iter()
+        .flat_map(|group| group.iter())
+        .any(|pattern| match pattern.strip_suffix('*') {
+            Some(prefix) => function.starts_with(prefix),
+            None => function == *pattern,
+        })
+}
+
+/// `name` of "name+0xoff/0xsize" (what `%pS` prints), if `text` starts with one.
+pub(super) fn symbol_name(text: &str) -> Option<&str> {
+    let (name, offset) = text.split_once("+0x")?;
+    let valid_start =
+        name.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_' || c == '.' || c == '$');
+    let valid_name = name
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.' || c == '$');
+    (valid_start && valid_name && offset.contains("/0x")).then_some(name)
+}
+
+#[derive(Debug, PartialEq, Eq)]
+struct Frame {
+    function: String,
+    /// False for frames the unwinder only guessed (x86 "? ", powerpc "(unreliable)").
+    reliable: bool,
+}
+
+/// A frame line in any of the forms the three architectures print; the whole line has to be the frame,
+/// so that headlines and free text mentioning a symbol are not mistaken for stacks.
+static FRAME_LINE: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(concat!(
+        r"^\s*(?:",
+        // Registers: x86 "RIP: 0010:%pS", arm64 "pc : %pS"/"lr : %pS", powerpc "NIP [%lx] %pS" and the
+        // e-mail form "NIP: %pS".
+        r"(?P<register>(?:RIP|EIP):\s*(?:[0-9a-f]{4}:)?|(?:pc|lr)\s*:\s*|(?:NIP|LR)(?::\s*|\s*\[[0-9a-f]+\]\s*))",
+        // Call trace: powerpc "[%lx] [%lx] %pS", old x86/arm "[<%p>] ", x86 "? " for guesses.
+        r"|(?:\[<?[0-9a-f]+>?\]\s*)*(?P<guess>\?\s+)?",
+        r")",
+        r"(?P<function>[A-Za-z_.$][\w.$]*)\+0x[0-9a-f]+/0x[0-9a-f]+",
+        // Module and build id: " [lkdtm]", " [lkdtm 0123abcd]".
+        r"(?:\s+\[[^\]]*\])?",
+        // arm64 unwinder source " (P)", powerpc " (unreliable)".
+        r"(?:\s+\((?P<note>[A-Za-z]+)\))?",
+        r"\s*$",
+    ))
+    .expect("frame pattern is valid")
+});
+
+fn parse_frame(text: &str) -> Option<Frame> {
+    let captures = FRAME_LINE.captures(text)?;
+    let guessed = captures.name("guess").is_some()
+        || captures
+            .name("note")
+            .is_some_and(|m| m.as_str() == "unreliable");
+    Some(Frame {
+        function: captures["function"].to_owned(),
+        reliable: captures.name("register").is_some() || !guessed,
+    })
+}
+
+/// Lines that say whose stack comes next.
+static STACK_OWNER: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(concat!(
+        r"^(?:rcu: )?\s*(?:",
+        r"NMI backtrace for cpu (?P<nmi>\d+)", // lib/nmi_backtrace.c
+        r"|CPU: (?P<dump>\d+) (?:UID: \d+ )?PID: ", // lib/dump_stack.c dump_stack_print_info
+        r"|(?P<task>task:.* state:)",          // kernel/sched/core.c sched_show_task
+        r"|\(detected by (?P<reporter>\d+), ", // kernel/rcu/tree_stall.h
+        r"|Sending NMI from CPU (?P<sender>\d+) to CPUs ", // lib/nmi_backtrace.c
+        r")",
+    ))
+    .expect("stack owner pattern is valid")
+});
+
+#[derive(Debug, Default)]
+struct Section {
+    cpu: Option<u32>,
+    frames: Vec<Frame>,
+}
+
+impl Section {
+    /// Reliable frames first: with only the guess unwinder every trace frame is a guess, and then the
+    /// guesses are all there is.
+    fn culprit(&self) -> Option<&str> {
+        let first_culprit = |reliable_only: bool| {
+            self.frames
+                .iter()
+                .find(|frame| (frame.reliable || !reliable_only) && !is_plumbing(&frame.function))
+        };
+        first_culprit(true)
+            .or_else(|| first_culprit(false))
+            .map(|frame| frame.function.as_str())
+    }
+}
+
+/// The stacks of one report, split by the CPU or task they belong to.
+#[derive(Debug)]
+pub(super) struct Stacks {
+    sections: Vec<Section>,
+    /// The CPU of the first dump_stack/show_regs banner: who printed the report when the headline
+    /// does not say.
+    pub first_dump_cpu: Option<u32>,
+    /// The CPU that found other CPUs stuck and asked them for their stacks.
+    pub reporter_cpu: Option<u32>,
+}
+
+impl Stacks {
+    pub fn new(cpu: Option<u32>) -> Self {
+        Stacks {
+            sections: vec![Section {
+                cpu,
+                frames: Vec::new(),
+            }],
+            first_dump_cpu: None,
+            reporter_cpu: None,
+        }
+    }
+
+    /// A new stack begins unless the current one has no frames yet and does not belong to another CPU.
+    pub fn start_section(&mut self, cpu: Option<u32>) {
+        let current = self.sections.last_mut().expect("there is always a section");
+        let other_cpu = cpu.is_some() && current.cpu.is_some() && cpu != current.cpu;
+        if current.frames.is_empty() && !other_cpu {
+            current.cpu = current.cpu.or(cpu);
+        } else {
+            self.sections.push(Section {
+                cpu,
+                frames: Vec::new(),
+            });
+        }
+    }
+
+    /// A function named by the headline itself: as good as a register.
+    pub fn push_named_frame(&mut self, function: &str) {
+        self.push(Frame {
+            function: function.to_owned(),
+            reliable: true,
+        });
+    }
+
+    pub fn feed(&mut self, text: &str) {
+        if let Some(frame) = parse_frame(text) {
+            self.push(frame);
+            return;
+        }
+        let Some(captures) = STACK_OWNER.captures(text) else {
+            return;
+        };
+        let number = |name: &str| {
+            captures
+                .name(name)
+                .and_then(|m| m.as_str().parse::<u32>().ok())
+        };
+        if let Some(cpu) = number("nmi") {
+            self.start_section(Some(cpu));
+        } else if let Some(cpu) = number("dump") {
+            self.first_dump_cpu = self.first_dump_cpu.or(Some(cpu));
+            self.start_section(Some(cpu));
+        } else if captures.name("task").is_some() {
+            self.start_section(None);
+        } else if let Some(cpu) = number("reporter").or_else(|| number("sender")) {
+            self.reporter_cpu = self.reporter_cpu.or(Some(cpu));
+        }
+    }
+
+    fn push(&mut self, frame: Frame) {
+        self.sections
+            .last_mut()
+            .expect("there is always a section")
+            .frames
+            .push(frame);
+    }
+
+    /// The first non-plumbing frame of the stack that tells the story: `preferred_cpu`'s when it was
+    /// dumped, otherwise the first stack that has a culprit at all.
+    pub fn culprit(&self, preferred_cpu: Option<u32>) -> Option<&str> {
+        let preferred = self
+            .sections
+            .iter()
+            .filter(|section| preferred_cpu.is_some() && section.cpu == preferred_cpu);
+        preferred.chain(&self.sections).find_map(Section::culprit)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{is_plumbing, parse_frame, symbol_name, Frame, Stacks, PLUMBING};
+
+    fn check(line: &str, expect: &str) {
+        let render = |frame: Frame| {
+            format!(
+                "{}{}",
+                if frame.reliable { "" } else { "? " },
+                frame.function
+            )
+        };
+        assert_eq!(
+            parse_frame(line).map_or("-".to_owned(), render),
+            expect,
+            "line {line:?}"
+        );
+    }
+
+    #[test]
+    fn x86_frames() {
+        check("RIP: 0010:mm_get_cid+0x1c/0x2a", "mm_get_cid");
+        check("RIP: mm_get_cid+0x1c/0x2a", "mm_get_cid");
+        check(" mm_get_cid+0x1c/0x2a", "mm_get_cid");
+        check(" ? __schedule+0x3a4/0x9c0", "? __schedule");
+        check(" lkdtm_HARDLOCKUP+0x2b/0x30 [lkdtm]", "lkdtm_HARDLOCKUP");
+        check(
+            " ? lkdtm_HARDLOCKUP+0x2b/0x30 [lkdtm 4ad7e2c8c3b58e0f]",
+            "? lkdtm_HARDLOCKUP",
+        );
+        check(" do_one.constprop.0+0x10/0x20", "do_one.constprop.0");
+        check(" [<ffffffff81234567>] old_style+0x10/0x20", "old_style");
+        check(" <NMI>", "-");
+        check("Call Trace:", "-");
+        check("RIP: 0033:0x7f1234567890", "-");
+        check("RSP: 0018:ffffc90000003e48 EFLAGS: 00000046", "-");
+    }
+
+    #[test]
+    fn arm64_frames() {
+        check("pc : mm_get_cid+0x1c/0x2a", "mm_get_cid");
+        check("lr : mm_cid_switch_to+0x40/0x80", "mm_cid_switch_to");
+        check(" mm_get_cid+0x1c/0x2a (P)", "mm_get_cid");
+        check(" lkdtm_do_action+0x1c/0x38 [lkdtm]", "lkdtm_do_action");
+        check("pc : 0000ffff8a1b2c3d", "-");
+        check("sp : ffff80008000bd30", "-");
+    }
+
+    #[test]
+    fn powerpc_frames() {
+        check("NIP [c000000000123456] mm_get_cid+0xe8/0x188", "mm_get_cid");
+        check("LR [c000000000123400] mm_get_cid+0x108/0x188", "mm_get_cid");
+        check("NIP: mm_get_cid+0xe8/0x188", "mm_get_cid");
+        check(
+            "LR: queued_spin_lock_slowpath+0xd88/0x15d0",
+            "queued_spin_lock_slowpath",
+        );
+        check(
+            "[c00000000a1b3c40] [c000000000123456] mm_get_cid+0xe8/0x188 (unreliable)",
+            "? mm_get_cid",
+        );
+        check(
+            "[c00000000a1b3c40] [c000000000123456] mm_get_cid+0xe8/0x188",
+            "mm_get_cid",
+        );
+        check(
+            "[c00000000a1b3c40] [c008000001230000] lkdtm_x+0x8/0x10 [lkdtm]",
+            "lkdtm_x",
+        );
+        check("mm_cid_switch_to+0x3c4/0x52c", "mm_cid_switch_to");
+        check(
+            "NIP:  c000000000123456 LR: c000000000123400 CTR: c0000000001e2c40",
+            "-",
+        );
+        check("--- interrupt: 900 at mm_get_cid+0xe8/0x188", "-");
+    }
+
+    #[test]
+    fn text_mentioning_a_symbol_is_not_a_frame() {
+        check(
+            "watchdog: CPU 23 self-detected hard LOCKUP @ mm_get_cid+0xe8/0x188",
+            "-",
+        );
+        check("BUG: KASAN: slab-use-after-free in foo+0x1/0x2", "-");
+        check("Workqueue: events foo_work_fn", "-");
+        check("", "-");
+    }
+
+    #[test]
+    fn symbol_names() {
+        assert_eq!(symbol_name("mm_get_cid+0xe8/0x188"), Some("mm_get_cid"));
+        assert_eq!(symbol_name("foo.cold+0x0/0x10,"), Some("foo.cold"));
+        assert_eq!(symbol_name("0xffffffff81000000"), None);
+        assert_eq!(symbol_name("foo+0x10"), None);
+        assert_eq!(symbol_name("+0x1/0x2"), None);
+    }
+
+    #[test]
+    fn plumbing_patterns_are_names_or_prefixes() {
+        for pattern in PLUMBING.iter().flat_map(|group| group.iter()) {
+            let name = pattern.strip_suffix('*').unwrap_or(pattern);
+            assert!(
+                !name.is_empty() && !name.contains('*'),
+                "{pattern:?}: '*' only at the end"
+            );
+        }
+    }
+
+    #[test]
+    fn plumbing() {
+        for function in [
+            "_raw_spin_lock",
+            "_raw_spin_lock_irqsave",
+            "queued_spin_lock_slowpath",
+            "native_queued_spin_lock_slowpath",
+            "do_raw_spin_lock",
+            "raw_spin_rq_lock_nested",
+            "_task_rq_lock",
+            "cpu_relax",
+            "plpar_hcall_norets_notrace",
+            "yield_count_of",
+            "vcpu_is_preempted",
+            "asm_sysvec_apic_timer_interrupt",
+            "watchdog_timer_fn",
+            "_printk",
+            "panic",
+            "dump_stack_lvl",
+            "show_regs",
+            "nmi_cpu_backtrace",
+            "__schedule",
+            "schedule_idle",
+            "do_idle",
+            "cpu_startup_entry",
+            "start_secondary",
+            "start_secondary_prolog",
+            "__warn",
+            "report_bug",
+            "do_syscall_64",
+            "entry_SYSCALL_64_after_hwframe",
+            "system_call_exception",
+            "__mutex_lock.constprop.0",
+        ] {
+            assert!(is_plumbing(function), "{function} is plumbing");
+        }
+        for function in [
+            "mm_get_cid",
+            "mm_cid_fixup_cpus_to_tasks",
+            "lkdtm_HARDLOCKUP",
+            "do_exit",
+            "panic_foo",
+            "dieharder",
+        ] {
+            assert!(!is_plumbing(function), "{function} is not plumbing");
+        }
+    }
+
+    fn culprit(lines: &[&str], preferred_cpu: Option<u32>) -> Option<String> {
+        let mut stacks = Stacks::new(None);
+        lines.iter().for_each(|line| stacks.feed(line));
+        stacks.culprit(preferred_cpu).map(str::to_owned)
+    }
+
+    #[test]
+    fn guess_unwinder_trusts_the_register() {
+        let lines = [
+            "RIP: 0010:mm_get_cid+0x1c/0x2a",
+            "Call Trace:",
+            " <TASK>",
+            " ? __schedule+0x3a4/0x9c0",
+            " ? mm_cid_switch_to+0x10/0x40",
+        ];
+        assert_eq!(culprit(&lines, None).as_deref(), Some("mm_get_cid"));
+    }
+
+    #[test]
+    fn reliable_frames_beat_guesses() {
+        let lines = [
+            "RIP: 0010:native_queued_spin_lock_slowpath+0x6e/0x2c0",
+            " ? stale_guess+0x1/0x2",
+            " _raw_spin_lock+0x30/0x40",
+            " culprit_fn+0x10/0x20",
+        ];
+        assert_eq!(culprit(&lines, None).as_deref(), Some("culprit_fn"));
+        let only_guesses = [
+            "RIP: 0010:native_queued_spin_lock_slowpath+0x6e/0x2c0",
+            " ? _raw_spin_lock+0x1/0x2",
+            " ? guessed_fn+0x1/0x2",
+        ];
+        assert_eq!(culprit(&only_guesses, None).as_deref(), Some("guessed_fn"));
+        assert_eq!(culprit(&[" ? __schedule+0x1/0x2"], None), None);
+    }
+
+    #[test]
+    fn preferred_cpu_stack_wins() {
+        let lines = [
+            "CPU: 2 UID: 0 PID: 0 Comm: swapper/2",
+            " reporter_fn+0x1/0x2",
+            "NMI backtrace for cpu 3",
+            "CPU: 3 UID: 0 PID: 77 Comm: spin",
+            "RIP: 0010:stuck_fn+0x1/0x2",
+        ];
+        assert_eq!(culprit(&lines, Some(3)).as_deref(), Some("stuck_fn"));
+        assert_eq!(culprit(&lines, Some(2)).as_deref(), Some("reporter_fn"));
+        assert_eq!(culprit(&lines, Some(9)).as_deref(), Some("reporter_fn"));
+    }
+}

@@ -1,0 +1,326 @@
+//! Golden cases from `testdata/` (NAME.log judged against NAME.expected) and robustness checks.
+//! `UPDATE_EXPECT=1 cargo test -p lab triage` rewrites the expected files; review the diff.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use super::{starts_report, triage, Kind, Report};
+
+const TESTDATA: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/src/triage/testdata");
+
+/// One line per report: what must not drift, and nothing that churns.
+fn render(reports: &[Report]) -> String {
+    reports
+        .iter()
+        .map(|report| {
+            format!(
+                "{} cpu={} line={} lines={} frame={} | {}\n",
+                report.kind,
+                report.cpu.map_or("-".to_owned(), |cpu| cpu.to_string()),
+                report.line,
+                report.lines.len(),
+                report.frame.as_deref().unwrap_or("-"),
+                report.title
+            )
+        })
+        .collect()
+}
+
+fn cases() -> Vec<PathBuf> {
+    let mut logs: Vec<PathBuf> = fs::read_dir(TESTDATA)
+        .expect("testdata directory")
+        .map(|entry| entry.expect("testdata entry").path())
+        .filter(|path| path.extension().is_some_and(|extension| extension == "log"))
+        .collect();
+    logs.sort();
+    logs
+}
+
+/// Judges `log` and compares with its `.expected` neighbour (or rewrites it under UPDATE_EXPECT=1).
+fn check(log: &Path) -> Result<(), String> {
+    let name = log.file_stem().unwrap_or_default().to_string_lossy();
+    let bytes = fs::read(log).map_err(|error| format!("{name}: {error}"))?;
+    let actual = render(&triage(&bytes));
+    let expected_path = log.with_extension("expected");
+    if std::env::var_os("UPDATE_EXPECT").is_some_and(|value| value == "1") {
+        return fs::write(&expected_path, &actual).map_err(|error| format!("{name}: {error}"));
+    }
+    let expected =
+        fs::read_to_string(&expected_path).map_err(|error| format!("{name}.expected: {error}"))?;
+    if expected == actual {
+        Ok(())
+    } else {
+        Err(format!(
+            "{name}:\n--- expected\n{expected}--- actual\n{actual}"
+        ))
+    }
+}
+
+#[test]
+fn golden_cases() {
+    let cases = cases();
+    assert!(cases.len() >= 20, "testdata has only {} cases", cases.len());
+    let failures: Vec<String> = cases.iter().filter_map(|case| check(case).err()).collect();
+    assert!(
+        failures.is_empty(),
+        "{} of {} cases differ:\n{}",
+        failures.len(),
+        cases.len(),
+        failures.join("\n")
+    );
+}
+
+#[test]
+fn every_expected_file_has_a_log() {
+    for entry in fs::read_dir(TESTDATA).expect("testdata directory") {
+        let path = entry.expect("testdata entry").path();
+        if path
+            .extension()
+            .is_some_and(|extension| extension == "expected")
+        {
+            assert!(
+                path.with_extension("log").exists(),
+                "{} has no .log",
+                path.display()
+            );
+        }
+    }
+}
+
+/// The VM stage stops a guest on the first line for which `starts_report` holds.
+#[test]
+fn clean_boots_never_start_a_report() {
+    let boots: Vec<PathBuf> = cases()
+        .into_iter()
+        .filter(|path| {
+            path.file_name()
+                .is_some_and(|name| name.to_string_lossy().starts_with("boot-"))
+        })
+        .collect();
+    assert_eq!(boots.len(), 3, "one clean boot per architecture");
+    for boot in boots {
+        let text = fs::read_to_string(&boot).expect("boot log");
+        for (index, line) in text.lines().enumerate() {
+            assert!(
+                !starts_report(line),
+                "{}:{}: {line}",
+                boot.display(),
+                index + 1
+            );
+        }
+    }
+}
+
+/// Every headline of every golden case is seen by `starts_report` too, so that triage and the VM
+/// stage agree on where reports begin.
+#[test]
+fn starts_report_sees_every_report_start() {
+    for case in cases() {
+        let bytes = fs::read(&case).expect("log");
+        let lines: Vec<String> = bytes
+            .split(|&byte| byte == b'\n')
+            .map(|line| super::sanitize(&String::from_utf8_lossy(line)))
+            .collect();
+        for report in triage(&bytes) {
+            let line = &lines[report.line - 1];
+            assert!(
+                starts_report(line),
+                "{}:{}: {line}",
+                case.display(),
+                report.line
+            );
+        }
+    }
+}
+
+#[test]
+fn kind_display_matches_serde() {
+    let kinds = [
+        Kind::HardLockup,
+        Kind::SoftLockup,
+        Kind::RcuStall,
+        Kind::HungTask,
+        Kind::WorkqueueLockup,
+        Kind::Bug,
+        Kind::Warning,
+        Kind::Oops,
+        Kind::Panic,
+        Kind::Kasan,
+        Kind::Lockdep,
+        Kind::Silent,
+        Kind::Other,
+    ];
+    for kind in kinds {
+        assert_eq!(
+            serde_json::to_string(&kind).expect("serialize"),
+            format!("\"{kind}\"")
+        );
+    }
+    assert_eq!(Kind::HardLockup.to_string(), "hard-lockup");
+    assert_eq!(Kind::WorkqueueLockup.to_string(), "workqueue-lockup");
+}
+
+#[test]
+fn report_lines_are_omitted_from_json_when_empty() {
+    let report = Report {
+        kind: Kind::Silent,
+        title: "silent".into(),
+        frame: None,
+        cpu: None,
+        line: 1,
+        lines: Vec::new(),
+    };
+    let json = serde_json::to_string(&report).expect("serialize");
+    assert_eq!(
+        json,
+        r#"{"kind":"silent","title":"silent","frame":null,"cpu":null,"line":1}"#
+    );
+    assert_eq!(
+        serde_json::from_str::<Report>(&json).expect("deserialize"),
+        report
+    );
+}
+
+/// xorshift64*: deterministic, so a failure reproduces.
+struct Noise(u64);
+
+impl Noise {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    fn below(&mut self, bound: usize) -> usize {
+        (self.next() % bound as u64) as usize
+    }
+}
+
+/// Console-shaped garbage: fragments of real report lines, prefixes, escapes and raw bytes.
+fn console_noise(noise: &mut Noise, size: usize) -> Vec<u8> {
+    const FRAGMENTS: &[&[u8]] = &[
+        b"watchdog: CPU 23 self-detected hard LOCKUP @ ",
+        b"watchdog: CPU2: Watchdog detected hard LOCKUP on cpu ",
+        b"watchdog: CPU 3 Hard LOCKUP",
+        b"Kernel panic - not syncing: ",
+        b"Hard LOCKUP",
+        b"------------[ cut here ]------------",
+        b"BUG: ",
+        b"BUG: KASAN: ",
+        b"WARNING: ",
+        b"Oops: ",
+        b"INFO: task ",
+        b"rcu: INFO: rcu_preempt detected stalls on CPUs/tasks:",
+        b"---[ end trace 0000000000000000 ]---",
+        b"NMI backtrace for cpu ",
+        b"CPU: 3 UID: 0 PID: 1 Comm: x",
+        b"RIP: 0010:",
+        b"mm_get_cid+0x1c/0x2a",
+        b" ? __schedule+0x3a4/0x9c0",
+        b"[c000000003a7fb40] [c0000000001b7a48] ",
+        b"    1.234s| ",
+        b"[   12.345678]",
+        b"[    C3]",
+        b"LAB-RESULT ",
+        b"\x1b[31m",
+        b"\x1b]0;",
+        b"]]>",
+        b"\xff\xfe",
+        b"\xc3",
+        b"\0",
+        b"\r",
+        b"\n",
+        b"\n",
+        b"\n",
+    ];
+    let mut bytes = Vec::with_capacity(size + 64);
+    while bytes.len() < size {
+        if noise.below(4) == 0 {
+            let count = noise.below(16);
+            bytes.extend((0..count).map(|_| noise.next() as u8));
+        } else {
+            bytes.extend_from_slice(FRAGMENTS[noise.below(FRAGMENTS.len())]);
+            bytes.extend(std::iter::repeat_n(
+                b'0' + noise.below(10) as u8,
+                noise.below(3),
+            ));
+        }
+    }
+    bytes
+}
+
+fn triage_quickly(log: &[u8], what: &str) -> Vec<Report> {
+    let started = Instant::now();
+    let reports = triage(log);
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "{what} took {:?}",
+        started.elapsed()
+    );
+    for report in &reports {
+        assert!(
+            report.lines.len() <= 80,
+            "{what}: {} lines kept",
+            report.lines.len()
+        );
+        assert!(report.line >= 1);
+    }
+    reports
+}
+
+#[test]
+fn arbitrary_bytes_do_not_break_triage() {
+    let mut noise = Noise(0x9e37_79b9_7f4a_7c15);
+    for round in 0..8 {
+        let log = console_noise(&mut noise, 64 * 1024);
+        triage_quickly(&log, &format!("noise round {round}"));
+        for line in log.split(|&byte| byte == b'\n') {
+            let line = String::from_utf8_lossy(line);
+            starts_report(&line);
+            let clean = super::sanitize(&line);
+            assert!(
+                !clean.contains("]]>") && !clean.contains('\u{1b}') && !clean.contains('\0'),
+                "{clean:?}"
+            );
+        }
+    }
+    for byte in [0u8, b'\n', b'\r', 0x1b, 0xff, b'[', b'+'] {
+        triage_quickly(&vec![byte; 100_000], &format!("100 kB of {byte:#x}"));
+    }
+}
+
+#[test]
+fn megabyte_lines_do_not_break_triage() {
+    let megabyte = 1 << 20;
+    let mut long_headline = b"BUG: ".to_vec();
+    long_headline.resize(megabyte, b'a');
+    let frames = b" mm_get_cid+0x1c/0x2a".repeat(megabyte / 21);
+    let brackets = b"[    C3]".repeat(megabyte / 8);
+    for line in [long_headline, frames, brackets] {
+        let mut log =
+            b"watchdog: CPU 23 self-detected hard LOCKUP @ mm_get_cid+0xe8/0x188\n".to_vec();
+        log.extend_from_slice(&line);
+        log.push(b'\n');
+        log.extend_from_slice(&line);
+        let reports = triage_quickly(&log, "a 1 MB line");
+        assert!(!reports.is_empty());
+        assert!(reports
+            .iter()
+            .all(|report| report.lines.iter().all(|kept| kept.len() <= 2048)));
+    }
+}
+
+#[test]
+fn five_megabyte_log_of_one_repeated_report() {
+    let seed = fs::read(Path::new(TESTDATA).join("seed-powerpc-email.log")).expect("seed case");
+    let copies = 5 * (1 << 20) / seed.len() + 1;
+    let log = seed.repeat(copies);
+    let reports = triage_quickly(&log, "5 MB log");
+    assert_eq!(reports.len(), 2 * copies);
+    assert!(reports
+        .chunks(2)
+        .all(|pair| pair[0].title == "hard LOCKUP in mm_get_cid"
+            && pair[1].title == "hard LOCKUP in mm_cid_fixup_cpus_to_tasks"));
+}
