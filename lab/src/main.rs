@@ -1,5 +1,340 @@
-#![allow(dead_code)]
+//! `lab`: build kernels with a patch series, boot them under QEMU on x86_64, aarch64 and
+//! ppc64le, run stress workloads, judge the console, write JUnit. See ARCHITECTURE.md.
 
+mod arch;
+mod bench;
+mod cache;
+mod doctor;
+mod image;
+mod kernel;
+mod matrix;
+mod plan;
+mod process;
+mod report;
+mod run;
 mod triage;
+mod ui;
+mod vm;
 
-fn main() {}
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use xshell::Shell;
+
+use crate::arch::Arch;
+use crate::cache::Cache;
+use crate::kernel::{BuildOptions, Recipe};
+use crate::plan::Filter;
+use crate::ui::Ui;
+
+/// The checkout this binary was built from: default matrix, recipes and guest sources live there.
+const PROJECT_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
+
+#[derive(Parser)]
+#[command(
+    name = "lab",
+    version,
+    about = "A QEMU regression lab for Linux scheduler patches on x86_64, aarch64 and ppc64le",
+    long_about = "A QEMU regression lab for Linux scheduler patches on x86_64, aarch64 and ppc64le.\n\n\
+        It builds kernels from recipes (source + patch series + config fragments), boots each under QEMU \
+        at several vCPU counts, runs a workload in the guest, judges the console (hard and soft lockups, \
+        RCU stalls, hung tasks, BUG/Oops/WARNING/panic, silence) and writes JUnit and JSON reports.\n\n\
+        Start with `lab doctor`, then `lab run --setup`. Kernels, images and downloads are cached under \
+        ~/.cache/lab (or --cache-dir / LAB_CACHE_DIR).",
+    after_help = "Exit status: 0 all cells passed, 1 a cell failed, 2 bad input or set-up error, 130 interrupted."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+    /// Where kernels, images and downloads are cached (default: $LAB_CACHE_DIR, else ~/.cache/lab).
+    #[arg(long, global = true, value_name = "DIR")]
+    cache_dir: Option<PathBuf>,
+    /// Stream build output and guest consoles live.
+    #[arg(long, short, global = true)]
+    verbose: bool,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a matrix: build its kernels, boot every cell, judge, write reports.
+    ///
+    /// A cell is kernel x arch x vcpus x workload. Results go to DIR/junit.xml, DIR/summary.json
+    /// and DIR/cells/<cell>/ (console.log, result.json, qemu-command.sh to boot it again by hand).
+    ///
+    /// Examples:
+    ///   lab run --setup                                   the default matrix
+    ///   lab run --filter arch=ppc64le --filter vcpus=4    one architecture, 4 vCPUs
+    ///   lab run --matrix nightly.yaml --out /srv/lab/n42 --jobs 2
+    #[command(verbatim_doc_comment)]
+    Run {
+        #[command(flatten)]
+        select: Select,
+        /// Output directory (must be new or empty; default: lab-out/run-<time>).
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
+        /// Cells booted at once. Under TCG each vCPU is a host thread: on a 2-core host keep 1.
+        #[arg(long, default_value_t = 1)]
+        jobs: usize,
+        #[command(flatten)]
+        build: BuildArgs,
+        /// Install missing host packages first (as `lab setup`).
+        #[arg(long)]
+        setup: bool,
+        /// Only print the cells the filters select.
+        #[arg(long)]
+        list: bool,
+    },
+    /// Build (or find in the cache) the kernels of a matrix or of one recipe.
+    ///
+    /// Prints where each kernel is. A second build with nothing changed says "cached".
+    ///   lab build                                  every kernel x arch of the default matrix
+    ///   lab build --recipe kernels/linux-7.3.yaml --arch aarch64
+    #[command(verbatim_doc_comment)]
+    Build {
+        #[command(flatten)]
+        select: Select,
+        /// Build this recipe instead of the matrix's kernels.
+        #[arg(long, value_name = "FILE")]
+        recipe: Option<PathBuf>,
+        /// Architectures (default: the matrix's).
+        #[arg(long)]
+        arch: Vec<Arch>,
+        #[command(flatten)]
+        build: BuildArgs,
+        /// Print the kernels as JSON on stdout.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Build (or find in the cache) the guest initramfs for each architecture.
+    ///
+    /// It holds images/init/init.c as /init and every images/workloads/NAME.c as
+    /// /lab/workloads/NAME, compiled static with the Debian cross compilers.
+    #[command(verbatim_doc_comment)]
+    Image {
+        /// Architectures (default: all three).
+        #[arg(long)]
+        arch: Vec<Arch>,
+    },
+    /// Judge saved console logs ("-" reads stdin).
+    ///
+    /// Prints one line per report, or with --json:
+    /// {"files": [{"file", "reports": [{"kind", "title", "frame", "cpu", "line"}]}]}
+    #[command(verbatim_doc_comment)]
+    Triage {
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check every host requirement and print the command that fixes each missing one.
+    Doctor,
+    /// Install missing host packages (Debian, as root; QEMU from bookworm-backports on bookworm).
+    Setup {
+        /// Print what would be installed.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Measure build and boot times and the lab's overhead over bare QEMU (see BENCHMARKS.md).
+    Bench(bench::BenchArgs),
+}
+
+#[derive(clap::Args)]
+struct Select {
+    /// The matrix file (default: matrix.yaml of the lab's checkout).
+    #[arg(long, value_name = "FILE")]
+    matrix: Option<PathBuf>,
+    /// Select cells: KEY=VALUE with KEY one of kernel, arch, vcpus, workload. Repeat a key for
+    /// alternatives; different keys must all match.
+    #[arg(long, value_name = "KEY=VALUE")]
+    filter: Vec<Filter>,
+}
+
+#[derive(clap::Args)]
+struct BuildArgs {
+    /// Parallel compile jobs for kernel builds (default: all cores).
+    #[arg(long, value_name = "N")]
+    build_jobs: Option<usize>,
+    /// Ask the Debian mirror again for the source package instead of the cached index.
+    #[arg(long)]
+    refresh: bool,
+}
+
+impl BuildArgs {
+    fn options(&self) -> BuildOptions {
+        let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
+        BuildOptions { jobs: self.build_jobs.unwrap_or(cores), refresh: self.refresh, ccache: true }
+    }
+}
+
+/// Everything a command needs that comes from the matrix.
+struct Loaded {
+    matrix: matrix::LoadedMatrix,
+    recipes: Vec<Recipe>,
+    cells: Vec<plan::Cell>,
+}
+
+fn images_dir() -> PathBuf {
+    Path::new(PROJECT_DIR).join("images")
+}
+
+fn load(select: &Select) -> Result<Loaded> {
+    let path = select.matrix.clone().unwrap_or_else(|| Path::new(PROJECT_DIR).join("matrix.yaml"));
+    let programs = image::workload_programs(&images_dir())?;
+    let matrix = matrix::load(&path, &programs)?;
+    let recipes = matrix.recipe_paths().iter().map(|p| kernel::recipe::load(p)).collect::<Result<Vec<_>>>()?;
+    let names: Vec<String> = recipes.iter().map(|r| r.name.clone()).collect();
+    let cells = plan::cells(&matrix.matrix, &names, &select.filter)?;
+    Ok(Loaded { matrix, recipes, cells })
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match real_main(cli) {
+        Ok(code) => code,
+        Err(e) if e.downcast_ref::<process::Interrupted>().is_some() => {
+            eprintln!("lab: interrupted; every QEMU and make started was killed, finished results are kept");
+            ExitCode::from(130)
+        }
+        Err(e) => {
+            eprintln!("lab: error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn real_main(cli: Cli) -> Result<ExitCode> {
+    process::install_interrupt_handler()?;
+    let sh = Shell::new()?;
+    let ui = Ui::new(cli.verbose);
+    let cache = || Cache::new(cli.cache_dir.clone());
+    match cli.command {
+        Command::Run { select, out, jobs, build, setup, list } => {
+            let loaded = load(&select)?;
+            if list {
+                for cell in &loaded.cells {
+                    println!("{}", cell.id);
+                }
+                return Ok(ExitCode::SUCCESS);
+            }
+            let out = match out {
+                Some(out) => {
+                    run::check_out_dir(&out)?;
+                    out
+                }
+                None => run::default_out(Path::new("lab-out")),
+            };
+            if setup {
+                ui.note(doctor::setup(&sh, false)?);
+            }
+            let cache = cache()?;
+            let opts = run::RunOptions { out: out.clone(), jobs, build: build.options(), images_dir: images_dir() };
+            let results = run::run(&sh, &cache, &loaded.matrix, &loaded.recipes, &loaded.cells, &opts, &ui)?;
+            let tally = report::tally(&results);
+            let line: Vec<String> = tally.iter().map(|(k, n)| format!("{n} {k}")).collect();
+            println!("{}; reports in {}", line.join(", "), out.display());
+            let all_ok = results.iter().all(|r| matches!(r.verdict, report::Verdict::Pass | report::Verdict::Skip));
+            Ok(if all_ok { ExitCode::SUCCESS } else { ExitCode::from(1) })
+        }
+        Command::Build { select, recipe, arch, build, json } => {
+            let (recipes, arches): (Vec<Recipe>, Vec<Arch>) = match recipe {
+                Some(path) => (vec![kernel::recipe::load(&path)?], if arch.is_empty() { Arch::ALL.to_vec() } else { arch }),
+                None => {
+                    let loaded = load(&select)?;
+                    let arches = if arch.is_empty() { loaded.matrix.matrix.arches.clone() } else { arch };
+                    (loaded.recipes, arches)
+                }
+            };
+            let cache = cache()?;
+            let mut kernels = Vec::new();
+            for recipe in &recipes {
+                for &a in &arches {
+                    let k = kernel::build(&sh, &cache, recipe, a, &build.options(), &ui)?;
+                    if !json {
+                        println!("{} {}: {} {}", k.recipe, k.arch, if k.cached { "cached" } else { "built" }, k.dir.display());
+                    }
+                    kernels.push(k);
+                }
+            }
+            if json {
+                let rows: Vec<serde_json::Value> = kernels
+                    .iter()
+                    .map(|k| serde_json::json!({"kernel": k, "cached": k.cached}))
+                    .collect();
+                println!("{}", serde_json::to_string_pretty(&rows)?);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Image { arch } => {
+            let cache = cache()?;
+            for a in if arch.is_empty() { Arch::ALL.to_vec() } else { arch } {
+                let image = image::build(&sh, &cache, &images_dir(), a, &ui)?;
+                println!("{a}: {} {}", if image.cached { "cached" } else { "built" }, image.initramfs.display());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Triage { files, json } => triage_files(&files, json),
+        Command::Doctor => {
+            let cache = cache()?;
+            let checks = doctor::checks(&sh, &cache);
+            for c in &checks {
+                println!("{} {:<44} {}", if c.ok { "ok  " } else { "MISS" }, c.what, c.detail);
+                if let Some(fix) = &c.fix {
+                    println!("     fix: {fix}");
+                }
+            }
+            let missing = checks.iter().filter(|c| !c.ok).count();
+            if missing > 0 {
+                println!("{missing} requirement(s) missing: `lab setup` installs the packages (as root)");
+                return Ok(ExitCode::from(2));
+            }
+            println!("all requirements met");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Setup { dry_run } => {
+            println!("{}", doctor::setup(&sh, dry_run)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bench(args) => bench::run(&sh, &cache()?, &args, &ui, Path::new(PROJECT_DIR)),
+    }
+}
+
+fn triage_files(files: &[PathBuf], json: bool) -> Result<ExitCode> {
+    let mut out = Vec::new();
+    for file in files {
+        let bytes = if file == Path::new("-") {
+            let mut b = Vec::new();
+            std::io::stdin().read_to_end(&mut b).context("cannot read stdin")?;
+            b
+        } else {
+            std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?
+        };
+        out.push((file.display().to_string(), triage::triage(&bytes)));
+    }
+    if json {
+        let files: Vec<serde_json::Value> = out
+            .iter()
+            .map(|(file, reports)| {
+                let reports: Vec<serde_json::Value> = reports
+                    .iter()
+                    .map(|r| serde_json::json!({"kind": r.kind, "title": r.title, "frame": r.frame, "cpu": r.cpu, "line": r.line}))
+                    .collect();
+                serde_json::json!({"file": file, "reports": reports})
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "files": files }))?);
+    } else {
+        for (file, reports) in &out {
+            if reports.is_empty() {
+                println!("{file}: no reports");
+            }
+            for r in reports {
+                let cpu = r.cpu.map(|c| format!(" cpu {c}")).unwrap_or_default();
+                println!("{file}:{}: {}{cpu}: {}", r.line, r.kind, triage::sanitize(&r.title));
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

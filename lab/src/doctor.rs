@@ -1,0 +1,283 @@
+//! Host requirements: what the lab needs, what is missing, how to get it, and whether KVM works.
+//!
+//! Everything comes from Debian packages. QEMU comes from bookworm-backports on bookworm, because
+//! the preinstalled qemu-utils there is the backports build and breaks the plain bookworm QEMU.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use xshell::{cmd, Shell};
+
+use crate::arch::Arch;
+use crate::cache::Cache;
+
+/// Packages from the plain suite: kernel build tools, cross toolchains, source handling.
+const BUILD_PACKAGES: &[&str] = &[
+    "make", "flex", "bison", "bc", "libelf-dev", "libssl-dev", "perl", "xz-utils", "patch", "cpio", "dpkg-dev", "git", "ccache",
+];
+
+const BACKPORTS_LIST: &str = "/etc/apt/sources.list.d/lab-bookworm-backports.list";
+
+/// A tree per kernel source is about 2 GiB, plus about 1 GiB of objects per architecture.
+const MIN_FREE_GIB: u64 = 12;
+
+pub struct Check {
+    pub what: String,
+    pub ok: bool,
+    pub detail: String,
+    /// The exact command that fixes it.
+    pub fix: Option<String>,
+}
+
+pub fn required_packages() -> Vec<(&'static str, bool)> {
+    let mut packages: Vec<(&str, bool)> = BUILD_PACKAGES.iter().map(|p| (*p, false)).collect();
+    for arch in Arch::ALL {
+        packages.extend(arch.toolchain_packages().iter().map(|p| (*p, false)));
+        packages.push((arch.qemu_package(), true));
+    }
+    packages
+}
+
+/// Installed state of each package, in one dpkg-query call.
+fn installed(sh: &Shell, packages: &[&str]) -> std::collections::BTreeSet<String> {
+    let format = "${Package}\t${db:Status-Abbrev}\n";
+    let out = cmd!(sh, "dpkg-query -W -f={format} {packages...}").quiet().ignore_status().ignore_stderr().read().unwrap_or_default();
+    out.lines()
+        .filter_map(|l| l.split_once('\t'))
+        .filter(|(_, status)| status.starts_with("ii"))
+        .map(|(name, _)| name.split(':').next().unwrap_or(name).to_string())
+        .collect()
+}
+
+fn codename() -> String {
+    std::fs::read_to_string("/etc/os-release")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VERSION_CODENAME=").map(|v| v.trim_matches('"').to_string()))
+        .unwrap_or_default()
+}
+
+/// (plain packages, backports packages) still to install.
+pub fn missing(sh: &Shell) -> (Vec<&'static str>, Vec<&'static str>) {
+    let packages = required_packages();
+    let names: Vec<&str> = packages.iter().map(|(p, _)| *p).collect();
+    let have = installed(sh, &names);
+    let use_backports = codename() == "bookworm";
+    let mut plain = Vec::new();
+    let mut backports = Vec::new();
+    for (p, wants_backports) in packages {
+        if !have.contains(p) {
+            if wants_backports && use_backports { backports.push(p) } else { plain.push(p) }
+        }
+    }
+    (plain, backports)
+}
+
+fn install_command(plain: &[&str], backports: &[&str]) -> String {
+    let mut steps = Vec::new();
+    if !backports.is_empty() {
+        steps.push(format!("echo 'deb http://deb.debian.org/debian bookworm-backports main' > {BACKPORTS_LIST}"));
+    }
+    steps.push("apt-get update".to_string());
+    if !plain.is_empty() {
+        steps.push(format!("apt-get install -y {}", plain.join(" ")));
+    }
+    if !backports.is_empty() {
+        steps.push(format!("apt-get install -y -t bookworm-backports {}", backports.join(" ")));
+    }
+    steps.join(" && ")
+}
+
+pub fn checks(sh: &Shell, cache: &Cache) -> Vec<Check> {
+    let mut checks = Vec::new();
+    let (plain, backports) = missing(sh);
+    for (p, _) in required_packages() {
+        let absent = plain.contains(&p) || backports.contains(&p);
+        let fix = absent.then(|| {
+            let (pl, bp): (Vec<&str>, Vec<&str>) = if backports.contains(&p) { (vec![], vec![p]) } else { (vec![p], vec![]) };
+            install_command(&pl, &bp)
+        });
+        checks.push(Check { what: format!("package {p}"), ok: !absent, detail: if absent { "missing".into() } else { "installed".into() }, fix });
+    }
+    for arch in Arch::ALL {
+        let bin = arch.qemu_binary();
+        let version = cmd!(sh, "{bin} --version").quiet().ignore_stderr().read().ok().and_then(|v| v.lines().next().map(str::to_string));
+        checks.push(Check {
+            what: format!("{bin} runs"),
+            ok: version.is_some(),
+            detail: version.clone().unwrap_or_else(|| "not found".into()),
+            fix: version.is_none().then(|| "lab setup".to_string()),
+        });
+    }
+    let free = free_gib(cache.root());
+    checks.push(Check {
+        what: format!("free space under {}", cache.root().display()),
+        ok: free.is_some_and(|f| f >= MIN_FREE_GIB),
+        detail: free.map(|f| format!("{f} GiB free (needs {MIN_FREE_GIB})")).unwrap_or_else(|| "unknown".into()),
+        fix: Some(format!("free space there, or point the cache elsewhere: --cache-dir DIR or LAB_CACHE_DIR=DIR ({MIN_FREE_GIB} GiB)")).filter(|_| !free.is_some_and(|f| f >= MIN_FREE_GIB)),
+    });
+    let tcg = probe_boots(cache, &["-accel", "tcg"], std::time::Duration::from_secs(30));
+    checks.push(Check {
+        what: "TCG boots a test guest".into(),
+        ok: tcg.is_ok(),
+        detail: match &tcg {
+            Ok(()) => "x86_64 boot sector printed its marker".into(),
+            Err(e) => format!("{e:#}"),
+        },
+        fix: tcg.is_err().then(|| "reinstall QEMU: lab setup (check `qemu-system-x86_64 --version`)".into()),
+    });
+    let kvm = kvm_works(cache);
+    checks.push(Check {
+        what: "KVM for x86_64 guests".into(),
+        // TCG is a complete fallback: a broken KVM is information, not a failure.
+        ok: true,
+        detail: match kvm {
+            Ok(()) => "works (x86_64 guests use it)".into(),
+            Err(e) => format!("not usable, x86_64 guests run under TCG: {e}"),
+        },
+        fix: None,
+    });
+    checks
+}
+
+fn free_gib(path: &Path) -> Option<u64> {
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).ok()?;
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    (unsafe { libc::statvfs(c.as_ptr(), &mut st) } == 0).then(|| st.f_bavail as u64 * st.f_frsize as u64 >> 30)
+}
+
+pub fn setup(sh: &Shell, dry_run: bool) -> Result<String> {
+    let (plain, backports) = missing(sh);
+    if plain.is_empty() && backports.is_empty() {
+        return Ok("all host packages are installed".into());
+    }
+    let command = install_command(&plain, &backports);
+    if dry_run {
+        return Ok(format!("would run: {command}"));
+    }
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("installing packages needs root; run as root:\n    {command}");
+    }
+    if !backports.is_empty() {
+        std::fs::write(BACKPORTS_LIST, "deb http://deb.debian.org/debian bookworm-backports main\n").with_context(|| format!("cannot write {BACKPORTS_LIST}"))?;
+    }
+    // A third-party source in the host's list that cannot be reached must not stop us: apt-get
+    // update then only warns, and the Debian indexes it needs are still refreshed.
+    let _ = cmd!(sh, "apt-get update -q").quiet().ignore_stdout().ignore_stderr().run();
+    // One retry: dpkg on this machine kind has been seen to fail transiently on its temp files.
+    let install = |args: &[&str]| -> Result<()> {
+        let attempt = || cmd!(sh, "apt-get install -y -q {args...}").env("DEBIAN_FRONTEND", "noninteractive").quiet().ignore_stdout().run();
+        attempt().or_else(|_| attempt()).with_context(|| format!("apt-get install {} failed", args.join(" ")))
+    };
+    if !plain.is_empty() {
+        install(&plain)?;
+    }
+    if !backports.is_empty() {
+        install(&[&["-t", "bookworm-backports"][..], &backports].concat())?;
+    }
+    Ok(format!("installed: {}", plain.iter().chain(&backports).copied().collect::<Vec<_>>().join(" ")))
+}
+
+/// A 512-byte x86 boot sector that prints a marker on COM1 and halts: SeaBIOS boots it in
+/// milliseconds, so seeing the marker proves KVM runs guest code here.
+fn probe_boot_sector() -> Vec<u8> {
+    const MARKER_OFFSET: u16 = 23;
+    let mut code = vec![
+        0xFC, // cld
+        0x31, 0xC0, // xor ax, ax
+        0x8E, 0xD8, // mov ds, ax
+        0xBA, 0xF8, 0x03, // mov dx, 0x3f8
+        0xBE, 0, 0, // mov si, marker
+        0xAC, // next: lodsb
+        0x84, 0xC0, // test al, al
+        0x74, 0x03, // jz done
+        0xEE, // out dx, al
+        0xEB, 0xF8, // jmp next
+        0xFA, // done: cli
+        0xF4, // halt: hlt
+        0xEB, 0xFD, // jmp halt
+    ];
+    let marker_addr = 0x7C00 + MARKER_OFFSET;
+    code[9..11].copy_from_slice(&marker_addr.to_le_bytes());
+    assert_eq!(code.len(), MARKER_OFFSET as usize);
+    code.extend_from_slice(KVM_MARKER.as_bytes());
+    code.extend_from_slice(b"\r\n\0");
+    code.resize(510, 0);
+    code.extend_from_slice(&[0x55, 0xAA]);
+    code
+}
+
+const KVM_MARKER: &str = "LAB-KVM-OK";
+
+/// Boots the probe sector under the given accelerator and waits for the marker.
+pub fn probe_boots(cache: &Cache, accel: &[&str], timeout: Duration) -> Result<()> {
+    let disk = cache.dir("probe")?.join("kvm-probe.img");
+    std::fs::write(&disk, probe_boot_sector())?;
+    let mut command = Command::new(Arch::X86_64.qemu_binary());
+    // i440fx: SeaBIOS boots its IDE disk directly (q35's AHCI path did not boot the sector here).
+    command.args(["-M", "pc", "-display", "none", "-nodefaults", "-no-user-config", "-serial", "stdio", "-no-reboot"]);
+    command.args(accel).arg("-drive").arg(format!("file={},format=raw,if=ide", disk.display()));
+    command.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut group = crate::process::Group::spawn(command)?;
+    let mut stdout = group.child_mut().stdout.take().context("no stdout")?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut seen = Vec::new();
+        let mut buf = [0u8; 256];
+        while let Ok(n) = std::io::Read::read(&mut stdout, &mut buf) {
+            if n == 0 {
+                break;
+            }
+            seen.extend_from_slice(&buf[..n]);
+            if String::from_utf8_lossy(&seen).contains(KVM_MARKER) {
+                let _ = tx.send(());
+                return;
+            }
+        }
+    });
+    let start = Instant::now();
+    let got = rx.recv_timeout(timeout).is_ok();
+    group.kill();
+    if got {
+        return Ok(());
+    }
+    let mut err = String::new();
+    if let Some(mut stderr) = group.child_mut().stderr.take() {
+        let _ = std::io::Read::read_to_string(&mut stderr, &mut err);
+    }
+    let err = err.lines().find(|l| !l.trim().is_empty()).unwrap_or("no output").to_string();
+    bail!("a test guest printed nothing in {:.0}s ({err})", start.elapsed().as_secs_f64())
+}
+
+/// KVM is used only after it booted a guest: on this machine kind `/dev/kvm` exists, but guests
+/// abort or hang under it.
+pub fn kvm_works(cache: &Cache) -> Result<()> {
+    if !Path::new("/dev/kvm").exists() {
+        bail!("/dev/kvm does not exist");
+    }
+    probe_boots(cache, &["-accel", "kvm", "-cpu", "host"], Duration::from_secs(15))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn install_command_uses_backports_only_for_qemu() {
+        assert_eq!(
+            install_command(&["flex"], &["qemu-system-ppc"]),
+            format!("echo 'deb http://deb.debian.org/debian bookworm-backports main' > {BACKPORTS_LIST} && apt-get update && apt-get install -y flex && apt-get install -y -t bookworm-backports qemu-system-ppc")
+        );
+        assert_eq!(install_command(&["bc"], &[]), "apt-get update && apt-get install -y bc");
+    }
+
+    #[test]
+    fn boot_sector_is_bootable() {
+        let sector = probe_boot_sector();
+        assert_eq!(sector.len(), 512);
+        assert_eq!(&sector[510..], &[0x55, 0xAA]);
+        assert_eq!(&sector[23..33], KVM_MARKER.as_bytes());
+    }
+}

@@ -1,0 +1,110 @@
+//! Stage: `images/` sources -> an initramfs per architecture, cached by content.
+//!
+//! The image holds `/init` (images/init/init.c) and every workload program
+//! (images/workloads/NAME.c -> /lab/workloads/NAME), each compiled static with the Debian cross
+//! compiler. Adding a workload is adding a `.c` file: nothing here or in the runner names one.
+
+mod cpio;
+
+use std::collections::BTreeSet;
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use xshell::{cmd, Shell};
+
+use crate::arch::Arch;
+use crate::cache::{self, Cache, KeyBuilder};
+use crate::ui::{Event, Ui};
+
+/// Bump when the image layout changes in a way the sources do not show.
+const IMAGE_VERSION: &str = "1";
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Image {
+    pub arch: Arch,
+    pub key: String,
+    pub initramfs: PathBuf,
+    pub programs: Vec<String>,
+    #[serde(skip)]
+    pub cached: bool,
+}
+
+/// The workload programs an image will carry, by name.
+pub fn workload_programs(images_dir: &Path) -> Result<BTreeSet<String>> {
+    Ok(sources(&images_dir.join("workloads"))?.into_iter().map(|(name, _)| name).collect())
+}
+
+fn sources(dir: &Path) -> Result<Vec<(String, PathBuf)>> {
+    let mut out: Vec<(String, PathBuf)> = fs::read_dir(dir)
+        .with_context(|| format!("cannot list {}", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "c"))
+        .filter_map(|p| Some((p.file_stem()?.to_str()?.to_string(), p)))
+        .collect();
+    out.sort();
+    Ok(out)
+}
+
+pub fn build(sh: &Shell, cache: &Cache, images_dir: &Path, arch: Arch, ui: &Ui) -> Result<Image> {
+    let task = format!("image {arch}");
+    ui.send(Event::Started { task: task.clone(), stage: "initramfs" });
+    let result = build_inner(sh, cache, images_dir, arch);
+    let summary = match &result {
+        Ok(i) if i.cached => "cached".to_string(),
+        Ok(i) => format!("{} programs, {}", i.programs.len(), i.initramfs.display()),
+        Err(e) => format!("{e:#}").lines().next().unwrap_or_default().to_string(),
+    };
+    ui.send(Event::Finished { task, ok: result.is_ok(), summary });
+    result.with_context(|| format!("guest image for {arch}"))
+}
+
+fn build_inner(sh: &Shell, cache: &Cache, images_dir: &Path, arch: Arch) -> Result<Image> {
+    let init = images_dir.join("init/init.c");
+    let workloads = sources(&images_dir.join("workloads"))?;
+    if workloads.is_empty() {
+        bail!("{} holds no workload (*.c)", images_dir.join("workloads").display());
+    }
+    let gcc = arch.gcc();
+    let toolchain = cmd!(sh, "{gcc} --version").quiet().read().with_context(|| format!("{gcc} is not installed: run `lab setup`"))?;
+    let mut key = KeyBuilder::default().part("version", IMAGE_VERSION.as_bytes()).part("toolchain", toolchain.as_bytes()).part("arch", arch.name().as_bytes());
+    for (name, path) in std::iter::once(("init".to_string(), init.clone())).chain(workloads.iter().cloned()) {
+        let text = fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
+        key = key.part("name", name.as_bytes()).part("source", &text);
+    }
+    let key = key.finish();
+    let dir = cache.dir("images")?.join(format!("{arch}-{key}"));
+    if let Ok(mut image) = serde_json::from_slice::<Image>(&fs::read(dir.join("image.json")).unwrap_or_default()) {
+        image.cached = true;
+        return Ok(image);
+    }
+
+    let tmp = cache::temp_sibling(&dir);
+    cache::remove_dir_if_present(&tmp)?;
+    fs::create_dir_all(tmp.join("bin"))?;
+    let compile = |source: &Path, name: &str| -> Result<Vec<u8>> {
+        let out = tmp.join("bin").join(name);
+        let output = cmd!(sh, "{gcc} -std=gnu11 -O2 -Wall -Wextra -Werror -static -pthread -o {out} {source}").quiet().ignore_status().output()?;
+        if !output.status.success() {
+            bail!("{gcc} cannot compile {}:\n{}", source.display(), String::from_utf8_lossy(&output.stderr).trim_end());
+        }
+        fs::read(&out).with_context(|| format!("cannot read {}", out.display()))
+    };
+    let mut archive = cpio::Archive::new();
+    for dir in ["/dev", "/proc", "/sys", "/tmp", "/lab", "/lab/workloads"] {
+        archive.dir(dir);
+    }
+    // The kernel opens /dev/console for init before devtmpfs is mounted.
+    archive.char_device("/dev/console", 0o600, 5, 1);
+    archive.file("/init", 0o755, &compile(&init, "init")?);
+    for (name, source) in &workloads {
+        archive.file(&format!("/lab/workloads/{name}"), 0o755, &compile(source, name)?);
+    }
+    fs::write(tmp.join("initramfs.cpio"), archive.finish())?;
+    let image = Image { arch, key, initramfs: dir.join("initramfs.cpio"), programs: workloads.into_iter().map(|(n, _)| n).collect(), cached: false };
+    fs::write(tmp.join("image.json"), serde_json::to_string_pretty(&image)?)?;
+    cache::remove_dir_if_present(&dir)?;
+    fs::rename(&tmp, &dir)?;
+    Ok(image)
+}

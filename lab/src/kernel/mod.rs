@@ -1,0 +1,315 @@
+//! Stage: kernel recipe -> built kernel for one architecture, cached by content.
+//!
+//! Cache layout (below the lab cache root):
+//! - `trees/<tree key>/src/`: the source with the recipe's patches applied; the key hashes the
+//!   source identity and the patches. Build directories are *direct* subdirectories of it
+//!   (`src/o-<arch>-<config key>`), because then Kbuild names the source `..` in every command
+//!   line: a copy of the whole tree builds incrementally, where a copy of an `O=` directory that
+//!   points at another absolute source path rebuilds everything.
+//! - A recipe that only adds patches to an already built one starts from a copy (`cp -a`, mtimes
+//!   kept) of the tree with the longest matching patch prefix, build directories included, and
+//!   applies the rest: Kbuild then recompiles only what the patches touch.
+//! - `kernels/<name>-<arch>-<kernel key>/`: the finished kernel (boot image, vmlinux, .config,
+//!   System.map, build log, kernel.json). It exists only when complete (renamed into place), and
+//!   its key covers the tree key, the config inputs, the architecture and the compiler version.
+
+pub mod config;
+pub mod recipe;
+mod source;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use xshell::{cmd, Shell};
+
+use crate::arch::Arch;
+use crate::cache::{self, Cache, KeyBuilder, Lock};
+use crate::process;
+use crate::ui::{Event, Ui};
+pub use recipe::Recipe;
+
+/// Bump when the way a kernel is built changes in a way its inputs do not show.
+const BUILD_RECIPE_VERSION: &str = "1";
+
+/// A built kernel, ready to boot.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Kernel {
+    pub recipe: String,
+    pub arch: Arch,
+    pub key: String,
+    pub dir: PathBuf,
+    /// What QEMU's `-kernel` takes.
+    pub image: PathBuf,
+    pub vmlinux: PathBuf,
+    pub config: PathBuf,
+    pub source: String,
+    pub patches: Vec<String>,
+    pub toolchain: String,
+    pub build_seconds: f64,
+    /// True when this call found it in the cache.
+    #[serde(skip)]
+    pub cached: bool,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct TreeInfo {
+    source: String,
+    /// Content keys of the applied patches, in order.
+    patches: Vec<String>,
+}
+
+#[derive(Clone, Copy)]
+pub struct BuildOptions {
+    pub jobs: usize,
+    /// Compile through ccache when it is installed.
+    pub ccache: bool,
+    /// Re-read the Debian package index instead of trusting the cached one.
+    pub refresh: bool,
+}
+
+pub fn build(sh: &Shell, cache: &Cache, recipe: &Recipe, arch: Arch, opts: &BuildOptions, ui: &Ui) -> Result<Kernel> {
+    let task = format!("{} {arch}", recipe.name);
+    ui.send(Event::Started { task: task.clone(), stage: "kernel" });
+    let result = build_inner(sh, cache, recipe, arch, opts, ui, &task);
+    let summary = match &result {
+        Ok(k) if k.cached => format!("cached ({})", k.dir.display()),
+        Ok(k) => format!("built in {:.0}s ({})", k.build_seconds, k.dir.display()),
+        Err(e) => format!("{e:#}").lines().next().unwrap_or_default().to_string(),
+    };
+    ui.send(Event::Finished { task, ok: result.is_ok(), summary });
+    result.with_context(|| format!("kernel {} for {arch}", recipe.name))
+}
+
+fn build_inner(sh: &Shell, cache: &Cache, recipe: &Recipe, arch: Arch, opts: &BuildOptions, ui: &Ui, task: &str) -> Result<Kernel> {
+    let gcc = arch.gcc();
+    let toolchain = cmd!(sh, "{gcc} --version")
+        .quiet()
+        .read()
+        .ok()
+        .and_then(|v| v.lines().next().map(str::to_string))
+        .with_context(|| format!("{gcc} is not installed: run `lab setup` (or install {})", arch.toolchain_packages().join(" ")))?;
+    if opts.refresh {
+        source::forget_indexes(cache)?;
+    }
+    ui.send(Event::Progress { task: task.to_string(), message: "resolving source".into() });
+    let fetched = source::fetch(sh, cache, &recipe.source)?;
+    let patch_keys: Vec<String> = recipe
+        .patches
+        .iter()
+        .map(|p| KeyBuilder::default().part("patch", &p.contents).part("strip", &p.strip.to_le_bytes()).finish())
+        .collect();
+    let tree_key = patch_keys.iter().fold(KeyBuilder::default().part("source", fetched.id.as_bytes()), |k, p| k.part("patch", p.as_bytes())).finish();
+    let mut requested = config::Symbols::new();
+    let mut config_key = KeyBuilder::default()
+        .part("base", recipe.base_config.as_bytes())
+        .part("arch", arch.name().as_bytes())
+        .part("toolchain", toolchain.as_bytes())
+        .part("recipe-version", BUILD_RECIPE_VERSION.as_bytes());
+    for fragment in recipe.fragments(arch) {
+        config_key = config_key.part("fragment", fragment.text.as_bytes());
+        requested.extend(config::parse_fragment(&fragment.text)?);
+    }
+    let config_key = config_key.finish();
+    let kernel_key = KeyBuilder::default().part("tree", tree_key.as_bytes()).part("config", config_key.as_bytes()).finish();
+    let dir = cache.dir("kernels")?.join(format!("{}-{arch}-{kernel_key}", recipe.name));
+    if let Some(mut kernel) = read_kernel(&dir) {
+        kernel.cached = true;
+        return Ok(kernel);
+    }
+
+    let trees = cache.dir("trees")?;
+    let _tree_lock = Lock::acquire(&trees.join(format!("{tree_key}.lock")))?;
+    let tree = trees.join(&tree_key);
+    if !tree.join("tree.json").exists() {
+        ui.send(Event::Progress { task: task.to_string(), message: "preparing source tree".into() });
+        prepare_tree(sh, &trees, &tree, &fetched, recipe, &patch_keys)?;
+    }
+    let src = tree.join("src");
+    let out_name = format!("o-{arch}-{config_key}");
+    let out = src.join(&out_name);
+    let started = Instant::now();
+    let (kernel_arch, cross, jobs) = (arch.kernel_arch(), arch.cross_compile(), opts.jobs.to_string());
+    let make = |target: &str| -> Command {
+        let mut c = Command::from(cmd!(sh, "make -C {src} O={out_name} ARCH={kernel_arch} CROSS_COMPILE={cross} -j{jobs} {target}"));
+        if opts.ccache && which("ccache") {
+            c.arg(format!("CC=ccache {gcc}"));
+            c.env("CCACHE_DIR", cache.root().join("ccache")).env("CCACHE_NOHASHDIR", "1");
+        }
+        // Fixed build identity: a rebuild with nothing changed reproduces the same objects.
+        c.env("KBUILD_BUILD_USER", "lab").env("KBUILD_BUILD_HOST", "lab").env("KBUILD_BUILD_TIMESTAMP", "1970-01-01");
+        c
+    };
+    let stamp = out.join(".lab-config-ok");
+    let config_log = tree.join(format!("{out_name}.config.log"));
+    if !stamp.exists() {
+        ui.send(Event::Progress { task: task.to_string(), message: format!("configuring ({})", recipe.base_config) });
+        fs::create_dir_all(&out)?;
+        process::run_logged(make(&recipe.base_config), &config_log, |_| ())?;
+        let mut dot_config = fs::read_to_string(out.join(".config")).context("the base config made no .config")?;
+        for fragment in recipe.fragments(arch) {
+            dot_config.push_str(&format!("\n# lab fragment {}\n{}\n", fragment.path.display(), fragment.text));
+        }
+        fs::write(out.join(".config"), dot_config)?;
+        process::run_logged(make("olddefconfig"), &config_log, |_| ())?;
+        let final_config = fs::read_to_string(out.join(".config"))?;
+        let missing = config::mismatches(&requested, &final_config);
+        if !missing.is_empty() {
+            let list: Vec<String> = missing.iter().map(|(n, w, g)| format!("    {n}: requested {w}, got {g}")).collect();
+            bail!(
+                "{} requested config symbol(s) did not stick after olddefconfig (a dependency is off; \
+                 `make menuconfig`, then `/` and the symbol, shows what it depends on):\n{}\nconfig: {}",
+                missing.len(),
+                list.join("\n"),
+                out.join(".config").display()
+            );
+        }
+        fs::write(&stamp, "")?;
+    }
+    let (target, image_rel) = arch.kernel_target();
+    let build_log = tree.join(format!("{out_name}.build.log"));
+    ui.send(Event::Progress { task: task.to_string(), message: format!("make {target}") });
+    let mut compiled = 0usize;
+    process::run_logged(make(target), &build_log, |line| {
+        ui.send(Event::Output { task: task.to_string(), line: line.to_string() });
+        if line.starts_with("  CC") || line.starts_with("  LD") || line.starts_with("  AR") {
+            compiled += 1;
+            if compiled % 50 == 0 {
+                ui.send(Event::Progress { task: task.to_string(), message: format!("make {target}: {compiled} steps: {}", line.trim()) });
+            }
+        }
+    })
+    .with_context(|| format!("the kernel build failed (arch {arch}, tree {})", src.display()))?;
+
+    let tmp = cache::temp_sibling(&dir);
+    cache::remove_dir_if_present(&tmp)?;
+    fs::create_dir_all(&tmp)?;
+    for (from, to) in [(image_rel, "image"), ("vmlinux", "vmlinux"), (".config", "config"), ("System.map", "System.map")] {
+        fs::copy(out.join(from), tmp.join(to)).with_context(|| format!("the build made no {from}"))?;
+    }
+    fs::copy(&build_log, tmp.join("build.log"))?;
+    let kernel = Kernel {
+        recipe: recipe.name.clone(),
+        arch,
+        key: kernel_key,
+        image: dir.join("image"),
+        vmlinux: dir.join("vmlinux"),
+        config: dir.join("config"),
+        dir: dir.clone(),
+        source: fetched.id.clone(),
+        patches: recipe.patches.iter().map(|p| p.name.clone()).collect(),
+        toolchain,
+        build_seconds: started.elapsed().as_secs_f64(),
+        cached: false,
+    };
+    cache::write_atomic(&tmp.join("kernel.json"), serde_json::to_string_pretty(&kernel)?.as_bytes())?;
+    cache::remove_dir_if_present(&dir)?;
+    fs::rename(&tmp, &dir)?;
+    Ok(kernel)
+}
+
+fn read_kernel(dir: &Path) -> Option<Kernel> {
+    let kernel: Kernel = serde_json::from_slice(&fs::read(dir.join("kernel.json")).ok()?).ok()?;
+    [&kernel.image, &kernel.vmlinux, &kernel.config].iter().all(|p| p.exists()).then_some(kernel)
+}
+
+/// Creates `tree` (source plus patches) in a temporary directory and renames it into place, so a
+/// patch that does not apply leaves no tree behind.
+fn prepare_tree(sh: &Shell, trees: &Path, tree: &Path, fetched: &source::Fetched, recipe: &Recipe, patch_keys: &[String]) -> Result<()> {
+    let tmp = cache::temp_sibling(tree);
+    cache::remove_dir_if_present(&tmp)?;
+    fs::create_dir_all(&tmp)?;
+    let result = (|| -> Result<()> {
+        let src = tmp.join("src");
+        let applied = match best_donor(trees, &fetched.id, patch_keys) {
+            Some((donor, applied)) => {
+                let _donor_lock = Lock::acquire(&donor.with_extension("lock"))?;
+                let from = donor.join("src");
+                cmd!(sh, "cp -a --reflink=auto {from} {src}").quiet().run().context("cannot copy the donor tree")?;
+                applied
+            }
+            None => {
+                source::unpack(sh, fetched, &src)?;
+                0
+            }
+        };
+        for patch in &recipe.patches[applied..] {
+            apply_patch(sh, &src, patch)?;
+        }
+        let info = TreeInfo { source: fetched.id.clone(), patches: patch_keys.to_vec() };
+        fs::write(tmp.join("tree.json"), serde_json::to_string_pretty(&info)?)?;
+        Ok(())
+    })();
+    if let Err(e) = result {
+        cache::remove_dir_if_present(&tmp)?;
+        return Err(e);
+    }
+    cache::remove_dir_if_present(tree)?;
+    fs::rename(&tmp, tree).with_context(|| format!("cannot move the new tree to {}", tree.display()))
+}
+
+/// The finished tree of the same source whose patches are the longest prefix of ours.
+fn best_donor(trees: &Path, source: &str, patches: &[String]) -> Option<(PathBuf, usize)> {
+    fs::read_dir(trees)
+        .ok()?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter_map(|dir| {
+            let info: TreeInfo = serde_json::from_slice(&fs::read(dir.join("tree.json")).ok()?).ok()?;
+            let prefix = info.source == source && info.patches.len() <= patches.len() && patches.starts_with(&info.patches);
+            prefix.then_some((dir, info.patches.len()))
+        })
+        .max_by_key(|(_, n)| *n)
+}
+
+fn apply_patch(sh: &Shell, src: &Path, patch: &recipe::Patch) -> Result<()> {
+    let file = cache::temp_sibling(&src.with_extension("patch"));
+    fs::write(&file, &patch.contents)?;
+    let strip = format!("-p{}", patch.strip);
+    let output = cmd!(sh, "patch -d {src} {strip} --batch --forward --no-backup-if-mismatch -i {file}").quiet().ignore_status().output();
+    let _ = fs::remove_file(&file);
+    let output = output.context("cannot run `patch`: install it (`lab setup`)")?;
+    if output.status.success() {
+        return Ok(());
+    }
+    let text = String::from_utf8_lossy(&output.stdout).into_owned() + &String::from_utf8_lossy(&output.stderr);
+    bail!("patch {} does not apply:\n{}", patch.name, explain_patch_failure(&text))
+}
+
+/// Turns GNU patch's chatter into `file: hunk #N FAILED at L` lines.
+fn explain_patch_failure(output: &str) -> String {
+    let mut file = "";
+    let mut failures = Vec::new();
+    for line in output.lines() {
+        if let Some(f) = line.strip_prefix("patching file ").or_else(|| line.strip_prefix("checking file ")) {
+            file = f.trim_matches(|c| c == '\'' || c == '`');
+        } else if line.starts_with("Hunk #") && line.contains("FAILED") {
+            failures.push(format!("    {file}: {}", line.trim_end_matches('.').to_lowercase()));
+        } else if line.contains("can't find file") || line.contains("Reversed (or previously applied)") || line.contains("malformed") || line.contains("Only garbage") {
+            failures.push(format!("    {}{line}", if file.is_empty() { String::new() } else { format!("{file}: ") }));
+        }
+    }
+    if failures.is_empty() {
+        failures.push(output.lines().rev().take(5).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n"));
+    }
+    failures.join("\n")
+}
+
+fn which(program: &str) -> bool {
+    std::env::var_os("PATH").is_some_and(|paths| std::env::split_paths(&paths).any(|d| d.join(program).is_file()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn patch_failures_name_file_and_hunk() {
+        let output = "patching file kernel/sched/core.c\nHunk #1 succeeded at 10432 (offset 3 lines).\nHunk #2 FAILED at 10510.\n1 out of 2 hunks FAILED -- saving rejects to file kernel/sched/core.c.rej\n";
+        assert_eq!(explain_patch_failure(output), "    kernel/sched/core.c: hunk #2 failed at 10510");
+        let missing = "can't find file to patch at input line 5\nPerhaps you used the wrong -p or --strip option?\n";
+        assert!(explain_patch_failure(missing).contains("can't find file to patch"));
+    }
+}

@@ -1,0 +1,350 @@
+//! The pipeline: plan -> kernels -> images -> boots -> triage -> verdicts -> reports.
+//!
+//! Data flows one way. Each stage gets what it needs as values (a `Kernel`, an `Image`, a
+//! `Machine`) and returns values; only this module knows the order and the directory of a run.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::{mpsc, Arc, Mutex};
+
+use anyhow::{bail, Context, Result};
+use xshell::Shell;
+
+use crate::arch::Arch;
+use crate::cache::Cache;
+use crate::image::{self, Image};
+use crate::kernel::{self, BuildOptions, Kernel, Recipe};
+use crate::matrix::{self, LoadedMatrix, Timeouts};
+use crate::plan::Cell;
+use crate::report::{self, CellResult, Verdict};
+use crate::triage::{self, Kind, Report};
+use crate::ui::{Event, Ui};
+use crate::vm::{self, Accel, Boot, Deadlines, End, Machine};
+
+pub struct RunOptions {
+    pub out: PathBuf,
+    pub jobs: usize,
+    pub build: BuildOptions,
+    pub images_dir: PathBuf,
+}
+
+/// Every cell's result, in plan order; `Err` only for set-up problems that stop the whole run.
+pub fn run(sh: &Shell, cache: &Cache, matrix: &LoadedMatrix, recipes: &[Recipe], cells: &[Cell], opts: &RunOptions, ui: &Ui) -> Result<Vec<CellResult>> {
+    fs::create_dir_all(opts.out.join("cells")).with_context(|| format!("cannot create {}", opts.out.display()))?;
+    for recipe in recipes {
+        ui.note(format!("kernel {}: {}", recipe.name, recipe.description.trim()));
+    }
+    ui.note(format!("{} cells, results in {}", cells.len(), opts.out.display()));
+    let accel_x86 = match crate::doctor::kvm_works(cache) {
+        Ok(()) => Accel::Kvm,
+        Err(e) => {
+            ui.note(format!("KVM: {e:#}; x86_64 guests run under TCG"));
+            Accel::Tcg
+        }
+    };
+
+    let mut kernels: BTreeMap<(usize, Arch), Result<Kernel, String>> = BTreeMap::new();
+    for cell in cells {
+        kernels.entry((cell.kernel, cell.arch)).or_insert_with(|| {
+            kernel::build(sh, cache, &recipes[cell.kernel], cell.arch, &opts.build, ui).map_err(|e| format!("{e:#}"))
+        });
+        crate::process::check_interrupted()?;
+    }
+    let mut images: BTreeMap<Arch, Result<Image, String>> = BTreeMap::new();
+    for cell in cells {
+        images.entry(cell.arch).or_insert_with(|| image::build(sh, cache, &opts.images_dir, cell.arch, ui).map_err(|e| format!("{e:#}")));
+    }
+
+    let queue = Arc::new(Mutex::new(cells.iter().cloned().enumerate().collect::<std::collections::VecDeque<_>>()));
+    let (tx, rx) = mpsc::channel::<(usize, CellResult)>();
+    let results: Vec<CellResult> = std::thread::scope(|scope| -> Result<Vec<CellResult>> {
+        for _ in 0..opts.jobs.max(1) {
+            let (queue, tx, kernels, images) = (queue.clone(), tx.clone(), &kernels, &images);
+            scope.spawn(move || {
+                while let Some((index, cell)) = queue.lock().unwrap_or_else(|e| e.into_inner()).pop_front() {
+                    if crate::process::check_interrupted().is_err() {
+                        break;
+                    }
+                    let kernel = &kernels[&(cell.kernel, cell.arch)];
+                    let image = &images[&cell.arch];
+                    let accel = if cell.arch == Arch::X86_64 { accel_x86 } else { Accel::Tcg };
+                    let result = run_cell(&cell, kernel, image, accel, &matrix.matrix, &opts.out, ui);
+                    if tx.send((index, result)).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+        drop(tx);
+        let mut done: Vec<(usize, CellResult)> = Vec::new();
+        for (index, result) in rx {
+            report::write_cell(&result)?;
+            done.push((index, result));
+            done.sort_by_key(|(i, _)| *i);
+            let ordered: Vec<CellResult> = done.iter().map(|(_, r)| r.clone()).collect();
+            report::write_summary(&opts.out, &ordered)?;
+        }
+        Ok(done.into_iter().map(|(_, r)| r).collect())
+    })?;
+    crate::process::check_interrupted()?;
+    Ok(results)
+}
+
+fn run_cell(cell: &Cell, kernel: &Result<Kernel, String>, image: &Result<Image, String>, accel: Accel, matrix: &matrix::Matrix, out: &Path, ui: &Ui) -> CellResult {
+    let dir = out.join("cells").join(&cell.id);
+    let started = std::time::Instant::now();
+    let mut result = CellResult {
+        id: cell.id.clone(),
+        kernel: cell.kernel_name.clone(),
+        arch: cell.arch,
+        vcpus: cell.vcpus,
+        workload: cell.workload.name.clone(),
+        verdict: Verdict::Error,
+        reason: String::new(),
+        duration_s: 0.0,
+        reports: Vec::new(),
+        expect: cell.workload.expect,
+        ready_s: None,
+        end: String::new(),
+        dir: dir.clone(),
+        excerpt: String::new(),
+    };
+    ui.send(Event::Started { task: cell.id.clone(), stage: "boot" });
+    let outcome = (|| -> Result<Boot> {
+        fs::create_dir_all(&dir)?;
+        let kernel = kernel.as_ref().map_err(|e| anyhow::anyhow!("kernel build failed: {e}"))?;
+        let image = image.as_ref().map_err(|e| anyhow::anyhow!("guest image failed: {e}"))?;
+        let cmdline = kernel_cmdline(cell, matrix);
+        let machine = Machine {
+            arch: cell.arch,
+            accel,
+            vcpus: cell.vcpus,
+            memory_mib: matrix.memory_mib,
+            kernel: &kernel.image,
+            initramfs: Some(&image.initramfs),
+            cmdline: &cmdline,
+        };
+        let task = cell.id.clone();
+        vm::boot(&machine, &dir, deadlines(&matrix.timeouts), triage::starts_report, |line| {
+            ui.send(Event::Output { task: task.clone(), line: line.to_string() });
+            if line.contains("LAB-READY") || line.contains("LAB-PROGRESS") {
+                ui.send(Event::Progress { task: task.clone(), message: line.trim().to_string() });
+            }
+        })
+    })();
+    match outcome {
+        Ok(boot) => {
+            let console = report::read_console(&dir);
+            let (verdict, reason, reports) = judge(cell, &boot, triage::triage(console.as_bytes()), matrix.timeouts.silence);
+            result.excerpt = report::excerpt(&console, &reports);
+            result.verdict = verdict;
+            result.reason = reason;
+            result.reports = reports;
+            result.ready_s = boot.ready.as_ref().map(|r| r.at);
+            result.end = serde_json::to_value(&boot.end).ok().and_then(|v| v.as_str().map(str::to_string).or_else(|| Some(v.to_string()))).unwrap_or_default();
+        }
+        Err(e) => {
+            result.reason = format!("{e:#}");
+            result.excerpt = triage::sanitize(&result.reason);
+        }
+    }
+    result.duration_s = started.elapsed().as_secs_f64();
+    ui.send(Event::Finished {
+        task: cell.id.clone(),
+        ok: matches!(result.verdict, Verdict::Pass | Verdict::Skip),
+        summary: format!("{}: {}", format!("{:?}", result.verdict).to_lowercase(), result.reason),
+    });
+    result
+}
+
+fn deadlines(t: &Timeouts) -> Deadlines {
+    Deadlines { boot: t.boot, silence: t.silence, workload: t.workload, report_grace: t.report_grace }
+}
+
+/// The guest's whole configuration travels on the kernel command line: the init reads
+/// `lab.workload` and `lab.arg.*` from /proc/cmdline.
+fn kernel_cmdline(cell: &Cell, matrix: &matrix::Matrix) -> String {
+    let mut words = vec![
+        format!("console={}", cell.arch.console()),
+        // Reboot at once on panic; with QEMU's -no-reboot that ends the VM.
+        "panic=-1".to_string(),
+        // On a lockup, every CPU's stack: a live lock needs both sides.
+        "hardlockup_all_cpu_backtrace=1".to_string(),
+        "softlockup_all_cpu_backtrace=1".to_string(),
+        format!("lab.workload={}", cell.workload.program()),
+    ];
+    for (key, value) in &cell.workload.args {
+        words.push(format!("lab.arg.{key}={}", matrix::arg_value(value).unwrap_or_default()));
+    }
+    words.extend(matrix.cmdline.iter().cloned());
+    words.join(" ")
+}
+
+/// The verdict of one boot: what the console shows, what the workload said, how the VM ended.
+fn judge(cell: &Cell, boot: &Boot, mut reports: Vec<Report>, silence_s: u64) -> (Verdict, String, Vec<Report>) {
+    let last_line = triage_line_count(&boot.console_log);
+    if boot.end == End::Silent {
+        reports.push(Report {
+            kind: Kind::Silent,
+            title: format!("silent: no console output for {silence_s}s{}", if boot.ready.is_none() { " during boot" } else { "" }),
+            frame: None,
+            cpu: None,
+            line: last_line,
+            lines: Vec::new(),
+        });
+    }
+    let other = |title: String| Report { kind: Kind::Other, title, frame: None, cpu: None, line: last_line, lines: Vec::new() };
+    if let End::QemuFailed(why) = &boot.end {
+        if reports.is_empty() {
+            return (Verdict::Error, why.clone(), reports);
+        }
+    }
+    if let Some(expected) = cell.workload.expect {
+        return match reports.iter().find(|r| r.kind == expected) {
+            Some(r) => (Verdict::Pass, format!("expected {expected} reported: {}", r.title), reports),
+            None => {
+                let got = reports.first().map(|r| r.title.clone()).unwrap_or_else(|| "no report".into());
+                let reason = format!("expected a {expected} report, got: {got}");
+                reports.insert(0, other(reason.clone()));
+                (Verdict::Fail, reason, reports)
+            }
+        };
+    }
+    if let Some(first) = reports.first() {
+        return (Verdict::Fail, first.title.clone(), reports);
+    }
+    let Some(ready) = &boot.ready else {
+        let reason = match boot.end {
+            End::BootTimeout => "no ready line: boot did not finish before the boot deadline".to_string(),
+            _ => "no ready line: the guest stopped before its init started".to_string(),
+        };
+        reports.push(other(reason.clone()));
+        let verdict = if boot.end == End::BootTimeout { Verdict::Timeout } else { Verdict::Fail };
+        return (verdict, reason, reports);
+    };
+    let mismatch = [("arch", cell.arch.uname_machine().to_string()), ("cpus", cell.vcpus.to_string())]
+        .into_iter()
+        .find(|(key, want)| ready.get(key) != Some(want.as_str()));
+    if let Some((key, want)) = mismatch {
+        let reason = format!("the guest reports {key}={}, the cell asked for {want}", ready.get(key).unwrap_or("nothing"));
+        reports.push(other(reason.clone()));
+        return (Verdict::Fail, reason, reports);
+    }
+    let Some(result) = &boot.result else {
+        let reason = match boot.end {
+            End::WorkloadTimeout => format!("timeout: workload {} gave no result line in time", cell.workload.name),
+            _ => format!("workload {} gave no result line before the guest stopped", cell.workload.name),
+        };
+        reports.push(other(reason.clone()));
+        let verdict = if boot.end == End::WorkloadTimeout { Verdict::Timeout } else { Verdict::Fail };
+        return (verdict, reason, reports);
+    };
+    let detail = result.get("detail").unwrap_or("");
+    match result.get("status") {
+        Some("pass") => (Verdict::Pass, format!("{} passed in {} ms", cell.workload.name, result.get("elapsed_ms").unwrap_or("?")), reports),
+        Some("skip") => (Verdict::Skip, format!("{} skipped: {detail}", cell.workload.name), reports),
+        Some("error") => (Verdict::Error, format!("{} could not run: {detail}", cell.workload.name), reports),
+        status => {
+            let reason = format!("{} failed: status={} {detail}", cell.workload.name, status.unwrap_or("?"));
+            reports.push(other(reason.clone()));
+            (Verdict::Fail, reason, reports)
+        }
+    }
+}
+
+fn triage_line_count(console_log: &Path) -> usize {
+    fs::read(console_log).map(|b| b.split(|&c| c == b'\n').count().saturating_sub(1).max(1)).unwrap_or(1)
+}
+
+/// A default output directory per run, so nightly runs never overwrite each other.
+pub fn default_out(base: &Path) -> PathBuf {
+    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    base.join(format!("run-{secs}"))
+}
+
+/// An explicit --out must be new or empty: results of two runs never mix.
+pub fn check_out_dir(out: &Path) -> Result<()> {
+    if out.exists() && fs::read_dir(out).map(|mut d| d.next().is_some()).unwrap_or(true) {
+        bail!("output directory {} is not empty: choose a new one (results of two runs must not mix)", out.display());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::vm::ProtocolLine;
+
+    fn cell(expect: Option<Kind>) -> Cell {
+        let programs = ["smoke", "lkdtm"].into_iter().map(String::from).collect();
+        let m = matrix::parse("kernels: [{recipe: k.yaml}]\narches: [aarch64]\nvcpus: [2]\nworkloads: [{name: smoke}]\n", &programs).unwrap();
+        let mut workload = m.workloads[0].clone();
+        workload.expect = expect;
+        Cell { id: "k-aarch64-2cpu-smoke".into(), kernel: 0, kernel_name: "k".into(), arch: Arch::Aarch64, vcpus: 2, workload }
+    }
+
+    fn line(text: &str) -> Option<ProtocolLine> {
+        Some(ProtocolLine { at: 1.0, fields: text.split_whitespace().filter_map(|w| w.split_once('=')).map(|(k, v)| (k.into(), v.into())).collect() })
+    }
+
+    fn boot(end: End, ready: &str, result: &str) -> Boot {
+        Boot {
+            end,
+            ready: if ready.is_empty() { None } else { line(ready) },
+            result: if result.is_empty() { None } else { line(result) },
+            last_output_s: 0.0,
+            duration_s: 1.0,
+            console_log: PathBuf::from("/nonexistent"),
+        }
+    }
+
+    fn lockup() -> Report {
+        Report { kind: Kind::HardLockup, title: "hard LOCKUP in mm_get_cid".into(), frame: Some("mm_get_cid".into()), cpu: Some(1), line: 7, lines: vec![] }
+    }
+
+    const READY: &str = "arch=aarch64 cpus=2";
+
+    /// `check(expect, boot, reports, "verdict: reason")`
+    fn check(expect: Option<Kind>, boot: Boot, reports: Vec<Report>, want: &str) {
+        let (verdict, reason, _) = judge(&cell(expect), &boot, reports, 60);
+        assert_eq!(format!("{verdict:?}: {reason}"), want);
+    }
+
+    #[test]
+    fn verdicts() {
+        check(None, boot(End::Exited, READY, "status=pass elapsed_ms=5000"), vec![], "Pass: smoke passed in 5000 ms");
+        check(None, boot(End::StoppedAfterReport, READY, ""), vec![lockup()], "Fail: hard LOCKUP in mm_get_cid");
+        check(None, boot(End::Exited, READY, "status=pass"), vec![lockup()], "Fail: hard LOCKUP in mm_get_cid");
+        check(None, boot(End::Silent, READY, ""), vec![], "Fail: silent: no console output for 60s");
+        check(None, boot(End::Silent, "", ""), vec![], "Fail: silent: no console output for 60s during boot");
+        check(None, boot(End::BootTimeout, "", ""), vec![], "Timeout: no ready line: boot did not finish before the boot deadline");
+        check(None, boot(End::Exited, "", ""), vec![], "Fail: no ready line: the guest stopped before its init started");
+        check(None, boot(End::Exited, "arch=aarch64 cpus=1", "status=pass"), vec![], "Fail: the guest reports cpus=1, the cell asked for 2");
+        check(None, boot(End::Exited, "arch=x86_64 cpus=2", "status=pass"), vec![], "Fail: the guest reports arch=x86_64, the cell asked for aarch64");
+        check(None, boot(End::WorkloadTimeout, READY, ""), vec![], "Timeout: timeout: workload smoke gave no result line in time");
+        check(None, boot(End::Exited, READY, "status=skip detail=no-rseq"), vec![], "Skip: smoke skipped: no-rseq");
+        check(None, boot(End::Exited, READY, "status=fail detail=exit-1"), vec![], "Fail: smoke failed: status=fail exit-1");
+        check(None, boot(End::Exited, READY, "status=error detail=usage"), vec![], "Error: smoke could not run: usage");
+        check(None, boot(End::QemuFailed("QEMU exited with exit status: 1: bad -M".into()), "", ""), vec![], "Error: QEMU exited with exit status: 1: bad -M");
+        let hl = Some(Kind::HardLockup);
+        check(hl, boot(End::StoppedAfterReport, READY, ""), vec![lockup()], "Pass: expected hard-lockup reported: hard LOCKUP in mm_get_cid");
+        check(hl, boot(End::Exited, READY, "status=skip"), vec![], "Fail: expected a hard-lockup report, got: no report");
+        check(hl, boot(End::Silent, READY, ""), vec![], "Fail: expected a hard-lockup report, got: silent: no console output for 60s");
+    }
+
+    #[test]
+    fn cmdline_carries_the_workload() {
+        let programs = ["smoke", "lkdtm"].into_iter().map(String::from).collect();
+        let m = matrix::parse(
+            "kernels: [{recipe: k.yaml}]\narches: [ppc64le]\nvcpus: [2]\nworkloads: [{name: hl, program: lkdtm, args: {crash: HARDLOCKUP, wait: 30}}]\ncmdline: [nokaslr]\n",
+            &programs,
+        )
+        .unwrap();
+        let c = Cell { id: "x".into(), kernel: 0, kernel_name: "k".into(), arch: Arch::Ppc64le, vcpus: 2, workload: m.workloads[0].clone() };
+        assert_eq!(
+            kernel_cmdline(&c, &m),
+            "console=hvc0 panic=-1 hardlockup_all_cpu_backtrace=1 softlockup_all_cpu_backtrace=1 lab.workload=lkdtm lab.arg.crash=HARDLOCKUP lab.arg.wait=30 nokaslr"
+        );
+    }
+}

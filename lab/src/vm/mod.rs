@@ -1,0 +1,230 @@
+//! Stage: boot a guest, watch its console, stop it, say how it ended.
+//!
+//! This stage judges nothing about the kernel: it reports what happened on the wire (ready line,
+//! result line, silence, deadlines, QEMU's exit) and leaves the verdict to the runner and triage.
+//! It only needs one hint from triage, `report_starts`, to stop a guest a grace period after the
+//! kernel began reporting a failure instead of waiting for the workload deadline.
+//!
+//! Invariant: `console.log` holds every console byte QEMU wrote, line by line as it arrived, each
+//! line prefixed with the host time since QEMU started (`    1.234s| `), and is written through
+//! (no buffering), so a crash of the lab loses nothing the guest said.
+
+pub mod qemu;
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use serde::Serialize;
+
+use crate::process::{self, Group};
+pub use qemu::{Accel, Machine};
+
+/// Seconds.
+#[derive(Debug, Clone, Copy)]
+pub struct Deadlines {
+    pub boot: u64,
+    pub silence: u64,
+    pub workload: u64,
+    pub report_grace: u64,
+}
+
+/// The guest's protocol lines (see images/workloads/README.md), as `key=value` words.
+#[derive(Debug, Clone, Serialize)]
+pub struct ProtocolLine {
+    /// Host seconds since QEMU started.
+    pub at: f64,
+    pub fields: BTreeMap<String, String>,
+}
+
+impl ProtocolLine {
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.fields.get(key).map(String::as_str)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum End {
+    /// QEMU exited by itself: power-off, or `-no-reboot` turning a panic's reboot into an exit.
+    Exited,
+    /// No ready line before the boot deadline.
+    BootTimeout,
+    /// Ready, but no result line before the workload deadline (the console kept talking).
+    WorkloadTimeout,
+    /// No console output for the silence deadline.
+    Silent,
+    /// The kernel started a failure report and the grace period for the rest of it ran out.
+    StoppedAfterReport,
+    /// QEMU refused to start or died with an error of its own.
+    QemuFailed(String),
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Boot {
+    pub end: End,
+    pub ready: Option<ProtocolLine>,
+    pub result: Option<ProtocolLine>,
+    pub last_output_s: f64,
+    pub duration_s: f64,
+    pub console_log: PathBuf,
+}
+
+pub const CONSOLE_LOG: &str = "console.log";
+pub const QEMU_COMMAND: &str = "qemu-command.sh";
+
+/// After the result line the guest powers off by itself; under TCG that takes a second or two.
+const POWER_OFF_GRACE: Duration = Duration::from_secs(30);
+
+pub fn boot(machine: &Machine, dir: &Path, deadlines: Deadlines, report_starts: fn(&str) -> bool, mut on_line: impl FnMut(&str)) -> Result<Boot> {
+    let mut command = machine.command();
+    std::fs::write(dir.join(QEMU_COMMAND), format!("#!/bin/sh\n{}\n", qemu::shell_line(&command)))?;
+    let stderr_path = dir.join("qemu.stderr");
+    command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(File::create(&stderr_path).with_context(|| format!("cannot create {}", stderr_path.display()))?);
+    let console_log = dir.join(CONSOLE_LOG);
+    let mut log = File::create(&console_log).with_context(|| format!("cannot create {}", console_log.display()))?;
+    let start = Instant::now();
+    let mut group = Group::spawn(command)?;
+    let stdout = group.child_mut().stdout.take().context("QEMU has no stdout pipe")?;
+    let lines = read_lines(stdout, start);
+
+    let mut ready = None;
+    let mut result = None;
+    let mut last_output = start;
+    let mut report_seen: Option<Instant> = None;
+    let mut result_seen: Option<Instant> = None;
+    let end = loop {
+        match lines.recv_timeout(Duration::from_millis(100)) {
+            Ok((at, text)) => {
+                last_output = Instant::now();
+                writeln!(log, "{at:>9.3}s| {text}").with_context(|| format!("cannot write {}", console_log.display()))?;
+                on_line(&text);
+                if let Some(fields) = protocol_fields(&text, "LAB-READY") {
+                    ready.get_or_insert(ProtocolLine { at, fields });
+                } else if let Some(fields) = protocol_fields(&text, "LAB-RESULT") {
+                    result.get_or_insert(ProtocolLine { at, fields });
+                    result_seen.get_or_insert_with(Instant::now);
+                } else if report_seen.is_none() && report_starts(&text) {
+                    report_seen = Some(Instant::now());
+                }
+                continue;
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                // stdout closed: QEMU is exiting; wait for its status below.
+                let status = group.wait()?;
+                break match status.success() {
+                    true => End::Exited,
+                    false => End::QemuFailed(qemu_error(&stderr_path, status)),
+                };
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+        }
+        process::check_interrupted()?;
+        let now = Instant::now();
+        let secs = |d: u64| Duration::from_secs(d);
+        if let Some(at) = result_seen {
+            if now - at > POWER_OFF_GRACE {
+                break End::Exited;
+            }
+        } else if report_seen.is_some_and(|at| now - at > secs(deadlines.report_grace)) {
+            break End::StoppedAfterReport;
+        } else if now - last_output > secs(deadlines.silence) {
+            break End::Silent;
+        } else if ready.is_none() && now - start > secs(deadlines.boot) {
+            break End::BootTimeout;
+        } else if let Some(r) = &ready {
+            if (now - start).as_secs_f64() - r.at > deadlines.workload as f64 {
+                break End::WorkloadTimeout;
+            }
+        }
+    };
+    group.kill();
+    log.flush()?;
+    Ok(Boot {
+        end,
+        ready,
+        result,
+        last_output_s: (last_output - start).as_secs_f64(),
+        duration_s: start.elapsed().as_secs_f64(),
+        console_log,
+    })
+}
+
+/// Splits the console into lines on a thread of its own, stamping each with the host time at which
+/// its first byte arrived. A partial line is flushed when the console pauses, so a guest that
+/// hangs mid-line still shows its last words.
+fn read_lines(mut stdout: impl Read + Send + 'static, start: Instant) -> mpsc::Receiver<(f64, String)> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut pending: Vec<u8> = Vec::new();
+        let mut pending_at = 0.0;
+        let mut buf = [0u8; 4096];
+        loop {
+            let n = match stdout.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            for &byte in &buf[..n] {
+                if pending.is_empty() {
+                    pending_at = start.elapsed().as_secs_f64();
+                }
+                if byte == b'\n' {
+                    let line = String::from_utf8_lossy(&pending).trim_end_matches('\r').to_string();
+                    pending.clear();
+                    if tx.send((pending_at, line)).is_err() {
+                        return;
+                    }
+                } else {
+                    pending.push(byte);
+                }
+            }
+        }
+        if !pending.is_empty() {
+            let _ = tx.send((pending_at, String::from_utf8_lossy(&pending).into_owned()));
+        }
+    });
+    rx
+}
+
+/// `... LAB-READY arch=x86_64 cpus=4` -> {arch: x86_64, cpus: 4}. The marker may follow kernel
+/// output on the same line: printk can interleave with the init's write.
+fn protocol_fields(line: &str, marker: &str) -> Option<BTreeMap<String, String>> {
+    let rest = &line[line.find(marker)? + marker.len()..];
+    if !rest.is_empty() && !rest.starts_with(' ') {
+        return None;
+    }
+    Some(rest.split_whitespace().filter_map(|w| w.split_once('=')).map(|(k, v)| (k.to_string(), v.to_string())).collect())
+}
+
+fn qemu_error(stderr: &Path, status: std::process::ExitStatus) -> String {
+    let text = std::fs::read_to_string(stderr).unwrap_or_default();
+    let last: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    format!("QEMU exited with {status}: {}", last.iter().rev().take(3).rev().copied().collect::<Vec<_>>().join(" / "))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(line: &str, marker: &str, expect: Option<&str>) {
+        let got = protocol_fields(line, marker).map(|f| f.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(" "));
+        assert_eq!(got.as_deref(), expect, "{line}");
+    }
+
+    #[test]
+    fn protocol_lines() {
+        check("LAB-READY arch=x86_64 cpus=4 kernel=7.3.4", "LAB-READY", Some("arch=x86_64 cpus=4 kernel=7.3.4"));
+        check("[    1.5] random: crng init doneLAB-RESULT workload=smoke status=pass", "LAB-RESULT", Some("status=pass workload=smoke"));
+        check("LAB-READYX arch=x86_64", "LAB-READY", None);
+        check("LAB-RESULT", "LAB-RESULT", Some(""));
+        check("nothing here", "LAB-READY", None);
+    }
+}

@@ -1,0 +1,230 @@
+//! End to end, for real: Debian kernel source, Kbuild with the cross compilers, QEMU under TCG,
+//! guests on x86_64, aarch64 and ppc64le. The first test to need it installs the host packages
+//! (`lab setup`, idempotent) and runs the suite's matrix once; every test then checks one promise
+//! against that run's files, from outside, as a user or CI would read them.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+fn lab() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_lab"))
+}
+
+fn matrix() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/e2e-matrix.yaml")
+}
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("lab-e2e-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
+fn run(cmd: &mut Command) -> Output {
+    let out = cmd.output().expect("cannot start lab");
+    eprintln!("{}", String::from_utf8_lossy(&out.stderr));
+    out
+}
+
+struct Run {
+    out: PathBuf,
+    code: Option<i32>,
+    cells: Vec<Value>,
+}
+
+impl Run {
+    fn cell(&self, workload: &str, arch: &str, vcpus: u64) -> &Value {
+        self.cells
+            .iter()
+            .find(|c| c["workload"] == workload && c["arch"] == arch && c["vcpus"] == vcpus)
+            .unwrap_or_else(|| panic!("no cell {workload} {arch} {vcpus}"))
+    }
+}
+
+fn setup() {
+    static SETUP: OnceLock<()> = OnceLock::new();
+    SETUP.get_or_init(|| {
+        let out = run(lab().arg("setup"));
+        assert!(out.status.success(), "lab setup failed: {}", String::from_utf8_lossy(&out.stdout));
+    });
+}
+
+fn suite() -> &'static Run {
+    static RUN: OnceLock<Run> = OnceLock::new();
+    RUN.get_or_init(|| {
+        setup();
+        let out = scratch("suite");
+        let o = run(lab().arg("run").arg("--matrix").arg(matrix()).arg("--out").arg(&out));
+        println!("{}", String::from_utf8_lossy(&o.stdout));
+        let summary: Value = serde_json::from_slice(&std::fs::read(out.join("summary.json")).expect("no summary.json")).unwrap();
+        Run { out, code: o.status.code(), cells: summary["cells"].as_array().unwrap().clone() }
+    })
+}
+
+const ARCHES: [&str; 3] = ["x86_64", "aarch64", "ppc64le"];
+
+#[test]
+fn every_architecture_boots_and_passes_smoke_including_more_vcpus_than_host_cores() {
+    let run = suite();
+    for arch in ARCHES {
+        for vcpus in [1, 4] {
+            let cell = run.cell("smoke", arch, vcpus);
+            assert_eq!(cell["verdict"], "pass", "{cell:#}");
+            assert!(cell["ready_s"].as_f64().unwrap() > 0.0, "{cell:#}");
+            assert!(cell["reports"].as_array().unwrap().is_empty(), "{cell:#}");
+            let console = std::fs::read_to_string(Path::new(cell["dir"].as_str().unwrap()).join("console.log")).unwrap();
+            let ready = console.lines().find(|l| l.contains("LAB-READY")).expect("no ready line in console.log");
+            assert!(ready.contains(&format!("arch={arch}")) && ready.contains(&format!("cpus={vcpus}")), "{ready}");
+            assert!(console.lines().all(|l| l.len() > 11 && &l[9..11] == "s|"), "every console line carries the host time");
+        }
+    }
+}
+
+#[test]
+fn a_provoked_hard_lockup_is_reported_on_every_architecture() {
+    let run = suite();
+    for arch in ARCHES {
+        let cell = run.cell("selftest-hardlockup", arch, 2);
+        assert_eq!(cell["verdict"], "pass", "{cell:#}");
+        let lockup = cell["reports"].as_array().unwrap().iter().find(|r| r["kind"] == "hard-lockup").expect("no hard-lockup report");
+        assert!(lockup["title"].as_str().unwrap().starts_with("hard LOCKUP"), "{lockup:#}");
+        assert!(lockup["cpu"].is_u64(), "the reporting CPU is known: {lockup:#}");
+    }
+}
+
+#[test]
+fn a_provoked_panic_fails_its_cell_and_the_run() {
+    let run = suite();
+    for arch in ARCHES {
+        let cell = run.cell("must-fail-panic", arch, 2);
+        assert_eq!(cell["verdict"], "fail", "{cell:#}");
+        assert_eq!(cell["reports"][0]["kind"], "panic", "{cell:#}");
+    }
+    assert_eq!(run.code, Some(1), "a failed cell makes `lab run` exit 1");
+}
+
+#[test]
+fn junit_is_valid_xml_with_a_suite_per_kernel_and_arch() {
+    let run = suite();
+    let junit = run.out.join("junit.xml");
+    let check = "import sys, xml.dom.minidom as m\n\
+        d = m.parse(sys.argv[1])\n\
+        suites = d.getElementsByTagName('testsuite')\n\
+        print(len(suites), sum(len(s.getElementsByTagName('testcase')) for s in suites), len(d.getElementsByTagName('failure')))\n";
+    let out = Command::new("python3").args(["-c", check]).arg(&junit).output().unwrap();
+    assert!(out.status.success(), "junit.xml does not parse: {}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), format!("3 {} 3", run.cells.len()));
+    let xml = std::fs::read_to_string(&junit).unwrap();
+    assert!(xml.contains("name=\"linux-7.3.ppc64le\"") && xml.contains("type=\"panic\""), "{xml}");
+    for cell in &run.cells {
+        let dir = Path::new(cell["dir"].as_str().unwrap());
+        for file in ["console.log", "result.json", "qemu-command.sh"] {
+            assert!(dir.join(file).exists(), "{} has no {file}", dir.display());
+        }
+    }
+}
+
+#[test]
+fn built_kernels_have_the_code_under_test_and_rebuild_from_cache() {
+    suite();
+    let start = Instant::now();
+    let out = run(lab().arg("build").arg("--matrix").arg(matrix()).arg("--json"));
+    assert!(out.status.success());
+    let kernels: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let kernels = kernels.as_array().unwrap();
+    assert_eq!(kernels.len(), 3);
+    for k in kernels {
+        assert_eq!(k["cached"], true, "{k:#}");
+        let config = std::fs::read_to_string(k["kernel"]["config"].as_str().unwrap()).unwrap();
+        for symbol in ["CONFIG_SCHED_MM_CID=y", "CONFIG_CGROUPS=y", "CONFIG_RSEQ=y", "CONFIG_LKDTM=y"] {
+            assert!(config.lines().any(|l| l == symbol), "{} lacks {symbol}", k["kernel"]["arch"]);
+        }
+    }
+    eprintln!("cached build of three kernels: {:.1}s", start.elapsed().as_secs_f64());
+}
+
+#[test]
+fn triage_reads_a_saved_console_log() {
+    let run = suite();
+    let console = Path::new(run.cell("selftest-hardlockup", "aarch64", 2)["dir"].as_str().unwrap()).join("console.log");
+    let out = run_ok(lab().arg("triage").arg("--json").arg(&console));
+    let json: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let reports = json["files"][0]["reports"].as_array().unwrap();
+    assert!(reports.iter().any(|r| r["kind"] == "hard-lockup" && r["line"].as_u64().unwrap() > 1), "{json:#}");
+}
+
+fn run_ok(cmd: &mut Command) -> Output {
+    let out = run(cmd);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+    out
+}
+
+#[test]
+fn doctor_finds_kvm_status_by_booting_and_tcg_working() {
+    setup();
+    let out = run(lab().arg("doctor"));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(text.lines().any(|l| l.starts_with("ok") && l.contains("TCG boots a test guest")), "{text}");
+    assert!(text.lines().any(|l| l.contains("KVM for x86_64 guests")), "{text}");
+}
+
+#[test]
+fn ctrl_c_kills_every_qemu_and_keeps_the_results() {
+    suite();
+    let out = scratch("interrupt");
+    let mut child = lab()
+        .args(["run", "--filter", "workload=smoke", "--filter", "arch=aarch64", "--filter", "vcpus=1"])
+        .arg("--matrix")
+        .arg(matrix())
+        .arg("--out")
+        .arg(&out)
+        .spawn()
+        .unwrap();
+    let console = out.join("cells/linux-7.3-aarch64-1cpu-smoke/console.log");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while std::fs::metadata(&console).map(|m| m.len() == 0).unwrap_or(true) {
+        assert!(Instant::now() < deadline, "the guest never started");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(130));
+    let marker = out.to_string_lossy().into_owned();
+    let leftovers: Vec<String> = std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| std::fs::read(e.ok()?.path().join("cmdline")).ok())
+        .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+        .filter(|c| c.contains("qemu-system") && c.contains(&marker))
+        .collect();
+    assert!(leftovers.is_empty(), "QEMU left behind: {leftovers:?}");
+}
+
+#[test]
+fn bad_input_exits_2_with_one_clear_message_and_no_output() {
+    let dir = scratch("bad-input");
+    std::fs::create_dir_all(&dir).unwrap();
+    let typo = dir.join("typo.yaml");
+    std::fs::write(&typo, std::fs::read_to_string(matrix()).unwrap().replace("arches:", "archs:")).unwrap();
+    let out_dir = dir.join("out");
+    let out_arg = out_dir.to_str().unwrap();
+    for (args, expect) in [
+        (vec!["run", "--out", out_arg, "--matrix", typo.to_str().unwrap()], "unknown field `archs`"),
+        (vec!["run", "--out", out_arg, "--matrix", "/nonexistent.yaml"], "cannot read matrix file /nonexistent.yaml"),
+        (vec!["run", "--out", out_arg, "--filter", "arch=arm64"], "unknown architecture `arm64`"),
+        (vec!["run", "--out", out_arg, "--filter", "cpu=4"], "unknown filter key `cpu`"),
+        (vec!["build", "--recipe", "/nonexistent.yaml"], "cannot read kernel recipe"),
+    ] {
+        let out = lab().args(&args).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains(expect), "{args:?}: {stderr}");
+        assert!(!out_dir.exists(), "{args:?} left output behind");
+    }
+    let line = lab().args(["run", "--matrix"]).arg(&typo).output().unwrap();
+    assert!(String::from_utf8_lossy(&line.stderr).contains("line 6"), "YAML errors carry the line");
+}
