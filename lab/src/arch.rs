@@ -104,6 +104,15 @@ impl Arch {
         }
     }
 
+    /// Kernel parameters every guest of this architecture needs.
+    pub fn kernel_params(self) -> &'static [&'static str] {
+        match self {
+            // Pseudo-NMI lets a CPU spinning with interrupts off still dump its stack on a lockup.
+            Arch::Aarch64 => &["irqchip.gicv3_pseudo_nmi=1"],
+            Arch::X86_64 | Arch::Ppc64le => &[],
+        }
+    }
+
     /// What `uname -m` says inside the guest, to check that the right kernel booted.
     pub fn uname_machine(self) -> &'static str {
         match self {

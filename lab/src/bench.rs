@@ -73,7 +73,7 @@ pub fn run(sh: &Shell, cache: &Cache, args: &BenchArgs, ui: &Ui, project: &Path)
     for k in &kernels {
         let image = crate::image::build(sh, cache, &project.join("images"), k.arch, ui)?;
         for vcpus in VCPUS {
-            let cmdline = format!("console={} panic=-1 lab.workload=smoke lab.arg.seconds=1", k.arch.console());
+            let cmdline = format!("console={} panic=-1 {} lab.workload=smoke lab.arg.seconds=1", k.arch.console(), k.arch.kernel_params().join(" "));
             let machine = Machine { arch: k.arch, accel: Accel::Tcg, vcpus, memory_mib: 512, kernel: &k.image, initramfs: Some(&image.initramfs), cmdline: &cmdline };
             let mut bare = Vec::new();
             let mut lab = Vec::new();

@@ -172,8 +172,9 @@ fn kernel_cmdline(cell: &Cell, matrix: &matrix::Matrix) -> String {
         // On a lockup, every CPU's stack: a live lock needs both sides.
         "hardlockup_all_cpu_backtrace=1".to_string(),
         "softlockup_all_cpu_backtrace=1".to_string(),
-        format!("lab.workload={}", cell.workload.program()),
     ];
+    words.extend(cell.arch.kernel_params().iter().map(|p| p.to_string()));
+    words.push(format!("lab.workload={}", cell.workload.program()));
     for (key, value) in &cell.workload.args {
         words.push(format!("lab.arg.{key}={}", matrix::arg_value(value).unwrap_or_default()));
     }

@@ -228,3 +228,38 @@ fn bad_input_exits_2_with_one_clear_message_and_no_output() {
     let line = lab().args(["run", "--matrix"]).arg(&typo).output().unwrap();
     assert!(String::from_utf8_lossy(&line.stderr).contains("line 6"), "YAML errors carry the line");
 }
+
+fn data(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data").join(name)
+}
+
+#[test]
+fn a_patched_variant_rebuilds_incrementally_from_the_stock_build() {
+    suite();
+    let out = run_ok(lab().args(["build", "--arch", "x86_64", "--json", "--recipe"]).arg(data("variant-ok.yaml")));
+    let kernels: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let kernel = &kernels[0]["kernel"];
+    assert_eq!(kernel["patches"][0], "0001-sched-core-mark-a-lab-test-variant.patch");
+    let dir = Path::new(kernel["dir"].as_str().unwrap());
+    let log = std::fs::read_to_string(dir.join("build.log")).unwrap();
+    let compiled: Vec<&str> = log.lines().filter(|l| l.starts_with("  CC ")).collect();
+    // A cold tinyconfig build compiles well over a thousand files; the comment-only patch must
+    // recompile kernel/sched/core.c and little else (version and link-time objects).
+    assert!(compiled.iter().any(|l| l.ends_with("kernel/sched/core.o")), "{compiled:?}");
+    assert!(compiled.len() < 40, "{} files compiled: not incremental: {compiled:?}", compiled.len());
+    let config = std::fs::read_to_string(kernel["config"].as_str().unwrap()).unwrap();
+    assert!(config.lines().any(|l| l == "CONFIG_SCHED_MM_CID=y"));
+}
+
+#[test]
+fn a_patch_that_does_not_apply_names_patch_file_and_hunk_and_leaves_no_tree() {
+    suite();
+    let out = lab().args(["build", "--arch", "x86_64", "--recipe"]).arg(data("variant-bad.yaml")).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("patch 0001-sched-core-context-does-not-match.patch does not apply"), "{stderr}");
+    assert!(stderr.contains("kernel/sched/core.c: hunk #1 failed at 6"), "{stderr}");
+    let cache = std::env::var_os("LAB_CACHE_DIR").map(PathBuf::from).unwrap_or_else(|| Path::new(&std::env::var("HOME").unwrap()).join(".cache/lab"));
+    let debris: Vec<_> = std::fs::read_dir(cache.join("trees")).unwrap().filter_map(|e| e.ok()).filter(|e| e.file_name().to_string_lossy().contains(".tmp-")).collect();
+    assert!(debris.is_empty(), "half-made trees left behind: {debris:?}");
+}

@@ -36,13 +36,14 @@ const PLUMBING: &[&[&str]] = &[
     ],
     // Scheduler entry and blocking waits: a task that sleeps here is waiting for someone else.
     &[
-        "__schedule", "schedule*", "preempt_schedule*", "io_schedule*", "__cond_resched", "_cond_resched",
+        "__schedule", "schedule*", "__switch_to", "context_switch", "finish_task_switch*", "preempt_schedule*", "io_schedule*", "__cond_resched", "_cond_resched",
         "wait_for_completion*", "__wait_for_common", "wait_for_common*", "do_wait_for_common",
         "__wait_rcu_gp", "synchronize_rcu*", "rcu_gp_fqs_loop", "rcu_gp_kthread",
     ],
     // Idle loop and CPU bring-up: the bottom of every idle or secondary CPU's stack.
     &[
         "do_idle", "cpu_startup_entry", "start_secondary*", "secondary_startup*", "rest_init", "start_kernel",
+        "kernel_init", "do_one_initcall", "__primary_switched", "__primary_switch", "__secondary_switched", "secondary_start_kernel",
         "default_idle*", "arch_cpu_idle*", "cpuidle_*", "acpi_idle*", "poll_idle", "cpu_idle_poll",
         "native_safe_halt", "pv_native_safe_halt", "power7_idle*", "power9_idle*", "pseries_lpar_idle",
         "arch_local_irq_restore", "cpu_do_idle",
@@ -57,7 +58,8 @@ const PLUMBING: &[&[&str]] = &[
         "die_addr", "oops_end", "page_fault_oops", "kernelmode_fixup_or_oops", "__bad_area_nosemaphore",
         "bad_area_nosemaphore", "do_user_addr_fault", "handle_page_fault", "do_page_fault", "___do_page_fault",
         "bad_page_fault", "__bad_page_fault", "do_mem_abort", "el1_*", "el1h_*", "__el1_*", "call_on_irq_stack",
-        "do_interrupt_handler", "gic_handle_irq", "handle_domain_irq", "ipi_handler", "do_handle_IPI",
+        "do_interrupt_handler", "handle_irq_desc", "call_on_irq_stack", "el1h_*", "el1_interrupt", "__el1_irq",
+        "__el1_pnmi", "gic_handle_irq", "handle_domain_irq", "ipi_handler", "do_handle_IPI",
         "call_el1_break_hook", "brk_handler", "bug_brk_handler", "do_debug_exception", "arm64_notify_die",
         "interrupt_return*", "decrementer_common*", "hardware_interrupt_common*", "soft_nmi_common",
         "system_reset_common", "program_check_common*", "timer_interrupt", "__do_irq", "do_IRQ", "__do_IRQ",
@@ -82,7 +84,7 @@ const PLUMBING: &[&[&str]] = &[
         "dump_stack*", "show_stack*", "show_regs*", "__show_regs*", "show_trace_log_lvl", "sched_show_task",
         "dump_backtrace", "arch_stack_walk", "stack_trace_*", "kunwind_*", "nmi_cpu_backtrace*",
         "nmi_trigger_cpumask_backtrace", "arch_trigger_cpumask_backtrace", "trigger_single_cpu_backtrace",
-        "trigger_all_cpu_backtrace", "trigger_allbutcpu_cpu_backtrace", "panic",
+        "trigger_all_cpu_backtrace", "trigger_allbutcpu_cpu_backtrace", "cpumask_backtrace", "panic",
         "vpanic", "nmi_panic", "__warn", "warn_slowpath*", "__warn_printk", "report_bug*", "__report_bug",
         "check_panic_on_warn", "sys_info", "kasan_*", "__kasan_*", "__asan_*", "__hwasan_*", "check_region*",
         "print_report", "print_address_description*", "kfence_*", "ubsan_*", "__ubsan_*",
