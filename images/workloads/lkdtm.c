@@ -26,6 +26,13 @@
 #define WRITE_FAILED 1
 #define WRITE_REJECTED 2
 
+static long long monotonic_ms(void)
+{
+	struct timespec now;
+	clock_gettime(CLOCK_MONOTONIC, &now);
+	return now.tv_sec * 1000LL + now.tv_nsec / 1000000;
+}
+
 static int parse_args(int argc, char **argv, const char **crash, long *wait_s)
 {
 	for (int i = 1; i < argc; i++) {
@@ -36,8 +43,8 @@ static int parse_args(int argc, char **argv, const char **crash, long *wait_s)
 			char *end;
 			errno = 0;
 			*wait_s = strtol(value, &end, 10);
-			if (errno || end == value || *end != '\0' || *wait_s < 1) {
-				fprintf(stderr, "lkdtm: bad value in '%s' (want seconds >= 1)\n", argv[i]);
+			if (errno || end == value || *end != '\0' || *wait_s < 1 || *wait_s > 86400) {
+				fprintf(stderr, "lkdtm: bad value in '%s' (want 1..86400)\n", argv[i]);
 				return -1;
 			}
 		} else {
@@ -130,10 +137,8 @@ int main(int argc, char **argv)
 
 	/* A deadline rather than a count of sleeps: under TCG every sleep overshoots. */
 	const struct timespec poll_interval = { 0, POLL_INTERVAL_MS * 1000000 };
-	struct timespec now;
-	clock_gettime(CLOCK_MONOTONIC, &now);
-	const time_t deadline_s = now.tv_sec + wait_s;
-	for (; now.tv_sec < deadline_s; clock_gettime(CLOCK_MONOTONIC, &now)) {
+	const long long deadline_ms = monotonic_ms() + wait_s * 1000;
+	while (monotonic_ms() < deadline_ms) {
 		int wait_status;
 		pid_t reaped = waitpid(writer, &wait_status, WNOHANG);
 		if (reaped == writer)
