@@ -9,6 +9,7 @@
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
+#include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -26,6 +27,13 @@
 #define WRITE_FAILED 1
 #define WRITE_REJECTED 2
 
+static long long monotonic_ms(void)
+{
+	struct timespec now;
+	clock_gettime(CLOCK_MONOTONIC, &now);
+	return now.tv_sec * 1000LL + now.tv_nsec / 1000000;
+}
+
 static int parse_args(int argc, char **argv, const char **crash, long *wait_s)
 {
 	for (int i = 1; i < argc; i++) {
@@ -36,8 +44,8 @@ static int parse_args(int argc, char **argv, const char **crash, long *wait_s)
 			char *end;
 			errno = 0;
 			*wait_s = strtol(value, &end, 10);
-			if (errno || end == value || *end != '\0' || *wait_s < 1) {
-				fprintf(stderr, "lkdtm: bad value in '%s' (want seconds >= 1)\n", argv[i]);
+			if (errno || end == value || *end != '\0' || *wait_s < 1 || *wait_s > 86400) {
+				fprintf(stderr, "lkdtm: bad value in '%s' (want 1..86400)\n", argv[i]);
 				return -1;
 			}
 		} else {
@@ -65,8 +73,40 @@ static int open_lkdtm(void)
 	return fd;
 }
 
-static void provoke(int fd, const char *crash)
+static void pin_to_cpu(int cpu)
 {
+	cpu_set_t set;
+	CPU_ZERO(&set);
+	CPU_SET(cpu, &set);
+	if (sched_setaffinity(0, sizeof(set), &set) < 0)
+		fprintf(stderr, "lkdtm: pinning to CPU %d: %s\n", cpu, strerror(errno));
+}
+
+/*
+ * Lock up the last CPU and watch from the first: device interrupts, the console among them, mostly
+ * land on CPU 0, and the watcher's sleep timer must not be queued on the CPU that stops taking
+ * interrupts. Both are -1 if the affinity mask cannot be read.
+ */
+static void choose_cpus(int *watcher_cpu, int *writer_cpu)
+{
+	cpu_set_t allowed;
+
+	*watcher_cpu = *writer_cpu = -1;
+	if (sched_getaffinity(0, sizeof(allowed), &allowed) < 0)
+		return;
+	for (int cpu = 0; cpu < CPU_SETSIZE; cpu++) {
+		if (!CPU_ISSET(cpu, &allowed))
+			continue;
+		if (*watcher_cpu < 0)
+			*watcher_cpu = cpu;
+		*writer_cpu = cpu;
+	}
+}
+
+static void provoke(int fd, const char *crash, int cpu)
+{
+	if (cpu >= 0)
+		pin_to_cpu(cpu);
 	ssize_t n;
 	do
 		n = write(fd, crash, strlen(crash));
@@ -117,23 +157,28 @@ int main(int argc, char **argv)
 		return 1;
 	}
 
-	printf("lkdtm: writing %s to %s; the kernel should detect it within %ld s\n", crash,
-	       LKDTM_DIRECT, wait_s);
+	int watcher_cpu, writer_cpu;
+	choose_cpus(&watcher_cpu, &writer_cpu);
+	if (watcher_cpu == writer_cpu)
+		watcher_cpu = writer_cpu = -1;
+	if (watcher_cpu >= 0)
+		pin_to_cpu(watcher_cpu);
+
+	printf("lkdtm: writing %s to %s on CPU %d, watching from CPU %d; the kernel should detect it "
+	       "within %ld s\n", crash, LKDTM_DIRECT, writer_cpu, watcher_cpu, wait_s);
 	pid_t writer = fork();
 	if (writer < 0) {
 		fprintf(stderr, "lkdtm: fork: %s\n", strerror(errno));
 		return 1;
 	}
 	if (writer == 0)
-		provoke(fd, crash);
+		provoke(fd, crash, writer_cpu);
 	close(fd);
 
 	/* A deadline rather than a count of sleeps: under TCG every sleep overshoots. */
 	const struct timespec poll_interval = { 0, POLL_INTERVAL_MS * 1000000 };
-	struct timespec now;
-	clock_gettime(CLOCK_MONOTONIC, &now);
-	const time_t deadline_s = now.tv_sec + wait_s;
-	for (; now.tv_sec < deadline_s; clock_gettime(CLOCK_MONOTONIC, &now)) {
+	const long long deadline_ms = monotonic_ms() + wait_s * 1000;
+	while (monotonic_ms() < deadline_ms) {
 		int wait_status;
 		pid_t reaped = waitpid(writer, &wait_status, WNOHANG);
 		if (reaped == writer)
