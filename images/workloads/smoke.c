@@ -22,22 +22,6 @@ struct worker {
 	uint32_t result;
 };
 
-static void *spin_and_yield(void *arg)
-{
-	struct worker *worker = arg;
-	uint32_t state = worker->seed;
-
-	for (int i = 1; i <= WORK_ITERATIONS; i++) {
-		state ^= state << 13;
-		state ^= state >> 17;
-		state ^= state << 5;
-		if (i % ITERATIONS_PER_YIELD == 0)
-			sched_yield();
-	}
-	worker->result = state;
-	return NULL;
-}
-
 /* xorshift32: enough to vary the thread count; a fixed seed gives every run the same sequence. */
 static uint32_t next_random(uint32_t *state)
 {
@@ -45,6 +29,20 @@ static uint32_t next_random(uint32_t *state)
 	*state ^= *state >> 17;
 	*state ^= *state << 5;
 	return *state;
+}
+
+static void *spin_and_yield(void *arg)
+{
+	struct worker *worker = arg;
+	uint32_t state = worker->seed;
+
+	for (int i = 1; i <= WORK_ITERATIONS; i++) {
+		next_random(&state);
+		if (i % ITERATIONS_PER_YIELD == 0)
+			sched_yield();
+	}
+	worker->result = state;
+	return NULL;
 }
 
 static double elapsed_seconds(const struct timespec *start)

@@ -75,6 +75,20 @@ pub fn missing(sh: &Shell) -> (Vec<&'static str>, Vec<&'static str>) {
     (plain, backports)
 }
 
+/// Refuses to start a run that would fail on a missing tool after minutes of work.
+pub fn preflight(sh: &Shell) -> Result<()> {
+    let (plain, backports) = missing(sh);
+    if plain.is_empty() && backports.is_empty() {
+        return Ok(());
+    }
+    let names: Vec<&str> = plain.iter().chain(&backports).copied().collect();
+    bail!(
+        "missing host packages: {}\nrun `lab setup` (or `lab run --setup`), or as root:\n    {}",
+        names.join(" "),
+        install_command(&plain, &backports)
+    )
+}
+
 fn install_command(plain: &[&str], backports: &[&str]) -> String {
     let mut steps = Vec::new();
     if !backports.is_empty() {

@@ -229,6 +229,7 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
             if setup {
                 ui.note(doctor::setup(&sh, false)?);
             }
+            doctor::preflight(&sh)?;
             let cache = cache()?;
             let opts = run::RunOptions { out: out.clone(), jobs, build: build.options(), images_dir: images_dir() };
             let results = run::run(&sh, &cache, &loaded.matrix, &loaded.recipes, &loaded.cells, &opts, &ui)?;

@@ -254,12 +254,16 @@ fn a_patched_variant_rebuilds_incrementally_from_the_stock_build() {
 #[test]
 fn a_patch_that_does_not_apply_names_patch_file_and_hunk_and_leaves_no_tree() {
     suite();
-    let out = lab().args(["build", "--arch", "x86_64", "--recipe"]).arg(data("variant-bad.yaml")).output().unwrap();
+    let child = lab().args(["build", "--arch", "x86_64", "--recipe"]).arg(data("variant-bad.yaml")).stderr(std::process::Stdio::piped()).spawn().unwrap();
+    let pid = child.id();
+    let out = child.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("patch 0001-sched-core-context-does-not-match.patch does not apply"), "{stderr}");
     assert!(stderr.contains("kernel/sched/core.c: hunk #1 failed at 6"), "{stderr}");
     let cache = std::env::var_os("LAB_CACHE_DIR").map(PathBuf::from).unwrap_or_else(|| Path::new(&std::env::var("HOME").unwrap()).join(".cache/lab"));
-    let debris: Vec<_> = std::fs::read_dir(cache.join("trees")).unwrap().filter_map(|e| e.ok()).filter(|e| e.file_name().to_string_lossy().contains(".tmp-")).collect();
+    // Other tests build trees at the same time: only this process's temporary tree counts.
+    let own = format!(".tmp-{pid}");
+    let debris: Vec<_> = std::fs::read_dir(cache.join("trees")).unwrap().filter_map(|e| e.ok()).filter(|e| e.file_name().to_string_lossy().ends_with(&own)).collect();
     assert!(debris.is_empty(), "half-made trees left behind: {debris:?}");
 }
