@@ -21,6 +21,7 @@
 #define DEBUGFS "/sys/kernel/debug"
 #define LKDTM_DIRECT DEBUGFS "/provoke-crash/DIRECT"
 #define POLL_INTERVAL_MS 100L
+#define PINNED_ENV "LAB_LKDTM_PINNED"
 
 /* Child exit codes, so the parent can tell the workload's own outcome from the write's. */
 #define WRITE_RETURNED 0
@@ -158,10 +159,25 @@ int main(int argc, char **argv)
 		return 1;
 	}
 
+	/* After the re-exec below the affinity mask holds only the watcher: the choice rides along. */
 	int watcher_cpu, writer_cpu;
-	int split = choose_cpus(&watcher_cpu, &writer_cpu);
+	const char *pinned = getenv(PINNED_ENV);
+	int split = pinned ? sscanf(pinned, "%d %d", &watcher_cpu, &writer_cpu) == 2
+			   : choose_cpus(&watcher_cpu, &writer_cpu);
 	if (split) {
 		pin_to_cpu(watcher_cpu);
+		/*
+		 * Start over in a fresh address space that has only ever run on the watcher CPU: on
+		 * some architectures (powerpc's lazy-TLB shootdown) tearing down an mm that once ran on
+		 * the stuck CPU waits for it forever, and then our exit never reaches init.
+		 */
+		if (!pinned) {
+			char cpus[32];
+			snprintf(cpus, sizeof(cpus), "%d %d", watcher_cpu, writer_cpu);
+			setenv(PINNED_ENV, cpus, 1);
+			execv("/proc/self/exe", argv);
+			fprintf(stderr, "lkdtm: re-exec on CPU %d: %s\n", watcher_cpu, strerror(errno));
+		}
 		printf("lkdtm: writer on CPU %d, watcher on CPU %d\n", writer_cpu, watcher_cpu);
 	} else {
 		printf("lkdtm: only one CPU: nothing may be left to report a lockup of it\n");
