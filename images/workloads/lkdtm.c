@@ -21,6 +21,7 @@
 #define DEBUGFS "/sys/kernel/debug"
 #define LKDTM_DIRECT DEBUGFS "/provoke-crash/DIRECT"
 #define POLL_INTERVAL_MS 100L
+#define PINNED_ENV "LAB_LKDTM_PINNED"
 
 /* Child exit codes, so the parent can tell the workload's own outcome from the write's. */
 #define WRITE_RETURNED 0
@@ -85,15 +86,15 @@ static void pin_to_cpu(int cpu)
 /*
  * Lock up the last CPU and watch from the first: device interrupts, the console among them, mostly
  * land on CPU 0, and the watcher's sleep timer must not be queued on the CPU that stops taking
- * interrupts. Both are -1 if the affinity mask cannot be read.
+ * interrupts. Returns 0 if there are not two CPUs to split between them.
  */
-static void choose_cpus(int *watcher_cpu, int *writer_cpu)
+static int choose_cpus(int *watcher_cpu, int *writer_cpu)
 {
 	cpu_set_t allowed;
 
 	*watcher_cpu = *writer_cpu = -1;
 	if (sched_getaffinity(0, sizeof(allowed), &allowed) < 0)
-		return;
+		return 0;
 	for (int cpu = 0; cpu < CPU_SETSIZE; cpu++) {
 		if (!CPU_ISSET(cpu, &allowed))
 			continue;
@@ -101,6 +102,7 @@ static void choose_cpus(int *watcher_cpu, int *writer_cpu)
 			*watcher_cpu = cpu;
 		*writer_cpu = cpu;
 	}
+	return *watcher_cpu != *writer_cpu;
 }
 
 static void provoke(int fd, const char *crash, int cpu)
@@ -157,22 +159,39 @@ int main(int argc, char **argv)
 		return 1;
 	}
 
+	/* After the re-exec below the affinity mask holds only the watcher: the choice rides along. */
 	int watcher_cpu, writer_cpu;
-	choose_cpus(&watcher_cpu, &writer_cpu);
-	if (watcher_cpu == writer_cpu)
-		watcher_cpu = writer_cpu = -1;
-	if (watcher_cpu >= 0)
+	const char *pinned = getenv(PINNED_ENV);
+	int split = pinned ? sscanf(pinned, "%d %d", &watcher_cpu, &writer_cpu) == 2
+			   : choose_cpus(&watcher_cpu, &writer_cpu);
+	if (split) {
 		pin_to_cpu(watcher_cpu);
+		/*
+		 * Start over in a fresh address space that has only ever run on the watcher CPU: on
+		 * some architectures (powerpc's lazy-TLB shootdown) tearing down an mm that once ran on
+		 * the stuck CPU waits for it forever, and then our exit never reaches init.
+		 */
+		if (!pinned) {
+			char cpus[32];
+			snprintf(cpus, sizeof(cpus), "%d %d", watcher_cpu, writer_cpu);
+			setenv(PINNED_ENV, cpus, 1);
+			execv("/proc/self/exe", argv);
+			fprintf(stderr, "lkdtm: re-exec on CPU %d: %s\n", watcher_cpu, strerror(errno));
+		}
+		printf("lkdtm: writer on CPU %d, watcher on CPU %d\n", writer_cpu, watcher_cpu);
+	} else {
+		printf("lkdtm: only one CPU: nothing may be left to report a lockup of it\n");
+	}
 
-	printf("lkdtm: writing %s to %s on CPU %d, watching from CPU %d; the kernel should detect it "
-	       "within %ld s\n", crash, LKDTM_DIRECT, writer_cpu, watcher_cpu, wait_s);
+	printf("lkdtm: writing %s to %s; the kernel should detect it within %ld s\n", crash,
+	       LKDTM_DIRECT, wait_s);
 	pid_t writer = fork();
 	if (writer < 0) {
 		fprintf(stderr, "lkdtm: fork: %s\n", strerror(errno));
 		return 1;
 	}
 	if (writer == 0)
-		provoke(fd, crash, writer_cpu);
+		provoke(fd, crash, split ? writer_cpu : -1);
 	close(fd);
 
 	/* A deadline rather than a count of sleeps: under TCG every sleep overshoots. */
