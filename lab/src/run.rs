@@ -172,6 +172,12 @@ fn kernel_cmdline(cell: &Cell, matrix: &matrix::Matrix) -> String {
         // On a lockup, every CPU's stack: a live lock needs both sides.
         "hardlockup_all_cpu_backtrace=1".to_string(),
         "softlockup_all_cpu_backtrace=1".to_string(),
+        // Panic on lockups. In 7.3 the 8250 and PL011 consoles print from a kthread, and the
+        // lockup reports do not force atomic printing: the kthread can sit on the stuck CPU's
+        // runqueue and a detected lockup stays in the ring buffer for a minute or more (seen on
+        // x86_64 and aarch64). Panic flushes every console atomically, then ends the VM.
+        "nmi_watchdog=panic".to_string(),
+        "softlockup_panic=1".to_string(),
     ];
     words.extend(cell.arch.kernel_params().iter().map(|p| p.to_string()));
     words.push(format!("lab.workload={}", cell.workload.program()));
@@ -345,7 +351,7 @@ mod tests {
         let c = Cell { id: "x".into(), kernel: 0, kernel_name: "k".into(), arch: Arch::Ppc64le, vcpus: 2, workload: m.workloads[0].clone() };
         assert_eq!(
             kernel_cmdline(&c, &m),
-            "console=hvc0 panic=-1 hardlockup_all_cpu_backtrace=1 softlockup_all_cpu_backtrace=1 lab.workload=lkdtm lab.arg.crash=HARDLOCKUP lab.arg.wait=30 nokaslr"
+            "console=hvc0 panic=-1 hardlockup_all_cpu_backtrace=1 softlockup_all_cpu_backtrace=1 nmi_watchdog=panic softlockup_panic=1 lab.workload=lkdtm lab.arg.crash=HARDLOCKUP lab.arg.wait=30 nokaslr"
         );
     }
 }
