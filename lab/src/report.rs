@@ -6,7 +6,6 @@
 //! system-out as raw CDATA and a guest can print anything.
 
 use std::collections::BTreeMap;
-use std::fs;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
@@ -131,10 +130,6 @@ pub fn tally(results: &[CellResult]) -> BTreeMap<&'static str, usize> {
     counts
 }
 
-pub fn read_console(dir: &Path) -> String {
-    String::from_utf8_lossy(&fs::read(dir.join(crate::vm::CONSOLE_LOG)).unwrap_or_default()).into_owned()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -171,10 +166,10 @@ mod tests {
         assert!(xml.contains("tests=\"2\"") && xml.contains("failures=\"1\""), "{xml}");
         // A real XML parser must accept it, when one is installed.
         let path = std::env::temp_dir().join(format!("lab-junit-{}.xml", std::process::id()));
-        fs::write(&path, &xml).unwrap();
+        std::fs::write(&path, &xml).unwrap();
         if let Ok(out) = std::process::Command::new("python3").args(["-c", "import sys, xml.dom.minidom as m; m.parse(sys.argv[1])"]).arg(&path).output() {
             assert!(out.status.success(), "python rejects the XML: {}", String::from_utf8_lossy(&out.stderr));
         }
-        fs::remove_file(path).unwrap();
+        std::fs::remove_file(path).unwrap();
     }
 }

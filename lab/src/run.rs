@@ -135,14 +135,15 @@ fn run_cell(cell: &Cell, kernel: &Result<Kernel, String>, image: &Result<Image, 
     })();
     match outcome {
         Ok(boot) => {
-            let console = report::read_console(&dir);
-            let (verdict, reason, reports) = judge(cell, &boot, triage::triage(console.as_bytes()), matrix.timeouts.silence);
+            let console = String::from_utf8_lossy(&fs::read(&boot.console_log).unwrap_or_default()).into_owned();
+            let last_line = console.lines().count().max(1);
+            let (verdict, reason, reports) = judge(cell, &boot, triage::triage(console.as_bytes()), matrix.timeouts.silence, last_line);
             result.excerpt = report::excerpt(&console, &reports);
             result.verdict = verdict;
             result.reason = reason;
             result.reports = reports;
             result.ready_s = boot.ready.as_ref().map(|r| r.at);
-            result.end = serde_json::to_value(&boot.end).ok().and_then(|v| v.as_str().map(str::to_string).or_else(|| Some(v.to_string()))).unwrap_or_default();
+            result.end = boot.end.name().to_string();
         }
         Err(e) => {
             result.reason = format!("{e:#}");
@@ -189,8 +190,8 @@ fn kernel_cmdline(cell: &Cell, matrix: &matrix::Matrix) -> String {
 }
 
 /// The verdict of one boot: what the console shows, what the workload said, how the VM ended.
-fn judge(cell: &Cell, boot: &Boot, mut reports: Vec<Report>, silence_s: u64) -> (Verdict, String, Vec<Report>) {
-    let last_line = triage_line_count(&boot.console_log);
+/// Reports the lab adds itself (silence, no ready line, ...) point at the console's last line.
+fn judge(cell: &Cell, boot: &Boot, mut reports: Vec<Report>, silence_s: u64, last_line: usize) -> (Verdict, String, Vec<Report>) {
     if boot.end == End::Silent {
         reports.push(Report {
             kind: Kind::Silent,
@@ -260,10 +261,6 @@ fn judge(cell: &Cell, boot: &Boot, mut reports: Vec<Report>, silence_s: u64) -> 
     }
 }
 
-fn triage_line_count(console_log: &Path) -> usize {
-    fs::read(console_log).map(|b| b.split(|&c| c == b'\n').count().saturating_sub(1).max(1)).unwrap_or(1)
-}
-
 /// A default output directory per run, so nightly runs never overwrite each other.
 pub fn default_out(base: &Path) -> PathBuf {
     let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
@@ -300,8 +297,6 @@ mod tests {
             end,
             ready: if ready.is_empty() { None } else { line(ready) },
             result: if result.is_empty() { None } else { line(result) },
-            last_output_s: 0.0,
-            duration_s: 1.0,
             console_log: PathBuf::from("/nonexistent"),
         }
     }
@@ -314,7 +309,7 @@ mod tests {
 
     /// `check(expect, boot, reports, "verdict: reason")`
     fn check(expect: Option<Kind>, boot: Boot, reports: Vec<Report>, want: &str) {
-        let (verdict, reason, _) = judge(&cell(expect), &boot, reports, 60);
+        let (verdict, reason, _) = judge(&cell(expect), &boot, reports, 60, 100);
         assert_eq!(format!("{verdict:?}: {reason}"), want);
     }
 
