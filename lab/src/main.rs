@@ -255,24 +255,29 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
             Ok(if all_ok { ExitCode::SUCCESS } else { ExitCode::from(1) })
         }
         Command::Build { select, recipe, arch, build, json } => {
-            let (recipes, arches): (Vec<Recipe>, Vec<Arch>) = match recipe {
-                Some(path) => (vec![kernel::recipe::load(&path)?], if arch.is_empty() { Arch::ALL.to_vec() } else { arch }),
+            // What to build: the recipe given, for --arch or all; else every kernel x arch of the
+            // cells the matrix and its filters select (narrowed by --arch).
+            let (recipes, pairs): (Vec<Recipe>, Vec<(usize, Arch)>) = match recipe {
+                Some(path) => {
+                    let arches = if arch.is_empty() { Arch::ALL.to_vec() } else { arch };
+                    (vec![kernel::recipe::load(&path)?], arches.into_iter().map(|a| (0, a)).collect())
+                }
                 None => {
                     let loaded = load(&select)?;
-                    let arches = if arch.is_empty() { loaded.matrix.matrix.arches.clone() } else { arch };
-                    (loaded.recipes, arches)
+                    let mut pairs: Vec<(usize, Arch)> = loaded.cells.iter().map(|c| (c.kernel, c.arch)).filter(|(_, a)| arch.is_empty() || arch.contains(a)).collect();
+                    pairs.sort();
+                    pairs.dedup();
+                    (loaded.recipes, pairs)
                 }
             };
             let cache = cache()?;
             let mut kernels = Vec::new();
-            for recipe in &recipes {
-                for &a in &arches {
-                    let k = kernel::build(&sh, &cache, recipe, a, &build.options(), &ui)?;
-                    if !json {
-                        println!("{} {}: {} {}", k.recipe, k.arch, if k.cached { "cached" } else { "built" }, k.dir.display());
-                    }
-                    kernels.push(k);
+            for (index, a) in pairs {
+                let k = kernel::build(&sh, &cache, &recipes[index], a, &build.options(), &ui)?;
+                if !json {
+                    println!("{} {}: {} {}", k.recipe, k.arch, if k.cached { "cached" } else { "built" }, k.dir.display());
                 }
+                kernels.push(k);
             }
             if json {
                 let rows: Vec<serde_json::Value> = kernels
