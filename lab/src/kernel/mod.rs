@@ -17,7 +17,7 @@ pub mod config;
 pub mod recipe;
 mod source;
 
-use std::fs;
+use std::fs::{self, File};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
@@ -229,6 +229,7 @@ fn prepare_tree(sh: &Shell, trees: &Path, tree: &Path, fetched: &source::Fetched
                 let _donor_lock = Lock::acquire(&donor.with_extension("lock"))?;
                 let from = donor.join("src");
                 cmd!(sh, "cp -a --reflink=auto {from} {src}").quiet().run().context("cannot copy the donor tree")?;
+                rebase_tool_paths(&src, &from, &tree.join("src"))?;
                 applied
             }
             None => {
@@ -249,6 +250,54 @@ fn prepare_tree(sh: &Shell, trees: &Path, tree: &Path, fetched: &source::Fetched
     }
     cache::remove_dir_if_present(tree)?;
     fs::rename(&tmp, tree).with_context(|| format!("cannot move the new tree to {}", tree.display()))
+}
+
+/// Kbuild builds its host tools (objtool on x86_64) with absolute source paths, and every object
+/// depends on the objtool binary: in a copied tree the recorded commands name the donor, objtool
+/// is rebuilt, and with it the whole kernel (measured: 1032 files for a comment-only patch). The
+/// copy's tool metadata is pointed at the tree's final path, with mtimes kept, so Kbuild sees
+/// nothing to redo.
+fn rebase_tool_paths(src: &Path, donor: &Path, destination: &Path) -> Result<()> {
+    let (from, to) = (donor.as_os_str().as_encoded_bytes(), destination.as_os_str().as_encoded_bytes());
+    let mut pending: Vec<PathBuf> = fs::read_dir(src)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("o-")))
+        .map(|p| p.join("tools"))
+        .collect();
+    while let Some(path) = pending.pop() {
+        let meta = match fs::symlink_metadata(&path) {
+            Ok(meta) => meta,
+            Err(_) => continue,
+        };
+        if meta.is_dir() {
+            pending.extend(fs::read_dir(&path)?.filter_map(|e| e.ok().map(|e| e.path())));
+            continue;
+        }
+        // Only text metadata (.cmd, .d, feature dumps): binaries are rebuilt from it if needed.
+        if !meta.is_file() || meta.len() > 1 << 20 {
+            continue;
+        }
+        let bytes = fs::read(&path)?;
+        if bytes.contains(&0) || !bytes.windows(from.len()).any(|w| w == from) {
+            continue;
+        }
+        let rewritten = replace_all(&bytes, from, to);
+        fs::write(&path, rewritten)?;
+        File::options().write(true).open(&path)?.set_modified(meta.modified()?)?;
+    }
+    Ok(())
+}
+
+fn replace_all(haystack: &[u8], from: &[u8], to: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(haystack.len());
+    let mut rest = haystack;
+    while let Some(at) = rest.windows(from.len()).position(|w| w == from) {
+        out.extend_from_slice(&rest[..at]);
+        out.extend_from_slice(to);
+        rest = &rest[at + from.len()..];
+    }
+    out.extend_from_slice(rest);
+    out
 }
 
 /// The finished tree of the same source whose patches are the longest prefix of ours.
@@ -304,6 +353,23 @@ fn which(program: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn copied_trees_point_tool_metadata_at_themselves() {
+        let root = std::env::temp_dir().join(format!("lab-rebase-{}", std::process::id()));
+        let cmd_file = root.join("new/src/o-x86_64-k/tools/objtool/.check.o.cmd");
+        fs::create_dir_all(cmd_file.parent().unwrap()).unwrap();
+        fs::write(&cmd_file, "cmd := gcc -I/c/trees/aaaa/src/tools/include /c/trees/aaaa/src/tools/objtool/check.c\n").unwrap();
+        let binary = cmd_file.with_file_name("objtool");
+        fs::write(&binary, b"\x7fELF\0/c/trees/aaaa/src").unwrap();
+        let old = std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_000_000);
+        File::options().write(true).open(&cmd_file).unwrap().set_modified(old).unwrap();
+        rebase_tool_paths(&root.join("new/src"), Path::new("/c/trees/aaaa/src"), Path::new("/c/trees/bbbb/src")).unwrap();
+        assert_eq!(fs::read_to_string(&cmd_file).unwrap(), "cmd := gcc -I/c/trees/bbbb/src/tools/include /c/trees/bbbb/src/tools/objtool/check.c\n");
+        assert_eq!(fs::metadata(&cmd_file).unwrap().modified().unwrap(), old, "mtime kept");
+        assert_eq!(fs::read(&binary).unwrap(), b"\x7fELF\0/c/trees/aaaa/src", "binaries untouched");
+        fs::remove_dir_all(root).unwrap();
+    }
 
     #[test]
     fn patch_failures_name_file_and_hunk() {
