@@ -272,7 +272,7 @@ static void resolve_pending(struct worker *self)
 	if ((uint32_t)(sample >> 32) == (uint32_t)seen->generation) {
 		uint32_t other_cid = sample >> 16 & 0xffff, other_cpu = sample & 0xffff;
 		seen->active = false;
-		/* Both on a CPU at once: on one CPU at once is impossible, so do not judge it. */
+		/* Two threads cannot run on one CPU at once: such a sighting proves nothing. */
 		if (other_cpu == seen->cpu)
 			return;
 		count(&shared->overlaps);
