@@ -654,9 +654,12 @@ static int run_cycle(const struct options *options, const cpu_set_t *born_on, bo
 	for (int i = cycle.max_workers - 1; i >= 0; i--)
 		cycle.free_list[cycle.free_count++] = i;
 	if (use_cgroup) {
-		char pid[32];
+		/* Undo the last cycle's narrowing first, or joining would move us off born_on. */
+		char all[CPU_SETSIZE * 4], pid[32];
+		format_cpu_list(&allowed_cpus, all, sizeof(all));
 		snprintf(pid, sizeof(pid), "%d", getpid());
-		cycle.in_cgroup = write_file(CGROUP_DIR "/cgroup.procs", pid);
+		cycle.in_cgroup = write_file(CGROUP_DIR "/cpuset.cpus", all) &&
+				  write_file(CGROUP_DIR "/cgroup.procs", pid);
 	}
 
 	struct timespec start;
