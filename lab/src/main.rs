@@ -68,6 +68,9 @@ enum Command {
     ///   lab run --setup                                   the default matrix
     ///   lab run --filter arch=ppc64le --filter vcpus=4    one architecture, 4 vCPUs
     ///   lab run --matrix nightly.yaml --out /srv/lab/n42 --jobs 2
+    ///   lab run --matrix bad.yaml --filter arch=aarch64 --repeat 20
+    ///                                                     reproducer: hit rate, time to
+    ///                                                     detection, 95% bound when clean
     #[command(verbatim_doc_comment)]
     Run {
         #[command(flatten)]
@@ -78,6 +81,13 @@ enum Command {
         /// Cells booted at once. Under TCG each vCPU is a host thread: on a 2-core host keep 1.
         #[arg(long, default_value_t = 1)]
         jobs: usize,
+        /// Run every selected cell N times (reproducer mode): summary.json gains a `repro`
+        /// section per cell with the hit rate and time to detection.
+        #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=10000))]
+        repeat: u32,
+        /// With --repeat: stop repeating a cell at its first hit.
+        #[arg(long, requires = "repeat")]
+        until_fail: bool,
         #[command(flatten)]
         build: BuildArgs,
         /// Install missing host packages first (as `lab setup`).
@@ -211,7 +221,7 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
     let ui = Ui::new(cli.verbose);
     let cache = || Cache::new(cli.cache_dir.clone());
     match cli.command {
-        Command::Run { select, out, jobs, build, setup, list } => {
+        Command::Run { select, out, jobs, repeat, until_fail, build, setup, list } => {
             let loaded = load(&select)?;
             if list {
                 for cell in &loaded.cells {
@@ -231,8 +241,13 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
             }
             doctor::preflight(&sh)?;
             let cache = cache()?;
-            let opts = run::RunOptions { out: out.clone(), jobs, build: build.options(), images_dir: images_dir() };
+            let opts = run::RunOptions { out: out.clone(), jobs, build: build.options(), images_dir: images_dir(), repeat, until_fail };
             let results = run::run(&sh, &cache, &loaded.matrix, &loaded.recipes, &loaded.cells, &opts, &ui)?;
+            if repeat > 1 {
+                for r in report::repro(&results) {
+                    println!("{}", report::repro_line(&r));
+                }
+            }
             let tally = report::tally(&results);
             let line: Vec<String> = tally.iter().map(|(k, n)| format!("{n} {k}")).collect();
             println!("{}; reports in {}", line.join(", "), out.display());
@@ -240,24 +255,29 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
             Ok(if all_ok { ExitCode::SUCCESS } else { ExitCode::from(1) })
         }
         Command::Build { select, recipe, arch, build, json } => {
-            let (recipes, arches): (Vec<Recipe>, Vec<Arch>) = match recipe {
-                Some(path) => (vec![kernel::recipe::load(&path)?], if arch.is_empty() { Arch::ALL.to_vec() } else { arch }),
+            // What to build: the recipe given, for --arch or all; else every kernel x arch of the
+            // cells the matrix and its filters select (narrowed by --arch).
+            let (recipes, pairs): (Vec<Recipe>, Vec<(usize, Arch)>) = match recipe {
+                Some(path) => {
+                    let arches = if arch.is_empty() { Arch::ALL.to_vec() } else { arch };
+                    (vec![kernel::recipe::load(&path)?], arches.into_iter().map(|a| (0, a)).collect())
+                }
                 None => {
                     let loaded = load(&select)?;
-                    let arches = if arch.is_empty() { loaded.matrix.matrix.arches.clone() } else { arch };
-                    (loaded.recipes, arches)
+                    let mut pairs: Vec<(usize, Arch)> = loaded.cells.iter().map(|c| (c.kernel, c.arch)).filter(|(_, a)| arch.is_empty() || arch.contains(a)).collect();
+                    pairs.sort();
+                    pairs.dedup();
+                    (loaded.recipes, pairs)
                 }
             };
             let cache = cache()?;
             let mut kernels = Vec::new();
-            for recipe in &recipes {
-                for &a in &arches {
-                    let k = kernel::build(&sh, &cache, recipe, a, &build.options(), &ui)?;
-                    if !json {
-                        println!("{} {}: {} {}", k.recipe, k.arch, if k.cached { "cached" } else { "built" }, k.dir.display());
-                    }
-                    kernels.push(k);
+            for (index, a) in pairs {
+                let k = kernel::build(&sh, &cache, &recipes[index], a, &build.options(), &ui)?;
+                if !json {
+                    println!("{} {}: {} {}", k.recipe, k.arch, if k.cached { "cached" } else { "built" }, k.dir.display());
                 }
+                kernels.push(k);
             }
             if json {
                 let rows: Vec<serde_json::Value> = kernels

@@ -6,7 +6,6 @@
 //! system-out as raw CDATA and a guest can print anything.
 
 use std::collections::BTreeMap;
-use std::fs;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
@@ -34,6 +33,9 @@ pub enum Verdict {
 #[derive(Debug, Clone, Serialize)]
 pub struct CellResult {
     pub id: String,
+    /// The run number in reproducer mode (`--repeat`), 1-based.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub run: Option<u32>,
     pub kernel: String,
     pub arch: Arch,
     pub vcpus: u32,
@@ -49,6 +51,9 @@ pub struct CellResult {
     /// Seconds from QEMU start to the guest's ready line.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ready_s: Option<f64>,
+    /// Seconds from the guest's ready line to the first report.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detect_s: Option<f64>,
     /// How the boot ended, as the VM stage saw it.
     pub end: String,
     pub dir: PathBuf,
@@ -57,17 +62,122 @@ pub struct CellResult {
     pub excerpt: String,
 }
 
+impl CellResult {
+    /// What a reproducer counts: the failure it hunts for (for a cell that provokes a report on
+    /// purpose, that report). Errors and skips say nothing about the kernel.
+    pub fn is_hit(&self) -> bool {
+        match self.expect {
+            Some(_) => self.verdict == Verdict::Pass,
+            None => matches!(self.verdict, Verdict::Fail | Verdict::Timeout),
+        }
+    }
+}
+
+/// Reproducer statistics of one cell over its runs.
+#[derive(Debug, Clone, Serialize)]
+pub struct Repro {
+    pub id: String,
+    pub runs: usize,
+    pub hits: usize,
+    /// Runs that could not judge the kernel (build, QEMU, workload set-up).
+    pub errors: usize,
+    pub hit_rate: f64,
+    pub hits_by_kind: BTreeMap<String, usize>,
+    /// Seconds from the ready line to detection, for each hit in run order.
+    pub detect_s: Vec<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detect_median_s: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detect_min_s: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detect_max_s: Option<f64>,
+    /// With no hit: the failure rate that `runs` clean runs still allow at 95% confidence,
+    /// 1 - 0.05^(1/runs) (about 3/runs).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub upper_bound_95: Option<f64>,
+}
+
+pub fn repro(results: &[CellResult]) -> Vec<Repro> {
+    let mut by_cell: Vec<(String, Vec<&CellResult>)> = Vec::new();
+    for r in results {
+        match by_cell.iter_mut().find(|(id, _)| *id == r.id) {
+            Some((_, runs)) => runs.push(r),
+            None => by_cell.push((r.id.clone(), vec![r])),
+        }
+    }
+    by_cell
+        .into_iter()
+        .map(|(id, runs)| {
+            let judged: Vec<&&CellResult> = runs.iter().filter(|r| !matches!(r.verdict, Verdict::Error | Verdict::Skip)).collect();
+            let hits: Vec<&&&CellResult> = judged.iter().filter(|r| r.is_hit()).collect();
+            let mut hits_by_kind = BTreeMap::new();
+            for r in &hits {
+                let kind = r.reports.iter().find(|rep| Some(rep.kind) == r.expect).or(r.reports.first());
+                *hits_by_kind.entry(kind.map(|k| k.kind.to_string()).unwrap_or_else(|| "timeout".into())).or_insert(0) += 1;
+            }
+            let detect_s: Vec<f64> = hits.iter().filter_map(|r| r.detect_s).collect();
+            let mut sorted = detect_s.clone();
+            sorted.sort_by(f64::total_cmp);
+            let n = judged.len();
+            Repro {
+                id,
+                runs: n,
+                hits: hits.len(),
+                errors: runs.len() - n,
+                hit_rate: if n == 0 { 0.0 } else { hits.len() as f64 / n as f64 },
+                hits_by_kind,
+                detect_median_s: median(&sorted),
+                detect_min_s: sorted.first().copied(),
+                detect_max_s: sorted.last().copied(),
+                upper_bound_95: (hits.is_empty() && n > 0).then(|| 1.0 - 0.05f64.powf(1.0 / n as f64)),
+                detect_s,
+            }
+        })
+        .collect()
+}
+
+fn median(sorted: &[f64]) -> Option<f64> {
+    let n = sorted.len();
+    match n {
+        0 => None,
+        _ if n % 2 == 1 => Some(sorted[n / 2]),
+        _ => Some((sorted[n / 2 - 1] + sorted[n / 2]) / 2.0),
+    }
+}
+
+/// One line per cell for the terminal.
+pub fn repro_line(r: &Repro) -> String {
+    let mut line = format!("{}: {} of {} runs hit ({:.0}%)", r.id, r.hits, r.runs, r.hit_rate * 100.0);
+    if !r.hits_by_kind.is_empty() {
+        let kinds: Vec<String> = r.hits_by_kind.iter().map(|(k, n)| format!("{n} {k}")).collect();
+        line += &format!(" [{}]", kinds.join(", "));
+    }
+    if let (Some(med), Some(min), Some(max)) = (r.detect_median_s, r.detect_min_s, r.detect_max_s) {
+        line += &format!("; detected {med:.1}s after ready (median; {min:.1}-{max:.1}s)");
+    }
+    if let Some(bound) = r.upper_bound_95 {
+        line += &format!("; no hit: failure rate below {:.1}% at 95% confidence", bound * 100.0);
+    }
+    if r.errors > 0 {
+        line += &format!("; {} runs could not be judged", r.errors);
+    }
+    line
+}
+
 #[derive(Serialize)]
 struct Summary<'a> {
     cells: &'a [CellResult],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    repro: Option<Vec<Repro>>,
 }
 
 pub fn write_cell(result: &CellResult) -> Result<()> {
     cache::write_atomic(&result.dir.join("result.json"), serde_json::to_string_pretty(result)?.as_bytes())
 }
 
-pub fn write_summary(out: &Path, results: &[CellResult]) -> Result<()> {
-    cache::write_atomic(&out.join("summary.json"), serde_json::to_string_pretty(&Summary { cells: results })?.as_bytes())?;
+pub fn write_summary(out: &Path, results: &[CellResult], repeated: bool) -> Result<()> {
+    let summary = Summary { cells: results, repro: repeated.then(|| repro(results)) };
+    cache::write_atomic(&out.join("summary.json"), serde_json::to_string_pretty(&summary)?.as_bytes())?;
     let mut xml = Vec::new();
     junit(results).write_xml(&mut xml).context("cannot render junit.xml")?;
     cache::write_atomic(&out.join("junit.xml"), &xml)
@@ -83,7 +193,10 @@ fn junit(results: &[CellResult]) -> junit_report::Report {
     for ((kernel, arch), cells) in suites {
         let mut suite = TestSuiteBuilder::new(&format!("{kernel}.{arch}"));
         for r in cells {
-            let name = format!("{}cpu-{}", r.vcpus, r.workload);
+            let mut name = format!("{}cpu-{}", r.vcpus, r.workload);
+            if let Some(n) = r.run {
+                name += &format!("#{n}");
+            }
             let time = Duration::milliseconds((r.duration_s * 1000.0) as i64);
             let kind = r.reports.first().map(|rep| rep.kind.to_string()).unwrap_or_else(|| "other".to_string());
             let message = triage::sanitize(&r.reason);
@@ -131,10 +244,6 @@ pub fn tally(results: &[CellResult]) -> BTreeMap<&'static str, usize> {
     counts
 }
 
-pub fn read_console(dir: &Path) -> String {
-    String::from_utf8_lossy(&fs::read(dir.join(crate::vm::CONSOLE_LOG)).unwrap_or_default()).into_owned()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -142,6 +251,7 @@ mod tests {
     fn cell(verdict: Verdict, reason: &str, excerpt: &str) -> CellResult {
         CellResult {
             id: "k-x86_64-2cpu-smoke".into(),
+            run: None,
             kernel: "k".into(),
             arch: Arch::X86_64,
             vcpus: 2,
@@ -152,10 +262,38 @@ mod tests {
             reports: vec![],
             expect: None,
             ready_s: Some(1.0),
+            detect_s: None,
             end: "exited".into(),
             dir: PathBuf::from("/nonexistent"),
             excerpt: excerpt.into(),
         }
+    }
+
+    fn hit(detect: f64) -> CellResult {
+        let mut c = cell(Verdict::Fail, "hard LOCKUP in mm_get_cid", "");
+        c.reports = vec![Report { kind: Kind::HardLockup, title: c.reason.clone(), frame: None, cpu: None, line: 1, lines: vec![] }];
+        c.detect_s = Some(detect);
+        c
+    }
+
+    fn check_repro(results: Vec<CellResult>, expect: &str) {
+        let got: Vec<String> = repro(&results).iter().map(repro_line).collect();
+        assert_eq!(got.join("\n"), expect);
+    }
+
+    #[test]
+    fn reproducer_statistics() {
+        let pass = || cell(Verdict::Pass, "ok", "");
+        check_repro(vec![hit(12.0), pass(), hit(5.0), hit(30.0)], "k-x86_64-2cpu-smoke: 3 of 4 runs hit (75%) [3 hard-lockup]; detected 12.0s after ready (median; 5.0-30.0s)");
+        check_repro(vec![hit(4.0), hit(6.0)], "k-x86_64-2cpu-smoke: 2 of 2 runs hit (100%) [2 hard-lockup]; detected 5.0s after ready (median; 4.0-6.0s)");
+        check_repro((0..20).map(|_| pass()).collect(), "k-x86_64-2cpu-smoke: 0 of 20 runs hit (0%); no hit: failure rate below 13.9% at 95% confidence");
+        let error = cell(Verdict::Error, "QEMU failed", "");
+        check_repro(vec![pass(), error], "k-x86_64-2cpu-smoke: 0 of 1 runs hit (0%); no hit: failure rate below 95.0% at 95% confidence; 1 runs could not be judged");
+        let mut expected = cell(Verdict::Pass, "expected", "");
+        expected.expect = Some(Kind::HardLockup);
+        expected.reports = hit(1.0).reports;
+        expected.detect_s = Some(15.0);
+        check_repro(vec![expected], "k-x86_64-2cpu-smoke: 1 of 1 runs hit (100%) [1 hard-lockup]; detected 15.0s after ready (median; 15.0-15.0s)");
     }
 
     #[test]
@@ -171,10 +309,10 @@ mod tests {
         assert!(xml.contains("tests=\"2\"") && xml.contains("failures=\"1\""), "{xml}");
         // A real XML parser must accept it, when one is installed.
         let path = std::env::temp_dir().join(format!("lab-junit-{}.xml", std::process::id()));
-        fs::write(&path, &xml).unwrap();
+        std::fs::write(&path, &xml).unwrap();
         if let Ok(out) = std::process::Command::new("python3").args(["-c", "import sys, xml.dom.minidom as m; m.parse(sys.argv[1])"]).arg(&path).output() {
             assert!(out.status.success(), "python rejects the XML: {}", String::from_utf8_lossy(&out.stderr));
         }
-        fs::remove_file(path).unwrap();
+        std::fs::remove_file(path).unwrap();
     }
 }

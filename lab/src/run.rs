@@ -27,6 +27,10 @@ pub struct RunOptions {
     pub jobs: usize,
     pub build: BuildOptions,
     pub images_dir: PathBuf,
+    /// Runs per cell (reproducer mode when more than one).
+    pub repeat: u32,
+    /// Stop repeating a cell at its first hit.
+    pub until_fail: bool,
 }
 
 /// Every cell's result, in plan order; `Err` only for set-up problems that stop the whole run.
@@ -35,7 +39,8 @@ pub fn run(sh: &Shell, cache: &Cache, matrix: &LoadedMatrix, recipes: &[Recipe],
     for recipe in recipes {
         ui.note(format!("kernel {}: {}", recipe.name, recipe.description.trim()));
     }
-    ui.note(format!("{} cells, results in {}", cells.len(), opts.out.display()));
+    let repeat = opts.repeat.max(1);
+    ui.note(format!("{} cells x {repeat} runs, results in {}", cells.len(), opts.out.display()));
     let accel_x86 = match crate::doctor::kvm_works(cache) {
         Ok(()) => Accel::Kvm,
         Err(e) => {
@@ -56,20 +61,31 @@ pub fn run(sh: &Shell, cache: &Cache, matrix: &LoadedMatrix, recipes: &[Recipe],
         images.entry(cell.arch).or_insert_with(|| image::build(sh, cache, &opts.images_dir, cell.arch, ui).map_err(|e| format!("{e:#}")));
     }
 
-    let queue = Arc::new(Mutex::new(cells.iter().cloned().enumerate().collect::<std::collections::VecDeque<_>>()));
+    // Runs of one cell follow each other, so --until-fail stops a cell early without waiting.
+    let runs: std::collections::VecDeque<(usize, &Cell, u32)> =
+        cells.iter().flat_map(|c| (1..=repeat).map(move |n| (c, n))).enumerate().map(|(i, (c, n))| (i, c, n)).collect();
+    let queue = Arc::new(Mutex::new(runs));
+    let hit_cells = Arc::new(Mutex::new(std::collections::BTreeSet::<String>::new()));
     let (tx, rx) = mpsc::channel::<(usize, CellResult)>();
     let results: Vec<CellResult> = std::thread::scope(|scope| -> Result<Vec<CellResult>> {
         for _ in 0..opts.jobs.max(1) {
-            let (queue, tx, kernels, images) = (queue.clone(), tx.clone(), &kernels, &images);
+            let (queue, hit_cells, tx, kernels, images) = (queue.clone(), hit_cells.clone(), tx.clone(), &kernels, &images);
             scope.spawn(move || {
-                while let Some((index, cell)) = queue.lock().unwrap_or_else(|e| e.into_inner()).pop_front() {
+                while let Some((index, cell, run)) = queue.lock().unwrap_or_else(|e| e.into_inner()).pop_front() {
                     if crate::process::check_interrupted().is_err() {
                         break;
+                    }
+                    if opts.until_fail && hit_cells.lock().unwrap_or_else(|e| e.into_inner()).contains(&cell.id) {
+                        continue;
                     }
                     let kernel = &kernels[&(cell.kernel, cell.arch)];
                     let image = &images[&cell.arch];
                     let accel = if cell.arch == Arch::X86_64 { accel_x86 } else { Accel::Tcg };
-                    let result = run_cell(&cell, kernel, image, accel, &matrix.matrix, &opts.out, ui);
+                    let run = (repeat > 1).then_some(run);
+                    let result = run_cell(cell, run, kernel, image, accel, &matrix.matrix, &opts.out, ui);
+                    if result.is_hit() {
+                        hit_cells.lock().unwrap_or_else(|e| e.into_inner()).insert(cell.id.clone());
+                    }
                     if tx.send((index, result)).is_err() {
                         break;
                     }
@@ -83,7 +99,7 @@ pub fn run(sh: &Shell, cache: &Cache, matrix: &LoadedMatrix, recipes: &[Recipe],
             done.push((index, result));
             done.sort_by_key(|(i, _)| *i);
             let ordered: Vec<CellResult> = done.iter().map(|(_, r)| r.clone()).collect();
-            report::write_summary(&opts.out, &ordered)?;
+            report::write_summary(&opts.out, &ordered, repeat > 1)?;
         }
         Ok(done.into_iter().map(|(_, r)| r).collect())
     })?;
@@ -91,11 +107,20 @@ pub fn run(sh: &Shell, cache: &Cache, matrix: &LoadedMatrix, recipes: &[Recipe],
     Ok(results)
 }
 
-fn run_cell(cell: &Cell, kernel: &Result<Kernel, String>, image: &Result<Image, String>, accel: Accel, matrix: &matrix::Matrix, out: &Path, ui: &Ui) -> CellResult {
-    let dir = out.join("cells").join(&cell.id);
+#[allow(clippy::too_many_arguments)]
+fn run_cell(cell: &Cell, run: Option<u32>, kernel: &Result<Kernel, String>, image: &Result<Image, String>, accel: Accel, matrix: &matrix::Matrix, out: &Path, ui: &Ui) -> CellResult {
+    let mut dir = out.join("cells").join(&cell.id);
+    if let Some(n) = run {
+        dir = dir.join(format!("run-{n:03}"));
+    }
+    let task = match run {
+        Some(n) => format!("{} #{n}", cell.id),
+        None => cell.id.clone(),
+    };
     let started = std::time::Instant::now();
     let mut result = CellResult {
         id: cell.id.clone(),
+        run,
         kernel: cell.kernel_name.clone(),
         arch: cell.arch,
         vcpus: cell.vcpus,
@@ -107,10 +132,11 @@ fn run_cell(cell: &Cell, kernel: &Result<Kernel, String>, image: &Result<Image, 
         expect: cell.workload.expect,
         ready_s: None,
         end: String::new(),
+        detect_s: None,
         dir: dir.clone(),
         excerpt: String::new(),
     };
-    ui.send(Event::Started { task: cell.id.clone(), stage: "boot" });
+    ui.send(Event::Started { task: task.clone(), stage: "boot" });
     let outcome = (|| -> Result<Boot> {
         fs::create_dir_all(&dir)?;
         let kernel = kernel.as_ref().map_err(|e| anyhow::anyhow!("kernel build failed: {e}"))?;
@@ -125,7 +151,7 @@ fn run_cell(cell: &Cell, kernel: &Result<Kernel, String>, image: &Result<Image, 
             initramfs: Some(&image.initramfs),
             cmdline: &cmdline,
         };
-        let task = cell.id.clone();
+        let task = task.clone();
         vm::boot(&machine, &dir, deadlines(&matrix.timeouts), triage::starts_report, |line| {
             ui.send(Event::Output { task: task.clone(), line: line.to_string() });
             if line.contains("LAB-READY") || line.contains("LAB-PROGRESS") {
@@ -135,14 +161,16 @@ fn run_cell(cell: &Cell, kernel: &Result<Kernel, String>, image: &Result<Image, 
     })();
     match outcome {
         Ok(boot) => {
-            let console = report::read_console(&dir);
-            let (verdict, reason, reports) = judge(cell, &boot, triage::triage(console.as_bytes()), matrix.timeouts.silence);
+            let console = String::from_utf8_lossy(&fs::read(&boot.console_log).unwrap_or_default()).into_owned();
+            let last_line = console.lines().count().max(1);
+            let (verdict, reason, reports) = judge(cell, &boot, triage::triage(console.as_bytes()), matrix.timeouts.silence, last_line);
             result.excerpt = report::excerpt(&console, &reports);
             result.verdict = verdict;
             result.reason = reason;
             result.reports = reports;
             result.ready_s = boot.ready.as_ref().map(|r| r.at);
-            result.end = serde_json::to_value(&boot.end).ok().and_then(|v| v.as_str().map(str::to_string).or_else(|| Some(v.to_string()))).unwrap_or_default();
+            result.detect_s = detection_delay(&console, &result.reports, boot.ready.as_ref().map(|r| r.at));
+            result.end = boot.end.name().to_string();
         }
         Err(e) => {
             result.reason = format!("{e:#}");
@@ -151,11 +179,20 @@ fn run_cell(cell: &Cell, kernel: &Result<Kernel, String>, image: &Result<Image, 
     }
     result.duration_s = started.elapsed().as_secs_f64();
     ui.send(Event::Finished {
-        task: cell.id.clone(),
+        task,
         ok: matches!(result.verdict, Verdict::Pass | Verdict::Skip),
         summary: format!("{}: {}", format!("{:?}", result.verdict).to_lowercase(), result.reason),
     });
     result
+}
+
+/// Seconds from the ready line to the line where the first report starts, read from the host
+/// time that prefixes every console.log line. Runs that failed during boot have no ready line and
+/// no delay.
+fn detection_delay(console: &str, reports: &[Report], ready_at: Option<f64>) -> Option<f64> {
+    let line = console.lines().nth(reports.first()?.line.checked_sub(1)?)?;
+    let (stamp, _) = line.split_once("s| ")?;
+    Some(stamp.trim().parse::<f64>().ok()? - ready_at?)
 }
 
 fn deadlines(t: &Timeouts) -> Deadlines {
@@ -172,6 +209,12 @@ fn kernel_cmdline(cell: &Cell, matrix: &matrix::Matrix) -> String {
         // On a lockup, every CPU's stack: a live lock needs both sides.
         "hardlockup_all_cpu_backtrace=1".to_string(),
         "softlockup_all_cpu_backtrace=1".to_string(),
+        // Panic on lockups. In 7.3 the 8250 and PL011 consoles print from a kthread, and the
+        // lockup reports do not force atomic printing: the kthread can sit on the stuck CPU's
+        // runqueue and a detected lockup stays in the ring buffer for a minute or more (seen on
+        // x86_64 and aarch64). Panic flushes every console atomically, then ends the VM.
+        "nmi_watchdog=panic".to_string(),
+        "softlockup_panic=1".to_string(),
     ];
     words.extend(cell.arch.kernel_params().iter().map(|p| p.to_string()));
     words.push(format!("lab.workload={}", cell.workload.program()));
@@ -183,8 +226,8 @@ fn kernel_cmdline(cell: &Cell, matrix: &matrix::Matrix) -> String {
 }
 
 /// The verdict of one boot: what the console shows, what the workload said, how the VM ended.
-fn judge(cell: &Cell, boot: &Boot, mut reports: Vec<Report>, silence_s: u64) -> (Verdict, String, Vec<Report>) {
-    let last_line = triage_line_count(&boot.console_log);
+/// Reports the lab adds itself (silence, no ready line, ...) point at the console's last line.
+fn judge(cell: &Cell, boot: &Boot, mut reports: Vec<Report>, silence_s: u64, last_line: usize) -> (Verdict, String, Vec<Report>) {
     if boot.end == End::Silent {
         reports.push(Report {
             kind: Kind::Silent,
@@ -254,10 +297,6 @@ fn judge(cell: &Cell, boot: &Boot, mut reports: Vec<Report>, silence_s: u64) -> 
     }
 }
 
-fn triage_line_count(console_log: &Path) -> usize {
-    fs::read(console_log).map(|b| b.split(|&c| c == b'\n').count().saturating_sub(1).max(1)).unwrap_or(1)
-}
-
 /// A default output directory per run, so nightly runs never overwrite each other.
 pub fn default_out(base: &Path) -> PathBuf {
     let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
@@ -294,8 +333,6 @@ mod tests {
             end,
             ready: if ready.is_empty() { None } else { line(ready) },
             result: if result.is_empty() { None } else { line(result) },
-            last_output_s: 0.0,
-            duration_s: 1.0,
             console_log: PathBuf::from("/nonexistent"),
         }
     }
@@ -308,7 +345,7 @@ mod tests {
 
     /// `check(expect, boot, reports, "verdict: reason")`
     fn check(expect: Option<Kind>, boot: Boot, reports: Vec<Report>, want: &str) {
-        let (verdict, reason, _) = judge(&cell(expect), &boot, reports, 60);
+        let (verdict, reason, _) = judge(&cell(expect), &boot, reports, 60, 100);
         assert_eq!(format!("{verdict:?}: {reason}"), want);
     }
 
@@ -335,6 +372,18 @@ mod tests {
     }
 
     #[test]
+    fn detection_delay_reads_the_host_time_of_the_report() {
+        let console = "    1.000s| LAB-READY arch=x86_64\n    1.500s| lkdtm: writing\n   17.250s| [ 16.4] watchdog: CPU1: Watchdog detected hard LOCKUP on cpu 0\n";
+        let mut report = lockup();
+        report.line = 3;
+        assert_eq!(detection_delay(console, &[report.clone()], Some(1.0)), Some(16.25));
+        assert_eq!(detection_delay(console, &[report.clone()], None), None);
+        assert_eq!(detection_delay(console, &[], Some(1.0)), None);
+        report.line = 9;
+        assert_eq!(detection_delay(console, &[report], Some(1.0)), None);
+    }
+
+    #[test]
     fn cmdline_carries_the_workload() {
         let programs = ["smoke", "lkdtm"].into_iter().map(String::from).collect();
         let m = matrix::parse(
@@ -345,7 +394,7 @@ mod tests {
         let c = Cell { id: "x".into(), kernel: 0, kernel_name: "k".into(), arch: Arch::Ppc64le, vcpus: 2, workload: m.workloads[0].clone() };
         assert_eq!(
             kernel_cmdline(&c, &m),
-            "console=hvc0 panic=-1 hardlockup_all_cpu_backtrace=1 softlockup_all_cpu_backtrace=1 lab.workload=lkdtm lab.arg.crash=HARDLOCKUP lab.arg.wait=30 nokaslr"
+            "console=hvc0 panic=-1 hardlockup_all_cpu_backtrace=1 softlockup_all_cpu_backtrace=1 nmi_watchdog=panic softlockup_panic=1 lab.workload=lkdtm lab.arg.crash=HARDLOCKUP lab.arg.wait=30 nokaslr"
         );
     }
 }

@@ -2,7 +2,8 @@
 //!
 //! The image holds `/init` (images/init/init.c) and every workload program
 //! (images/workloads/NAME.c -> /lab/workloads/NAME), each compiled static with the Debian cross
-//! compiler. Adding a workload is adding a `.c` file: nothing here or in the runner names one.
+//! compiler. Code that several workloads share lives in headers under images/workloads/include/.
+//! Adding a workload is adding a `.c` file: nothing here or in the runner names one.
 
 mod cpio;
 
@@ -68,8 +69,22 @@ fn build_inner(sh: &Shell, cache: &Cache, images_dir: &Path, arch: Arch) -> Resu
     }
     let gcc = arch.gcc();
     let toolchain = cmd!(sh, "{gcc} --version").quiet().read().with_context(|| format!("{gcc} is not installed: run `lab setup`"))?;
+    let include = images_dir.join("workloads/include");
+    let headers: Vec<(String, PathBuf)> = match fs::read_dir(&include) {
+        Ok(entries) => {
+            let mut h: Vec<(String, PathBuf)> = entries
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.extension().is_some_and(|e| e == "h"))
+                .filter_map(|p| Some((p.file_name()?.to_str()?.to_string(), p)))
+                .collect();
+            h.sort();
+            h
+        }
+        Err(_) => Vec::new(),
+    };
     let mut key = KeyBuilder::default().part("version", IMAGE_VERSION.as_bytes()).part("toolchain", toolchain.as_bytes()).part("arch", arch.name().as_bytes());
-    for (name, path) in std::iter::once(("init".to_string(), init.clone())).chain(workloads.iter().cloned()) {
+    let sources_and_headers = std::iter::once(("init".to_string(), init.clone())).chain(workloads.iter().cloned()).chain(headers);
+    for (name, path) in sources_and_headers {
         let text = fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
         key = key.part("name", name.as_bytes()).part("source", &text);
     }
@@ -85,7 +100,8 @@ fn build_inner(sh: &Shell, cache: &Cache, images_dir: &Path, arch: Arch) -> Resu
     fs::create_dir_all(tmp.join("bin"))?;
     let compile = |source: &Path, name: &str| -> Result<Vec<u8>> {
         let out = tmp.join("bin").join(name);
-        let output = cmd!(sh, "{gcc} -std=gnu11 -O2 -Wall -Wextra -Werror -static -pthread -o {out} {source}").quiet().ignore_status().output()?;
+        let include_flag = format!("-I{}", include.display());
+        let output = cmd!(sh, "{gcc} -std=gnu11 -O2 -Wall -Wextra -Werror -static -pthread {include_flag} -o {out} {source}").quiet().ignore_status().output()?;
         if !output.status.success() {
             bail!("{gcc} cannot compile {}:\n{}", source.display(), String::from_utf8_lossy(&output.stderr).trim_end());
         }

@@ -20,8 +20,6 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use serde::Serialize;
-
 use crate::process::{self, Group};
 pub use qemu::{Accel, Machine};
 
@@ -35,7 +33,7 @@ pub struct Deadlines {
 }
 
 /// The guest's protocol lines (see images/workloads/README.md), as `key=value` words.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone)]
 pub struct ProtocolLine {
     /// Host seconds since QEMU started.
     pub at: f64,
@@ -48,8 +46,7 @@ impl ProtocolLine {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "kebab-case")]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum End {
     /// QEMU exited by itself: power-off, or `-no-reboot` turning a panic's reboot into an exit.
     Exited,
@@ -65,18 +62,30 @@ pub enum End {
     QemuFailed(String),
 }
 
-#[derive(Debug, Clone, Serialize)]
+impl End {
+    /// The name `result.json` records.
+    pub fn name(&self) -> &'static str {
+        match self {
+            End::Exited => "exited",
+            End::BootTimeout => "boot-timeout",
+            End::WorkloadTimeout => "workload-timeout",
+            End::Silent => "silent",
+            End::StoppedAfterReport => "stopped-after-report",
+            End::QemuFailed(_) => "qemu-failed",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
 pub struct Boot {
     pub end: End,
     pub ready: Option<ProtocolLine>,
     pub result: Option<ProtocolLine>,
-    pub last_output_s: f64,
-    pub duration_s: f64,
     pub console_log: PathBuf,
 }
 
-pub const CONSOLE_LOG: &str = "console.log";
-pub const QEMU_COMMAND: &str = "qemu-command.sh";
+const CONSOLE_LOG: &str = "console.log";
+const QEMU_COMMAND: &str = "qemu-command.sh";
 
 /// After the result line the guest powers off by itself; under TCG that takes a second or two.
 const POWER_OFF_GRACE: Duration = Duration::from_secs(30);
@@ -152,8 +161,6 @@ pub fn boot(machine: &Machine, dir: &Path, deadlines: Deadlines, report_starts: 
         end,
         ready,
         result,
-        last_output_s: (last_output - start).as_secs_f64(),
-        duration_s: start.elapsed().as_secs_f64(),
         console_log,
     })
 }
