@@ -1,0 +1,65 @@
+/*
+ * Helpers any workload may use: argument values, time and random numbers. The including file
+ * defines NAME, the workload's name, which starts its error messages.
+ *
+ * The functions are static inline so that a workload using only some of them still compiles under
+ * -Wall -Werror.
+ */
+#ifndef LAB_WORKLOAD_H
+#define LAB_WORKLOAD_H
+
+#ifndef NAME
+#error "define NAME, the workload's name, before including workload.h"
+#endif
+
+#include <errno.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+/* xorshift32: cheap enough for the workers' hot loops; a fixed seed repeats a run's choices. */
+static inline uint32_t next_random(uint32_t *state)
+{
+	*state ^= *state << 13;
+	*state ^= *state >> 17;
+	*state ^= *state << 5;
+	return *state;
+}
+
+/*
+ * 1 if @arg is `KEY=N` for @key with N in min..max (stored in @value), 0 if it is another
+ * argument, -1 (after saying why) if the value is bad.
+ */
+static inline int parse_number(const char *arg, const char *key, long min, long max, long *value)
+{
+	size_t key_length = strlen(key);
+	if (strncmp(arg, key, key_length) != 0 || arg[key_length] != '=')
+		return 0;
+	const char *text = arg + key_length + 1;
+	char *end;
+	errno = 0;
+	*value = strtol(text, &end, 10);
+	if (errno || end == text || *end != '\0' || *value < min || *value > max) {
+		fprintf(stderr, NAME ": bad value in '%s' (want %ld..%ld)\n", arg, min, max);
+		return -1;
+	}
+	return 1;
+}
+
+static inline double elapsed_seconds(const struct timespec *start)
+{
+	struct timespec now;
+	clock_gettime(CLOCK_MONOTONIC, &now);
+	return (now.tv_sec - start->tv_sec) + (now.tv_nsec - start->tv_nsec) / 1e9;
+}
+
+static inline void pause_us(long microseconds)
+{
+	struct timespec pause = { microseconds / 1000000, microseconds % 1000000 * 1000 };
+	if (microseconds > 0)
+		nanosleep(&pause, NULL);
+}
+
+#endif
