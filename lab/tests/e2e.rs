@@ -85,6 +85,35 @@ fn every_architecture_boots_and_passes_smoke_including_more_vcpus_than_host_core
 }
 
 #[test]
+fn mm_cid_churn_passes_on_the_stock_kernel_on_every_architecture() {
+    let run = suite();
+    for arch in ARCHES {
+        let cell = run.cell("mmcid-churn", arch, 4);
+        assert_eq!(cell["verdict"], "pass", "{cell:#}");
+        let console = std::fs::read_to_string(Path::new(cell["dir"].as_str().unwrap()).join("console.log")).unwrap();
+        assert!(console.contains("LAB-PROGRESS workload=mmcid-churn"), "no progress lines on {arch}");
+        assert!(!console.contains("VIOLATION"), "mm_cid violation on stock 7.3 {arch}");
+    }
+}
+
+#[test]
+fn a_known_bad_mm_cid_kernel_is_caught_in_mm_get_cid() {
+    suite();
+    let out = scratch("known-bad");
+    let matrix = Path::new(env!("CARGO_MANIFEST_DIR")).join("../kernels/known-bad-matrix.yaml");
+    let o = run(lab().arg("run").arg("--matrix").arg(matrix).args(["--filter", "kernel=linux-7.3-mmcid-fork-stale", "--filter", "arch=x86_64", "--out"]).arg(&out));
+    assert_eq!(o.status.code(), Some(1), "the known-bad kernel must fail its cell");
+    let summary: Value = serde_json::from_slice(&std::fs::read(out.join("summary.json")).unwrap()).unwrap();
+    let cell = &summary["cells"][0];
+    assert_eq!(cell["verdict"], "fail", "{cell:#}");
+    let reports = cell["reports"].as_array().unwrap();
+    assert!(
+        reports.iter().any(|r| r["frame"].as_str().is_some_and(|f| f.contains("mm_get_cid"))),
+        "no report names mm_get_cid: {reports:#?}"
+    );
+}
+
+#[test]
 fn a_provoked_hard_lockup_is_reported_on_every_architecture() {
     let run = suite();
     for arch in ARCHES {
@@ -117,7 +146,7 @@ fn junit_is_valid_xml_with_a_suite_per_kernel_and_arch() {
         print(len(suites), sum(len(s.getElementsByTagName('testcase')) for s in suites), len(d.getElementsByTagName('failure')))\n";
     let out = Command::new("python3").args(["-c", check]).arg(&junit).output().unwrap();
     assert!(out.status.success(), "junit.xml does not parse: {}", String::from_utf8_lossy(&out.stderr));
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), format!("3 {} 3", run.cells.len()));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), format!("3 {} 3", run.cells.len()), "suites, cases, failures");
     let xml = std::fs::read_to_string(&junit).unwrap();
     assert!(xml.contains("name=\"linux-7.3.ppc64le\"") && xml.contains("type=\"panic\""), "{xml}");
     for cell in &run.cells {
