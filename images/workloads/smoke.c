@@ -13,6 +13,9 @@
 #include <time.h>
 #include <unistd.h>
 
+#define NAME "smoke"
+#include "workload.h"
+
 #define WORK_ITERATIONS 20000
 #define ITERATIONS_PER_YIELD 2000
 
@@ -21,15 +24,6 @@ struct worker {
 	uint32_t seed;
 	uint32_t result;
 };
-
-/* xorshift32: enough to vary the thread count; a fixed seed gives every run the same sequence. */
-static uint32_t next_random(uint32_t *state)
-{
-	*state ^= *state << 13;
-	*state ^= *state >> 17;
-	*state ^= *state << 5;
-	return *state;
-}
 
 static void *spin_and_yield(void *arg)
 {
@@ -43,13 +37,6 @@ static void *spin_and_yield(void *arg)
 	}
 	worker->result = state;
 	return NULL;
-}
-
-static double elapsed_seconds(const struct timespec *start)
-{
-	struct timespec now;
-	clock_gettime(CLOCK_MONOTONIC, &now);
-	return (now.tv_sec - start->tv_sec) + (now.tv_nsec - start->tv_nsec) / 1e9;
 }
 
 static int parse_args(int argc, char **argv, long *seconds)

@@ -43,7 +43,7 @@ const PLUMBING: &[&[&str]] = &[
     // Idle loop and CPU bring-up: the bottom of every idle or secondary CPU's stack.
     &[
         "do_idle", "cpu_startup_entry", "start_secondary*", "secondary_startup*", "rest_init", "start_kernel",
-        "kernel_init", "do_one_initcall", "__primary_switched", "__primary_switch", "__secondary_switched", "secondary_start_kernel",
+        "kernel_init", "do_one_initcall", "common_startup_64", "x86_64_start_*", "__primary_switched", "__primary_switch", "__secondary_switched", "secondary_start_kernel",
         "default_idle*", "arch_cpu_idle*", "cpuidle_*", "acpi_idle*", "poll_idle", "cpu_idle_poll",
         "native_safe_halt", "pv_native_safe_halt", "power7_idle*", "power9_idle*", "pseries_lpar_idle",
         "arch_local_irq_restore", "cpu_do_idle",
@@ -99,16 +99,28 @@ const PLUMBING: &[&[&str]] = &[
     ],
 ];
 
-fn is_plumbing(function: &str) -> bool {
+/// Spinning lock waits: a CPU stopped in one of these is a victim of whoever holds the lock.
+const SPIN_WAITS: &[&str] = &[
+    "queued_spin_lock_slowpath", "native_queued_spin_lock_slowpath", "__pv_queued_spin_lock_slowpath",
+    "pv_queued_spin_lock_slowpath", "do_raw_spin_lock", "arch_spin_lock", "queued_read_lock_slowpath",
+    "queued_write_lock_slowpath", "__cmpwait*",
+];
+
+/// How far below the interrupted instruction a lock wait may sit (hypervisor yields and busy-wait
+/// helpers come above it on powerpc and arm64).
+const SPIN_WAIT_DEPTH: usize = 4;
+
+fn matches_any(patterns: &[&str], function: &str) -> bool {
     // Compiler clones (.isra.0, .constprop.0, .cold, .part.0) are the same function for this purpose.
     let function = function.split('.').next().unwrap_or(function);
-    PLUMBING
-        .iter()
-        .flat_map(|group| group.iter())
-        .any(|pattern| match pattern.strip_suffix('*') {
-            Some(prefix) => function.starts_with(prefix),
-            None => function == *pattern,
-        })
+    patterns.iter().any(|pattern| match pattern.strip_suffix('*') {
+        Some(prefix) => function.starts_with(prefix),
+        None => function == *pattern,
+    })
+}
+
+fn is_plumbing(function: &str) -> bool {
+    PLUMBING.iter().any(|group| matches_any(group, function))
 }
 
 /// `name` of "name+0xoff/0xsize" (what `%pS` prints), if `text` starts with one.
@@ -186,14 +198,18 @@ impl Section {
     /// Reliable frames first: with only the guess unwinder every trace frame is a guess, and then the
     /// guesses are all there is.
     fn culprit(&self) -> Option<&str> {
-        let first_culprit = |reliable_only: bool| {
-            self.frames
-                .iter()
-                .find(|frame| (frame.reliable || !reliable_only) && !is_plumbing(&frame.function))
-        };
-        first_culprit(true)
-            .or_else(|| first_culprit(false))
+        self.first_culprit(true).or_else(|| self.first_culprit(false))
+    }
+
+    fn first_culprit(&self, reliable_only: bool) -> Option<&str> {
+        self.frames
+            .iter()
+            .find(|frame| (frame.reliable || !reliable_only) && !is_plumbing(&frame.function))
             .map(|frame| frame.function.as_str())
+    }
+
+    fn waits_on_spinlock(&self) -> bool {
+        self.frames.iter().take(SPIN_WAIT_DEPTH).any(|frame| matches_any(SPIN_WAITS, &frame.function))
     }
 }
 
@@ -276,13 +292,27 @@ impl Stacks {
     }
 
     /// The first non-plumbing frame of the stack that tells the story: `preferred_cpu`'s when it was
-    /// dumped, otherwise the first stack that has a culprit at all.
+    /// dumped, otherwise the first stack that has a culprit at all. When the preferred CPU only
+    /// waits for a spinlock, the story is the other side of a live lock: the first other dumped CPU
+    /// that neither waits for a lock nor idles (with every CPU's backtrace, the lock holder). A
+    /// holder is named from reliable frames only: an idle CPU's stack holds stray guesses.
     pub fn culprit(&self, preferred_cpu: Option<u32>) -> Option<&str> {
-        let preferred = self
+        let preferred: Vec<&Section> = self
             .sections
             .iter()
-            .filter(|section| preferred_cpu.is_some() && section.cpu == preferred_cpu);
-        preferred.chain(&self.sections).find_map(Section::culprit)
+            .filter(|section| preferred_cpu.is_some() && section.cpu == preferred_cpu)
+            .collect();
+        if preferred.iter().any(|section| section.waits_on_spinlock()) {
+            let holder = self
+                .sections
+                .iter()
+                .filter(|section| section.cpu.is_some() && section.cpu != preferred_cpu && !section.waits_on_spinlock())
+                .find_map(|section| section.first_culprit(true));
+            if holder.is_some() {
+                return holder;
+            }
+        }
+        preferred.into_iter().chain(&self.sections).find_map(Section::culprit)
     }
 }
 
