@@ -26,6 +26,15 @@ const PLUMBING: &[&[&str]] = &[
         "print_circular_bug*", "check_deadlock", "print_deadlock_bug", "mark_lock*", "print_usage_bug",
         "valid_state", "mark_usage", "check_irq_usage",
     ],
+    // Generic library helpers: a CPU interrupted inside a bit search or a copy is running its
+    // caller's loop (the live lock in mm_get_cid is often caught in _find_first_zero_bit).
+    &[
+        "_find_first_bit", "_find_first_zero_bit", "_find_next_bit", "_find_next_zero_bit", "_find_last_bit",
+        "find_first_bit", "find_next_bit", "find_first_zero_bit", "find_next_zero_bit",
+        "__bitmap_*", "bitmap_*",
+    ],
+    // stop_machine: CPUs spinning in multi_cpu_stop wait for the others to arrive.
+    &["stop_machine_yield", "multi_cpu_stop", "cpu_stopper_thread", "stop_machine*", "stop_cpus*", "smpboot_thread_fn"],
     // Busy-wait helpers and hypervisor calls: where a waiting vCPU burns time or yields to the host.
     &[
         "cpu_relax", "__cpu_relax", "delay_tsc", "delay_halt*", "__delay", "__udelay", "__const_udelay",
