@@ -4,7 +4,6 @@
 //! (cell directory, console log, protocol parsing) and with a bare QEMU whose stdout is scanned for
 //! the ready line. The ratio is the lab's overhead.
 
-use std::io::Read;
 use std::path::Path;
 use std::process::{ExitCode, Stdio};
 use std::time::{Duration, Instant};
@@ -99,20 +98,10 @@ fn bare_boot(machine: &Machine) -> Result<f64> {
     command.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::null());
     let start = Instant::now();
     let mut group = Group::spawn(command)?;
-    let mut stdout = group.child_mut().stdout.take().context("no stdout")?;
-    let mut seen = Vec::new();
-    let mut buf = [0u8; 4096];
-    while start.elapsed() < Duration::from_secs(300) {
-        let n = stdout.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        seen.extend_from_slice(&buf[..n]);
-        if seen.windows(9).any(|w| w == b"LAB-READY") {
-            return Ok(start.elapsed().as_secs_f64());
-        }
+    if !group.wait_for_output(b"LAB-READY", Duration::from_secs(300))? {
+        bail!("bare {} boot printed no ready line in 300 s", machine.arch);
     }
-    bail!("bare {} boot printed no ready line", machine.arch)
+    Ok(start.elapsed().as_secs_f64())
 }
 
 /// The lab's VM stage, timed from the call to the moment it hands over the ready line.

@@ -235,24 +235,8 @@ pub fn probe_boots(cache: &Cache, accel: &[&str], timeout: Duration) -> Result<(
     command.args(accel).arg("-drive").arg(format!("file={},format=raw,if=ide", disk.display()));
     command.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
     let mut group = crate::process::Group::spawn(command)?;
-    let mut stdout = group.child_mut().stdout.take().context("no stdout")?;
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let mut seen = Vec::new();
-        let mut buf = [0u8; 256];
-        while let Ok(n) = std::io::Read::read(&mut stdout, &mut buf) {
-            if n == 0 {
-                break;
-            }
-            seen.extend_from_slice(&buf[..n]);
-            if String::from_utf8_lossy(&seen).contains(KVM_MARKER) {
-                let _ = tx.send(());
-                return;
-            }
-        }
-    });
     let start = Instant::now();
-    let got = rx.recv_timeout(timeout).is_ok();
+    let got = group.wait_for_output(KVM_MARKER.as_bytes(), timeout)?;
     group.kill();
     if got {
         return Ok(());

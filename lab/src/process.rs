@@ -71,6 +71,34 @@ impl Group {
         }
     }
 
+    /// Waits until the child's stdout (which must be piped) shows `marker`, for at most `timeout`;
+    /// false if it did not. Reading happens on a thread of its own, so a child that never prints
+    /// cannot outlast the timeout, and Ctrl-C is honoured meanwhile.
+    pub fn wait_for_output(&mut self, marker: &'static [u8], timeout: Duration) -> Result<bool> {
+        let mut stdout = self.child.stdout.take().context("the child's stdout is not piped")?;
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut seen = Vec::new();
+            let mut buf = [0u8; 4096];
+            while let Ok(n @ 1..) = std::io::Read::read(&mut stdout, &mut buf) {
+                seen.extend_from_slice(&buf[..n]);
+                if seen.windows(marker.len()).any(|w| w == marker) {
+                    let _ = tx.send(());
+                    return;
+                }
+            }
+        });
+        let deadline = std::time::Instant::now() + timeout;
+        while std::time::Instant::now() < deadline {
+            match rx.recv_timeout(Duration::from_millis(100)) {
+                Ok(()) => return Ok(true),
+                Err(mpsc::RecvTimeoutError::Disconnected) => return Ok(false),
+                Err(mpsc::RecvTimeoutError::Timeout) => check_interrupted()?,
+            }
+        }
+        Ok(false)
+    }
+
     /// Kills the whole group (QEMU's helpers, make's compilers) and reaps the leader.
     pub fn kill(&mut self) {
         // The group id is the leader's pid; signalling it is safe even after the leader exited,
@@ -150,6 +178,21 @@ pub fn first_error(log: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn waiting_for_output_sees_the_marker_or_times_out() {
+        let spawn = |script: &str| {
+            let mut cmd = Command::new("sh");
+            cmd.args(["-c", script]).stdout(Stdio::piped());
+            Group::spawn(cmd).unwrap()
+        };
+        assert!(spawn("echo boot; sleep 0.2; echo LAB-READY arch=x").wait_for_output(b"LAB-READY", Duration::from_secs(10)).unwrap());
+        assert!(!spawn("echo nothing; exit 0").wait_for_output(b"LAB-READY", Duration::from_secs(10)).unwrap());
+        // A child that never prints and never exits: the timeout, not the read, decides.
+        let start = std::time::Instant::now();
+        assert!(!spawn("sleep 300").wait_for_output(b"LAB-READY", Duration::from_millis(300)).unwrap());
+        assert!(start.elapsed() < Duration::from_secs(5));
+    }
 
     #[test]
     fn failed_commands_show_their_first_error() {
