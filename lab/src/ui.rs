@@ -59,6 +59,19 @@ impl Ui {
     pub fn note(&self, message: impl Into<String>) {
         self.send(Event::Note(message.into()));
     }
+
+    /// Runs one stage of a task between its `Started` and `Finished` events. The summary is
+    /// `describe(value)` on success, the error's first line on failure.
+    pub fn stage<T>(&self, task: &str, stage: &'static str, work: impl FnOnce() -> anyhow::Result<T>, describe: impl FnOnce(&T) -> String) -> anyhow::Result<T> {
+        self.send(Event::Started { task: task.to_string(), stage });
+        let result = work();
+        let summary = match &result {
+            Ok(value) => describe(value),
+            Err(e) => format!("{e:#}").lines().next().unwrap_or_default().to_string(),
+        };
+        self.send(Event::Finished { task: task.to_string(), ok: result.is_ok(), summary });
+        result
+    }
 }
 
 impl Inner {

@@ -17,7 +17,7 @@ use xshell::{cmd, Shell};
 
 use crate::arch::Arch;
 use crate::cache::{self, Cache, KeyBuilder};
-use crate::ui::{Event, Ui};
+use crate::ui::Ui;
 
 /// Bump when the image layout changes in a way the sources do not show.
 const IMAGE_VERSION: &str = "1";
@@ -49,16 +49,11 @@ fn sources(dir: &Path) -> Result<Vec<(String, PathBuf)>> {
 }
 
 pub fn build(sh: &Shell, cache: &Cache, images_dir: &Path, arch: Arch, ui: &Ui) -> Result<Image> {
-    let task = format!("image {arch}");
-    ui.send(Event::Started { task: task.clone(), stage: "initramfs" });
-    let result = build_inner(sh, cache, images_dir, arch);
-    let summary = match &result {
-        Ok(i) if i.cached => "cached".to_string(),
-        Ok(i) => format!("{} programs, {}", i.programs.len(), i.initramfs.display()),
-        Err(e) => format!("{e:#}").lines().next().unwrap_or_default().to_string(),
-    };
-    ui.send(Event::Finished { task, ok: result.is_ok(), summary });
-    result.with_context(|| format!("guest image for {arch}"))
+    ui.stage(&format!("image {arch}"), "initramfs", || build_inner(sh, cache, images_dir, arch), |i| match i.cached {
+        true => "cached".to_string(),
+        false => format!("{} programs, {}", i.programs.len(), i.initramfs.display()),
+    })
+    .with_context(|| format!("guest image for {arch}"))
 }
 
 fn build_inner(sh: &Shell, cache: &Cache, images_dir: &Path, arch: Arch) -> Result<Image> {

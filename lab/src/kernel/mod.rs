@@ -73,15 +73,11 @@ pub struct BuildOptions {
 
 pub fn build(sh: &Shell, cache: &Cache, recipe: &Recipe, arch: Arch, opts: &BuildOptions, ui: &Ui) -> Result<Kernel> {
     let task = format!("{} {arch}", recipe.name);
-    ui.send(Event::Started { task: task.clone(), stage: "kernel" });
-    let result = build_inner(sh, cache, recipe, arch, opts, ui, &task);
-    let summary = match &result {
-        Ok(k) if k.cached => format!("cached ({})", k.dir.display()),
-        Ok(k) => format!("built in {:.0}s ({})", k.build_seconds, k.dir.display()),
-        Err(e) => format!("{e:#}").lines().next().unwrap_or_default().to_string(),
-    };
-    ui.send(Event::Finished { task, ok: result.is_ok(), summary });
-    result.with_context(|| format!("kernel {} for {arch}", recipe.name))
+    ui.stage(&task, "kernel", || build_inner(sh, cache, recipe, arch, opts, ui, &task), |k| match k.cached {
+        true => format!("cached ({})", k.dir.display()),
+        false => format!("built in {:.0}s ({})", k.build_seconds, k.dir.display()),
+    })
+    .with_context(|| format!("kernel {} for {arch}", recipe.name))
 }
 
 fn build_inner(sh: &Shell, cache: &Cache, recipe: &Recipe, arch: Arch, opts: &BuildOptions, ui: &Ui, task: &str) -> Result<Kernel> {
