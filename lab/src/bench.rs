@@ -111,7 +111,8 @@ fn lab_boot(machine: &Machine, cache: &Cache) -> Result<f64> {
     let deadlines = Deadlines { boot: 300, silence: 120, workload: 120, report_grace: 5 };
     let start = Instant::now();
     let mut ready = None;
-    vm::boot(machine, &dir, deadlines, crate::triage::starts_report, |line| {
+    let watch = vm::Watch { report_starts: crate::triage::starts_report, diagnosis: None };
+    vm::boot(machine, &dir, deadlines, &watch, |line| {
         if ready.is_none() && line.contains("LAB-READY") {
             ready = Some(start.elapsed().as_secs_f64());
         }

@@ -88,6 +88,13 @@ enum Command {
         /// With --repeat: stop repeating a cell at its first hit.
         #[arg(long, requires = "repeat")]
         until_fail: bool,
+        /// When a guest goes silent or overruns its workload deadline, sample every vCPU this
+        /// many times (0.5 s apart, through QMP) before killing it, name what each one is stuck
+        /// in from the kernel's System.map, then send it an NMI (x86_64, ppc64le) and read its
+        /// answer. The verdict says whether it rests on the guest's reports, the host's samples or
+        /// both; DIR/cells/<cell>/host-samples.json keeps the raw samples. 0 kills without looking.
+        #[arg(long, value_name = "N", default_value_t = 8, value_parser = clap::value_parser!(u32).range(0..=1000))]
+        host_samples: u32,
         #[command(flatten)]
         build: BuildArgs,
         /// Install missing host packages first (as `lab setup`).
@@ -221,7 +228,7 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
     let ui = Ui::new(cli.verbose);
     let cache = || Cache::new(cli.cache_dir.clone());
     match cli.command {
-        Command::Run { select, out, jobs, repeat, until_fail, build, setup, list } => {
+        Command::Run { select, out, jobs, repeat, until_fail, host_samples, build, setup, list } => {
             let loaded = load(&select)?;
             if list {
                 for cell in &loaded.cells {
@@ -241,7 +248,7 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
             }
             doctor::preflight(&sh)?;
             let cache = cache()?;
-            let opts = run::RunOptions { out: out.clone(), jobs, build: build.options(), images_dir: images_dir(), repeat, until_fail };
+            let opts = run::RunOptions { out: out.clone(), jobs, build: build.options(), images_dir: images_dir(), repeat, until_fail, host_samples };
             let results = run::run(&sh, &cache, &loaded.matrix, &loaded.recipes, &loaded.cells, &opts, &ui)?;
             if repeat > 1 {
                 for r in report::repro(&results) {

@@ -54,6 +54,10 @@ pub struct CellResult {
     /// Seconds from the guest's ready line to the first report.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub detect_s: Option<f64>,
+    /// What the verdict rests on: `guest` (the kernel's reports), `host` (samples of the vCPUs
+    /// taken from outside), or `guest+host`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub basis: Option<String>,
     /// How the boot ended, as the VM stage saw it.
     pub end: String,
     pub dir: PathBuf,
@@ -263,6 +267,7 @@ mod tests {
             expect: None,
             ready_s: Some(1.0),
             detect_s: None,
+            basis: None,
             end: "exited".into(),
             dir: PathBuf::from("/nonexistent"),
             excerpt: excerpt.into(),
@@ -271,7 +276,7 @@ mod tests {
 
     fn hit(detect: f64) -> CellResult {
         let mut c = cell(Verdict::Fail, "hard LOCKUP in mm_get_cid", "");
-        c.reports = vec![Report { kind: Kind::HardLockup, title: c.reason.clone(), frame: None, cpu: None, line: 1, lines: vec![] }];
+        c.reports = vec![Report { kind: Kind::HardLockup, title: c.reason.clone(), frame: None, cpu: None, line: 1, lines: vec![], source: Default::default() }];
         c.detect_s = Some(detect);
         c
     }

@@ -18,9 +18,9 @@ use crate::kernel::{self, BuildOptions, Kernel, Recipe};
 use crate::matrix::{self, LoadedMatrix, Timeouts};
 use crate::plan::Cell;
 use crate::report::{self, CellResult, Verdict};
-use crate::triage::{self, Kind, Report};
+use crate::triage::{self, Kind, Report, Source};
 use crate::ui::{Event, Ui};
-use crate::vm::{self, Accel, Boot, Deadlines, End, Machine};
+use crate::vm::{self, Accel, Boot, Deadlines, Diagnosis, End, HostSamples, Machine, Sampling, Watch};
 
 pub struct RunOptions {
     pub out: PathBuf,
@@ -31,6 +31,8 @@ pub struct RunOptions {
     pub repeat: u32,
     /// Stop repeating a cell at its first hit.
     pub until_fail: bool,
+    /// Host samples of a silent or overdue guest before it is killed (0: kill without looking).
+    pub host_samples: u32,
 }
 
 /// Every cell's result, in plan order; `Err` only for set-up problems that stop the whole run.
@@ -71,7 +73,11 @@ pub fn run(sh: &Shell, cache: &Cache, matrix: &LoadedMatrix, recipes: &[Recipe],
         for _ in 0..opts.jobs.max(1) {
             let (queue, hit_cells, tx, kernels, images) = (queue.clone(), hit_cells.clone(), tx.clone(), &kernels, &images);
             scope.spawn(move || {
-                while let Some((index, cell, run)) = queue.lock().unwrap_or_else(|e| e.into_inner()).pop_front() {
+                loop {
+                    // A statement of its own: a guard in a `while let` scrutinee would stay locked
+                    // for the whole loop body and run the cells one at a time whatever --jobs says.
+                    let next = queue.lock().unwrap_or_else(|e| e.into_inner()).pop_front();
+                    let Some((index, cell, run)) = next else { break };
                     if crate::process::check_interrupted().is_err() {
                         break;
                     }
@@ -82,7 +88,7 @@ pub fn run(sh: &Shell, cache: &Cache, matrix: &LoadedMatrix, recipes: &[Recipe],
                     let image = &images[&cell.arch];
                     let accel = if cell.arch == Arch::X86_64 { accel_x86 } else { Accel::Tcg };
                     let run = (repeat > 1).then_some(run);
-                    let result = run_cell(cell, run, kernel, image, accel, &matrix.matrix, &opts.out, ui);
+                    let result = run_cell(cell, run, kernel, image, accel, &matrix.matrix, opts, ui);
                     if result.is_hit() {
                         hit_cells.lock().unwrap_or_else(|e| e.into_inner()).insert(cell.id.clone());
                     }
@@ -108,8 +114,8 @@ pub fn run(sh: &Shell, cache: &Cache, matrix: &LoadedMatrix, recipes: &[Recipe],
 }
 
 #[allow(clippy::too_many_arguments)]
-fn run_cell(cell: &Cell, run: Option<u32>, kernel: &Result<Kernel, String>, image: &Result<Image, String>, accel: Accel, matrix: &matrix::Matrix, out: &Path, ui: &Ui) -> CellResult {
-    let mut dir = out.join("cells").join(&cell.id);
+fn run_cell(cell: &Cell, run: Option<u32>, kernel: &Result<Kernel, String>, image: &Result<Image, String>, accel: Accel, matrix: &matrix::Matrix, opts: &RunOptions, ui: &Ui) -> CellResult {
+    let mut dir = opts.out.join("cells").join(&cell.id);
     if let Some(n) = run {
         dir = dir.join(format!("run-{n:03}"));
     }
@@ -133,11 +139,12 @@ fn run_cell(cell: &Cell, run: Option<u32>, kernel: &Result<Kernel, String>, imag
         ready_s: None,
         end: String::new(),
         detect_s: None,
+        basis: None,
         dir: dir.clone(),
         excerpt: String::new(),
     };
     ui.send(Event::Started { task: task.clone(), stage: "boot" });
-    let outcome = (|| -> Result<Boot> {
+    let outcome = (|| -> Result<(Boot, Option<triage::Symbols>)> {
         fs::create_dir_all(&dir)?;
         let kernel = kernel.as_ref().map_err(|e| anyhow::anyhow!("kernel build failed: {e}"))?;
         let image = image.as_ref().map_err(|e| anyhow::anyhow!("guest image failed: {e}"))?;
@@ -151,25 +158,40 @@ fn run_cell(cell: &Cell, run: Option<u32>, kernel: &Result<Kernel, String>, imag
             initramfs: Some(&image.initramfs),
             cmdline: &cmdline,
         };
+        let symbols = triage::Symbols::load(&kernel.system_map()).map_err(|e| ui.note(format!("{}: no host-side symbols: {e:#}", cell.id))).ok();
+        // Without symbols the samples cannot be judged: treat them as spinning, never resume.
+        let spinning = |samples: &HostSamples| symbols.as_ref().is_none_or(|s| triage::diagnose_host(samples, s, 0).spinning());
+        let watch = Watch {
+            report_starts: triage::starts_report,
+            diagnosis: (opts.host_samples > 0).then(|| Diagnosis {
+                sampling: Sampling { count: opts.host_samples, interval: HOST_SAMPLE_INTERVAL },
+                ask_guest: true,
+                spinning: &spinning,
+            }),
+        };
         let task = task.clone();
-        vm::boot(&machine, &dir, deadlines(&matrix.timeouts), triage::starts_report, |line| {
+        let boot = vm::boot(&machine, &dir, deadlines(&matrix.timeouts), &watch, |line| {
             ui.send(Event::Output { task: task.clone(), line: line.to_string() });
             if line.contains("LAB-READY") || line.contains("LAB-PROGRESS") {
                 ui.send(Event::Progress { task: task.clone(), message: line.trim().to_string() });
             }
-        })
+        })?;
+        Ok((boot, symbols))
     })();
     match outcome {
-        Ok(boot) => {
+        Ok((boot, symbols)) => {
             let console = String::from_utf8_lossy(&fs::read(&boot.console_log).unwrap_or_default()).into_owned();
             let last_line = console.lines().count().max(1);
-            let (verdict, reason, reports) = judge(cell, &boot, triage::triage(console.as_bytes()), matrix.timeouts.silence, last_line);
+            let host = boot.host.last().zip(symbols.as_ref()).map(|(samples, s)| triage::diagnose_host(samples, s, samples.console_line.max(1)));
+            let console_reports = triage::triage(console.as_bytes());
+            let (verdict, reason, reports) = judge(cell, &boot, console_reports, host.as_ref(), matrix.timeouts.silence, last_line);
             result.excerpt = report::excerpt(&console, &reports);
             result.verdict = verdict;
             result.reason = reason;
+            result.basis = basis(&reports);
             result.reports = reports;
             result.ready_s = boot.ready.as_ref().map(|r| r.at);
-            result.detect_s = detection_delay(&console, &result.reports, boot.ready.as_ref().map(|r| r.at));
+            result.detect_s = detection_delay(&console, &result.reports, boot.ready.as_ref().map(|r| r.at), boot.host.last());
             result.end = boot.end.name().to_string();
         }
         Err(e) => {
@@ -186,14 +208,33 @@ fn run_cell(cell: &Cell, run: Option<u32>, kernel: &Result<Kernel, String>, imag
     result
 }
 
-/// Seconds from the ready line to the line where the first report starts, read from the host
-/// time that prefixes every console.log line. Runs that failed during boot have no ready line and
-/// no delay.
-fn detection_delay(console: &str, reports: &[Report], ready_at: Option<f64>) -> Option<f64> {
-    let line = console.lines().nth(reports.first()?.line.checked_sub(1)?)?;
+/// Seconds from the ready line to the first report: the host time that prefixes its console line,
+/// or, for a report from host samples, the time sampling began. Runs that failed during boot have
+/// no ready line and no delay.
+fn detection_delay(console: &str, reports: &[Report], ready_at: Option<f64>, host: Option<&HostSamples>) -> Option<f64> {
+    let first = reports.first()?;
+    if first.source == Source::Host {
+        return Some(host?.started_s - ready_at?);
+    }
+    let line = console.lines().nth(first.line.checked_sub(1)?)?;
     let (stamp, _) = line.split_once("s| ")?;
     Some(stamp.trim().parse::<f64>().ok()? - ready_at?)
 }
+
+/// What the verdict rests on: the kernel's own reports, the host's samples, or both.
+fn basis(reports: &[Report]) -> Option<String> {
+    let guest = reports.iter().any(|r| r.source == Source::Console && !matches!(r.kind, Kind::Silent | Kind::Other));
+    let host = reports.iter().any(|r| r.source == Source::Host);
+    match (guest, host) {
+        (true, true) => Some("guest+host".into()),
+        (true, false) => Some("guest".into()),
+        (false, true) => Some("host".into()),
+        (false, false) => None,
+    }
+}
+
+/// Between host samples the VM runs: long enough apart that a vCPU making progress shows it.
+const HOST_SAMPLE_INTERVAL: std::time::Duration = std::time::Duration::from_millis(500);
 
 fn deadlines(t: &Timeouts) -> Deadlines {
     Deadlines { boot: t.boot, silence: t.silence, workload: t.workload, report_grace: t.report_grace }
@@ -225,20 +266,30 @@ fn kernel_cmdline(cell: &Cell, matrix: &matrix::Matrix) -> String {
     words.join(" ")
 }
 
-/// The verdict of one boot: what the console shows, what the workload said, how the VM ended.
-/// Reports the lab adds itself (silence, no ready line, ...) point at the console's last line.
-fn judge(cell: &Cell, boot: &Boot, mut reports: Vec<Report>, silence_s: u64, last_line: usize) -> (Verdict, String, Vec<Report>) {
+/// The verdict of one boot: what the console shows, what the host's samples show, what the
+/// workload said, how the VM ended. Reports come in the order things happened: the console's up to
+/// the host's sampling, the host's, then what the guest printed when asked (after the NMI). Reports
+/// the lab adds itself (silence, no ready line, ...) point at the console's last line.
+fn judge(cell: &Cell, boot: &Boot, console: Vec<Report>, host: Option<&triage::HostDiagnosis>, silence_s: u64, last_line: usize) -> (Verdict, String, Vec<Report>) {
+    let sampled_at = boot.host.last().map_or(usize::MAX, |s| s.console_line);
+    let (mut reports, answers): (Vec<Report>, Vec<Report>) = console.into_iter().partition(|r| r.line <= sampled_at);
+    reports.extend(host.iter().flat_map(|h| h.reports.iter().cloned()));
+    reports.extend(answers);
     if boot.end == End::Silent {
+        // The host's summary goes with the silence only when it found no spinning vCPU to report.
+        let mut lines: Vec<String> = host.filter(|h| !h.spinning()).map(|h| h.summary.clone()).unwrap_or_default();
+        lines.extend(boot.host_error.iter().map(|e| format!("host sampling failed: {e}")));
         reports.push(Report {
             kind: Kind::Silent,
             title: format!("silent: no console output for {silence_s}s{}", if boot.ready.is_none() { " during boot" } else { "" }),
             frame: None,
             cpu: None,
             line: last_line,
-            lines: Vec::new(),
+            lines,
+            source: Source::Console,
         });
     }
-    let other = |title: String| Report { kind: Kind::Other, title, frame: None, cpu: None, line: last_line, lines: Vec::new() };
+    let other = |title: String| Report { kind: Kind::Other, title, frame: None, cpu: None, line: last_line, lines: Vec::new(), source: Source::Console };
     if let End::QemuFailed(why) = &boot.end {
         if reports.is_empty() {
             return (Verdict::Error, why.clone(), reports);
@@ -285,8 +336,10 @@ fn judge(cell: &Cell, boot: &Boot, mut reports: Vec<Report>, silence_s: u64, las
         return (verdict, reason, reports);
     };
     let detail = result.get("detail").unwrap_or("");
+    // Sampled and resumed, and the guest went on to finish: it had been paused from outside.
+    let paused = if boot.host.iter().any(|s| s.resumed) { "; the VM had been paused from outside (host samples: no vCPU spinning)" } else { "" };
     match result.get("status") {
-        Some("pass") => (Verdict::Pass, format!("{} passed in {} ms", cell.workload.name, result.get("elapsed_ms").unwrap_or("?")), reports),
+        Some("pass") => (Verdict::Pass, format!("{} passed in {} ms{paused}", cell.workload.name, result.get("elapsed_ms").unwrap_or("?")), reports),
         Some("skip") => (Verdict::Skip, format!("{} skipped: {detail}", cell.workload.name), reports),
         Some("error") => (Verdict::Error, format!("{} could not run: {detail}", cell.workload.name), reports),
         status => {
@@ -334,18 +387,20 @@ mod tests {
             ready: if ready.is_empty() { None } else { line(ready) },
             result: if result.is_empty() { None } else { line(result) },
             console_log: PathBuf::from("/nonexistent"),
+            host: Vec::new(),
+            host_error: None,
         }
     }
 
     fn lockup() -> Report {
-        Report { kind: Kind::HardLockup, title: "hard LOCKUP in mm_get_cid".into(), frame: Some("mm_get_cid".into()), cpu: Some(1), line: 7, lines: vec![] }
+        Report { kind: Kind::HardLockup, title: "hard LOCKUP in mm_get_cid".into(), frame: Some("mm_get_cid".into()), cpu: Some(1), line: 7, lines: vec![], source: Source::Console }
     }
 
     const READY: &str = "arch=aarch64 cpus=2";
 
     /// `check(expect, boot, reports, "verdict: reason")`
     fn check(expect: Option<Kind>, boot: Boot, reports: Vec<Report>, want: &str) {
-        let (verdict, reason, _) = judge(&cell(expect), &boot, reports, 60, 100);
+        let (verdict, reason, _) = judge(&cell(expect), &boot, reports, None, 60, 100);
         assert_eq!(format!("{verdict:?}: {reason}"), want);
     }
 
@@ -376,11 +431,11 @@ mod tests {
         let console = "    1.000s| LAB-READY arch=x86_64\n    1.500s| lkdtm: writing\n   17.250s| [ 16.4] watchdog: CPU1: Watchdog detected hard LOCKUP on cpu 0\n";
         let mut report = lockup();
         report.line = 3;
-        assert_eq!(detection_delay(console, &[report.clone()], Some(1.0)), Some(16.25));
-        assert_eq!(detection_delay(console, &[report.clone()], None), None);
-        assert_eq!(detection_delay(console, &[], Some(1.0)), None);
+        assert_eq!(detection_delay(console, &[report.clone()], Some(1.0), None), Some(16.25));
+        assert_eq!(detection_delay(console, &[report.clone()], None, None), None);
+        assert_eq!(detection_delay(console, &[], Some(1.0), None), None);
         report.line = 9;
-        assert_eq!(detection_delay(console, &[report], Some(1.0)), None);
+        assert_eq!(detection_delay(console, &[report], Some(1.0), None), None);
     }
 
     #[test]

@@ -55,6 +55,13 @@ pub struct Kernel {
     pub cached: bool,
 }
 
+impl Kernel {
+    /// The kernel's text symbols, for naming addresses read from the guest.
+    pub fn system_map(&self) -> PathBuf {
+        self.dir.join("System.map")
+    }
+}
+
 #[derive(Debug, Serialize, Deserialize)]
 struct TreeInfo {
     source: String,

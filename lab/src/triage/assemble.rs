@@ -5,7 +5,7 @@ use super::console::{Caller, ConsoleLine};
 use super::header::{self, Header, Role};
 use super::sanitize;
 use super::stack::Stacks;
-use super::{Kind, Report};
+use super::{Kind, Report, Source};
 
 /// Lines kept per report for people to read.
 const MAX_REPORT_LINES: usize = 80;
@@ -129,11 +129,12 @@ impl Draft {
             frame,
             line: self.line,
             lines: self.lines,
+            source: Source::Console,
         }
     }
 }
 
-fn title(kind: Kind, subject: &str, frame: Option<&str>) -> String {
+pub(super) fn title(kind: Kind, subject: &str, frame: Option<&str>) -> String {
     let or = |label: &'static str| if subject.is_empty() { label } else { subject };
     let label = match kind {
         Kind::HardLockup => "hard LOCKUP",

@@ -7,14 +7,18 @@
 mod assemble;
 mod console;
 mod header;
+mod host;
 mod sanitize;
 mod stack;
+mod symbols;
 #[cfg(test)]
 mod tests;
 
 use std::fmt;
 
+pub use host::{diagnose as diagnose_host, HostDiagnosis};
 pub use sanitize::sanitize;
+pub use symbols::Symbols;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -70,6 +74,19 @@ pub struct Report {
     pub line: usize,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub lines: Vec<String>,
+    /// What the report rests on: the guest's console, or the host's samples of its vCPUs.
+    #[serde(default)]
+    pub source: Source,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Source {
+    /// The kernel said it (or the lab read it off the console: silence, a missing result line).
+    #[default]
+    Console,
+    /// The host sampled the vCPUs (`vm::sample`) and named what they were stuck in.
+    Host,
 }
 
 /// Judges a whole console log. Never panics, never hangs, on any bytes.

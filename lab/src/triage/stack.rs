@@ -53,10 +53,9 @@ const PLUMBING: &[&[&str]] = &[
     &[
         "do_idle", "cpu_startup_entry", "start_secondary*", "secondary_startup*", "rest_init", "start_kernel",
         "kernel_init", "do_one_initcall", "common_startup_64", "x86_64_start_*", "__primary_switched", "__primary_switch", "__secondary_switched", "secondary_start_kernel",
-        "default_idle*", "arch_cpu_idle*", "cpuidle_*", "acpi_idle*", "poll_idle", "cpu_idle_poll",
-        "native_safe_halt", "pv_native_safe_halt", "power7_idle*", "power9_idle*", "pseries_lpar_idle",
-        "arch_local_irq_restore", "cpu_do_idle",
+        "arch_local_irq_restore",
     ],
+    IDLE,
     // Interrupt, NMI and exception entry: they interrupted the culprit, they are not it.
     &[
         "asm_*", "exc_*", "sysvec_*", "__sysvec_*", "common_interrupt", "__common_interrupt", "irq_exit*",
@@ -106,6 +105,14 @@ const PLUMBING: &[&[&str]] = &[
         "system_call_vectored_*", "system_call_common*", "ret_from_fork*", "ret_from_kernel_user_thread",
         "start_kernel_thread", "kthread", "worker_thread", "process_one_work", "process_scheduled_works",
     ],
+];
+
+/// Where an idle CPU waits for work: a vCPU the host finds in one of these is not spinning.
+#[rustfmt::skip]
+const IDLE: &[&str] = &[
+    "default_idle*", "arch_cpu_idle*", "cpuidle_*", "acpi_idle*", "poll_idle", "cpu_idle_poll",
+    "native_safe_halt", "pv_native_safe_halt", "power7_idle*", "power9_idle*", "pseries_lpar_idle",
+    "cpu_do_idle", "cede_processor", "dedicated_cede_loop", "shared_cede_loop",
 ];
 
 /// Spinning lock waits: a CPU stopped in one of these is a victim of whoever holds the lock.
@@ -220,6 +227,16 @@ impl Section {
     fn waits_on_spinlock(&self) -> bool {
         self.frames.iter().take(SPIN_WAIT_DEPTH).any(|frame| matches_any(SPIN_WAITS, &frame.function))
     }
+}
+
+/// The guilty function of a stack given as function names, innermost first.
+pub(super) fn culprit_of<'a>(functions: &[&'a str]) -> Option<&'a str> {
+    functions.iter().copied().find(|function| !is_plumbing(function))
+}
+
+/// True when a stack, innermost first, is an idle CPU waiting for work.
+pub(super) fn is_idle(functions: &[&str]) -> bool {
+    functions.iter().take(SPIN_WAIT_DEPTH).any(|function| matches_any(IDLE, function))
 }
 
 /// The stacks of one report, split by the CPU or task they belong to.

@@ -170,11 +170,12 @@ fn report_lines_are_omitted_from_json_when_empty() {
         cpu: None,
         line: 1,
         lines: Vec::new(),
+        source: super::Source::Console,
     };
     let json = serde_json::to_string(&report).expect("serialize");
     assert_eq!(
         json,
-        r#"{"kind":"silent","title":"silent","frame":null,"cpu":null,"line":1}"#
+        r#"{"kind":"silent","title":"silent","frame":null,"cpu":null,"line":1,"source":"console"}"#
     );
     assert_eq!(
         serde_json::from_str::<Report>(&json).expect("deserialize"),

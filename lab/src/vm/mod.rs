@@ -2,14 +2,21 @@
 //!
 //! This stage judges nothing about the kernel: it reports what happened on the wire (ready line,
 //! result line, silence, deadlines, QEMU's exit) and leaves the verdict to the runner and triage.
-//! It only needs one hint from triage, `report_starts`, to stop a guest a grace period after the
-//! kernel began reporting a failure instead of waiting for the workload deadline.
+//! It takes two hints from triage as functions (`Watch`): `report_starts`, to stop a guest a grace
+//! period after the kernel began reporting a failure instead of waiting for the workload deadline,
+//! and `spinning`, to tell a guest that was paused from outside from one that is stuck.
+//!
+//! A guest that goes silent or overruns its workload deadline is diagnosed before it is killed:
+//! the host samples every vCPU through QMP (`sample`), then asks the guest for its own report with
+//! an NMI where the machine has one, and listens for a bounded time.
 //!
 //! Invariant: `console.log` holds every console byte QEMU wrote, line by line as it arrived, each
 //! line prefixed with the host time since QEMU started (`    1.234s| `), and is written through
 //! (no buffering), so a crash of the lab loses nothing the guest said.
 
 pub mod qemu;
+pub mod qmp;
+pub mod sample;
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -22,6 +29,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use crate::process::{self, Group};
 pub use qemu::{Accel, Machine};
+use qmp::Qmp;
+pub use sample::{HostSamples, Sampling};
 
 /// Seconds.
 #[derive(Debug, Clone, Copy)]
@@ -82,17 +91,50 @@ pub struct Boot {
     pub ready: Option<ProtocolLine>,
     pub result: Option<ProtocolLine>,
     pub console_log: PathBuf,
+    /// Every round of host sampling, in order (also in `host-samples.json`). A round after which
+    /// the guest ran on (it had been paused from outside) is followed by another or by the end.
+    pub host: Vec<HostSamples>,
+    /// Why the host could not sample, when it tried and failed.
+    pub host_error: Option<String>,
+}
+
+/// What the VM stage asks of triage while a guest runs, as functions: it never reads triage's data.
+pub struct Watch<'a> {
+    /// Does this console line open a kernel report?
+    pub report_starts: fn(&str) -> bool,
+    /// How to diagnose a silent or overdue guest; `None` kills it without looking.
+    pub diagnosis: Option<Diagnosis<'a>>,
+}
+
+pub struct Diagnosis<'a> {
+    pub sampling: Sampling,
+    /// After sampling, inject an NMI and listen for what the guest prints.
+    pub ask_guest: bool,
+    /// Do these samples show a vCPU spinning in the kernel?
+    pub spinning: &'a dyn Fn(&HostSamples) -> bool,
 }
 
 const CONSOLE_LOG: &str = "console.log";
 const QEMU_COMMAND: &str = "qemu-command.sh";
+const HOST_SAMPLES: &str = "host-samples.json";
+/// The QMP socket left for people and tools (the lab uses one of its own, so both can be connected).
+const QMP_LINK: &str = "qmp.sock";
+
+/// How long the guest gets to answer an NMI, and how long a pause in its answer ends it.
+const ANSWER_WAIT: Duration = Duration::from_secs(15);
+const ANSWER_QUIET: Duration = Duration::from_secs(3);
+const QMP_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// After the result line the guest powers off by itself; under TCG that takes a second or two.
 const POWER_OFF_GRACE: Duration = Duration::from_secs(30);
 
-pub fn boot(machine: &Machine, dir: &Path, deadlines: Deadlines, report_starts: fn(&str) -> bool, mut on_line: impl FnMut(&str)) -> Result<Boot> {
+pub fn boot(machine: &Machine, dir: &Path, deadlines: Deadlines, watch: &Watch, mut on_line: impl FnMut(&str)) -> Result<Boot> {
     let mut command = machine.command();
     std::fs::write(dir.join(QEMU_COMMAND), format!("#!/bin/sh\n{}\n", qemu::shell_line(&command)))?;
+    let sockets = Sockets::create(dir)?;
+    for socket in [&sockets.lab, &sockets.people] {
+        command.arg("-qmp").arg(format!("unix:{},server=on,wait=off", socket.display()));
+    }
     let stderr_path = dir.join("qemu.stderr");
     command
         .stdin(Stdio::null())
@@ -110,10 +152,16 @@ pub fn boot(machine: &Machine, dir: &Path, deadlines: Deadlines, report_starts: 
     let mut last_output = start;
     let mut report_seen: Option<Instant> = None;
     let mut result_seen: Option<Instant> = None;
+    let mut host: Vec<HostSamples> = Vec::new();
+    let mut host_error = None;
+    let mut console_lines = 0;
+    // Set once the guest has been diagnosed: how it will end, after listening until `until`.
+    let mut ending: Option<(End, Instant)> = None;
     let end = loop {
         match lines.recv_timeout(Duration::from_millis(100)) {
             Ok((at, text)) => {
                 last_output = Instant::now();
+                console_lines += 1;
                 writeln!(log, "{at:>9.3}s| {text}").with_context(|| format!("cannot write {}", console_log.display()))?;
                 on_line(&text);
                 if let Some(fields) = protocol_fields(&text, "LAB-READY") {
@@ -121,7 +169,7 @@ pub fn boot(machine: &Machine, dir: &Path, deadlines: Deadlines, report_starts: 
                 } else if let Some(fields) = protocol_fields(&text, "LAB-RESULT") {
                     result.get_or_insert(ProtocolLine { at, fields });
                     result_seen.get_or_insert_with(Instant::now);
-                } else if report_seen.is_none() && report_starts(&text) {
+                } else if report_seen.is_none() && (watch.report_starts)(&text) {
                     report_seen = Some(Instant::now());
                 }
                 continue;
@@ -129,6 +177,9 @@ pub fn boot(machine: &Machine, dir: &Path, deadlines: Deadlines, report_starts: 
             Err(mpsc::RecvTimeoutError::Disconnected) => {
                 // stdout closed: QEMU is exiting; wait for its status below.
                 let status = group.wait()?;
+                if let Some((end, _)) = ending {
+                    break end;
+                }
                 break match status.success() {
                     true => End::Exited,
                     false => End::QemuFailed(qemu_error(&stderr_path, status)),
@@ -139,6 +190,37 @@ pub fn boot(machine: &Machine, dir: &Path, deadlines: Deadlines, report_starts: 
         process::check_interrupted()?;
         let now = Instant::now();
         let secs = |d: u64| Duration::from_secs(d);
+        if let Some((end, until)) = &ending {
+            if now > *until || now - last_output > ANSWER_QUIET {
+                break end.clone();
+            }
+            continue;
+        }
+        let overdue = if result_seen.is_none() && report_seen.is_none() && now - last_output > secs(deadlines.silence) {
+            Some(End::Silent)
+        } else {
+            ready.as_ref().filter(|r| result_seen.is_none() && (now - start).as_secs_f64() - r.at > deadlines.workload as f64).map(|_| End::WorkloadTimeout)
+        };
+        if let (Some(end), Some(diagnosis)) = (overdue, &watch.diagnosis) {
+            let clock = || start.elapsed().as_secs_f64();
+            match diagnose(&sockets, machine, diagnosis, console_lines, clock) {
+                Ok(samples) => {
+                    let resume = samples.resumed && !(diagnosis.spinning)(&samples);
+                    let asked = samples.asked.is_some();
+                    host.push(samples);
+                    crate::cache::write_atomic(&dir.join(HOST_SAMPLES), serde_json::to_string_pretty(&host)?.as_bytes())?;
+                    if resume {
+                        // Paused from outside, running normally now: its silence was not the kernel's.
+                        last_output = Instant::now();
+                        continue;
+                    }
+                    last_output = Instant::now();
+                    ending = Some((end, Instant::now() + if asked { ANSWER_WAIT } else { Duration::ZERO }));
+                    continue;
+                }
+                Err(e) => host_error = Some(format!("{e:#}")),
+            }
+        }
         if let Some(at) = result_seen {
             if now - at > POWER_OFF_GRACE {
                 break End::Exited;
@@ -162,7 +244,50 @@ pub fn boot(machine: &Machine, dir: &Path, deadlines: Deadlines, report_starts: 
         ready,
         result,
         console_log,
+        host,
+        host_error,
     })
+}
+
+/// Samples the vCPUs over the lab's QMP socket, then asks the guest for its own report.
+fn diagnose(sockets: &Sockets, machine: &Machine, diagnosis: &Diagnosis, console_lines: usize, clock: impl Fn() -> f64) -> Result<HostSamples> {
+    let mut qmp = Qmp::connect(&sockets.lab, QMP_TIMEOUT)?;
+    let mut samples = sample::sample(&mut qmp, machine.arch, &diagnosis.sampling, &sockets.dir, clock)?;
+    samples.console_line = console_lines;
+    let resumed_healthy = samples.resumed && !(diagnosis.spinning)(&samples);
+    if diagnosis.ask_guest && !resumed_healthy && samples.status_before == "running" {
+        samples.asked = Some(sample::ask_guest(&mut qmp, machine.arch));
+    }
+    Ok(samples)
+}
+
+/// QMP sockets live in a short directory of their own (a unix socket path must fit in 108 bytes,
+/// cell directories need not); the cell directory gets a link to the one for people. Removed with
+/// the boot.
+struct Sockets {
+    dir: PathBuf,
+    lab: PathBuf,
+    people: PathBuf,
+}
+
+impl Sockets {
+    fn create(cell: &Path) -> Result<Sockets> {
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("lab-{}-{n}", std::process::id()));
+        std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        let sockets = Sockets { lab: dir.join("lab.sock"), people: dir.join("qmp.sock"), dir };
+        let link = cell.join(QMP_LINK);
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink(&sockets.people, &link).with_context(|| format!("cannot create {}", link.display()))?;
+        Ok(sockets)
+    }
+}
+
+impl Drop for Sockets {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
 }
 
 /// Splits the console into lines on a thread of its own, stamping each with the host time at which

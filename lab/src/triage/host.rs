@@ -1,0 +1,201 @@
+//! Reports from the host's samples of a silent guest: which vCPUs spin in the kernel, where, and
+//! on whose behalf, told with the same kinds, titles and guilty frames as the kernel's own reports,
+//! so that a live lock seen only from the host reads (and deduplicates) like one the guest printed.
+
+use super::stack::{self, Stacks};
+use super::symbols::Symbols;
+use super::{assemble, Kind, Report, Source};
+use crate::vm::sample::{HostSamples, Irqs, Sample, VcpuSamples};
+
+/// A vCPU is stuck when at least this share of its samples is in the kernel, not idle, with the
+/// same guilty function. A spinning CPU can be caught in a helper of its loop now and then
+/// (`_find_first_zero_bit` under `mm_get_cid`); plumbing frames are skipped before comparing.
+const STUCK_SHARE: f64 = 0.75;
+/// Frames shown per stack in a summary line.
+const SHOWN_FRAMES: usize = 8;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct HostDiagnosis {
+    /// One lockup report when some vCPU spins in the kernel; empty otherwise.
+    pub reports: Vec<Report>,
+    /// One line per vCPU (`vCPU 2: 8 of 8 samples in mm_get_cid+0x1c <- __schedule+0x5b9 <- ...`),
+    /// then notes on how the samples were taken.
+    pub summary: Vec<String>,
+}
+
+impl HostDiagnosis {
+    pub fn spinning(&self) -> bool {
+        !self.reports.is_empty()
+    }
+}
+
+enum State {
+    Stuck { culprit: String, share: usize, stack: Vec<String>, irqs: Irqs },
+    Idle { function: String },
+    User { share: usize },
+    Running { places: Vec<String> },
+}
+
+struct Vcpu {
+    index: u32,
+    samples: usize,
+    state: State,
+}
+
+/// Judges the samples. `line` is the console line reports point at (the host has no line of its own).
+pub fn diagnose(samples: &HostSamples, symbols: &Symbols, line: usize) -> HostDiagnosis {
+    let frozen = !samples.resumed && samples.status_before != "running";
+    let vcpus: Vec<Vcpu> = samples.vcpus.iter().map(|v| classify(v, symbols)).collect();
+    let mut summary: Vec<String> = vcpus.iter().map(describe).collect();
+    if samples.resumed {
+        summary.push("the VM was paused from outside when the lab came to sample; the lab resumed it first".into());
+    }
+    if frozen {
+        summary.push(format!("QEMU had stopped the VM ({}): one look at frozen vCPUs, no evidence of spinning", samples.status_before));
+    }
+    summary.extend(samples.errors.iter().cloned());
+    let stuck: Vec<&Vcpu> = vcpus.iter().filter(|v| matches!(v.state, State::Stuck { .. })).collect();
+    if stuck.is_empty() || frozen {
+        return HostDiagnosis { reports: Vec::new(), summary };
+    }
+    let mut stacks = Stacks::new(None);
+    for vcpu in &stuck {
+        if let State::Stuck { stack, .. } = &vcpu.state {
+            stacks.start_section(Some(vcpu.index));
+            for function in stack {
+                stacks.push_named_frame(function.split('+').next().unwrap_or(function));
+            }
+        }
+    }
+    let culprit = stacks.culprit(Some(stuck[0].index)).map(str::to_string);
+    let cpu = stuck.iter().find(|v| matches!(&v.state, State::Stuck { culprit: c, .. } if Some(c) == culprit.as_ref())).map(|v| v.index);
+    let irqs: Vec<Irqs> = stuck.iter().filter_map(|v| if let State::Stuck { irqs, .. } = v.state { Some(irqs) } else { None }).collect();
+    // A CPU spinning with interrupts off is what the hard-lockup detector catches; one with
+    // interrupts on, the soft-lockup detector. When the registers cannot tell, the kernel's
+    // own detector would have fired first on the hard side: a stuck CPU holding a runqueue lock
+    // has them off.
+    let kind = if irqs.iter().all(|&i| i == Irqs::On) { Kind::SoftLockup } else { Kind::HardLockup };
+    let report = Report {
+        kind,
+        title: assemble::title(kind, "", culprit.as_deref()),
+        frame: culprit,
+        cpu,
+        line,
+        lines: summary.clone(),
+        source: Source::Host,
+    };
+    HostDiagnosis { reports: vec![report], summary }
+}
+
+fn classify(vcpu: &VcpuSamples, symbols: &Symbols) -> Vcpu {
+    let total = vcpu.samples.len();
+    let stacks: Vec<Option<Vec<String>>> = vcpu.samples.iter().map(|s| s.kernel.then(|| named_stack(s, symbols))).collect();
+    let user = stacks.iter().filter(|s| s.is_none()).count();
+    let idle = stacks.iter().flatten().find(|stack| stack::is_idle(&names(stack)));
+    let culprits: Vec<Option<String>> = stacks
+        .iter()
+        .map(|s| s.as_ref().filter(|stack| !stack::is_idle(&names(stack))).and_then(|stack| stack::culprit_of(&names(stack)).map(str::to_string)))
+        .collect();
+    let mut counts: Vec<(String, usize)> = Vec::new();
+    for culprit in culprits.iter().flatten() {
+        match counts.iter_mut().find(|(c, _)| c == culprit) {
+            Some((_, n)) => *n += 1,
+            None => counts.push((culprit.clone(), 1)),
+        }
+    }
+    counts.sort_by(|a, b| b.1.cmp(&a.1));
+    let state = match counts.first() {
+        Some((culprit, share)) if total > 0 && *share as f64 >= STUCK_SHARE * total as f64 => {
+            let at = culprits.iter().position(|c| c.as_ref() == Some(culprit)).unwrap_or(0);
+            let irqs = vcpu.samples.iter().map(|s| s.irqs).reduce(|a, b| if a == b { a } else { Irqs::Unknown }).unwrap_or(Irqs::Unknown);
+            State::Stuck { culprit: culprit.clone(), share: *share, stack: stacks[at].clone().unwrap_or_default(), irqs }
+        }
+        _ if user * 2 > total => State::User { share: user },
+        _ if counts.is_empty() && idle.is_some() => State::Idle { function: idle.and_then(|s| s.first()).map(|f| bare(f).to_string()).unwrap_or_default() },
+        _ => State::Running { places: counts.iter().map(|(c, _)| c.clone()).collect() },
+    };
+    Vcpu { index: vcpu.index, samples: total, state }
+}
+
+/// `function+0xoff` for the program counter, the link register when it names a caller the frame
+/// chain does not (a function that has not saved it yet), then each return address.
+fn named_stack(sample: &Sample, symbols: &Symbols) -> Vec<String> {
+    let name = |l: Option<super::symbols::Location>| l.map_or_else(|| "?".to_string(), |l| format!("{}+{:#x}", l.function, l.offset));
+    let pc = symbols.locate(sample.pc);
+    let first_return = sample.frames.first().and_then(|&f| symbols.locate_return(f));
+    let mut stack = vec![name(pc.clone())];
+    if let Some(lr) = sample.lr.and_then(|lr| symbols.locate_return(lr)) {
+        let known = [pc.as_ref(), first_return.as_ref()].into_iter().flatten().any(|l| l.function == lr.function);
+        if !known {
+            stack.push(name(Some(lr)));
+        }
+    }
+    stack.extend(sample.frames.iter().map(|&f| name(symbols.locate_return(f))));
+    stack
+}
+
+fn bare(frame: &str) -> &str {
+    frame.split('+').next().unwrap_or(frame)
+}
+
+fn names(stack: &[String]) -> Vec<&str> {
+    stack.iter().map(|f| bare(f)).collect()
+}
+
+fn describe(vcpu: &Vcpu) -> String {
+    let n = vcpu.samples;
+    let what = match &vcpu.state {
+        State::Stuck { share, stack, irqs, .. } => {
+            let shown: Vec<&str> = stack.iter().take(SHOWN_FRAMES).map(String::as_str).collect();
+            let irqs = match irqs {
+                Irqs::On => "irqs on",
+                Irqs::Off => "irqs off",
+                Irqs::Unknown => "irq mask not in the registers",
+            };
+            format!("{share} of {n} samples in {} ({irqs})", shown.join(" <- "))
+        }
+        State::Idle { function } => format!("idle ({function}) in every kernel sample"),
+        State::User { share } => format!("in user space in {share} of {n} samples"),
+        State::Running { places } => format!("running, no function in {:.0}% of {n} samples: {}", STUCK_SHARE * 100.0, places.join(", ")),
+    };
+    format!("vCPU {}: {what}", vcpu.index)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TESTDATA: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/src/triage/testdata/host");
+
+    /// `testdata/host/NAME.json` (a real `host-samples.json`) and `NAME.map` (the lines of the
+    /// cell kernel's System.map these samples need) against `NAME.expected`.
+    fn check(name: &str) {
+        let dir = std::path::Path::new(TESTDATA);
+        let samples: HostSamples = serde_json::from_str(&std::fs::read_to_string(dir.join(format!("{name}.json"))).unwrap()).unwrap();
+        let symbols = Symbols::parse(&std::fs::read_to_string(dir.join(format!("{name}.map"))).unwrap());
+        let diagnosis = diagnose(&samples, &symbols, 1);
+        let mut actual: String = diagnosis.summary.iter().map(|l| format!("{l}\n")).collect();
+        for r in &diagnosis.reports {
+            actual.push_str(&format!("{} cpu={} frame={} | {}\n", r.kind, r.cpu.map_or("-".into(), |c| c.to_string()), r.frame.as_deref().unwrap_or("-"), r.title));
+        }
+        let expected_path = dir.join(format!("{name}.expected"));
+        if std::env::var_os("UPDATE_EXPECT").is_some_and(|v| v == "1") {
+            std::fs::write(&expected_path, &actual).unwrap();
+            return;
+        }
+        assert_eq!(actual, std::fs::read_to_string(&expected_path).unwrap_or_default(), "{name}");
+    }
+
+    #[test]
+    fn golden() {
+        let mut names: Vec<String> = std::fs::read_dir(TESTDATA)
+            .unwrap()
+            .filter_map(|e| e.ok()?.path().file_name()?.to_str()?.strip_suffix(".json").map(str::to_string))
+            .collect();
+        names.sort();
+        assert!(!names.is_empty());
+        for name in names {
+            check(&name);
+        }
+    }
+}

@@ -1,0 +1,333 @@
+//! Host-side sampling of a guest that stopped talking: every vCPU's registers and kernel stack,
+//! read through QMP while the VM is stopped, several times over a few seconds.
+//!
+//! The VM is stopped for each sample so that the registers are exact (a TCG vCPU only writes its
+//! program counter back at block boundaries) and the stack does not move while it is read; it runs
+//! between samples, so a vCPU that makes progress shows it. Addresses stay raw here: naming them is
+//! triage's job, with the kernel's System.map.
+
+use std::path::Path;
+use std::sync::LazyLock;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use regex::Regex;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use super::qmp::{Qmp, Refused};
+use crate::arch::Arch;
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct HostSamples {
+    /// QEMU's run state when the lab came to sample: `running`, `paused`, `internal-error`, ...
+    pub status_before: String,
+    /// The VM was paused by someone else (a QMP client, a debugger) and the lab resumed it: a
+    /// frozen guest proves nothing about spinning, and its silence was not the kernel's.
+    pub resumed: bool,
+    /// Host seconds since QEMU started, when sampling began and when it ended.
+    pub started_s: f64,
+    pub finished_s: f64,
+    pub interval_ms: u64,
+    pub vcpus: Vec<VcpuSamples>,
+    /// How many console lines had arrived when sampling began: later lines are the guest's answer.
+    #[serde(default)]
+    pub console_line: usize,
+    /// What asking the guest for its own report did (`NMI injected`, or why not).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub asked: Option<String>,
+    /// What went wrong on the way (a stack that could not be read, ...): recorded, not fatal.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct VcpuSamples {
+    pub index: u32,
+    pub samples: Vec<Sample>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Sample {
+    pub pc: u64,
+    pub sp: u64,
+    /// The link register (arm64 x30, powerpc LR): the caller of a function that has not saved it yet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lr: Option<u64>,
+    /// In the kernel (x86 CPL 0, arm64 EL1, powerpc MSR[PR] clear), not in user space.
+    pub kernel: bool,
+    pub irqs: Irqs,
+    /// Return addresses from the frame chain, innermost first (kernel samples only).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub frames: Vec<u64>,
+}
+
+/// Whether the vCPU takes interrupts, as far as the registers can tell.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Irqs {
+    On,
+    Off,
+    /// arm64 with pseudo-NMI masks interrupts in ICC_PMR_EL1 and powerpc masks them in the paca
+    /// (MSR[EE] stays set until an interrupt arrives): the registers QEMU shows cannot say "on".
+    Unknown,
+}
+
+/// Every kernel stack (task, IRQ, softirq) is THREAD_SIZE-aligned and 16 KiB on the lab's three
+/// configurations, so the frames above `sp` end at the next 16 KiB boundary.
+const STACK_SIZE: u64 = 16 * 1024;
+/// A frame chain longer than this is a loop in corrupted memory, not a stack.
+const MAX_FRAMES: usize = 64;
+
+pub struct Sampling {
+    pub count: u32,
+    pub interval: Duration,
+}
+
+/// Samples every vCPU `count` times. `clock` gives host seconds since QEMU started; `scratch` is a
+/// directory QEMU can write `memsave` files into.
+pub fn sample(qmp: &mut Qmp, arch: Arch, sampling: &Sampling, scratch: &Path, clock: impl Fn() -> f64) -> Result<HostSamples> {
+    let mut out = HostSamples { started_s: clock(), interval_ms: sampling.interval.as_millis() as u64, ..HostSamples::default() };
+    let status = qmp.execute("query-status", json!({}))?;
+    out.status_before = status.get("status").and_then(|s| s.as_str()).unwrap_or("unknown").to_string();
+    let mut count = sampling.count;
+    match out.status_before.as_str() {
+        "running" => {}
+        "paused" => {
+            qmp.execute("cont", json!({}))?;
+            out.resumed = true;
+            std::thread::sleep(Duration::from_secs(1));
+        }
+        // internal-error, guest-panicked, shutdown, ...: QEMU will not run it again; one look at
+        // the frozen state is all there is.
+        _ => count = 1,
+    }
+    let cpus = qmp.execute("query-cpus-fast", json!({}))?;
+    let indices: Vec<u32> = cpus.as_array().into_iter().flatten().filter_map(|c| c.get("cpu-index")?.as_u64()).map(|i| i as u32).collect();
+    if indices.is_empty() {
+        bail!("QMP query-cpus-fast listed no vCPUs: {cpus}");
+    }
+    out.vcpus = indices.iter().map(|&index| VcpuSamples { index, samples: Vec::new() }).collect();
+    let stop_for_samples = out.status_before == "running" || out.resumed;
+    for round in 0..count {
+        let began = Instant::now();
+        if stop_for_samples {
+            qmp.execute("stop", json!({}))?;
+        }
+        let read = read_all(qmp, arch, scratch, &mut out);
+        if stop_for_samples {
+            qmp.execute("cont", json!({}))?;
+        }
+        read?;
+        if round + 1 < count {
+            std::thread::sleep(sampling.interval.saturating_sub(began.elapsed()));
+        }
+    }
+    out.finished_s = clock();
+    Ok(out)
+}
+
+fn read_all(qmp: &mut Qmp, arch: Arch, scratch: &Path, out: &mut HostSamples) -> Result<()> {
+    for vcpu in &mut out.vcpus {
+        let text = qmp.hmp("info registers", Some(vcpu.index))?;
+        let registers = parse_registers(arch, &text).with_context(|| format!("vCPU {}: cannot read the registers QEMU printed", vcpu.index))?;
+        let mut sample = Sample { pc: registers.pc, sp: registers.sp, lr: registers.lr, kernel: registers.kernel, irqs: registers.irqs, frames: Vec::new() };
+        if registers.kernel {
+            match read_stack(qmp, vcpu.index, registers.sp, scratch) {
+                Ok(stack) => sample.frames = walk(arch, &registers, &stack),
+                Err(e) => out.errors.push(format!("vCPU {}: stack at {:#x}: {e:#}", vcpu.index, registers.sp)),
+            }
+        }
+        vcpu.samples.push(sample);
+    }
+    Ok(())
+}
+
+/// The stack from `sp` to the end of its 16 KiB block, through the vCPU's own address translation.
+fn read_stack(qmp: &mut Qmp, cpu: u32, sp: u64, scratch: &Path) -> Result<Stack> {
+    let top = (sp | (STACK_SIZE - 1)).wrapping_add(1);
+    let file = scratch.join(format!("stack-{cpu}.bin"));
+    qmp.execute("memsave", json!({ "val": sp, "size": top - sp, "filename": file, "cpu-index": cpu }))?;
+    let bytes = std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
+    let _ = std::fs::remove_file(&file);
+    Ok(Stack { base: sp, bytes })
+}
+
+/// Asks the guest for its own report where the machine has an NMI: x86_64 takes an NMI on every
+/// vCPU, pseries a system reset (the kernel prints each CPU's registers and stack). Says what it
+/// did, for the record.
+pub fn ask_guest(qmp: &mut Qmp, arch: Arch) -> String {
+    if arch == Arch::Aarch64 {
+        return "no NMI: QEMU's virt machine cannot inject one".to_string();
+    }
+    match qmp.execute("inject-nmi", json!({})) {
+        Ok(_) => "NMI injected".to_string(),
+        Err(e) => match e.downcast_ref::<Refused>() {
+            Some(refused) => format!("no NMI: {}", refused.desc),
+            None => format!("no NMI: {e:#}"),
+        },
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Registers {
+    pc: u64,
+    sp: u64,
+    /// The frame pointer (x86 rbp, arm64 x29); powerpc walks its back chain from `sp`.
+    fp: u64,
+    lr: Option<u64>,
+    kernel: bool,
+    irqs: Irqs,
+}
+
+static REGISTER: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"\b([A-Z][A-Z0-9]*)\s*[= ]\s*([0-9a-f]{8,16})\b").expect("register pattern is valid"));
+
+/// Reads the registers out of `info registers` (x86 `RIP=...`, arm64 `PC=...`, powerpc `NIP ...`
+/// with the GPRs four to a line).
+fn parse_registers(arch: Arch, text: &str) -> Result<Registers> {
+    let named: std::collections::HashMap<&str, u64> = REGISTER
+        .captures_iter(text)
+        .filter_map(|c| Some((c.get(1)?.as_str(), u64::from_str_radix(c.get(2)?.as_str(), 16).ok()?)))
+        .collect();
+    let get = |name: &str| named.get(name).copied().with_context(|| format!("no {name} in: {}", text.lines().take(3).collect::<Vec<_>>().join(" / ")));
+    Ok(match arch {
+        Arch::X86_64 => {
+            let cpl = text.split("CPL=").nth(1).and_then(|s| s.chars().next()).context("no CPL")?;
+            Registers {
+                pc: get("RIP")?,
+                sp: get("RSP")?,
+                fp: get("RBP")?,
+                lr: None,
+                kernel: cpl == '0',
+                irqs: if get("RFL")? & 0x200 != 0 { Irqs::On } else { Irqs::Off },
+            }
+        }
+        Arch::Aarch64 => {
+            let level = text.split(" EL").nth(1).and_then(|s| s.chars().next()).context("no exception level")?;
+            Registers {
+                pc: get("PC")?,
+                sp: get("SP")?,
+                fp: get("X29")?,
+                lr: Some(get("X30")?),
+                kernel: level != '0',
+                irqs: if get("PSTATE")? & 0x80 != 0 { Irqs::Off } else { Irqs::Unknown },
+            }
+        }
+        Arch::Ppc64le => {
+            let gpr0 = text.lines().find_map(|l| l.trim_start().strip_prefix("GPR00 ")).context("no GPR00 line")?;
+            let r1 = gpr0.split_whitespace().nth(1).and_then(|v| u64::from_str_radix(v, 16).ok()).context("no r1 on the GPR00 line")?;
+            let msr = get("MSR")?;
+            Registers {
+                pc: get("NIP")?,
+                sp: r1,
+                fp: r1,
+                lr: Some(get("LR")?),
+                kernel: msr & 0x4000 == 0,
+                irqs: if msr & 0x8000 == 0 { Irqs::Off } else { Irqs::Unknown },
+            }
+        }
+    })
+}
+
+struct Stack {
+    base: u64,
+    bytes: Vec<u8>,
+}
+
+impl Stack {
+    fn word(&self, address: u64) -> Option<u64> {
+        let offset = usize::try_from(address.checked_sub(self.base)?).ok()?;
+        let bytes = self.bytes.get(offset..offset.checked_add(8)?)?;
+        Some(u64::from_le_bytes(bytes.try_into().ok()?))
+    }
+}
+
+/// Return addresses along the frame chain, as the kernel's own unwinder would find them, stopping
+/// where the chain leaves the stack that was read or stops growing upwards.
+fn walk(arch: Arch, registers: &Registers, stack: &Stack) -> Vec<u64> {
+    let mut frames = Vec::new();
+    let mut frame = registers.fp;
+    while frames.len() < MAX_FRAMES {
+        // x86_64 and arm64 frame records: [fp] = caller's fp, [fp + 8] = return address.
+        // powerpc: [sp] = back chain to the caller's frame, whose LR save slot (+16) holds the
+        // return address into the caller.
+        let (next, ret) = match arch {
+            Arch::X86_64 | Arch::Aarch64 => match (stack.word(frame), stack.word(frame + 8)) {
+                (Some(next), Some(ret)) => (next, ret),
+                _ => break,
+            },
+            Arch::Ppc64le => match stack.word(frame) {
+                Some(next) => match stack.word(next + 16) {
+                    Some(ret) => (next, ret),
+                    None => break,
+                },
+                None => break,
+            },
+        };
+        if ret == 0 && arch != Arch::Ppc64le {
+            break;
+        }
+        // An exception frame on powerpc leaves a zero in the slot; the chain goes on past it.
+        if ret != 0 {
+            frames.push(ret);
+        }
+        if next <= frame || next % 8 != 0 {
+            break;
+        }
+        frame = next;
+    }
+    frames
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Real `info registers` dumps and stacks of the no-transit live lock (testdata/host/), captured
+    /// with `memsave` from guests stopped by QMP.
+    fn capture(arch: &str, cpu: u32) -> (Registers, Stack) {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/vm/testdata").join(arch);
+        let arch_value: Arch = arch.parse().unwrap();
+        let text = std::fs::read_to_string(dir.join(format!("cpu{cpu}.regs"))).unwrap();
+        let registers = parse_registers(arch_value, &text).unwrap();
+        let bytes = std::fs::read(dir.join(format!("cpu{cpu}.stack"))).unwrap();
+        (registers, Stack { base: registers.sp, bytes })
+    }
+
+    fn render(arch: &str, cpu: u32) -> String {
+        let (registers, stack) = capture(arch, cpu);
+        let frames = walk(arch.parse().unwrap(), &registers, &stack);
+        let frames: Vec<String> = frames.iter().map(|f| format!("{f:x}")).collect();
+        format!("{arch} cpu{cpu}: pc={:x} kernel={} irqs={:?} frames={}", registers.pc, registers.kernel, registers.irqs, frames.join(","))
+    }
+
+    /// The frames were checked against System.map by hand when the captures were added; the
+    /// symbolized forms are triage's golden cases (triage/testdata/host/).
+    #[test]
+    fn walks_real_stacks() {
+        let expect: &[&str] = &[
+            "x86_64 cpu0: pc=ffffffff8129485b kernel=true irqs=Off frames=ffffffff81294576,ffffffff810627aa,ffffffff81067024,ffffffff8106ce1e,ffffffff8106db14,ffffffff81048b7a,ffffffff8129497b,ffffffff81048cf4,ffffffff81048e67,ffffffff8128d927",
+            "x86_64 cpu1: pc=ffffffff810620c0 kernel=true irqs=Off frames=ffffffff8129085c,ffffffff81290963,ffffffff810aaedb,ffffffff810ab3cf,ffffffff810ab483,ffffffff810a861c,ffffffff810a87bf,ffffffff81002f5f,ffffffff8128bf14,ffffffff810000ac",
+            "x86_64 cpu2: pc=ffffffff81294871 kernel=true irqs=Off frames=ffffffff81294576,ffffffff810627aa,ffffffff810627bf,ffffffff81062c88,ffffffff81062eee,ffffffff81064431,ffffffff81043560,ffffffff810438a0,ffffffff81043b41,ffffffff81043ca7,ffffffff810034d2,ffffffff8128bf14,ffffffff810000ac",
+            "x86_64 cpu3: pc=ffffffff8129485b kernel=true irqs=Off frames=ffffffff81294576,ffffffff810627aa,ffffffff81067024,ffffffff8106ce1e,ffffffff8106db14,ffffffff81048b7a,ffffffff8129497b,ffffffff81048cf4,ffffffff81048e67,ffffffff8128d927",
+            "aarch64 cpu0: pc=ffff800080213f74 kernel=true irqs=Off frames=ffff800080214094,ffff8000800573bc,ffff800080057574,ffff8000802141c0,ffff800080300e60,ffff80008030751c",
+            "aarch64 cpu1: pc=ffff800080048420 kernel=true irqs=Unknown frames=ffff800080214f8c,ffff800080215180,ffff800080057338,ffff800080057574,ffff80008001b940,ffff80008001dab0",
+            "aarch64 cpu2: pc=ffff800080219af8 kernel=true irqs=Unknown frames=ffff800080064fd4,ffff800080219264,ffff800080048d08,ffff80008004d8f8,ffff800080052de8,ffff8000800539dc,ffff80008002ac04,ffff800080010364,ffff800080013bc8,ffff800080013ba0",
+            "aarch64 cpu3: pc=ffff800080219a58 kernel=true irqs=Unknown frames=ffff800080064fd4,ffff800080219264,ffff800080048d08,ffff800080048d24,ffff800080049184,ffff8000800493c4,ffff80008004a8bc,ffff800080025418,ffff8000800256e0,ffff8000800258b8,ffff800080025ab4,ffff80008001c5f8,ffff800080211740,ffff8000802129d0,ffff800080011620",
+            "ppc64le cpu0: pc=c0000000000192d8 kernel=true irqs=Off frames=c00000000001e32c,c0000000002e2104,c00000000001e6ac,c0000000002e1e44,c0000000000afcc4,c0000000000ecdc8,c0000000000f27f0,c0000000000fb4a4,c00000000010be68,c0000000000fc060,c0000000000fccec,c00000000001971c,c000000000009f6c,c000000000016b38,c0000000002f0bd0,c0000000000bd10c,c0000000000bd2fc,c00000000000fc6c,c000000000400f08,c00000000000e788",
+            "ppc64le cpu1: pc=c0000000000498ec kernel=true irqs=Unknown frames=c0000000000ce9f8,c0000000000aacb8,c0000000000ab860,c0000000000ed878,c0000000000ee9e0,c0000000000f1c2c,c0000000000a3450,c00000000000dcd8",
+            "ppc64le cpu2: pc=c00000000006ce58 kernel=true irqs=Off frames=c0000000002f6b80,c0000000000ce9f8,c0000000000aacb8,c0000000000ab1c0,c0000000000ab434,c00000000007f174,c00000000007f474,c00000000007f6a0,c00000000001e920,c00000000000ce5c",
+            "ppc64le cpu3: pc=c0000000000aa30c kernel=true irqs=Off frames=c0000000002f12b8,c0000000002f1364,c0000000000a8de8,c0000000000a3450,c00000000000dcd8",
+        ];
+        let got: Vec<String> = ["x86_64", "aarch64", "ppc64le"].iter().flat_map(|arch| (0..4).map(move |cpu| render(arch, cpu))).collect();
+        assert_eq!(got.join("\n"), expect.join("\n"));
+    }
+
+    #[test]
+    fn parses_user_mode_and_interrupt_state() {
+        let x86 = "RIP=0000000000401000 RFL=00000246 [---Z-P-] CPL=3 II=0\nRSP=00007ffd00000000 RBP=0000000000000000";
+        let r = parse_registers(Arch::X86_64, x86).unwrap();
+        assert_eq!((r.kernel, r.irqs), (false, Irqs::On));
+        assert!(parse_registers(Arch::X86_64, "garbage").is_err());
+    }
+}
