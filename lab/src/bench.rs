@@ -3,6 +3,10 @@
 //! Boot-to-ready is measured two ways on the same kernel and initramfs: through the lab's VM stage
 //! (cell directory, console log, protocol parsing) and with a bare QEMU whose stdout is scanned for
 //! the ready line. The ratio is the lab's overhead.
+//!
+//! `--stuck` measures host-side diagnosis instead: the live-lock kernel with the guest's own
+//! detectors off, booted until it hangs, once diagnosed (samples, NMI, answer) and once simply
+//! killed at the silence deadline.
 
 use std::path::Path;
 use std::process::{ExitCode, Stdio};
@@ -32,11 +36,19 @@ pub struct BenchArgs {
     /// The kernel recipe to measure.
     #[arg(long, value_name = "FILE")]
     recipe: Option<std::path::PathBuf>,
+    /// Measure host-side diagnosis of a hung guest instead (default recipe: the mm_cid live lock,
+    /// kernels/linux-7.3-mmcid-no-transit.yaml): time from the last console line to a diagnosis,
+    /// and how much longer a diagnosed cell takes than one killed without looking.
+    #[arg(long)]
+    stuck: bool,
 }
 
 const VCPUS: [u32; 3] = [1, 2, 4];
 
 pub fn run(sh: &Shell, cache: &Cache, args: &BenchArgs, ui: &Ui, project: &Path) -> Result<ExitCode> {
+    if args.stuck {
+        return stuck(sh, cache, args, ui, project);
+    }
     let recipe_path = args.recipe.clone().unwrap_or_else(|| project.join("kernels/linux-7.3.yaml"));
     let recipe = kernel::recipe::load(&recipe_path)?;
     let arches = if args.arch.is_empty() { Arch::ALL.to_vec() } else { args.arch.clone() };
@@ -118,4 +130,109 @@ fn lab_boot(machine: &Machine, cache: &Cache) -> Result<f64> {
         }
     })?;
     ready.with_context(|| format!("lab {} boot printed no ready line; see {}", machine.arch, dir.display()))
+}
+
+/// Seconds of console silence after which the stuck bench diagnoses (or kills) the guest.
+const STUCK_SILENCE: u64 = 20;
+
+fn stuck(sh: &Shell, cache: &Cache, args: &BenchArgs, ui: &Ui, project: &Path) -> Result<ExitCode> {
+    let recipe_path = args.recipe.clone().unwrap_or_else(|| project.join("kernels/linux-7.3-mmcid-no-transit.yaml"));
+    let recipe = kernel::recipe::load(&recipe_path)?;
+    let arches = if args.arch.is_empty() { Arch::ALL.to_vec() } else { args.arch.clone() };
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
+    let opts = BuildOptions { jobs: cores, refresh: false, ccache: true };
+    println!("# lab bench --stuck: recipe {}, 4 vCPUs, mmcid-churn, nowatchdog, silence {STUCK_SILENCE} s, {} runs per arch and mode\n", recipe.name, args.runs);
+    println!("| arch | hung runs | silence to diagnosis (s) | sampling (s) | NMI and answer (s) | diagnosed cell (s) | killed cell (s) | diagnosed / killed | named |");
+    println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- |");
+    for arch in arches {
+        let k = kernel::build(sh, cache, &recipe, arch, &opts, ui)?;
+        let image = crate::image::build(sh, cache, &project.join("images"), arch, ui)?;
+        let symbols = crate::triage::Symbols::load(&k.system_map())?;
+        let cmdline = format!(
+            "console={} panic=-1 {} nowatchdog rcupdate.rcu_cpu_stall_suppress=1 lab.workload=mmcid-churn lab.arg.seconds=60",
+            arch.console(),
+            arch.kernel_params().join(" ")
+        );
+        let machine = Machine { arch, accel: Accel::Tcg, vcpus: 4, memory_mib: 512, kernel: &k.image, initramfs: Some(&image.initramfs), cmdline: &cmdline };
+        let (mut to_diagnosis, mut sampling, mut answer, mut diagnosed, mut killed) = (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let mut named = std::collections::BTreeMap::<String, usize>::new();
+        let mut hung = 0;
+        for run in 0..args.runs {
+            for diagnose in [true, false] {
+                let Some(hang) = stuck_boot(&machine, cache, &symbols, diagnose, run)? else { continue };
+                if diagnose {
+                    hung += 1;
+                    to_diagnosis.push(hang.to_diagnosis);
+                    sampling.push(hang.sampling);
+                    answer.push(hang.answer);
+                    diagnosed.push(hang.total);
+                    *named.entry(hang.title).or_default() += 1;
+                } else {
+                    killed.push(hang.total);
+                }
+            }
+        }
+        if diagnosed.is_empty() || killed.is_empty() {
+            println!("| {arch} | {hung} of {} | - | - | - | - | - | - | - |", args.runs);
+            continue;
+        }
+        let named: Vec<String> = named.iter().map(|(title, n)| format!("{n}x {title}")).collect();
+        let (d, k) = (median(&mut diagnosed), median(&mut killed));
+        println!(
+            "| {arch} | {hung} of {} | {:.1} | {:.1} | {:.1} | {d:.1} | {k:.1} | {:.2} | {} |",
+            args.runs,
+            median(&mut to_diagnosis),
+            median(&mut sampling),
+            median(&mut answer),
+            d / k,
+            named.join(", ")
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+struct Hang {
+    /// From the last console line before the hang to the end of sampling.
+    to_diagnosis: f64,
+    sampling: f64,
+    /// From the end of sampling to the end of the boot: the NMI and the wait for the guest's answer.
+    answer: f64,
+    total: f64,
+    title: String,
+}
+
+/// One boot of the hanging kernel; `None` when it did not hang (the race was missed).
+fn stuck_boot(machine: &Machine, cache: &Cache, symbols: &crate::triage::Symbols, diagnose: bool, run: usize) -> Result<Option<Hang>> {
+    let dir = cache.dir("bench")?.join(format!("stuck-{}-{run}-{}", machine.arch, if diagnose { "diagnosed" } else { "killed" }));
+    std::fs::create_dir_all(&dir)?;
+    let deadlines = Deadlines { boot: 300, silence: STUCK_SILENCE, workload: 300, report_grace: 15 };
+    let spinning = |samples: &vm::HostSamples| crate::triage::diagnose_host(samples, symbols, 0).spinning();
+    let diagnosis = diagnose.then(|| vm::Diagnosis { sampling: vm::Sampling { count: 8, interval: Duration::from_millis(500) }, ask_guest: true, spinning: &spinning });
+    let watch = vm::Watch { report_starts: crate::triage::starts_report, diagnosis };
+    let start = Instant::now();
+    let mut last_line = 0.0;
+    let boot = vm::boot(machine, &dir, deadlines, &watch, |_| last_line = start.elapsed().as_secs_f64())?;
+    let total = start.elapsed().as_secs_f64();
+    if boot.end != vm::End::Silent {
+        return Ok(None);
+    }
+    let Some(samples) = boot.host.last() else {
+        return Ok(Some(Hang { to_diagnosis: 0.0, sampling: 0.0, answer: 0.0, total, title: String::new() }));
+    };
+    let silent_since = console_time(&boot.console_log, samples.console_line).unwrap_or(last_line);
+    let title = crate::triage::diagnose_host(samples, symbols, 0).reports.first().map_or("no spinning vCPU".to_string(), |r| r.title.clone());
+    Ok(Some(Hang {
+        to_diagnosis: samples.finished_s - silent_since,
+        sampling: samples.finished_s - samples.started_s,
+        answer: total - samples.finished_s,
+        total,
+        title,
+    }))
+}
+
+/// The host time stamp of console line `line` (1-based) in a console.log.
+fn console_time(console_log: &Path, line: usize) -> Option<f64> {
+    let text = std::fs::read_to_string(console_log).ok()?;
+    let (stamp, _) = text.lines().nth(line.checked_sub(1)?)?.split_once("s| ")?;
+    stamp.trim().parse().ok()
 }

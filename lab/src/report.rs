@@ -222,14 +222,20 @@ fn junit(results: &[CellResult]) -> junit_report::Report {
     report.build()
 }
 
-/// The console lines a reader needs: around the first report, else the tail. Sanitized.
+/// The console lines a reader needs: around the first report, else the tail; a report from the
+/// host's samples comes first with its per-vCPU lines. Sanitized.
 pub fn excerpt(console: &str, reports: &[Report]) -> String {
     let lines: Vec<&str> = console.lines().collect();
     let (from, to) = match reports.first() {
         Some(r) if r.line > 0 => (r.line.saturating_sub(10), (r.line + 120).min(lines.len())),
         _ => (lines.len().saturating_sub(60), lines.len()),
     };
-    triage::sanitize(&lines[from.min(lines.len())..to].join("\n"))
+    let mut text = String::new();
+    if let Some(host) = reports.first().filter(|r| r.source == triage::Source::Host) {
+        text = format!("{} (from the host's samples of the vCPUs)\n{}\n--- console ---\n", host.title, host.lines.join("\n"));
+    }
+    text.push_str(&lines[from.min(lines.len())..to].join("\n"));
+    triage::sanitize(&text)
 }
 
 /// Counts by verdict, for the closing line.

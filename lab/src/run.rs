@@ -426,6 +426,39 @@ mod tests {
         check(hl, boot(End::Silent, READY, ""), vec![], "Fail: expected a hard-lockup report, got: silent: no console output for 60s");
     }
 
+    fn at(kind: Kind, line: usize, source: Source) -> Report {
+        Report { kind, title: format!("{kind}@{line}"), frame: None, cpu: None, line, lines: vec![], source }
+    }
+
+    /// Reports in the order things happened: the console's before the host sampled, the host's,
+    /// the guest's answer to the NMI, then the silence the lab saw.
+    #[test]
+    fn host_reports_take_their_place_in_time_and_set_the_basis() {
+        let mut silent = boot(End::Silent, READY, "");
+        silent.host = vec![HostSamples { console_line: 5, started_s: 30.0, ..HostSamples::default() }];
+        let host = triage::HostDiagnosis { reports: vec![at(Kind::HardLockup, 5, Source::Host)], summary: vec!["vCPU 0: ...".into()] };
+        let console = vec![at(Kind::RcuStall, 3, Source::Console), at(Kind::Oops, 8, Source::Console)];
+        let (verdict, reason, reports) = judge(&cell(None), &silent, console, Some(&host), 60, 9);
+        let order: Vec<String> = reports.iter().map(|r| format!("{}/{:?}", r.title, r.source)).collect();
+        assert_eq!(order, ["rcu-stall@3/Console", "hard-lockup@5/Host", "oops@8/Console", "silent: no console output for 60s/Console"]);
+        assert_eq!((verdict, reason.as_str()), (Verdict::Fail, "rcu-stall@3"));
+        assert_eq!(basis(&reports).as_deref(), Some("guest+host"));
+        let (_, reason, reports) = judge(&cell(None), &silent, vec![], Some(&host), 60, 9);
+        assert_eq!(reason, "hard-lockup@5");
+        assert_eq!(basis(&reports).as_deref(), Some("host"));
+        assert!(reports[1].lines.is_empty(), "the silence does not repeat the host's lines");
+        assert_eq!(detection_delay("", &reports, Some(1.0), silent.host.last()), Some(29.0));
+        let quiet = triage::HostDiagnosis { reports: vec![], summary: vec!["vCPU 0: idle (default_idle) in every kernel sample".into()] };
+        let (_, reason, reports) = judge(&cell(None), &silent, vec![], Some(&quiet), 60, 9);
+        assert_eq!(reason, "silent: no console output for 60s");
+        assert_eq!(reports[0].lines, quiet.summary, "a silence with no spinning vCPU carries the host's view");
+        assert_eq!(basis(&reports), None);
+        let mut resumed = boot(End::Exited, READY, "status=pass elapsed_ms=20000");
+        resumed.host = vec![HostSamples { resumed: true, ..HostSamples::default() }];
+        let (verdict, reason, _) = judge(&cell(None), &resumed, vec![], Some(&quiet), 60, 9);
+        assert_eq!(format!("{verdict:?}: {reason}"), "Pass: smoke passed in 20000 ms; the VM had been paused from outside (host samples: no vCPU spinning)");
+    }
+
     #[test]
     fn detection_delay_reads_the_host_time_of_the_report() {
         let console = "    1.000s| LAB-READY arch=x86_64\n    1.500s| lkdtm: writing\n   17.250s| [ 16.4] watchdog: CPU1: Watchdog detected hard LOCKUP on cpu 0\n";
