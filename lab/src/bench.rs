@@ -207,7 +207,7 @@ fn stuck_boot(machine: &Machine, cache: &Cache, symbols: &crate::triage::Symbols
     std::fs::create_dir_all(&dir)?;
     let deadlines = Deadlines { boot: 300, silence: STUCK_SILENCE, workload: 300, report_grace: 15 };
     let spinning = |samples: &vm::HostSamples| crate::triage::diagnose_host(samples, symbols, 0).spinning();
-    let diagnosis = diagnose.then(|| vm::Diagnosis { sampling: vm::Sampling { count: 8, interval: Duration::from_millis(500) }, ask_guest: true, spinning: &spinning });
+    let diagnosis = diagnose.then(|| vm::Diagnosis { sampling: vm::Sampling { count: 8, interval: Duration::from_millis(500) }, ask_guest: true, dump_memory: false, spinning: &spinning });
     let watch = vm::Watch { report_starts: crate::triage::starts_report, diagnosis };
     let start = Instant::now();
     let mut last_line = 0.0;

@@ -95,6 +95,11 @@ enum Command {
         /// both; DIR/cells/<cell>/host-samples.json keeps the raw samples. 0 kills without looking.
         #[arg(long, value_name = "N", default_value_t = 8, value_parser = clap::value_parser!(u32).range(0..=1000))]
         host_samples: u32,
+        /// With host samples: also keep the stuck guest's memory as an ELF core in its cell
+        /// (guest-memory.elf, about the guest's memory size, 512 MiB by default), for `crash
+        /// vmlinux guest-memory.elf`. Its size is recorded in host-samples.json.
+        #[arg(long)]
+        dump_memory: bool,
         #[command(flatten)]
         build: BuildArgs,
         /// Install missing host packages first (as `lab setup`).
@@ -135,16 +140,23 @@ enum Command {
         #[arg(long)]
         arch: Vec<Arch>,
     },
-    /// Judge saved console logs ("-" reads stdin).
+    /// Judge saved console logs ("-" reads stdin), or a cell's host samples.
     ///
     /// Prints one line per report, or with --json:
     /// {"files": [{"file", "reports": [{"kind", "title", "frame", "cpu", "line"}]}]}
+    ///
+    /// With --system-map, each FILE is a cell's host-samples.json, judged again against the
+    /// cell kernel's System.map (one line per vCPU, then the report):
+    ///   lab triage --system-map ~/.cache/lab/kernels/<kernel>/System.map cells/<cell>/host-samples.json
     #[command(verbatim_doc_comment)]
     Triage {
         #[arg(required = true)]
         files: Vec<PathBuf>,
         #[arg(long)]
         json: bool,
+        /// The files are host-samples.json files; name their addresses from this System.map.
+        #[arg(long, value_name = "FILE")]
+        system_map: Option<PathBuf>,
     },
     /// Check every host requirement and print the command that fixes each missing one.
     Doctor,
@@ -228,7 +240,7 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
     let ui = Ui::new(cli.verbose);
     let cache = || Cache::new(cli.cache_dir.clone());
     match cli.command {
-        Command::Run { select, out, jobs, repeat, until_fail, host_samples, build, setup, list } => {
+        Command::Run { select, out, jobs, repeat, until_fail, host_samples, dump_memory, build, setup, list } => {
             let loaded = load(&select)?;
             if list {
                 for cell in &loaded.cells {
@@ -248,7 +260,7 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
             }
             doctor::preflight(&sh)?;
             let cache = cache()?;
-            let opts = run::RunOptions { out: out.clone(), jobs, build: build.options(), images_dir: images_dir(), repeat, until_fail, host_samples };
+            let opts = run::RunOptions { out: out.clone(), jobs, build: build.options(), images_dir: images_dir(), repeat, until_fail, host_samples, dump_memory };
             let results = run::run(&sh, &cache, &loaded.matrix, &loaded.recipes, &loaded.cells, &opts, &ui)?;
             if repeat > 1 {
                 for r in report::repro(&results) {
@@ -303,7 +315,8 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Triage { files, json } => triage_files(&files, json),
+        Command::Triage { files, json, system_map: Some(map) } => triage_host_samples(&files, &map, json),
+        Command::Triage { files, json, system_map: None } => triage_files(&files, json),
         Command::Doctor => {
             let cache = cache()?;
             let checks = doctor::checks(&sh, &cache);
@@ -327,6 +340,33 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
         }
         Command::Bench(args) => bench::run(&sh, &cache()?, &args, &ui, Path::new(PROJECT_DIR)),
     }
+}
+
+fn triage_host_samples(files: &[PathBuf], system_map: &Path, json: bool) -> Result<ExitCode> {
+    let symbols = triage::Symbols::load(system_map)?;
+    let mut out = Vec::new();
+    for file in files {
+        let text = std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
+        let rounds: Vec<vm::HostSamples> = serde_json::from_str(&text).with_context(|| format!("{} is not a host-samples.json", file.display()))?;
+        let last = rounds.last().with_context(|| format!("{} holds no sampling round", file.display()))?;
+        out.push((file.display().to_string(), triage::diagnose_host(last, &symbols, last.console_line)));
+    }
+    if json {
+        let files: Vec<serde_json::Value> =
+            out.iter().map(|(file, d)| serde_json::json!({"file": file, "vcpus": d.summary, "reports": d.reports})).collect();
+        println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "files": files }))?);
+    } else {
+        for (file, diagnosis) in &out {
+            for line in &diagnosis.summary {
+                println!("{file}: {line}");
+            }
+            match diagnosis.reports.first() {
+                Some(r) => println!("{file}: {}: {}", r.kind, r.title),
+                None => println!("{file}: no vCPU spinning in the kernel"),
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn triage_files(files: &[PathBuf], json: bool) -> Result<ExitCode> {

@@ -33,6 +33,8 @@ pub struct RunOptions {
     pub until_fail: bool,
     /// Host samples of a silent or overdue guest before it is killed (0: kill without looking).
     pub host_samples: u32,
+    /// Keep a memory dump of a stuck guest in its cell.
+    pub dump_memory: bool,
 }
 
 /// Every cell's result, in plan order; `Err` only for set-up problems that stop the whole run.
@@ -166,6 +168,7 @@ fn run_cell(cell: &Cell, run: Option<u32>, kernel: &Result<Kernel, String>, imag
             diagnosis: (opts.host_samples > 0).then(|| Diagnosis {
                 sampling: Sampling { count: opts.host_samples, interval: HOST_SAMPLE_INTERVAL },
                 ask_guest: true,
+                dump_memory: opts.dump_memory,
                 spinning: &spinning,
             }),
         };

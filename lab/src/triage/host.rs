@@ -53,6 +53,7 @@ pub fn diagnose(samples: &HostSamples, symbols: &Symbols, line: usize) -> HostDi
     if frozen {
         summary.push(format!("QEMU had stopped the VM ({}): one look at frozen vCPUs, no evidence of spinning", samples.status_before));
     }
+    summary.extend(samples.memory_dump.iter().map(|dump| format!("guest memory kept for crash(8): {dump}")));
     summary.extend(samples.errors.iter().cloned());
     let stuck: Vec<&Vcpu> = vcpus.iter().filter(|v| matches!(v.state, State::Stuck { .. })).collect();
     if stuck.is_empty() || frozen {
@@ -60,10 +61,14 @@ pub fn diagnose(samples: &HostSamples, symbols: &Symbols, line: usize) -> HostDi
     }
     let mut stacks = Stacks::new(None);
     for vcpu in &stuck {
-        if let State::Stuck { stack, .. } = &vcpu.state {
+        if let State::Stuck { stack, culprit, .. } = &vcpu.state {
             stacks.start_section(Some(vcpu.index));
-            for function in stack {
-                stacks.push_named_frame(function.split('+').next().unwrap_or(function));
+            // The loop's helpers above the culprit are not the story; lock waits above it are.
+            let from = names(stack).iter().position(|f| f == culprit).unwrap_or(0);
+            for (at, function) in names(stack).into_iter().enumerate() {
+                if at >= from || stack::is_plumbing(function) {
+                    stacks.push_named_frame(function);
+                }
             }
         }
     }
@@ -92,29 +97,38 @@ fn classify(vcpu: &VcpuSamples, symbols: &Symbols) -> Vcpu {
     let stacks: Vec<Option<Vec<String>>> = vcpu.samples.iter().map(|s| s.kernel.then(|| named_stack(s, symbols))).collect();
     let user = stacks.iter().filter(|s| s.is_none()).count();
     let idle = stacks.iter().flatten().find(|stack| stack::is_idle(&names(stack)));
-    let culprits: Vec<Option<String>> = stacks
-        .iter()
-        .map(|s| s.as_ref().filter(|stack| !stack::is_idle(&names(stack))).and_then(|stack| stack::culprit_of(&names(stack)).map(str::to_string)))
-        .collect();
-    let mut counts: Vec<(String, usize)> = Vec::new();
-    for culprit in culprits.iter().flatten() {
-        match counts.iter_mut().find(|(c, _)| c == culprit) {
-            Some((_, n)) => *n += 1,
-            None => counts.push((culprit.clone(), 1)),
-        }
-    }
-    counts.sort_by(|a, b| b.1.cmp(&a.1));
-    let state = match counts.first() {
-        Some((culprit, share)) if total > 0 && *share as f64 >= STUCK_SHARE * total as f64 => {
-            let at = culprits.iter().position(|c| c.as_ref() == Some(culprit)).unwrap_or(0);
+    let busy: Vec<(usize, &Vec<String>)> = stacks.iter().enumerate().filter_map(|(i, s)| Some((i, s.as_ref()?))).filter(|(_, s)| !stack::is_idle(&names(s))).collect();
+    let state = match common_culprit(&busy) {
+        Some((culprit, at)) if total > 0 && busy.len() as f64 >= STUCK_SHARE * total as f64 => {
             let irqs = vcpu.samples.iter().map(|s| s.irqs).reduce(|a, b| if a == b { a } else { Irqs::Unknown }).unwrap_or(Irqs::Unknown);
-            State::Stuck { culprit: culprit.clone(), share: *share, stack: stacks[at].clone().unwrap_or_default(), irqs }
+            State::Stuck { culprit, share: busy.len(), stack: stacks[at].clone().unwrap_or_default(), irqs }
         }
         _ if user * 2 > total => State::User { share: user },
-        _ if counts.is_empty() && idle.is_some() => State::Idle { function: idle.and_then(|s| s.first()).map(|f| bare(f).to_string()).unwrap_or_default() },
-        _ => State::Running { places: counts.iter().map(|(c, _)| c.clone()).collect() },
+        _ if busy.is_empty() && idle.is_some() => State::Idle { function: idle.and_then(|s| s.first()).map(|f| bare(f).to_string()).unwrap_or_default() },
+        _ => {
+            let mut places: Vec<String> = busy.iter().filter_map(|(_, s)| stack::culprit_of(&names(s)).map(str::to_string)).collect();
+            places.sort();
+            places.dedup();
+            State::Running { places }
+        }
     };
     Vcpu { index: vcpu.index, samples: total, state }
+}
+
+/// How deep, in guilty-frame candidates (non-plumbing functions), a spinning vCPU's loop may sit:
+/// a spin loop calls helpers (`__mm_get_cid` under `mm_get_cid`), and the sample catches either.
+const LOOP_DEPTH: usize = 3;
+
+/// The innermost function that every busy sample has among its first `LOOP_DEPTH` candidates,
+/// with the index of the first sample: the loop the vCPU does not leave. Deeper common callers
+/// (a syscall entry every sample passes through) do not count: a busy vCPU can run many
+/// different things under one syscall.
+fn common_culprit(busy: &[(usize, &Vec<String>)]) -> Option<(String, usize)> {
+    let candidates: Vec<Vec<&str>> =
+        busy.iter().map(|(_, s)| names(s).into_iter().filter(|f| !stack::is_plumbing(f)).take(LOOP_DEPTH).collect()).collect();
+    let (first, rest) = candidates.split_first()?;
+    let culprit = first.iter().find(|f| rest.iter().all(|c| c.contains(f)))?;
+    Some((culprit.to_string(), busy[0].0))
 }
 
 /// `function+0xoff` for the program counter, the link register when it names a caller the frame
@@ -145,14 +159,14 @@ fn names(stack: &[String]) -> Vec<&str> {
 fn describe(vcpu: &Vcpu) -> String {
     let n = vcpu.samples;
     let what = match &vcpu.state {
-        State::Stuck { share, stack, irqs, .. } => {
+        State::Stuck { culprit, share, stack, irqs } => {
             let shown: Vec<&str> = stack.iter().take(SHOWN_FRAMES).map(String::as_str).collect();
             let irqs = match irqs {
                 Irqs::On => "irqs on",
                 Irqs::Off => "irqs off",
                 Irqs::Unknown => "irq mask not in the registers",
             };
-            format!("{share} of {n} samples in {} ({irqs})", shown.join(" <- "))
+            format!("{share} of {n} samples in {culprit}: {} ({irqs})", shown.join(" <- "))
         }
         State::Idle { function } => format!("idle ({function}) in every kernel sample"),
         State::User { share } => format!("in user space in {share} of {n} samples"),

@@ -135,7 +135,7 @@ fn matches_any(patterns: &[&str], function: &str) -> bool {
     })
 }
 
-fn is_plumbing(function: &str) -> bool {
+pub(super) fn is_plumbing(function: &str) -> bool {
     PLUMBING.iter().any(|group| matches_any(group, function))
 }
 

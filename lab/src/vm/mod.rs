@@ -110,6 +110,8 @@ pub struct Diagnosis<'a> {
     pub sampling: Sampling,
     /// After sampling, inject an NMI and listen for what the guest prints.
     pub ask_guest: bool,
+    /// Keep an ELF dump of the stuck guest's memory in the cell (`guest-memory.elf`, for `crash`).
+    pub dump_memory: bool,
     /// Do these samples show a vCPU spinning in the kernel?
     pub spinning: &'a dyn Fn(&HostSamples) -> bool,
 }
@@ -117,6 +119,7 @@ pub struct Diagnosis<'a> {
 const CONSOLE_LOG: &str = "console.log";
 const QEMU_COMMAND: &str = "qemu-command.sh";
 const HOST_SAMPLES: &str = "host-samples.json";
+const GUEST_MEMORY: &str = "guest-memory.elf";
 /// The QMP socket left for people and tools (the lab uses one of its own, so both can be connected).
 const QMP_LINK: &str = "qmp.sock";
 
@@ -203,7 +206,7 @@ pub fn boot(machine: &Machine, dir: &Path, deadlines: Deadlines, watch: &Watch, 
         };
         if let (Some(end), Some(diagnosis)) = (overdue, &watch.diagnosis) {
             let clock = || start.elapsed().as_secs_f64();
-            match diagnose(&sockets, machine, diagnosis, console_lines, clock) {
+            match diagnose(&sockets, machine, dir, diagnosis, console_lines, clock) {
                 Ok(samples) => {
                     let resume = samples.resumed && !(diagnosis.spinning)(&samples);
                     let asked = samples.asked.is_some();
@@ -250,11 +253,18 @@ pub fn boot(machine: &Machine, dir: &Path, deadlines: Deadlines, watch: &Watch, 
 }
 
 /// Samples the vCPUs over the lab's QMP socket, then asks the guest for its own report.
-fn diagnose(sockets: &Sockets, machine: &Machine, diagnosis: &Diagnosis, console_lines: usize, clock: impl Fn() -> f64) -> Result<HostSamples> {
+fn diagnose(sockets: &Sockets, machine: &Machine, dir: &Path, diagnosis: &Diagnosis, console_lines: usize, clock: impl Fn() -> f64) -> Result<HostSamples> {
     let mut qmp = Qmp::connect(&sockets.lab, QMP_TIMEOUT)?;
     let mut samples = sample::sample(&mut qmp, machine.arch, &diagnosis.sampling, &sockets.dir, clock)?;
     samples.console_line = console_lines;
     let resumed_healthy = samples.resumed && !(diagnosis.spinning)(&samples);
+    if diagnosis.dump_memory && !resumed_healthy {
+        let file = dir.join(GUEST_MEMORY);
+        match sample::dump_memory(&mut qmp, &file) {
+            Ok(bytes) => samples.memory_dump = Some(format!("{GUEST_MEMORY}: {bytes} bytes")),
+            Err(e) => samples.errors.push(format!("no memory dump: {e:#}")),
+        }
+    }
     if diagnosis.ask_guest && !resumed_healthy && samples.status_before == "running" {
         samples.asked = Some(sample::ask_guest(&mut qmp, machine.arch));
     }

@@ -36,6 +36,9 @@ pub struct HostSamples {
     /// What asking the guest for its own report did (`NMI injected`, or why not).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub asked: Option<String>,
+    /// The guest memory dump kept in the cell, and its size.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_dump: Option<String>,
     /// What went wrong on the way (a stack that could not be read, ...): recorded, not fatal.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub errors: Vec<String>,
@@ -151,6 +154,14 @@ fn read_stack(qmp: &mut Qmp, cpu: u32, sp: u64, scratch: &Path) -> Result<Stack>
     let bytes = std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
     let _ = std::fs::remove_file(&file);
     Ok(Stack { base: sp, bytes })
+}
+
+/// Writes the guest's memory as an ELF core (what `crash` reads with the cell's vmlinux) and
+/// returns its size. QEMU writes it while the VM is stopped; it takes about as long as the
+/// guest's memory takes to copy.
+pub fn dump_memory(qmp: &mut Qmp, file: &Path) -> Result<u64> {
+    qmp.execute("dump-guest-memory", json!({ "paging": false, "protocol": format!("file:{}", file.display()) }))?;
+    Ok(std::fs::metadata(file).with_context(|| format!("QEMU wrote no {}", file.display()))?.len())
 }
 
 /// Asks the guest for its own report where the machine has an NMI: x86_64 takes an NMI on every
