@@ -49,11 +49,8 @@ pub fn run(sh: &Shell, cache: &Cache, args: &BenchArgs, ui: &Ui, project: &Path)
     if args.stuck {
         return stuck(sh, cache, args, ui, project);
     }
-    let recipe_path = args.recipe.clone().unwrap_or_else(|| project.join("kernels/linux-7.3.yaml"));
-    let recipe = kernel::recipe::load(&recipe_path)?;
-    let arches = if args.arch.is_empty() { Arch::ALL.to_vec() } else { args.arch.clone() };
-    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
-    let opts = BuildOptions { jobs: cores, refresh: false, ccache: true };
+    let (recipe, arches, opts) = subject(args, project, "kernels/linux-7.3.yaml")?;
+    let cores = opts.jobs;
     println!("# lab bench: recipe {}, {} runs per boot point, {cores} host cores\n", recipe.name, args.runs);
 
     println!("| arch | cold build (s) | cached build (s) |\n| --- | --- | --- |");
@@ -99,6 +96,14 @@ pub fn run(sh: &Shell, cache: &Cache, args: &BenchArgs, ui: &Ui, project: &Path)
     Ok(ExitCode::SUCCESS)
 }
 
+/// The recipe (`--recipe`, else `default_recipe`), the architectures and the build options.
+fn subject(args: &BenchArgs, project: &Path, default_recipe: &str) -> Result<(kernel::Recipe, Vec<Arch>, BuildOptions)> {
+    let recipe = kernel::recipe::load(&args.recipe.clone().unwrap_or_else(|| project.join(default_recipe)))?;
+    let arches = if args.arch.is_empty() { Arch::ALL.to_vec() } else { args.arch.clone() };
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
+    Ok((recipe, arches, BuildOptions { jobs: cores, refresh: false, ccache: true }))
+}
+
 fn median(v: &mut [f64]) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     v[v.len() / 2]
@@ -136,11 +141,7 @@ fn lab_boot(machine: &Machine, cache: &Cache) -> Result<f64> {
 const STUCK_SILENCE: u64 = 20;
 
 fn stuck(sh: &Shell, cache: &Cache, args: &BenchArgs, ui: &Ui, project: &Path) -> Result<ExitCode> {
-    let recipe_path = args.recipe.clone().unwrap_or_else(|| project.join("kernels/linux-7.3-mmcid-no-transit.yaml"));
-    let recipe = kernel::recipe::load(&recipe_path)?;
-    let arches = if args.arch.is_empty() { Arch::ALL.to_vec() } else { args.arch.clone() };
-    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
-    let opts = BuildOptions { jobs: cores, refresh: false, ccache: true };
+    let (recipe, arches, opts) = subject(args, project, "kernels/linux-7.3-mmcid-no-transit.yaml")?;
     println!("# lab bench --stuck: recipe {}, 4 vCPUs, mmcid-churn, nowatchdog, silence {STUCK_SILENCE} s, {} runs per arch and mode\n", recipe.name, args.runs);
     println!("| arch | hung runs | silence to diagnosis (s) | sampling (s) | NMI and answer (s) | diagnosed cell (s) | killed cell (s) | diagnosed / killed | named |");
     println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- |");

@@ -170,7 +170,7 @@ fn describe(vcpu: &Vcpu) -> String {
         }
         State::Idle { function } => format!("idle ({function}) in every kernel sample"),
         State::User { share } => format!("in user space in {share} of {n} samples"),
-        State::Running { places } => format!("running, no function in {:.0}% of {n} samples: {}", STUCK_SHARE * 100.0, places.join(", ")),
+        State::Running { places } => format!("running, no function common to its {n} samples: {}", places.join(", ")),
     };
     format!("vCPU {}: {what}", vcpu.index)
 }
