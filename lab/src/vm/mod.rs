@@ -192,53 +192,44 @@ pub fn boot(machine: &Machine, dir: &Path, deadlines: Deadlines, watch: &Watch, 
         }
         process::check_interrupted()?;
         let now = Instant::now();
-        let secs = |d: u64| Duration::from_secs(d);
         if let Some((end, until)) = &ending {
             if now > *until || now - last_output > ANSWER_QUIET {
                 break end.clone();
             }
             continue;
         }
-        let overdue = if result_seen.is_none() && report_seen.is_none() && now - last_output > secs(deadlines.silence) {
+        let secs = |d: u64| Duration::from_secs(d);
+        let due = if let Some(at) = result_seen {
+            (now - at > POWER_OFF_GRACE).then_some(End::Exited)
+        } else if report_seen.is_some_and(|at| now - at > secs(deadlines.report_grace)) {
+            Some(End::StoppedAfterReport)
+        } else if now - last_output > secs(deadlines.silence) {
             Some(End::Silent)
+        } else if ready.is_none() && now - start > secs(deadlines.boot) {
+            Some(End::BootTimeout)
         } else {
-            ready.as_ref().filter(|r| result_seen.is_none() && (now - start).as_secs_f64() - r.at > deadlines.workload as f64).map(|_| End::WorkloadTimeout)
+            ready.as_ref().filter(|r| (now - start).as_secs_f64() - r.at > deadlines.workload as f64).map(|_| End::WorkloadTimeout)
         };
-        if let (Some(end), Some(diagnosis)) = (overdue, &watch.diagnosis) {
-            let clock = || start.elapsed().as_secs_f64();
-            match diagnose(&sockets, machine, dir, diagnosis, console_lines, clock) {
+        let Some(end) = due else { continue };
+        let diagnosis = watch.diagnosis.as_ref().filter(|_| matches!(end, End::Silent | End::WorkloadTimeout));
+        if let Some(diagnosis) = diagnosis {
+            match diagnose(&sockets, machine, dir, diagnosis, console_lines, || start.elapsed().as_secs_f64()) {
                 Ok(samples) => {
+                    // Paused from outside and running normally now: its silence was not the kernel's.
                     let resume = samples.resumed && !(diagnosis.spinning)(&samples);
-                    let asked = samples.asked.is_some();
+                    let listen = if samples.asked.is_some() { ANSWER_WAIT } else { Duration::ZERO };
                     host.push(samples);
                     crate::cache::write_atomic(&dir.join(HOST_SAMPLES), serde_json::to_string_pretty(&host)?.as_bytes())?;
-                    if resume {
-                        // Paused from outside, running normally now: its silence was not the kernel's.
-                        last_output = Instant::now();
-                        continue;
-                    }
                     last_output = Instant::now();
-                    ending = Some((end, Instant::now() + if asked { ANSWER_WAIT } else { Duration::ZERO }));
+                    if !resume {
+                        ending = Some((end, last_output + listen));
+                    }
                     continue;
                 }
                 Err(e) => host_error = Some(format!("{e:#}")),
             }
         }
-        if let Some(at) = result_seen {
-            if now - at > POWER_OFF_GRACE {
-                break End::Exited;
-            }
-        } else if report_seen.is_some_and(|at| now - at > secs(deadlines.report_grace)) {
-            break End::StoppedAfterReport;
-        } else if now - last_output > secs(deadlines.silence) {
-            break End::Silent;
-        } else if ready.is_none() && now - start > secs(deadlines.boot) {
-            break End::BootTimeout;
-        } else if let Some(r) = &ready {
-            if (now - start).as_secs_f64() - r.at > deadlines.workload as f64 {
-                break End::WorkloadTimeout;
-            }
-        }
+        break end;
     };
     group.kill();
     log.flush()?;
