@@ -263,12 +263,13 @@ fn diagnose(sockets: &Sockets, machine: &Machine, dir: &Path, diagnosis: &Diagno
 }
 
 /// QMP sockets live in a short directory of their own (a unix socket path must fit in 108 bytes,
-/// cell directories need not); the cell directory gets a link to the one for people. Removed with
-/// the boot.
+/// cell directories need not); the cell directory gets a link to the one for people. Both go
+/// with the boot: a link to a dead QEMU would only mislead.
 struct Sockets {
     dir: PathBuf,
     lab: PathBuf,
     people: PathBuf,
+    link: PathBuf,
 }
 
 impl Sockets {
@@ -277,16 +278,16 @@ impl Sockets {
         let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let dir = std::env::temp_dir().join(format!("lab-{}-{n}", std::process::id()));
         std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
-        let sockets = Sockets { lab: dir.join("lab.sock"), people: dir.join("qmp.sock"), dir };
-        let link = cell.join(QMP_LINK);
-        let _ = std::fs::remove_file(&link);
-        std::os::unix::fs::symlink(&sockets.people, &link).with_context(|| format!("cannot create {}", link.display()))?;
+        let sockets = Sockets { lab: dir.join("lab.sock"), people: dir.join("qmp.sock"), dir, link: cell.join(QMP_LINK) };
+        let _ = std::fs::remove_file(&sockets.link);
+        std::os::unix::fs::symlink(&sockets.people, &sockets.link).with_context(|| format!("cannot create {}", sockets.link.display()))?;
         Ok(sockets)
     }
 }
 
 impl Drop for Sockets {
     fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.link);
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
