@@ -37,6 +37,15 @@ impl Arch {
         }
     }
 
+    /// Kbuild's `SRCARCH`: the directory under `arch/` and `tools/arch/`.
+    pub fn src_arch(self) -> &'static str {
+        match self {
+            Arch::X86_64 => "x86",
+            Arch::Aarch64 => "arm64",
+            Arch::Ppc64le => "powerpc",
+        }
+    }
+
     /// The GNU triplet prefix of the Debian cross toolchain; empty on the native x86_64 host.
     pub fn cross_compile(self) -> &'static str {
         match self {

@@ -301,7 +301,7 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
             if json {
                 let rows: Vec<serde_json::Value> = kernels
                     .iter()
-                    .map(|k| serde_json::json!({"kernel": k, "cached": k.cached}))
+                    .map(|k| serde_json::json!({"kernel": k, "cached": k.cached, "selftests": k.selftests}))
                     .collect();
                 println!("{}", serde_json::to_string_pretty(&rows)?);
             }

@@ -60,9 +60,20 @@ pub fn run(sh: &Shell, cache: &Cache, matrix: &LoadedMatrix, recipes: &[Recipe],
         });
         crate::process::check_interrupted()?;
     }
-    let mut images: BTreeMap<Arch, Result<Image, String>> = BTreeMap::new();
+    let mut base_images: BTreeMap<Arch, Result<Image, String>> = BTreeMap::new();
     for cell in cells {
-        images.entry(cell.arch).or_insert_with(|| image::build(sh, cache, &opts.images_dir, cell.arch, ui).map_err(|e| format!("{e:#}")));
+        base_images.entry(cell.arch).or_insert_with(|| image::build(sh, cache, &opts.images_dir, cell.arch, ui).map_err(|e| format!("{e:#}")));
+    }
+    // Each kernel's guests carry its own selftests.
+    let mut images: BTreeMap<(usize, Arch), Result<Image, String>> = BTreeMap::new();
+    for (&(index, arch), kernel) in &kernels {
+        let image = match (&base_images[&arch], kernel) {
+            (Ok(base), Ok(kernel)) => image::with_selftests(cache, base, &kernel.selftests, ui).map_err(|e| format!("{e:#}")),
+            (Err(e), _) => Err(e.clone()),
+            // The cell reports the kernel's failure; any image would do.
+            (Ok(base), Err(_)) => Ok(base.clone()),
+        };
+        images.insert((index, arch), image);
     }
 
     // Runs of one cell follow each other, so --until-fail stops a cell early without waiting.
@@ -87,7 +98,7 @@ pub fn run(sh: &Shell, cache: &Cache, matrix: &LoadedMatrix, recipes: &[Recipe],
                         continue;
                     }
                     let kernel = &kernels[&(cell.kernel, cell.arch)];
-                    let image = &images[&cell.arch];
+                    let image = &images[&(cell.kernel, cell.arch)];
                     let accel = if cell.arch == Arch::X86_64 { accel_x86 } else { Accel::Tcg };
                     let run = (repeat > 1).then_some(run);
                     let result = run_cell(cell, run, kernel, image, accel, &matrix.matrix, opts, ui);

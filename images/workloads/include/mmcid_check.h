@@ -21,7 +21,6 @@
 #include <pthread.h>
 #include <sched.h>
 #include <stdatomic.h>
-#include <stdarg.h>
 #include <stdbool.h>
 #include <sys/auxv.h>
 #include <sys/resource.h>
@@ -229,19 +228,6 @@ static __attribute__((noinline)) bool run_window(struct slot *own, uint64_t gene
 	return ok;
 }
 
-static void report_violation(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-
-static void report_violation(const char *fmt, ...)
-{
-	if (atomic_fetch_add(violations_printed, 1) >= MAX_VIOLATION_LINES)
-		return;
-	char line[256];
-	va_list args;
-	va_start(args, fmt);
-	vsnprintf(line, sizeof(line), fmt, args);
-	va_end(args);
-	printf(NAME ": VIOLATION %s\n", line);
-}
 static void count(_Atomic unsigned long *counter)
 {
 	atomic_fetch_add_explicit(counter, 1, memory_order_relaxed);
@@ -267,9 +253,10 @@ static void resolve_pending(struct worker *self)
 		count(&self->counters->overlaps);
 		if (other_cid == seen->cid) {
 			count(&self->counters->violations);
-			report_violation("check=unique-cid cid=%u thread=%d cpu=%u thread=%d cpu=%u "
-					 "(both running at once)", seen->cid, self->index, seen->cpu,
-					 seen->slot, other_cpu);
+			print_limited(violations_printed, MAX_VIOLATION_LINES,
+				      "VIOLATION check=unique-cid cid=%u thread=%d cpu=%u thread=%d "
+				      "cpu=%u (both running at once)", seen->cid, self->index,
+				      seen->cpu, seen->slot, other_cpu);
 		}
 		return;
 	}
@@ -297,8 +284,9 @@ static void check_window(struct worker *self)
 	count(&self->counters->windows);
 	if (cid >= possible_cpus) {
 		count(&self->counters->violations);
-		report_violation("check=cid-range cid=%u possible_cpus=%u thread=%d cpu=%u", cid,
-				 possible_cpus, self->index, cpu);
+		print_limited(violations_printed, MAX_VIOLATION_LINES,
+			      "VIOLATION check=cid-range cid=%u possible_cpus=%u thread=%d cpu=%u", cid,
+			      possible_cpus, self->index, cpu);
 		return;
 	}
 	atomic_store_explicit(&own->sample, generation << 32 | (uint64_t)cid << 16 | (cpu & 0xffff),

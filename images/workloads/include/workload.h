@@ -1,6 +1,6 @@
 /*
- * Helpers any workload may use: argument values, time and random numbers. The including file
- * defines NAME, the workload's name, which starts its error messages.
+ * Helpers any workload may use: argument values and choices, time, random numbers and problem
+ * lines. The including file defines NAME, the workload's name, which starts its error messages.
  *
  * The functions are static inline so that a workload using only some of them still compiles under
  * -Wall -Werror.
@@ -13,6 +13,8 @@
 #endif
 
 #include <errno.h>
+#include <stdarg.h>
+#include <stdatomic.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -46,6 +48,55 @@ static inline int parse_number(const char *arg, const char *key, long min, long 
 		return -1;
 	}
 	return 1;
+}
+
+/*
+ * 1 if @arg is `KEY=WORD` for @key with WORD one of the @count @choices (its position stored in
+ * @index), 0 if it is another argument, -1 (after naming the choices) if WORD is none of them.
+ */
+static inline int parse_choice(const char *arg, const char *key, const char *const *choices,
+			       int count, int *index)
+{
+	size_t key_length = strlen(key);
+	if (strncmp(arg, key, key_length) != 0 || arg[key_length] != '=')
+		return 0;
+	for (int i = 0; i < count; i++) {
+		if (strcmp(arg + key_length + 1, choices[i]) == 0) {
+			*index = i;
+			return 1;
+		}
+	}
+	fprintf(stderr, NAME ": bad value in '%s' (want", arg);
+	for (int i = 0; i < count; i++)
+		fprintf(stderr, "%s %s", i == 0 ? "" : i == count - 1 ? " or" : ",", choices[i]);
+	fprintf(stderr, ")\n");
+	return -1;
+}
+
+/*
+ * Prints `NAME: ` and the formatted line, unless @printed, a count every reporting thread and
+ * process shares, has reached @most: a broken kernel can make a workload find thousands of
+ * problems, and the console is slow.
+ */
+static inline void vprint_limited(_Atomic unsigned long *printed, unsigned long most,
+				  const char *fmt, va_list args)
+{
+	if (atomic_fetch_add(printed, 1) >= most)
+		return;
+	char line[512];
+	vsnprintf(line, sizeof(line), fmt, args);
+	printf(NAME ": %s\n", line);
+}
+
+static inline void print_limited(_Atomic unsigned long *printed, unsigned long most,
+				 const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static inline void print_limited(_Atomic unsigned long *printed, unsigned long most,
+				 const char *fmt, ...)
+{
+	va_list args;
+	va_start(args, fmt);
+	vprint_limited(printed, most, fmt, args);
+	va_end(args);
 }
 
 static inline double elapsed_seconds(const struct timespec *start)

@@ -4,6 +4,10 @@
 //! (images/workloads/NAME.c -> /lab/workloads/NAME), each compiled static with the Debian cross
 //! compiler. Code that several workloads share lives in headers under images/workloads/include/.
 //! Adding a workload is adding a `.c` file: nothing here or in the runner names one.
+//!
+//! A kernel's own selftests (built by the kernel stage from its tree) go into a second newc
+//! archive appended to the base image, one image per kernel and architecture: Linux unpacks
+//! concatenated archives one after the other into the same root.
 
 mod cpio;
 
@@ -17,10 +21,14 @@ use xshell::{cmd, Shell};
 
 use crate::arch::Arch;
 use crate::cache::{self, Cache, KeyBuilder};
+use crate::kernel::Selftests;
 use crate::ui::Ui;
 
 /// Bump when the image layout changes in a way the sources do not show.
 const IMAGE_VERSION: &str = "1";
+
+/// Where the guest finds the rseq selftests (images/workloads/rseq-selftests.c reads them there).
+const RSEQ_SELFTESTS_DIR: &str = "/lab/selftests/rseq";
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Image {
@@ -114,6 +122,49 @@ fn build_inner(sh: &Shell, cache: &Cache, images_dir: &Path, arch: Arch) -> Resu
     }
     fs::write(tmp.join("initramfs.cpio"), archive.finish())?;
     let image = Image { arch, key, initramfs: dir.join("initramfs.cpio"), programs: workloads.into_iter().map(|(n, _)| n).collect(), cached: false };
+    fs::write(tmp.join("image.json"), serde_json::to_string_pretty(&image)?)?;
+    cache::remove_dir_if_present(&dir)?;
+    fs::rename(&tmp, &dir)?;
+    Ok(image)
+}
+
+/// `base` with the kernel's rseq selftests appended, cached by both keys; `base` itself when the
+/// kernel's tree has none.
+pub fn with_selftests(cache: &Cache, base: &Image, selftests: &Selftests, ui: &Ui) -> Result<Image> {
+    if selftests.programs.is_empty() {
+        return Ok(base.clone());
+    }
+    let task = format!("image {} +selftests", base.arch);
+    ui.stage(&task, "initramfs", || with_selftests_inner(cache, base, selftests), |i| match i.cached {
+        true => "cached".to_string(),
+        false => format!("{} rseq selftests, {}", selftests.programs.len(), i.initramfs.display()),
+    })
+    .with_context(|| format!("guest image for {} with the rseq selftests of {}", base.arch, selftests.dir.display()))
+}
+
+fn with_selftests_inner(cache: &Cache, base: &Image, selftests: &Selftests) -> Result<Image> {
+    let key = KeyBuilder::default().part("version", IMAGE_VERSION.as_bytes()).part("base", base.key.as_bytes()).part("selftests", selftests.key.as_bytes()).finish();
+    let dir = cache.dir("images")?.join(format!("{}-{key}", base.arch));
+    if let Ok(mut image) = serde_json::from_slice::<Image>(&fs::read(dir.join("image.json")).unwrap_or_default()) {
+        image.cached = true;
+        return Ok(image);
+    }
+    let mut archive = cpio::Archive::new();
+    for dir in ["/lab/selftests", RSEQ_SELFTESTS_DIR] {
+        archive.dir(dir);
+    }
+    for name in &selftests.programs {
+        let path = selftests.dir.join(name);
+        let bytes = fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
+        archive.file(&format!("{RSEQ_SELFTESTS_DIR}/{name}"), 0o755, &bytes);
+    }
+    let mut initramfs = fs::read(&base.initramfs).with_context(|| format!("cannot read {}", base.initramfs.display()))?;
+    initramfs.extend(archive.finish());
+    let tmp = cache::temp_sibling(&dir);
+    cache::remove_dir_if_present(&tmp)?;
+    fs::create_dir_all(&tmp)?;
+    fs::write(tmp.join("initramfs.cpio"), initramfs)?;
+    let image = Image { key, initramfs: dir.join("initramfs.cpio"), cached: false, ..base.clone() };
     fs::write(tmp.join("image.json"), serde_json::to_string_pretty(&image)?)?;
     cache::remove_dir_if_present(&dir)?;
     fs::rename(&tmp, &dir)?;

@@ -12,9 +12,12 @@
 //! - `kernels/<name>-<arch>-<kernel key>/`: the finished kernel (boot image, vmlinux, .config,
 //!   System.map, build log, kernel.json). It exists only when complete (renamed into place), and
 //!   its key covers the tree key, the config inputs, the architecture and the compiler version.
+//! - `selftests/<arch>-<key>/`: the tree's rseq selftests (selftests.rs), keyed by the tree rather
+//!   than the config, found or built with every kernel of the tree, read from `src/` only.
 
 pub mod config;
 pub mod recipe;
+mod selftests;
 mod source;
 
 use std::fs::{self, File};
@@ -31,6 +34,7 @@ use crate::cache::{self, Cache, KeyBuilder, Lock};
 use crate::process;
 use crate::ui::{Event, Ui};
 pub use recipe::Recipe;
+pub use selftests::Selftests;
 
 /// Bump when the way a kernel is built changes in a way its inputs do not show.
 const BUILD_RECIPE_VERSION: &str = "1";
@@ -50,6 +54,10 @@ pub struct Kernel {
     pub patches: Vec<String>,
     pub toolchain: String,
     pub build_seconds: f64,
+    /// The tree's rseq selftests for this architecture: an artifact of their own (kernels built
+    /// before them, or with other configs, share them), found or built with the kernel.
+    #[serde(skip)]
+    pub selftests: Selftests,
     /// True when this call found it in the cache.
     #[serde(skip)]
     pub cached: bool,
@@ -80,9 +88,12 @@ pub struct BuildOptions {
 
 pub fn build(sh: &Shell, cache: &Cache, recipe: &Recipe, arch: Arch, opts: &BuildOptions, ui: &Ui) -> Result<Kernel> {
     let task = format!("{} {arch}", recipe.name);
-    ui.stage(&task, "kernel", || build_inner(sh, cache, recipe, arch, opts, ui, &task), |k| match k.cached {
-        true => format!("cached ({})", k.dir.display()),
-        false => format!("built in {:.0}s ({})", k.build_seconds, k.dir.display()),
+    ui.stage(&task, "kernel", || build_inner(sh, cache, recipe, arch, opts, ui, &task), |k| {
+        let selftests = if k.selftests.cached { String::new() } else { format!(", {} rseq selftests built", k.selftests.programs.len()) };
+        match k.cached {
+            true => format!("cached ({}){selftests}", k.dir.display()),
+            false => format!("built in {:.0}s ({}){selftests}", k.build_seconds, k.dir.display()),
+        }
     })
     .with_context(|| format!("kernel {} for {arch}", recipe.name))
 }
@@ -119,19 +130,31 @@ fn build_inner(sh: &Shell, cache: &Cache, recipe: &Recipe, arch: Arch, opts: &Bu
     let config_key = config_key.finish();
     let kernel_key = KeyBuilder::default().part("tree", tree_key.as_bytes()).part("config", config_key.as_bytes()).finish();
     let dir = cache.dir("kernels")?.join(format!("{}-{arch}-{kernel_key}", recipe.name));
+    let selftests_key = selftests::key(&tree_key, arch, &toolchain);
+    let trees = cache.dir("trees")?;
+    let tree = trees.join(&tree_key);
+    let src = tree.join("src");
+    let ready_tree = || -> Result<Lock> {
+        let lock = Lock::acquire(&trees.join(format!("{tree_key}.lock")))?;
+        if !tree.join("tree.json").exists() {
+            ui.send(Event::Progress { task: task.to_string(), message: "preparing source tree".into() });
+            prepare_tree(sh, &trees, &tree, &fetched, recipe, &patch_keys)?;
+        }
+        Ok(lock)
+    };
     if let Some(mut kernel) = read_kernel(&dir) {
         kernel.cached = true;
+        kernel.selftests = match selftests::cached(cache, arch, &selftests_key)? {
+            Some(selftests) => selftests,
+            None => {
+                let _tree_lock = ready_tree()?;
+                selftests::build(sh, cache, &src, arch, &selftests_key, ui, task)?
+            }
+        };
         return Ok(kernel);
     }
 
-    let trees = cache.dir("trees")?;
-    let _tree_lock = Lock::acquire(&trees.join(format!("{tree_key}.lock")))?;
-    let tree = trees.join(&tree_key);
-    if !tree.join("tree.json").exists() {
-        ui.send(Event::Progress { task: task.to_string(), message: "preparing source tree".into() });
-        prepare_tree(sh, &trees, &tree, &fetched, recipe, &patch_keys)?;
-    }
-    let src = tree.join("src");
+    let _tree_lock = ready_tree()?;
     let out_name = format!("o-{arch}-{config_key}");
     let out = src.join(&out_name);
     let started = Instant::now();
@@ -206,12 +229,13 @@ fn build_inner(sh: &Shell, cache: &Cache, recipe: &Recipe, arch: Arch, opts: &Bu
         patches: recipe.patches.iter().map(|p| p.name.clone()).collect(),
         toolchain,
         build_seconds: started.elapsed().as_secs_f64(),
+        selftests: Selftests::default(),
         cached: false,
     };
     cache::write_atomic(&tmp.join("kernel.json"), serde_json::to_string_pretty(&kernel)?.as_bytes())?;
     cache::remove_dir_if_present(&dir)?;
     fs::rename(&tmp, &dir)?;
-    Ok(kernel)
+    Ok(Kernel { selftests: selftests::build(sh, cache, &src, arch, &selftests_key, ui, task)?, ..kernel })
 }
 
 fn read_kernel(dir: &Path) -> Option<Kernel> {
