@@ -7,9 +7,10 @@ use super::symbols::Symbols;
 use super::{assemble, Kind, Report, Source};
 use crate::vm::sample::{HostSamples, Irqs, Sample, VcpuSamples};
 
-/// A vCPU is stuck when at least this share of its samples is in the kernel, not idle, with the
-/// same guilty function. A spinning CPU can be caught in a helper of its loop now and then
-/// (`_find_first_zero_bit` under `mm_get_cid`); plumbing frames are skipped before comparing.
+/// A vCPU is stuck when at least this share of its samples is in the kernel, not idle, in the
+/// same function near the top of the stack (`common_culprit`). A spinning CPU can be caught in a
+/// helper of its loop now and then (`_find_first_zero_bit` under `mm_get_cid`); plumbing frames
+/// are skipped before comparing.
 const STUCK_SHARE: f64 = 0.75;
 /// Frames shown per stack in a summary line.
 const SHOWN_FRAMES: usize = 8;
@@ -99,9 +100,9 @@ fn classify(vcpu: &VcpuSamples, symbols: &Symbols) -> Vcpu {
     let idle = stacks.iter().flatten().find(|stack| stack::is_idle(&names(stack)));
     let busy: Vec<(usize, &Vec<String>)> = stacks.iter().enumerate().filter_map(|(i, s)| Some((i, s.as_ref()?))).filter(|(_, s)| !stack::is_idle(&names(s))).collect();
     let state = match common_culprit(&busy) {
-        Some((culprit, at)) if total > 0 && busy.len() as f64 >= STUCK_SHARE * total as f64 => {
+        Some((culprit, share, at)) if total > 0 && share as f64 >= STUCK_SHARE * total as f64 => {
             let irqs = vcpu.samples.iter().map(|s| s.irqs).reduce(|a, b| if a == b { a } else { Irqs::Unknown }).unwrap_or(Irqs::Unknown);
-            State::Stuck { culprit, share: busy.len(), stack: stacks[at].clone().unwrap_or_default(), irqs }
+            State::Stuck { culprit, share, stack: stacks[at].clone().unwrap_or_default(), irqs }
         }
         _ if user * 2 > total => State::User { share: user },
         _ if busy.is_empty() && idle.is_some() => State::Idle { function: idle.and_then(|s| s.first()).map(|f| bare(f).to_string()).unwrap_or_default() },
@@ -119,16 +120,28 @@ fn classify(vcpu: &VcpuSamples, symbols: &Symbols) -> Vcpu {
 /// a spin loop calls helpers (`__mm_get_cid` under `mm_get_cid`), and the sample catches either.
 const LOOP_DEPTH: usize = 3;
 
-/// The innermost function that every busy sample has among its first `LOOP_DEPTH` candidates,
-/// with the index of the first sample: the loop the vCPU does not leave. Deeper common callers
-/// (a syscall entry every sample passes through) do not count: a busy vCPU can run many
-/// different things under one syscall.
-fn common_culprit(busy: &[(usize, &Vec<String>)]) -> Option<(String, usize)> {
+/// The function most busy samples have among their first `LOOP_DEPTH` candidates (the innermost
+/// of equals), how many have it, and the first sample that does: the loop the vCPU does not
+/// leave. A sample caught in an epilogue can miss its own function (powerpc's out-of-line
+/// register restore runs after the frame is gone), so the rule counts rather than requiring all.
+/// Deeper common callers do not count: a busy vCPU runs many different things under one syscall.
+fn common_culprit(busy: &[(usize, &Vec<String>)]) -> Option<(String, usize, usize)> {
     let candidates: Vec<Vec<&str>> =
         busy.iter().map(|(_, s)| names(s).into_iter().filter(|f| !stack::is_plumbing(f)).take(LOOP_DEPTH).collect()).collect();
-    let (first, rest) = candidates.split_first()?;
-    let culprit = first.iter().find(|f| rest.iter().all(|c| c.contains(f)))?;
-    Some((culprit.to_string(), busy[0].0))
+    let mut best: Option<(&str, usize, usize)> = None;
+    for (depth, function) in candidates.iter().flat_map(|c| c.iter().enumerate()) {
+        let count = candidates.iter().filter(|c| c.contains(function)).count();
+        let better = match best {
+            None => true,
+            Some((_, n, d)) => count > n || (count == n && depth < d),
+        };
+        if better {
+            best = Some((function, count, depth));
+        }
+    }
+    let (function, count, _) = best?;
+    let first = candidates.iter().position(|c| c.contains(&function))?;
+    Some((function.to_string(), count, busy[first].0))
 }
 
 /// `function+0xoff` for the program counter, the link register when it names a caller the frame

@@ -33,6 +33,12 @@ const PLUMBING: &[&[&str]] = &[
         "find_first_bit", "find_next_bit", "find_first_zero_bit", "find_next_zero_bit",
         "__bitmap_*", "bitmap_*",
     ],
+    // Compiler and ABI helpers: powerpc's out-of-line register save and restore, x86's return and
+    // indirect-branch thunks. They run on behalf of the function that called them.
+    &[
+        "_savegpr*", "_restgpr*", "_save32gpr*", "_rest32gpr*", "_savefpr*", "_restfpr*", "_savevr*", "_restvr*",
+        "__x86_return_thunk", "__x86_indirect_thunk_*", "__x86_indirect_call_thunk_*",
+    ],
     // stop_machine: CPUs spinning in multi_cpu_stop wait for the others to arrive.
     &["stop_machine_yield", "multi_cpu_stop", "cpu_stopper_thread", "stop_machine*", "stop_cpus*", "smpboot_thread_fn"],
     // Busy-wait helpers and hypervisor calls: where a waiting vCPU burns time or yields to the host.

@@ -217,7 +217,7 @@ pub fn boot(machine: &Machine, dir: &Path, deadlines: Deadlines, watch: &Watch, 
                 Ok(samples) => {
                     // Paused from outside and running normally now: its silence was not the kernel's.
                     let resume = samples.resumed && !(diagnosis.spinning)(&samples);
-                    let listen = if samples.asked.is_some() { ANSWER_WAIT } else { Duration::ZERO };
+                    let listen = if samples.asked.as_deref() == Some(sample::NMI_INJECTED) { ANSWER_WAIT } else { Duration::ZERO };
                     host.push(samples);
                     crate::cache::write_atomic(&dir.join(HOST_SAMPLES), serde_json::to_string_pretty(&host)?.as_bytes())?;
                     last_output = Instant::now();

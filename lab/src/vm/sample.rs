@@ -164,6 +164,9 @@ pub fn dump_memory(qmp: &mut Qmp, file: &Path) -> Result<u64> {
     Ok(std::fs::metadata(file).with_context(|| format!("QEMU wrote no {}", file.display()))?.len())
 }
 
+/// What `HostSamples::asked` says when the guest got its NMI (and the lab then listens).
+pub const NMI_INJECTED: &str = "NMI injected";
+
 /// Asks the guest for its own report where the machine has an NMI: x86_64 takes an NMI on every
 /// vCPU, pseries a system reset (the kernel prints each CPU's registers and stack). Says what it
 /// did, for the record.
@@ -172,7 +175,7 @@ pub fn ask_guest(qmp: &mut Qmp, arch: Arch) -> String {
         return "no NMI: QEMU's virt machine cannot inject one".to_string();
     }
     match qmp.execute("inject-nmi", json!({})) {
-        Ok(_) => "NMI injected".to_string(),
+        Ok(_) => NMI_INJECTED.to_string(),
         Err(e) => match e.downcast_ref::<Refused>() {
             Some(refused) => format!("no NMI: {}", refused.desc),
             None => format!("no NMI: {e:#}"),
