@@ -139,7 +139,13 @@ fn common_culprit(busy: &[(usize, &Vec<String>)]) -> Option<(String, usize, usiz
             best = Some((function, count, depth));
         }
     }
-    let (function, count, _) = best?;
+    let (mut function, count, _) = best?;
+    // `__foo` and its caller `foo` in as many samples: name the bug as the console triage does.
+    if let Some(outer) = candidates.iter().flatten().find(|f| stack::is_inner_half(function, f)) {
+        if candidates.iter().filter(|c| c.contains(outer)).count() >= count {
+            function = outer;
+        }
+    }
     let first = candidates.iter().position(|c| c.contains(&function))?;
     Some((function.to_string(), count, busy[first].0))
 }

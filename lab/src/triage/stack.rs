@@ -174,7 +174,7 @@ static FRAME_LINE: LazyLock<Regex> = LazyLock::new(|| {
         // Call trace: powerpc "[%lx] [%lx] %pS", old x86/arm "[<%p>] ", x86 "? " for guesses.
         r"|(?:\[<?[0-9a-f]+>?\]\s*)*(?P<guess>\?\s+)?",
         r")",
-        r"(?P<function>[A-Za-z_.$][\w.$]*)\+0x[0-9a-f]+/0x[0-9a-f]+",
+        r"(?P<function>[A-Za-z_.$][\w.$]*)\+0x(?P<offset>[0-9a-f]+)/0x[0-9a-f]+",
         // Module and build id: " [lkdtm]", " [lkdtm 0123abcd]".
         r"(?:\s+\[[^\]]*\])?",
         // arm64 unwinder source " (P)", powerpc " (unreliable)".
@@ -186,7 +186,12 @@ static FRAME_LINE: LazyLock<Regex> = LazyLock::new(|| {
 
 fn parse_frame(text: &str) -> Option<Frame> {
     let captures = FRAME_LINE.captures(text)?;
-    let guessed = captures.name("guess").is_some()
+    // A return address at offset 0 follows a call that ended the previous function (a noreturn
+    // callee): arm64 prints `secondary_start_kernel`'s return into idle as `cpu_die_early+0x0`.
+    // The name is a neighbour's, not the caller's.
+    let past_the_end = &captures["offset"] == "0" && captures.name("register").is_none();
+    let guessed = past_the_end
+        || captures.name("guess").is_some()
         || captures
             .name("note")
             .is_some_and(|m| m.as_str() == "unreliable");
@@ -224,10 +229,13 @@ impl Section {
     }
 
     fn first_culprit(&self, reliable_only: bool) -> Option<&str> {
-        self.frames
+        let candidates: Vec<&str> = self
+            .frames
             .iter()
-            .find(|frame| (frame.reliable || !reliable_only) && !is_plumbing(&frame.function))
+            .filter(|frame| (frame.reliable || !reliable_only) && !is_plumbing(&frame.function))
             .map(|frame| frame.function.as_str())
+            .collect();
+        culprit_of(&candidates)
     }
 
     fn waits_on_spinlock(&self) -> bool {
@@ -235,9 +243,22 @@ impl Section {
     }
 }
 
-/// The guilty function of a stack given as function names, innermost first.
+/// The guilty function of a stack given as function names, innermost first. A `__foo` called
+/// by `foo` is `foo`'s own inner half (`__mm_get_cid` under `mm_get_cid`): it is named as `foo`,
+/// so that the same bug gets one title whether the compiler inlined the helper or not.
 pub(super) fn culprit_of<'a>(functions: &[&'a str]) -> Option<&'a str> {
-    functions.iter().copied().find(|function| !is_plumbing(function))
+    let mut candidates = functions.iter().copied().filter(|function| !is_plumbing(function));
+    let first = candidates.next()?;
+    // The same function may come twice (arm64 prints `pc`, `lr` and the trace's first frame).
+    Some(match candidates.find(|caller| *caller != first) {
+        Some(caller) if is_inner_half(first, caller) => caller,
+        _ => first,
+    })
+}
+
+/// `__foo` and `foo`.
+pub(super) fn is_inner_half(inner: &str, outer: &str) -> bool {
+    inner.strip_prefix("__").is_some_and(|name| name == outer)
 }
 
 /// True when a stack, innermost first, is an idle CPU waiting for work.
@@ -372,6 +393,8 @@ mod tests {
         check("RIP: 0010:mm_get_cid+0x1c/0x2a", "mm_get_cid");
         check("RIP: mm_get_cid+0x1c/0x2a", "mm_get_cid");
         check(" mm_get_cid+0x1c/0x2a", "mm_get_cid");
+        check(" cpu_die_early+0x0/0x84", "? cpu_die_early");
+        check("pc : secondary_entry+0x0/0x4", "secondary_entry");
         check(" ? __schedule+0x3a4/0x9c0", "? __schedule");
         check(" lkdtm_HARDLOCKUP+0x2b/0x30 [lkdtm]", "lkdtm_HARDLOCKUP");
         check(
