@@ -220,6 +220,8 @@ fn load(select: &Select) -> Result<Loaded> {
 }
 
 fn main() -> ExitCode {
+    // Output piped into `head` ends with EPIPE: die quietly like any Unix tool, not with a panic.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     let cli = Cli::parse();
     match real_main(cli) {
         Ok(code) => code,

@@ -5,7 +5,7 @@
 use super::stack::{self, Stacks};
 use super::symbols::Symbols;
 use super::{assemble, Kind, Report, Source};
-use crate::vm::sample::{HostSamples, Irqs, Sample, VcpuSamples};
+use crate::vm::sample::{Frame, HostSamples, Irqs, Sample, VcpuSamples};
 
 /// A vCPU is stuck when at least this share of its samples is in the kernel, not idle, in the
 /// same function near the top of the stack (`common_culprit`). A spinning CPU can be caught in a
@@ -155,7 +155,11 @@ fn common_culprit(busy: &[(usize, &Vec<String>)]) -> Option<(String, usize, usiz
 fn named_stack(sample: &Sample, symbols: &Symbols) -> Vec<String> {
     let name = |l: Option<super::symbols::Location>| l.map_or_else(|| "?".to_string(), |l| format!("{}+{:#x}", l.function, l.offset));
     let pc = symbols.locate(sample.pc);
-    let first_return = sample.frames.first().and_then(|&f| symbols.locate_return(f));
+    let locate = |frame: &Frame| match *frame {
+        Frame::Return(ret) => symbols.locate_return(ret),
+        Frame::Interrupted { interrupted } => symbols.locate(interrupted),
+    };
+    let first_return = sample.frames.first().and_then(locate);
     let mut stack = vec![name(pc.clone())];
     if let Some(lr) = sample.lr.and_then(|lr| symbols.locate_return(lr)) {
         let known = [pc.as_ref(), first_return.as_ref()].into_iter().flatten().any(|l| l.function == lr.function);
@@ -163,7 +167,7 @@ fn named_stack(sample: &Sample, symbols: &Symbols) -> Vec<String> {
             stack.push(name(Some(lr)));
         }
     }
-    stack.extend(sample.frames.iter().map(|&f| name(symbols.locate_return(f))));
+    stack.extend(sample.frames.iter().map(|f| name(locate(f))));
     stack
 }
 

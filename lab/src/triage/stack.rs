@@ -58,7 +58,8 @@ const PLUMBING: &[&[&str]] = &[
     // Idle loop and CPU bring-up: the bottom of every idle or secondary CPU's stack.
     &[
         "do_idle", "cpu_startup_entry", "start_secondary*", "secondary_startup*", "rest_init", "start_kernel",
-        "kernel_init", "do_one_initcall", "common_startup_64", "x86_64_start_*", "__primary_switched", "__primary_switch", "__secondary_switched", "secondary_start_kernel",
+        "kernel_init", "do_one_initcall", "common_startup_64", "start_here_common", "start_here_multiplatform",
+        "start_secondary_prolog", "x86_64_start_*", "__primary_switched", "__primary_switch", "__secondary_switched", "secondary_start_kernel",
         "arch_local_irq_restore",
     ],
     IDLE,
@@ -102,6 +103,9 @@ const PLUMBING: &[&[&str]] = &[
         "vpanic", "nmi_panic", "__warn", "warn_slowpath*", "__warn_printk", "report_bug*", "__report_bug",
         "check_panic_on_warn", "sys_info", "kasan_*", "__kasan_*", "__asan_*", "__hwasan_*", "check_region*",
         "print_report", "print_address_description*", "kfence_*", "ubsan_*", "__ubsan_*",
+        // powerpc's backtrace IPI: the reporting CPU waits here for CPUs that never answer.
+        "raise_backtrace_ipi", "smp_send_nmi_ipi", "__smp_send_nmi_ipi", "smp_send_safe_nmi_ipi",
+        "soft_nmi_interrupt", "watchdog_timer_interrupt",
     ],
     // Syscall, kernel-thread and workqueue entry: the bottom of a task's stack.
     &[
@@ -210,6 +214,8 @@ static STACK_OWNER: LazyLock<Regex> = LazyLock::new(|| {
         r"|(?P<task>task:.* state:)",          // kernel/sched/core.c sched_show_task
         r"|\(detected by (?P<reporter>\d+), ", // kernel/rcu/tree_stall.h
         r"|Sending NMI from CPU (?P<sender>\d+) to CPUs ", // lib/nmi_backtrace.c
+        // arch/powerpc/kernel/stacktrace.c: a CPU deaf to the IPI, shown from its saved r1.
+        r"|CPU (?P<paca>\d+) didn't respond to backtrace IPI, inspecting paca",
         r")",
     ))
     .expect("stack owner pattern is valid")
@@ -219,6 +225,10 @@ static STACK_OWNER: LazyLock<Regex> = LazyLock::new(|| {
 struct Section {
     cpu: Option<u32>,
     frames: Vec<Frame>,
+    /// A powerpc CPU that did not answer the backtrace IPI, shown from the stack pointer it last
+    /// saved. Its first frame is printed "(unreliable)" because it is an LR save slot, and it is
+    /// the best there is: where the deaf CPU was spinning.
+    from_paca: bool,
 }
 
 impl Section {
@@ -236,6 +246,11 @@ impl Section {
             .map(|frame| frame.function.as_str())
             .collect();
         culprit_of(&candidates)
+    }
+
+    fn idles(&self) -> bool {
+        let functions: Vec<&str> = self.frames.iter().map(|frame| frame.function.as_str()).collect();
+        is_idle(&functions)
     }
 
     fn waits_on_spinlock(&self) -> bool {
@@ -282,7 +297,7 @@ impl Stacks {
         Stacks {
             sections: vec![Section {
                 cpu,
-                frames: Vec::new(),
+                ..Section::default()
             }],
             first_dump_cpu: None,
             reporter_cpu: None,
@@ -298,7 +313,7 @@ impl Stacks {
         } else {
             self.sections.push(Section {
                 cpu,
-                frames: Vec::new(),
+                ..Section::default()
             });
         }
     }
@@ -326,6 +341,9 @@ impl Stacks {
         };
         if let Some(cpu) = number("nmi") {
             self.start_section(Some(cpu));
+        } else if let Some(cpu) = number("paca") {
+            self.start_section(Some(cpu));
+            self.sections.last_mut().expect("there is always a section").from_paca = true;
         } else if let Some(cpu) = number("dump") {
             self.first_dump_cpu = self.first_dump_cpu.or(Some(cpu));
             self.start_section(Some(cpu));
@@ -348,7 +366,8 @@ impl Stacks {
     /// dumped, otherwise the first stack that has a culprit at all. When the preferred CPU only
     /// waits for a spinlock, the story is the other side of a live lock: the first other dumped CPU
     /// that neither waits for a lock nor idles (with every CPU's backtrace, the lock holder). A
-    /// holder is named from reliable frames only: an idle CPU's stack holds stray guesses.
+    /// holder is named from reliable frames only (an idle CPU's stack holds stray guesses), except
+    /// a powerpc CPU seen through its paca, where the first frame is all there is.
     pub fn culprit(&self, preferred_cpu: Option<u32>) -> Option<&str> {
         let preferred: Vec<&Section> = self
             .sections
@@ -359,8 +378,8 @@ impl Stacks {
             let holder = self
                 .sections
                 .iter()
-                .filter(|section| section.cpu.is_some() && section.cpu != preferred_cpu && !section.waits_on_spinlock())
-                .find_map(|section| section.first_culprit(true));
+                .filter(|section| section.cpu.is_some() && section.cpu != preferred_cpu && !section.waits_on_spinlock() && !section.idles())
+                .find_map(|section| section.first_culprit(!section.from_paca));
             if holder.is_some() {
                 return holder;
             }

@@ -60,9 +60,18 @@ pub struct Sample {
     /// In the kernel (x86 CPL 0, arm64 EL1, powerpc MSR[PR] clear), not in user space.
     pub kernel: bool,
     pub irqs: Irqs,
-    /// Return addresses from the frame chain, innermost first (kernel samples only).
+    /// The frame chain, innermost first (kernel samples only).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub frames: Vec<u64>,
+    pub frames: Vec<Frame>,
+}
+
+/// One step of the frame chain: a return address (a number in JSON), or the program counter an
+/// interrupt frame saved (`{"interrupted": pc}`): where the code under an interrupt was.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Frame {
+    Return(u64),
+    Interrupted { interrupted: u64 },
 }
 
 /// Whether the vCPU takes interrupts, as far as the registers can tell.
@@ -81,6 +90,15 @@ pub enum Irqs {
 const STACK_SIZE: u64 = 16 * 1024;
 /// A frame chain longer than this is a loop in corrupted memory, not a stack.
 const MAX_FRAMES: usize = 64;
+
+/// powerpc64 ELFv2 interrupt frames (arch/powerpc/include/asm/ptrace.h): the marker word at
+/// `sp + STACK_INT_FRAME_MARKER` (32) says "REGS" (either byte order), and `struct pt_regs`
+/// starts at `sp + STACK_INT_FRAME_REGS` (48) with 32 GPRs, then `nip`.
+const PPC_REGS_MARKER: [u64; 2] = [0x5245_4753, 0x5347_4552];
+const PPC_MARKER_OFFSET: u64 = 32;
+const PPC_NIP_OFFSET: u64 = 48 + 32 * 8;
+/// Where the powerpc64 kernel's linear map (and text) begins.
+const PPC_KERNEL_BASE: u64 = 0xc000_0000_0000_0000;
 
 pub struct Sampling {
     pub count: u32,
@@ -256,15 +274,15 @@ impl Stack {
     }
 }
 
-/// Return addresses along the frame chain, as the kernel's own unwinder would find them, stopping
-/// where the chain leaves the stack that was read or stops growing upwards.
-fn walk(arch: Arch, registers: &Registers, stack: &Stack) -> Vec<u64> {
+/// The frame chain as the kernel's own unwinder would walk it, stopping where it leaves the stack
+/// that was read or stops growing upwards.
+fn walk(arch: Arch, registers: &Registers, stack: &Stack) -> Vec<Frame> {
     let mut frames = Vec::new();
     let mut frame = registers.fp;
     while frames.len() < MAX_FRAMES {
         // x86_64 and arm64 frame records: [fp] = caller's fp, [fp + 8] = return address.
         // powerpc: [sp] = back chain to the caller's frame, whose LR save slot (+16) holds the
-        // return address into the caller.
+        // return address into the caller; an interrupt frame holds the interrupted pc instead.
         let (next, ret) = match arch {
             Arch::X86_64 | Arch::Aarch64 => match (stack.word(frame), stack.word(frame + 8)) {
                 (Some(next), Some(ret)) => (next, ret),
@@ -281,9 +299,15 @@ fn walk(arch: Arch, registers: &Registers, stack: &Stack) -> Vec<u64> {
         if ret == 0 && arch != Arch::Ppc64le {
             break;
         }
-        // An exception frame on powerpc leaves a zero in the slot; the chain goes on past it.
-        if ret != 0 {
-            frames.push(ret);
+        // An interrupt from user space (a system call) has nothing to add below it.
+        let interrupted = (arch == Arch::Ppc64le && stack.word(next + PPC_MARKER_OFFSET).is_some_and(|m| PPC_REGS_MARKER.contains(&m)))
+            .then(|| stack.word(next + PPC_NIP_OFFSET))
+            .flatten()
+            .filter(|&nip| nip >= PPC_KERNEL_BASE);
+        if let Some(nip) = interrupted {
+            frames.push(Frame::Interrupted { interrupted: nip });
+        } else if ret != 0 {
+            frames.push(Frame::Return(ret));
         }
         if next <= frame || next % 8 != 0 {
             break;
@@ -311,7 +335,13 @@ mod tests {
     fn render(arch: &str, cpu: u32) -> String {
         let (registers, stack) = capture(arch, cpu);
         let frames = walk(arch.parse().unwrap(), &registers, &stack);
-        let frames: Vec<String> = frames.iter().map(|f| format!("{f:x}")).collect();
+        let frames: Vec<String> = frames
+            .iter()
+            .map(|f| match f {
+                Frame::Return(ret) => format!("{ret:x}"),
+                Frame::Interrupted { interrupted } => format!("irq@{interrupted:x}"),
+            })
+            .collect();
         format!("{arch} cpu{cpu}: pc={:x} kernel={} irqs={:?} frames={}", registers.pc, registers.kernel, registers.irqs, frames.join(","))
     }
 
@@ -328,7 +358,7 @@ mod tests {
             "aarch64 cpu1: pc=ffff800080048420 kernel=true irqs=Unknown frames=ffff800080214f8c,ffff800080215180,ffff800080057338,ffff800080057574,ffff80008001b940,ffff80008001dab0",
             "aarch64 cpu2: pc=ffff800080219af8 kernel=true irqs=Unknown frames=ffff800080064fd4,ffff800080219264,ffff800080048d08,ffff80008004d8f8,ffff800080052de8,ffff8000800539dc,ffff80008002ac04,ffff800080010364,ffff800080013bc8,ffff800080013ba0",
             "aarch64 cpu3: pc=ffff800080219a58 kernel=true irqs=Unknown frames=ffff800080064fd4,ffff800080219264,ffff800080048d08,ffff800080048d24,ffff800080049184,ffff8000800493c4,ffff80008004a8bc,ffff800080025418,ffff8000800256e0,ffff8000800258b8,ffff800080025ab4,ffff80008001c5f8,ffff800080211740,ffff8000802129d0,ffff800080011620",
-            "ppc64le cpu0: pc=c0000000000192d8 kernel=true irqs=Off frames=c00000000001e32c,c0000000002e2104,c00000000001e6ac,c0000000002e1e44,c0000000000afcc4,c0000000000ecdc8,c0000000000f27f0,c0000000000fb4a4,c00000000010be68,c0000000000fc060,c0000000000fccec,c00000000001971c,c000000000009f6c,c000000000016b38,c0000000002f0bd0,c0000000000bd10c,c0000000000bd2fc,c00000000000fc6c,c000000000400f08,c00000000000e788",
+            "ppc64le cpu0: pc=c0000000000192d8 kernel=true irqs=Off frames=c00000000001e32c,c0000000002e2104,c00000000001e6ac,c0000000002e1e44,c0000000000afcc4,c0000000000ecdc8,c0000000000f27f0,c0000000000fb4a4,c00000000010be68,c0000000000fc060,c0000000000fccec,c00000000001971c,irq@c00000000006ce64,c000000000016b38,c0000000002f0bd0,c0000000000bd10c,c0000000000bd2fc,c00000000000fc6c,c000000000400f08,c00000000000e788",
             "ppc64le cpu1: pc=c0000000000498ec kernel=true irqs=Unknown frames=c0000000000ce9f8,c0000000000aacb8,c0000000000ab860,c0000000000ed878,c0000000000ee9e0,c0000000000f1c2c,c0000000000a3450,c00000000000dcd8",
             "ppc64le cpu2: pc=c00000000006ce58 kernel=true irqs=Off frames=c0000000002f6b80,c0000000000ce9f8,c0000000000aacb8,c0000000000ab1c0,c0000000000ab434,c00000000007f174,c00000000007f474,c00000000007f6a0,c00000000001e920,c00000000000ce5c",
             "ppc64le cpu3: pc=c0000000000aa30c kernel=true irqs=Off frames=c0000000002f12b8,c0000000002f1364,c0000000000a8de8,c0000000000a3450,c00000000000dcd8",
