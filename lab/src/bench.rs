@@ -159,13 +159,13 @@ fn stuck(sh: &Shell, cache: &Cache, args: &BenchArgs, ui: &Ui, project: &Path) -
         );
         let machine = Machine { arch, accel: Accel::Tcg, vcpus: 4, memory_mib: 512, kernel: &k.image, initramfs: Some(&image.initramfs), cmdline: &cmdline };
         let hangs: Vec<Hang> = (0..args.runs).map(|run| stuck_boot(&machine, cache, &symbols, run)).collect::<Result<Vec<_>>>()?.into_iter().flatten().collect();
-        let column = |f: fn(&Hang) -> f64| {
+        let column = |f: fn(&Hang) -> f64, digits: usize| {
             let mut v: Vec<f64> = hangs.iter().map(f).collect();
             if v.is_empty() {
                 return "-".to_string();
             }
             let (lo, hi) = (v.iter().copied().fold(f64::MAX, f64::min), v.iter().copied().fold(f64::MIN, f64::max));
-            format!("{:.1} ({lo:.1}-{hi:.1})", median(&mut v))
+            format!("{:.digits$} ({lo:.digits$}-{hi:.digits$})", median(&mut v))
         };
         let mut named = std::collections::BTreeMap::<&str, usize>::new();
         for h in &hangs {
@@ -176,12 +176,12 @@ fn stuck(sh: &Shell, cache: &Cache, args: &BenchArgs, ui: &Ui, project: &Path) -
             "| {arch} | {} of {} | {} | {} | {} | {} | {} | {} | {} |",
             hangs.len(),
             args.runs,
-            column(|h| h.to_diagnosis),
-            column(|h| h.sampling),
-            column(|h| h.answer),
-            column(|h| h.killed_at),
-            column(|h| h.total),
-            column(|h| h.total / h.killed_at),
+            column(|h| h.to_diagnosis, 1),
+            column(|h| h.sampling, 1),
+            column(|h| h.answer, 1),
+            column(|h| h.killed_at, 1),
+            column(|h| h.total, 1),
+            column(|h| h.total / h.killed_at, 2),
             named.join(", ")
         );
     }
