@@ -88,7 +88,7 @@ enum Command {
         /// With --repeat: stop repeating a cell at its first hit.
         #[arg(long, requires = "repeat")]
         until_fail: bool,
-        /// When a guest goes silent or overruns its workload deadline, sample every vCPU this
+        /// When a guest goes silent, overruns its workload deadline or outlives a kernel report, sample every vCPU this
         /// many times (0.5 s apart, through QMP) before killing it, name what each one is stuck
         /// in from the kernel's System.map, then send it an NMI (x86_64, ppc64le) and read its
         /// answer. The verdict says whether it rests on the guest's reports, the host's samples or

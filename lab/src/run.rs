@@ -287,7 +287,12 @@ fn kernel_cmdline(cell: &Cell, matrix: &matrix::Matrix) -> String {
 fn judge(cell: &Cell, boot: &Boot, console: Vec<Report>, host: Option<&triage::HostDiagnosis>, silence_s: u64, last_line: usize) -> (Verdict, String, Vec<Report>) {
     let sampled_at = boot.host.last().map_or(usize::MAX, |s| s.console_line);
     let (mut reports, answers): (Vec<Report>, Vec<Report>) = console.into_iter().partition(|r| r.line <= sampled_at);
-    reports.extend(host.iter().flat_map(|h| h.reports.iter().cloned()));
+    // A guest report titled after a vCPU the host saw waiting for a lock told the victim's side
+    // (its CPUs could not dump the holder: powerpc under TCG ignores the backtrace IPI); the
+    // host's report, which names the holder, leads.
+    let victim_first = |h: &triage::HostDiagnosis| reports.first().is_some_and(|r| r.frame.as_ref().is_some_and(|f| h.waiters.contains(f)));
+    let at = if host.is_some_and(victim_first) { 0 } else { reports.len() };
+    reports.splice(at..at, host.iter().flat_map(|h| h.reports.iter().cloned()));
     reports.extend(answers);
     if boot.end == End::Silent {
         // The host's summary goes with the silence only when it found no spinning vCPU to report.
@@ -450,7 +455,7 @@ mod tests {
     fn host_reports_take_their_place_in_time_and_set_the_basis() {
         let mut silent = boot(End::Silent, READY, "");
         silent.host = vec![HostSamples { console_line: 5, started_s: 30.0, ..HostSamples::default() }];
-        let host = triage::HostDiagnosis { reports: vec![at(Kind::HardLockup, 5, Source::Host)], summary: vec!["vCPU 0: ...".into()] };
+        let host = triage::HostDiagnosis { reports: vec![at(Kind::HardLockup, 5, Source::Host)], summary: vec!["vCPU 0: ...".into()], waiters: vec![] };
         let console = vec![at(Kind::RcuStall, 3, Source::Console), at(Kind::Oops, 8, Source::Console)];
         let (verdict, reason, reports) = judge(&cell(None), &silent, console, Some(&host), 60, 9);
         let order: Vec<String> = reports.iter().map(|r| format!("{}/{:?}", r.title, r.source)).collect();
@@ -462,7 +467,13 @@ mod tests {
         assert_eq!(basis(&reports).as_deref(), Some("host"));
         assert!(reports[1].lines.is_empty(), "the silence does not repeat the host's lines");
         assert_eq!(detection_delay("", &reports, Some(1.0), silent.host.last()), Some(29.0));
-        let quiet = triage::HostDiagnosis { reports: vec![], summary: vec!["vCPU 0: idle (default_idle) in every kernel sample".into()] };
+        // The guest's report named a lock waiter the host saw: the host's holder leads.
+        let mut waiter = at(Kind::HardLockup, 3, Source::Console);
+        waiter.frame = Some("sched_mm_cid_fork".into());
+        let holder = triage::HostDiagnosis { waiters: vec!["sched_mm_cid_fork".into()], ..host.clone() };
+        let (_, reason, reports) = judge(&cell(None), &silent, vec![waiter], Some(&holder), 60, 9);
+        assert_eq!((reason.as_str(), reports[1].frame.as_deref()), ("hard-lockup@5", Some("sched_mm_cid_fork")));
+        let quiet = triage::HostDiagnosis { reports: vec![], summary: vec!["vCPU 0: idle (default_idle) in every kernel sample".into()], waiters: vec![] };
         let (_, reason, reports) = judge(&cell(None), &silent, vec![], Some(&quiet), 60, 9);
         assert_eq!(reason, "silent: no console output for 60s");
         assert_eq!(reports[0].lines, quiet.summary, "a silence with no spinning vCPU carries the host's view");

@@ -22,6 +22,9 @@ pub struct HostDiagnosis {
     /// One line per vCPU (`vCPU 2: 8 of 8 samples in mm_get_cid+0x1c <- __schedule+0x5b9 <- ...`),
     /// then notes on how the samples were taken.
     pub summary: Vec<String>,
+    /// The guilty functions of stuck vCPUs that only wait for a spinlock: a report from the guest
+    /// titled after one of them tells the victim's side of what the host's report names.
+    pub waiters: Vec<String>,
 }
 
 impl HostDiagnosis {
@@ -58,8 +61,15 @@ pub fn diagnose(samples: &HostSamples, symbols: &Symbols, line: usize) -> HostDi
     summary.extend(samples.errors.iter().cloned());
     let stuck: Vec<&Vcpu> = vcpus.iter().filter(|v| matches!(v.state, State::Stuck { .. })).collect();
     if stuck.is_empty() || frozen {
-        return HostDiagnosis { reports: Vec::new(), summary };
+        return HostDiagnosis { reports: Vec::new(), summary, waiters: Vec::new() };
     }
+    let waiters = stuck
+        .iter()
+        .filter_map(|v| match &v.state {
+            State::Stuck { culprit, stack, .. } if stack::waits_on_spinlock(&names(stack)) => Some(culprit.clone()),
+            _ => None,
+        })
+        .collect();
     let mut stacks = Stacks::new(None);
     for vcpu in &stuck {
         if let State::Stuck { stack, culprit, .. } = &vcpu.state {
@@ -90,7 +100,7 @@ pub fn diagnose(samples: &HostSamples, symbols: &Symbols, line: usize) -> HostDi
         lines: summary.clone(),
         source: Source::Host,
     };
-    HostDiagnosis { reports: vec![report], summary }
+    HostDiagnosis { reports: vec![report], summary, waiters }
 }
 
 fn classify(vcpu: &VcpuSamples, symbols: &Symbols) -> Vcpu {

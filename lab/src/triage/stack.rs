@@ -276,6 +276,11 @@ pub(super) fn is_inner_half(inner: &str, outer: &str) -> bool {
     inner.strip_prefix("__").is_some_and(|name| name == outer)
 }
 
+/// True when a stack, innermost first, spins for a lock someone else holds.
+pub(super) fn waits_on_spinlock(functions: &[&str]) -> bool {
+    functions.iter().take(SPIN_WAIT_DEPTH).any(|function| matches_any(SPIN_WAITS, function))
+}
+
 /// True when a stack, innermost first, is an idle CPU waiting for work.
 pub(super) fn is_idle(functions: &[&str]) -> bool {
     functions.iter().take(SPIN_WAIT_DEPTH).any(|function| matches_any(IDLE, function))

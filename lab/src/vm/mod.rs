@@ -6,7 +6,8 @@
 //! period after the kernel began reporting a failure instead of waiting for the workload deadline,
 //! and `spinning`, to tell a guest that was paused from outside from one that is stuck.
 //!
-//! A guest that goes silent or overruns its workload deadline is diagnosed before it is killed:
+//! A guest that goes silent, overruns its workload deadline, or outlives a kernel report's grace
+//! period is diagnosed before it is killed:
 //! the host samples every vCPU through QMP (`sample`), then asks the guest for its own report with
 //! an NMI where the machine has one, and listens for a bounded time.
 //!
@@ -211,7 +212,9 @@ pub fn boot(machine: &Machine, dir: &Path, deadlines: Deadlines, watch: &Watch, 
             ready.as_ref().filter(|r| (now - start).as_secs_f64() - r.at > deadlines.workload as f64).map(|_| End::WorkloadTimeout)
         };
         let Some(end) = due else { continue };
-        let diagnosis = watch.diagnosis.as_ref().filter(|_| matches!(end, End::Silent | End::WorkloadTimeout));
+        // After a report's grace period QEMU is still up when the guest could not even panic (its
+        // CPUs stuck, as on pseries under TCG): the host sees the other side the report lacks.
+        let diagnosis = watch.diagnosis.as_ref().filter(|_| matches!(end, End::Silent | End::WorkloadTimeout | End::StoppedAfterReport));
         if let Some(diagnosis) = diagnosis {
             match diagnose(&sockets, machine, dir, diagnosis, console_lines, || start.elapsed().as_secs_f64()) {
                 Ok(samples) => {
