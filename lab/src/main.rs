@@ -95,9 +95,9 @@ enum Command {
         /// both; DIR/cells/<cell>/host-samples.json keeps the raw samples. 0 kills without looking.
         #[arg(long, value_name = "N", default_value_t = 8, value_parser = clap::value_parser!(u32).range(0..=1000))]
         host_samples: u32,
-        /// With host samples: also keep the stuck guest's memory as an ELF core in its cell
-        /// (guest-memory.elf, about the guest's memory size, 512 MiB by default), for `crash
-        /// vmlinux guest-memory.elf`. Its size is recorded in host-samples.json.
+        /// With host samples, also keep the stuck guest's memory in its cell as an ELF core,
+        /// guest-memory.elf, for crash(8) with the kernel's vmlinux. It is about as large as the
+        /// guest's memory (512 MiB by default); host-samples.json records its size.
         #[arg(long)]
         dump_memory: bool,
         #[command(flatten)]
