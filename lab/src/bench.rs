@@ -215,7 +215,8 @@ fn stuck_boot(machine: &Machine, cache: &Cache, symbols: &crate::triage::Symbols
     let Some(samples) = boot.host.last().filter(|_| boot.end == vm::End::Silent) else {
         return Ok(None);
     };
-    let silent_since = console_time(&boot.console_log, samples.console_line).unwrap_or(0.0);
+    let console = std::fs::read_to_string(&boot.console_log).unwrap_or_default();
+    let silent_since = vm::console_time(&console, samples.console_line).unwrap_or(0.0);
     let title = crate::triage::diagnose_host(samples, symbols, 0).reports.first().map_or("no spinning vCPU".to_string(), |r| r.title.clone());
     Ok(Some(Hang {
         to_diagnosis: samples.finished_s - silent_since,
@@ -227,9 +228,3 @@ fn stuck_boot(machine: &Machine, cache: &Cache, symbols: &crate::triage::Symbols
     }))
 }
 
-/// The host time stamp of console line `line` (1-based) in a console.log.
-fn console_time(console_log: &Path, line: usize) -> Option<f64> {
-    let text = std::fs::read_to_string(console_log).ok()?;
-    let (stamp, _) = text.lines().nth(line.checked_sub(1)?)?.split_once("s| ")?;
-    stamp.trim().parse().ok()
-}

@@ -230,9 +230,7 @@ fn detection_delay(console: &str, reports: &[Report], ready_at: Option<f64>, hos
     if first.source == Source::Host {
         return Some(host?.started_s - ready_at?);
     }
-    let line = console.lines().nth(first.line.checked_sub(1)?)?;
-    let (stamp, _) = line.split_once("s| ")?;
-    Some(stamp.trim().parse::<f64>().ok()? - ready_at?)
+    Some(vm::console_time(console, first.line)? - ready_at?)
 }
 
 /// What the verdict rests on: the kernel's own reports, the host's samples, or both.

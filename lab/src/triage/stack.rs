@@ -248,13 +248,16 @@ impl Section {
         culprit_of(&candidates)
     }
 
+    fn functions(&self) -> Vec<&str> {
+        self.frames.iter().map(|frame| frame.function.as_str()).collect()
+    }
+
     fn idles(&self) -> bool {
-        let functions: Vec<&str> = self.frames.iter().map(|frame| frame.function.as_str()).collect();
-        is_idle(&functions)
+        is_idle(&self.functions())
     }
 
     fn waits_on_spinlock(&self) -> bool {
-        self.frames.iter().take(SPIN_WAIT_DEPTH).any(|frame| matches_any(SPIN_WAITS, &frame.function))
+        waits_on_spinlock(&self.functions())
     }
 }
 

@@ -295,6 +295,12 @@ impl Drop for Sockets {
     }
 }
 
+/// The host time stamp of console line `line` (1-based) of a `console.log` text, as `boot` wrote it.
+pub fn console_time(console: &str, line: usize) -> Option<f64> {
+    let (stamp, _) = console.lines().nth(line.checked_sub(1)?)?.split_once("s| ")?;
+    stamp.trim().parse().ok()
+}
+
 /// Splits the console into lines on a thread of its own, stamping each with the host time at which
 /// its first byte arrived. A partial line is flushed when the console pauses, so a guest that
 /// hangs mid-line still shows its last words.
