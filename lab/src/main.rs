@@ -389,7 +389,13 @@ fn triage_files(files: &[PathBuf], json: bool) -> Result<ExitCode> {
             .map(|(file, reports)| {
                 let reports: Vec<serde_json::Value> = reports
                     .iter()
-                    .map(|r| serde_json::json!({"kind": r.kind, "title": r.title, "frame": r.frame, "cpu": r.cpu, "line": r.line}))
+                    .map(|r| {
+                        let mut v = serde_json::json!({"kind": r.kind, "title": r.title, "frame": r.frame, "cpu": r.cpu, "line": r.line});
+                        if let Some(missing) = r.missing {
+                            v["missing"] = serde_json::json!(missing);
+                        }
+                        v
+                    })
                     .collect();
                 serde_json::json!({"file": file, "reports": reports})
             })
@@ -402,7 +408,11 @@ fn triage_files(files: &[PathBuf], json: bool) -> Result<ExitCode> {
             }
             for r in reports {
                 let cpu = r.cpu.map(|c| format!(" cpu {c}")).unwrap_or_default();
-                println!("{file}:{}: {}{cpu}: {}", r.line, r.kind, triage::sanitize(&r.title));
+                let missing = match r.missing {
+                    Some(triage::Missing::LockHolder) => " (no dumped stack shows the lock holder)",
+                    None => "",
+                };
+                println!("{file}:{}: {}{cpu}: {}{missing}", r.line, r.kind, triage::sanitize(&r.title));
             }
         }
     }

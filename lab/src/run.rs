@@ -18,7 +18,7 @@ use crate::kernel::{self, BuildOptions, Kernel, Recipe};
 use crate::matrix::{self, LoadedMatrix, Timeouts};
 use crate::plan::Cell;
 use crate::report::{self, CellResult, Verdict};
-use crate::triage::{self, Kind, Report, Source};
+use crate::triage::{self, Kind, Missing, Report, Source};
 use crate::ui::{Event, Ui};
 use crate::vm::{self, Accel, Boot, Deadlines, Diagnosis, End, HostSamples, Machine, Sampling, Watch};
 
@@ -285,10 +285,12 @@ fn kernel_cmdline(cell: &Cell, matrix: &matrix::Matrix) -> String {
 fn judge(cell: &Cell, boot: &Boot, console: Vec<Report>, host: Option<&triage::HostDiagnosis>, silence_s: u64, last_line: usize) -> (Verdict, String, Vec<Report>) {
     let sampled_at = boot.host.last().map_or(usize::MAX, |s| s.console_line);
     let (mut reports, answers): (Vec<Report>, Vec<Report>) = console.into_iter().partition(|r| r.line <= sampled_at);
-    // A guest report titled after a vCPU the host saw waiting for a lock told the victim's side
-    // (its CPUs could not dump the holder: powerpc under TCG ignores the backtrace IPI); the
-    // host's report, which names the holder, leads.
-    let victim_first = |h: &triage::HostDiagnosis| reports.first().is_some_and(|r| r.frame.as_ref().is_some_and(|f| h.waiters.contains(f)));
+    // A guest report that tells only the victim's side (its stuck CPU waits for a lock whose holder
+    // no CPU dumped: powerpc under TCG ignores the backtrace IPI), or is titled after a vCPU the
+    // host saw waiting for a lock: the host's report, which names the holder, leads.
+    let victim_first = |h: &triage::HostDiagnosis| {
+        reports.first().is_some_and(|r| r.missing == Some(Missing::LockHolder) || r.frame.as_ref().is_some_and(|f| h.waiters.contains(f)))
+    };
     let at = if host.is_some_and(victim_first) { 0 } else { reports.len() };
     reports.splice(at..at, host.iter().flat_map(|h| h.reports.iter().cloned()));
     reports.extend(answers);
@@ -304,9 +306,10 @@ fn judge(cell: &Cell, boot: &Boot, console: Vec<Report>, host: Option<&triage::H
             line: last_line,
             lines,
             source: Source::Console,
+            missing: None,
         });
     }
-    let other = |title: String| Report { kind: Kind::Other, title, frame: None, cpu: None, line: last_line, lines: Vec::new(), source: Source::Console };
+    let other = |title: String| Report { kind: Kind::Other, title, frame: None, cpu: None, line: last_line, lines: Vec::new(), source: Source::Console, missing: None };
     if let End::QemuFailed(why) = &boot.end {
         if reports.is_empty() {
             return (Verdict::Error, why.clone(), reports);
@@ -410,7 +413,7 @@ mod tests {
     }
 
     fn lockup() -> Report {
-        Report { kind: Kind::HardLockup, title: "hard LOCKUP in mm_get_cid".into(), frame: Some("mm_get_cid".into()), cpu: Some(1), line: 7, lines: vec![], source: Source::Console }
+        Report { kind: Kind::HardLockup, title: "hard LOCKUP in mm_get_cid".into(), frame: Some("mm_get_cid".into()), cpu: Some(1), line: 7, lines: vec![], source: Source::Console, missing: None }
     }
 
     const READY: &str = "arch=aarch64 cpus=2";
@@ -444,7 +447,11 @@ mod tests {
     }
 
     fn at(kind: Kind, line: usize, source: Source) -> Report {
-        Report { kind, title: format!("{kind}@{line}"), frame: None, cpu: None, line, lines: vec![], source }
+        Report { kind, title: format!("{kind}@{line}"), frame: None, cpu: None, line, lines: vec![], source, missing: None }
+    }
+
+    fn quiet_host() -> triage::HostDiagnosis {
+        triage::HostDiagnosis { reports: vec![], summary: vec!["vCPU 0: idle (default_idle) in every kernel sample".into()], waiters: vec![] }
     }
 
     /// Reports in the order things happened: the console's before the host sampled, the host's,
@@ -471,7 +478,15 @@ mod tests {
         let holder = triage::HostDiagnosis { waiters: vec!["sched_mm_cid_fork".into()], ..host.clone() };
         let (_, reason, reports) = judge(&cell(None), &silent, vec![waiter], Some(&holder), 60, 9);
         assert_eq!((reason.as_str(), reports[1].frame.as_deref()), ("hard-lockup@5", Some("sched_mm_cid_fork")));
-        let quiet = triage::HostDiagnosis { reports: vec![], summary: vec!["vCPU 0: idle (default_idle) in every kernel sample".into()], waiters: vec![] };
+        // The guest's report says no dumped stack showed the holder: the host's report leads even
+        // when the host no longer saw that waiter (it may have moved on to another lock).
+        let mut victim = at(Kind::HardLockup, 3, Source::Console);
+        victim.missing = Some(Missing::LockHolder);
+        let (_, reason, _) = judge(&cell(None), &silent, vec![victim.clone()], Some(&host), 60, 9);
+        assert_eq!(reason, "hard-lockup@5");
+        let (_, reason, _) = judge(&cell(None), &silent, vec![victim], Some(&quiet_host()), 60, 9);
+        assert_eq!(reason, "hard-lockup@3", "with nothing spinning on the host, the guest's report stays first");
+        let quiet = quiet_host();
         let (_, reason, reports) = judge(&cell(None), &silent, vec![], Some(&quiet), 60, 9);
         assert_eq!(reason, "silent: no console output for 60s");
         assert_eq!(reports[0].lines, quiet.summary, "a silence with no spinning vCPU carries the host's view");

@@ -5,7 +5,7 @@ use super::console::{Caller, ConsoleLine};
 use super::header::{self, Header, Role};
 use super::sanitize;
 use super::stack::Stacks;
-use super::{Kind, Report, Source};
+use super::{Kind, Missing, Report, Source};
 
 /// Lines kept per report for people to read.
 const MAX_REPORT_LINES: usize = 80;
@@ -119,6 +119,7 @@ impl Draft {
             .culprit(preferred_cpu)
             .map(str::to_owned)
             .or(self.named_frame);
+        let missing = self.stacks.holder_unseen(preferred_cpu).then_some(Missing::LockHolder);
         Report {
             kind: self.kind,
             title: title(self.kind, &self.subject, frame.as_deref()),
@@ -130,6 +131,7 @@ impl Draft {
             line: self.line,
             lines: self.lines,
             source: Source::Console,
+            missing,
         }
     }
 }

@@ -99,6 +99,7 @@ pub fn diagnose(samples: &HostSamples, symbols: &Symbols, line: usize) -> HostDi
         line,
         lines: summary.clone(),
         source: Source::Host,
+        missing: None,
     };
     HostDiagnosis { reports: vec![report], summary, waiters }
 }

@@ -77,6 +77,18 @@ pub struct Report {
     /// What the report rests on: the guest's console, or the host's samples of its vCPUs.
     #[serde(default)]
     pub source: Source,
+    /// What the report could not show: its title then tells part of the story.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub missing: Option<Missing>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Missing {
+    /// The stuck CPU waits for a spinlock and no dumped stack shows who holds it (powerpc under
+    /// TCG ignores the backtrace IPI; a holder spinning with interrupts off cannot answer one
+    /// without an NMI). The title names the waiter: the victim, not the culprit.
+    LockHolder,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]

@@ -372,27 +372,39 @@ impl Stacks {
 
     /// The first non-plumbing frame of the stack that tells the story: `preferred_cpu`'s when it was
     /// dumped, otherwise the first stack that has a culprit at all. When the preferred CPU only
-    /// waits for a spinlock, the story is the other side of a live lock: the first other dumped CPU
-    /// that neither waits for a lock nor idles (with every CPU's backtrace, the lock holder). A
-    /// holder is named from reliable frames only (an idle CPU's stack holds stray guesses), except
-    /// a powerpc CPU seen through its paca, where the first frame is all there is.
+    /// waits for a spinlock, the story is the other side of a live lock: the lock holder (see
+    /// `holder`) when one was dumped.
     pub fn culprit(&self, preferred_cpu: Option<u32>) -> Option<&str> {
-        let preferred: Vec<&Section> = self
-            .sections
+        let holder = match self.waits_for_lock(preferred_cpu) {
+            true => self.holder(preferred_cpu),
+            false => None,
+        };
+        holder.or_else(|| self.preferred(preferred_cpu).chain(&self.sections).find_map(Section::culprit))
+    }
+
+    /// True when `preferred_cpu` only waits for a spinlock and no other CPU's stack shows who holds
+    /// it: the title then names the victim, and the report says so rather than pass for the whole story.
+    pub fn holder_unseen(&self, preferred_cpu: Option<u32>) -> bool {
+        self.waits_for_lock(preferred_cpu) && self.holder(preferred_cpu).is_none()
+    }
+
+    fn preferred(&self, preferred_cpu: Option<u32>) -> impl Iterator<Item = &Section> {
+        self.sections.iter().filter(move |section| preferred_cpu.is_some() && section.cpu == preferred_cpu)
+    }
+
+    fn waits_for_lock(&self, preferred_cpu: Option<u32>) -> bool {
+        self.preferred(preferred_cpu).any(Section::waits_on_spinlock)
+    }
+
+    /// The first other dumped CPU that neither waits for a lock nor idles (with every CPU's
+    /// backtrace, the lock holder). A holder is named from reliable frames only (an idle CPU's stack
+    /// holds stray guesses), except a powerpc CPU seen through its paca, where the first frame is
+    /// all there is.
+    fn holder(&self, preferred_cpu: Option<u32>) -> Option<&str> {
+        self.sections
             .iter()
-            .filter(|section| preferred_cpu.is_some() && section.cpu == preferred_cpu)
-            .collect();
-        if preferred.iter().any(|section| section.waits_on_spinlock()) {
-            let holder = self
-                .sections
-                .iter()
-                .filter(|section| section.cpu.is_some() && section.cpu != preferred_cpu && !section.waits_on_spinlock() && !section.idles())
-                .find_map(|section| section.first_culprit(!section.from_paca));
-            if holder.is_some() {
-                return holder;
-            }
-        }
-        preferred.into_iter().chain(&self.sections).find_map(Section::culprit)
+            .filter(|section| section.cpu.is_some() && section.cpu != preferred_cpu && !section.waits_on_spinlock() && !section.idles())
+            .find_map(|section| section.first_culprit(!section.from_paca))
     }
 }
 

@@ -5,7 +5,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use super::{starts_report, triage, Kind, Report};
+use super::{starts_report, triage, Kind, Missing, Report};
 
 const TESTDATA: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/src/triage/testdata");
 
@@ -15,12 +15,16 @@ fn render(reports: &[Report]) -> String {
         .iter()
         .map(|report| {
             format!(
-                "{} cpu={} line={} lines={} frame={} | {}\n",
+                "{} cpu={} line={} lines={} frame={}{} | {}\n",
                 report.kind,
                 report.cpu.map_or("-".to_owned(), |cpu| cpu.to_string()),
                 report.line,
                 report.lines.len(),
                 report.frame.as_deref().unwrap_or("-"),
+                match report.missing {
+                    Some(Missing::LockHolder) => " missing=lock-holder",
+                    None => "",
+                },
                 report.title
             )
         })
@@ -171,6 +175,7 @@ fn report_lines_are_omitted_from_json_when_empty() {
         line: 1,
         lines: Vec::new(),
         source: super::Source::Console,
+        missing: None,
     };
     let json = serde_json::to_string(&report).expect("serialize");
     assert_eq!(
