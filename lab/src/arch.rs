@@ -113,6 +113,14 @@ impl Arch {
         }
     }
 
+    /// The QEMU NIC for the guest's user-mode network.
+    pub fn nic(self) -> &'static str {
+        match self {
+            Arch::X86_64 | Arch::Aarch64 => "virtio-net-pci",
+            Arch::Ppc64le => "spapr-vlan",
+        }
+    }
+
     /// Kernel parameters every guest of this architecture needs.
     pub fn kernel_params(self) -> &'static [&'static str] {
         match self {

@@ -83,7 +83,7 @@ pub fn run(sh: &Shell, cache: &Cache, args: &BenchArgs, ui: &Ui, project: &Path)
         let image = crate::image::build(sh, cache, &project.join("images"), k.arch, ui)?;
         for vcpus in VCPUS {
             let cmdline = format!("console={} panic=-1 {} lab.workload=smoke lab.arg.seconds=1", k.arch.console(), k.arch.kernel_params().join(" "));
-            let machine = Machine { arch: k.arch, accel: Accel::Tcg, vcpus, memory_mib: 512, kernel: &k.image, initramfs: Some(&image.initramfs), cmdline: &cmdline };
+            let machine = Machine { arch: k.arch, accel: Accel::Tcg, vcpus, memory_mib: 512, kernel: &k.image, initramfs: Some(&image.initramfs), cmdline: &cmdline, ssh_port: None };
             let mut bare = Vec::new();
             let mut lab = Vec::new();
             for _ in 0..args.runs {
@@ -130,7 +130,7 @@ fn lab_boot(machine: &Machine, cache: &Cache) -> Result<f64> {
     let start = Instant::now();
     let mut ready = None;
     let watch = vm::Watch { report_starts: crate::triage::starts_report, diagnosis: None };
-    vm::boot(machine, &dir, deadlines, &watch, |line| {
+    vm::boot(machine, &dir, deadlines, &watch, None, |line| {
         if ready.is_none() && line.contains("LAB-READY") {
             ready = Some(start.elapsed().as_secs_f64());
         }
@@ -157,7 +157,7 @@ fn stuck(sh: &Shell, cache: &Cache, args: &BenchArgs, ui: &Ui, project: &Path) -
             arch.console(),
             arch.kernel_params().join(" ")
         );
-        let machine = Machine { arch, accel: Accel::Tcg, vcpus: 4, memory_mib: 512, kernel: &k.image, initramfs: Some(&image.initramfs), cmdline: &cmdline };
+        let machine = Machine { arch, accel: Accel::Tcg, vcpus: 4, memory_mib: 512, kernel: &k.image, initramfs: Some(&image.initramfs), cmdline: &cmdline, ssh_port: None };
         let hangs: Vec<Hang> = (0..args.runs).map(|run| stuck_boot(&machine, cache, &symbols, run)).collect::<Result<Vec<_>>>()?.into_iter().flatten().collect();
         let column = |f: fn(&Hang) -> f64, digits: usize| {
             let mut v: Vec<f64> = hangs.iter().map(f).collect();
@@ -210,7 +210,7 @@ fn stuck_boot(machine: &Machine, cache: &Cache, symbols: &crate::triage::Symbols
     let diagnosis = vm::Diagnosis { sampling, ask_guest: true, dump_memory: false, spinning: &spinning };
     let watch = vm::Watch { report_starts: crate::triage::starts_report, diagnosis: Some(diagnosis) };
     let start = Instant::now();
-    let boot = vm::boot(machine, &dir, deadlines, &watch, |_| {})?;
+    let boot = vm::boot(machine, &dir, deadlines, &watch, None, |_| {})?;
     let total = start.elapsed().as_secs_f64();
     let Some(samples) = boot.host.last().filter(|_| boot.end == vm::End::Silent) else {
         return Ok(None);

@@ -48,6 +48,22 @@ pub struct Workload {
     pub expect: Option<Kind>,
     /// Overrides the matrix's vCPU counts for this workload.
     pub vcpus: Option<Vec<u32>>,
+    /// Who starts the workload: the guest's init (`console`, the default), or the lab over SSH
+    /// (`ssh`: stdout, stderr and exit status captured in the cell, `fetch` saved after it).
+    #[serde(default)]
+    pub via: Via,
+    /// With `via: ssh`, guest files saved into the cell directory after the workload (absolute
+    /// paths; the guest's dmesg always is).
+    #[serde(default)]
+    pub fetch: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Via {
+    #[default]
+    Console,
+    Ssh,
 }
 
 impl Workload {
@@ -145,6 +161,12 @@ fn validate(m: &Matrix, known_programs: &BTreeSet<String>) -> Result<()> {
                 known.join(", ")
             );
         }
+        if w.via == Via::Console && !w.fetch.is_empty() {
+            bail!("workload `{}`: `fetch` needs `via: ssh` (the init powers the guest off after the workload)", w.name);
+        }
+        if let Some(path) = w.fetch.iter().find(|p| !p.starts_with('/') || p.chars().any(char::is_whitespace)) {
+            bail!("workload `{}`: fetch path `{path}` must be absolute, without spaces", w.name);
+        }
         for (key, value) in &w.args {
             let ok_key = key.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
             if !ok_key || arg_value(value).is_none() {
@@ -188,6 +210,8 @@ vcpus: [1, 4]
 workloads:
   - name: smoke
     args: {seconds: 5}
+    via: ssh
+    fetch: [/tmp/out.txt]
   - name: selftest-hardlockup
     program: lkdtm
     args: {crash: HARDLOCKUP}
@@ -200,6 +224,7 @@ workloads:
         let m = parse(GOOD, &programs()).unwrap();
         assert_eq!(m.arches, [Arch::X86_64, Arch::Ppc64le]);
         assert_eq!(m.workloads[1].program(), "lkdtm");
+        assert_eq!((m.workloads[0].via, m.workloads[1].via), (Via::Ssh, Via::Console));
         assert_eq!(m.workloads[1].expect, Some(Kind::HardLockup));
         assert_eq!(m.timeouts.boot, Timeouts::default().boot);
     }
@@ -223,5 +248,8 @@ workloads:
         check_err(&GOOD.replace("selftest-hardlockup", "smoke"), &["appears twice"]);
         check_err(&GOOD.replace("seconds: 5", "seconds: \"5 6\""), &["argument `seconds`"]);
         check_err("kernels: [", &["line"]);
+        check_err(&GOOD.replace("via: ssh", "via: telnet"), &["unknown variant `telnet`"]);
+        check_err(&GOOD.replace("via: ssh", "via: console"), &["`fetch` needs `via: ssh`"]);
+        check_err(&GOOD.replace("/tmp/out.txt", "out.txt"), &["must be absolute"]);
     }
 }

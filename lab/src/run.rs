@@ -15,7 +15,7 @@ use crate::arch::Arch;
 use crate::cache::Cache;
 use crate::image::{self, Image};
 use crate::kernel::{self, BuildOptions, Kernel, Recipe};
-use crate::matrix::{self, LoadedMatrix, Timeouts};
+use crate::matrix::{self, LoadedMatrix, Timeouts, Via};
 use crate::plan::Cell;
 use crate::report::{self, CellResult, Verdict};
 use crate::triage::{self, Kind, Missing, Report, Source};
@@ -170,6 +170,7 @@ fn run_cell(cell: &Cell, run: Option<u32>, kernel: &Result<Kernel, String>, imag
             kernel: &kernel.image,
             initramfs: Some(&image.initramfs),
             cmdline: &cmdline,
+            ssh_port: None,
         };
         let symbols = triage::Symbols::load(&kernel.system_map()).map_err(|e| ui.note(format!("{}: no host-side symbols: {e:#}", cell.id))).ok();
         // Without symbols the samples cannot be judged: treat them as spinning, never resume.
@@ -184,7 +185,7 @@ fn run_cell(cell: &Cell, run: Option<u32>, kernel: &Result<Kernel, String>, imag
             }),
         };
         let task = task.clone();
-        let boot = vm::boot(&machine, &dir, deadlines(&matrix.timeouts), &watch, |line| {
+        let boot = vm::boot(&machine, &dir, deadlines(&matrix.timeouts), &watch, None, |line| {
             ui.send(Event::Output { task: task.clone(), line: line.to_string() });
             if line.contains("LAB-READY") || line.contains("LAB-PROGRESS") {
                 ui.send(Event::Progress { task: task.clone(), message: line.trim().to_string() });
@@ -235,7 +236,7 @@ fn detection_delay(console: &str, reports: &[Report], ready_at: Option<f64>, hos
 
 /// What the verdict rests on: the kernel's own reports, the host's samples, or both.
 fn basis(reports: &[Report]) -> Option<String> {
-    let guest = reports.iter().any(|r| r.source == Source::Console && !matches!(r.kind, Kind::Silent | Kind::Other));
+    let guest = reports.iter().any(|r| r.source == Source::Console && !matches!(r.kind, Kind::Silent | Kind::LostConnection | Kind::Other));
     let host = reports.iter().any(|r| r.source == Source::Host);
     match (guest, host) {
         (true, true) => Some("guest+host".into()),
@@ -253,7 +254,7 @@ fn deadlines(t: &Timeouts) -> Deadlines {
 }
 
 /// The guest's whole configuration travels on the kernel command line: the init reads
-/// `lab.workload` and `lab.arg.*` from /proc/cmdline.
+/// `lab.workload` and `lab.arg.*` (or `lab.hold`) from /proc/cmdline.
 fn kernel_cmdline(cell: &Cell, matrix: &matrix::Matrix) -> String {
     let mut words = vec![
         format!("console={}", cell.arch.console()),
@@ -270,9 +271,13 @@ fn kernel_cmdline(cell: &Cell, matrix: &matrix::Matrix) -> String {
         "softlockup_panic=1".to_string(),
     ];
     words.extend(cell.arch.kernel_params().iter().map(|p| p.to_string()));
-    words.push(format!("lab.workload={}", cell.workload.program()));
-    for (key, value) in &cell.workload.args {
-        words.push(format!("lab.arg.{key}={}", matrix::arg_value(value).unwrap_or_default()));
+    match cell.workload.via {
+        Via::Console => {
+            words.push(format!("lab.workload={}", cell.workload.program()));
+            words.extend(cell.workload.args.iter().map(|(key, value)| format!("lab.arg.{key}={}", matrix::arg_value(value).unwrap_or_default())));
+        }
+        // The lab starts the workload over SSH; the init only waits.
+        Via::Ssh => words.push("lab.hold=1".to_string()),
     }
     words.extend(matrix.cmdline.iter().cloned());
     words.join(" ")
@@ -309,8 +314,20 @@ fn judge(cell: &Cell, boot: &Boot, console: Vec<Report>, host: Option<&triage::H
             missing: None,
         });
     }
+    if let End::LostConnection(why) = &boot.end {
+        reports.push(Report {
+            kind: Kind::LostConnection,
+            title: format!("lost connection: {why}"),
+            frame: None,
+            cpu: None,
+            line: last_line,
+            lines: host.filter(|h| !h.spinning()).map(|h| h.summary.clone()).unwrap_or_default(),
+            source: Source::Console,
+            missing: None,
+        });
+    }
     let other = |title: String| Report { kind: Kind::Other, title, frame: None, cpu: None, line: last_line, lines: Vec::new(), source: Source::Console, missing: None };
-    if let End::QemuFailed(why) = &boot.end {
+    if let End::QemuFailed(why) | End::SshFailed(why) = &boot.end {
         if reports.is_empty() {
             return (Verdict::Error, why.clone(), reports);
         }
@@ -409,6 +426,7 @@ mod tests {
             console_log: PathBuf::from("/nonexistent"),
             host: Vec::new(),
             host_error: None,
+            ssh: None,
         }
     }
 
@@ -495,6 +513,21 @@ mod tests {
         resumed.host = vec![HostSamples { resumed: true, ..HostSamples::default() }];
         let (verdict, reason, _) = judge(&cell(None), &resumed, vec![], Some(&quiet), 60, 9);
         assert_eq!(format!("{verdict:?}: {reason}"), "Pass: smoke passed in 20000 ms; the VM had been paused from outside (host samples: no vCPU spinning)");
+    }
+
+    /// A guest that stopped answering over SSH: its own report names the failure when it printed
+    /// one, the lost connection follows; without SSH at all the cell could not run.
+    #[test]
+    fn lost_connections_and_ssh_failures() {
+        let lost = boot(End::LostConnection("`smoke`: the guest stopped answering".into()), READY, "");
+        let (verdict, reason, reports) = judge(&cell(None), &lost, vec![], None, 60, 9);
+        assert_eq!((verdict, reason.as_str()), (Verdict::Fail, "lost connection: `smoke`: the guest stopped answering"));
+        assert_eq!(reports[0].kind, Kind::LostConnection);
+        let (_, reason, reports) = judge(&cell(None), &lost, vec![lockup()], None, 60, 9);
+        assert_eq!((reason.as_str(), reports[1].kind), ("hard LOCKUP in mm_get_cid", Kind::LostConnection));
+        let refused = boot(End::SshFailed("host key refused".into()), READY, "");
+        let (verdict, reason, _) = judge(&cell(None), &refused, vec![], None, 60, 9);
+        assert_eq!((verdict, reason.as_str()), (Verdict::Error, "host key refused"));
     }
 
     #[test]

@@ -149,6 +149,7 @@ pub(super) fn title(kind: Kind, subject: &str, frame: Option<&str>) -> String {
         Kind::Kasan => or("KASAN"),
         Kind::Other => or("other"),
         Kind::Silent => "silent",
+        Kind::LostConnection => "lost connection",
         Kind::WorkqueueLockup => return "workqueue lockup".to_owned(),
         Kind::Panic => return format!("panic: {subject}"),
         Kind::Lockdep => return format!("lockdep: {subject}"),

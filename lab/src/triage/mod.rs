@@ -35,6 +35,8 @@ pub enum Kind {
     Kasan,
     Lockdep,
     Silent,
+    /// The workload ran over SSH and the guest stopped answering it.
+    LostConnection,
     Other,
 }
 
@@ -54,6 +56,7 @@ impl Kind {
             Kind::Kasan => "kasan",
             Kind::Lockdep => "lockdep",
             Kind::Silent => "silent",
+            Kind::LostConnection => "lost-connection",
             Kind::Other => "other",
         }
     }

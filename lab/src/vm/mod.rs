@@ -11,6 +11,11 @@
 //! the host samples every vCPU through QMP (`sample`), then asks the guest for its own report with
 //! an NMI where the machine has one, and listens for a bounded time.
 //!
+//! Every guest gets a user-mode NIC whose SSH port QEMU forwards to a free port on 127.0.0.1
+//! (`ssh-command.sh` in the cell logs in by hand while it runs). A workload that runs over SSH
+//! (`GuestSsh::workload`) runs on a thread of its own (`ssh`), which feeds its output, its exit
+//! and a lost guest back into the same loop that watches the console.
+//!
 //! Invariant: `console.log` holds every console byte QEMU wrote, line by line as it arrived, each
 //! line prefixed with the host time since QEMU started (`    1.234s| `), and is written through
 //! (no buffering), so a crash of the lab loses nothing the guest said.
@@ -18,13 +23,15 @@
 pub mod qemu;
 pub mod qmp;
 pub mod sample;
+pub mod ssh;
 
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
@@ -70,6 +77,10 @@ pub enum End {
     StoppedAfterReport,
     /// QEMU refused to start or died with an error of its own.
     QemuFailed(String),
+    /// The workload ran over SSH and the guest stopped answering it.
+    LostConnection(String),
+    /// The workload was to run over SSH and could not start: no server, a wrong host key, ...
+    SshFailed(String),
 }
 
 impl End {
@@ -82,6 +93,8 @@ impl End {
             End::Silent => "silent",
             End::StoppedAfterReport => "stopped-after-report",
             End::QemuFailed(_) => "qemu-failed",
+            End::LostConnection(_) => "lost-connection",
+            End::SshFailed(_) => "ssh-failed",
         }
     }
 }
@@ -97,6 +110,46 @@ pub struct Boot {
     pub host: Vec<HostSamples>,
     /// Why the host could not sample, when it tried and failed.
     pub host_error: Option<String>,
+    /// What happened over SSH, for a guest that had it.
+    pub ssh: Option<SshOutcome>,
+}
+
+/// SSH into the guest: who it is, and what to run there.
+pub struct GuestSsh {
+    pub credentials: ssh::Credentials,
+    /// Run as the workload over SSH (the guest's init then holds: `lab.hold=1`); `None`: the init
+    /// runs the workload itself and SSH is there for people (`ssh-command.sh`).
+    pub workload: Option<SshWorkload>,
+}
+
+pub struct SshWorkload {
+    /// The workload's name, for the result line.
+    pub name: String,
+    /// A command line for the guest's shell.
+    pub command: String,
+    /// Run after the workload, each command's stdout saved in the cell directory (`file`): the
+    /// guest's dmesg, its /proc/sched_debug, the workload's own output files. One that fails is
+    /// noted, not an error.
+    pub fetch: Vec<Fetch>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Fetch {
+    pub command: String,
+    pub file: String,
+}
+
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct SshOutcome {
+    pub port: u16,
+    /// Host seconds since QEMU started when the guest's SSH server first answered.
+    pub ready_s: Option<f64>,
+    /// `uname -m` and `nproc` as the guest answered them over SSH.
+    pub machine: Option<String>,
+    pub cpus: Option<u32>,
+    /// The files copied out, or why not.
+    pub fetched: Vec<String>,
+    pub error: Option<String>,
 }
 
 /// What the VM stage asks of triage while a guest runs, as functions: it never reads triage's data.
@@ -123,6 +176,14 @@ const HOST_SAMPLES: &str = "host-samples.json";
 const GUEST_MEMORY: &str = "guest-memory.elf";
 /// The QMP socket left for people and tools (the lab uses one of its own, so both can be connected).
 const QMP_LINK: &str = "qmp.sock";
+const SSH_COMMAND: &str = "ssh-command.sh";
+const SSH_KNOWN_HOSTS: &str = "known_hosts";
+const SSH_OUTCOME: &str = "ssh.json";
+const WORKLOAD_STDOUT: &str = "workload.stdout";
+const WORKLOAD_STDERR: &str = "workload.stderr";
+/// How often QEMU may fail to bind a port another process took after the lab picked it.
+const PORT_ATTEMPTS: u32 = 3;
+const FETCH_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// How long the guest gets to answer an NMI, and how long a pause in its answer ends it.
 const ANSWER_WAIT: Duration = Duration::from_secs(15);
@@ -132,8 +193,26 @@ const QMP_TIMEOUT: Duration = Duration::from_secs(10);
 /// After the result line the guest powers off by itself; under TCG that takes a second or two.
 const POWER_OFF_GRACE: Duration = Duration::from_secs(30);
 
-pub fn boot(machine: &Machine, dir: &Path, deadlines: Deadlines, watch: &Watch, mut on_line: impl FnMut(&str)) -> Result<Boot> {
+pub fn boot(machine: &Machine, dir: &Path, deadlines: Deadlines, watch: &Watch, ssh: Option<&GuestSsh>, mut on_line: impl FnMut(&str)) -> Result<Boot> {
+    let mut attempt = 1;
+    loop {
+        let mut machine = machine.clone();
+        if ssh.is_some() {
+            machine.ssh_port = Some(qemu::free_local_port().context("no free TCP port on 127.0.0.1 for the guest's SSH")?);
+        }
+        let boot = boot_once(&machine, dir, deadlines, watch, ssh, &mut on_line)?;
+        match &boot.end {
+            End::QemuFailed(why) if qemu::is_port_clash(why) && attempt < PORT_ATTEMPTS => attempt += 1,
+            _ => return Ok(boot),
+        }
+    }
+}
+
+fn boot_once(machine: &Machine, dir: &Path, deadlines: Deadlines, watch: &Watch, ssh: Option<&GuestSsh>, on_line: &mut impl FnMut(&str)) -> Result<Boot> {
     let mut command = machine.command();
+    if let (Some(port), Some(ssh)) = (machine.ssh_port, ssh) {
+        write_ssh_command(dir, port, &ssh.credentials)?;
+    }
     std::fs::write(dir.join(QEMU_COMMAND), format!("#!/bin/sh\n{}\n", qemu::shell_line(&command)))?;
     let sockets = Sockets::create(dir)?;
     for socket in [&sockets.lab, &sockets.people] {
@@ -161,7 +240,42 @@ pub fn boot(machine: &Machine, dir: &Path, deadlines: Deadlines, watch: &Watch, 
     let mut console_lines = 0;
     // Set once the guest has been diagnosed: how it will end, after listening until `until`.
     let mut ending: Option<(End, Instant)> = None;
+    let cancel = Arc::new(AtomicBool::new(false));
+    let (ssh_tx, ssh_events) = mpsc::channel::<SshEvent>();
+    let mut ssh_worker: Option<std::thread::JoinHandle<()>> = None;
+    let mut ssh_outcome = machine.ssh_port.map(|port| SshOutcome { port, ..SshOutcome::default() });
+    let mut ssh_end: Option<End> = None;
     let end = loop {
+        while let Ok(event) = ssh_events.try_recv() {
+            let outcome = ssh_outcome.as_mut().expect("SSH events come only from a guest with SSH");
+            match event {
+                SshEvent::Ready { machine, cpus } => {
+                    outcome.ready_s = Some(start.elapsed().as_secs_f64());
+                    (outcome.machine, outcome.cpus) = (Some(machine), cpus);
+                }
+                SshEvent::Heard => last_output = Instant::now(),
+                SshEvent::Line(text) => {
+                    last_output = Instant::now();
+                    on_line(&text);
+                }
+                SshEvent::Finished { fields } => {
+                    result.get_or_insert(ProtocolLine { at: start.elapsed().as_secs_f64(), fields });
+                    result_seen.get_or_insert_with(Instant::now);
+                }
+                SshEvent::Fetched(note) => outcome.fetched.push(note),
+                SshEvent::Failed(error) => {
+                    let text = error.to_string();
+                    outcome.error = Some(text.clone());
+                    ssh_end = match error {
+                        ssh::Error::Lost { .. } => Some(End::LostConnection(text)),
+                        ssh::Error::Deadline { .. } => Some(End::WorkloadTimeout),
+                        ssh::Error::Interrupted => None,
+                        _ if result.is_some() => None,
+                        _ => Some(End::SshFailed(text)),
+                    };
+                }
+            }
+        }
         match lines.recv_timeout(Duration::from_millis(100)) {
             Ok((at, text)) => {
                 last_output = Instant::now();
@@ -169,7 +283,17 @@ pub fn boot(machine: &Machine, dir: &Path, deadlines: Deadlines, watch: &Watch, 
                 writeln!(log, "{at:>9.3}s| {text}").with_context(|| format!("cannot write {}", console_log.display()))?;
                 on_line(&text);
                 if let Some(fields) = protocol_fields(&text, "LAB-READY") {
-                    ready.get_or_insert(ProtocolLine { at, fields });
+                    let line = ready.get_or_insert(ProtocolLine { at, fields });
+                    if let (Some(port), Some(work), None) = (machine.ssh_port, ssh.and_then(|s| s.workload.as_ref().map(|w| (&s.credentials, w))), &ssh_worker) {
+                        if line.get("ssh").is_none_or(|s| s == "none") {
+                            ssh_end = Some(End::SshFailed(format!("the guest has no SSH server (its ready line says ssh={})", line.get("ssh").unwrap_or("nothing"))));
+                        } else {
+                            let workload_deadline = Instant::now() + Duration::from_secs(deadlines.workload + 5);
+                            let ready_deadline = Instant::now() + Duration::from_secs(deadlines.boot);
+                            let job = SshJob { port, credentials: work.0.clone(), command: work.1.command.clone(), name: work.1.name.clone(), fetch: work.1.fetch.clone(), dir: dir.to_path_buf(), ready_deadline, workload_deadline };
+                            ssh_worker = Some(job.spawn(cancel.clone(), ssh_tx.clone()));
+                        }
+                    }
                 } else if let Some(fields) = protocol_fields(&text, "LAB-RESULT") {
                     result.get_or_insert(ProtocolLine { at, fields });
                     result_seen.get_or_insert_with(Instant::now);
@@ -202,6 +326,8 @@ pub fn boot(machine: &Machine, dir: &Path, deadlines: Deadlines, watch: &Watch, 
         let secs = |d: u64| Duration::from_secs(d);
         let due = if let Some(at) = result_seen {
             (now - at > POWER_OFF_GRACE).then_some(End::Exited)
+        } else if let Some(end) = ssh_end.take() {
+            Some(end)
         } else if report_seen.is_some_and(|at| now - at > secs(deadlines.report_grace)) {
             Some(End::StoppedAfterReport)
         } else if now - last_output > secs(deadlines.silence) {
@@ -214,7 +340,7 @@ pub fn boot(machine: &Machine, dir: &Path, deadlines: Deadlines, watch: &Watch, 
         let Some(end) = due else { continue };
         // After a report's grace period QEMU is still up when the guest could not even panic (its
         // CPUs stuck, as on pseries under TCG): the host sees the other side the report lacks.
-        let diagnosis = watch.diagnosis.as_ref().filter(|_| matches!(end, End::Silent | End::WorkloadTimeout | End::StoppedAfterReport));
+        let diagnosis = watch.diagnosis.as_ref().filter(|_| matches!(end, End::Silent | End::WorkloadTimeout | End::StoppedAfterReport | End::LostConnection(_)));
         if let Some(diagnosis) = diagnosis {
             match diagnose(&sockets, machine, dir, diagnosis, console_lines, || start.elapsed().as_secs_f64()) {
                 Ok(samples) => {
@@ -235,6 +361,17 @@ pub fn boot(machine: &Machine, dir: &Path, deadlines: Deadlines, watch: &Watch, 
         break end;
     };
     group.kill();
+    cancel.store(true, Ordering::SeqCst);
+    if let Some(worker) = ssh_worker {
+        // With QEMU gone and the flag set, every SSH wait ends within one poll.
+        let _ = worker.join();
+    }
+    while let Ok(SshEvent::Fetched(note)) = ssh_events.try_recv() {
+        ssh_outcome.as_mut().expect("a guest with SSH").fetched.push(note);
+    }
+    if let Some(outcome) = &ssh_outcome {
+        crate::cache::write_atomic(&dir.join(SSH_OUTCOME), serde_json::to_string_pretty(outcome)?.as_bytes())?;
+    }
     log.flush()?;
     Ok(Boot {
         end,
@@ -243,7 +380,164 @@ pub fn boot(machine: &Machine, dir: &Path, deadlines: Deadlines, watch: &Watch, 
         console_log,
         host,
         host_error,
+        ssh: ssh_outcome,
     })
+}
+
+/// For people: log into the running guest by hand, with the lab's key and the image's host key.
+fn write_ssh_command(dir: &Path, port: u16, credentials: &ssh::Credentials) -> Result<()> {
+    let known_hosts = dir.join(SSH_KNOWN_HOSTS);
+    std::fs::write(&known_hosts, format!("[127.0.0.1]:{port} {}\n", credentials.host_key))?;
+    let absolute = |p: &Path| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
+    let line = qemu::shell_line(
+        std::process::Command::new("ssh")
+            .args(["-p", &port.to_string(), "-i"])
+            .arg(absolute(&credentials.private_key))
+            .args(["-o", "IdentitiesOnly=yes", "-o", "StrictHostKeyChecking=yes", "-o"])
+            .arg(format!("UserKnownHostsFile={}", absolute(&known_hosts).display()))
+            .arg(format!("{}@127.0.0.1", credentials.user)),
+    );
+    let path = dir.join(SSH_COMMAND);
+    std::fs::write(&path, format!("#!/bin/sh\n# While the guest runs: a shell, or the command given.\nexec {line} \"$@\"\n"))?;
+    std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
+    Ok(())
+}
+
+enum SshEvent {
+    Ready { machine: String, cpus: Option<u32> },
+    /// The guest answered (output, or a probe while the workload was quiet).
+    Heard,
+    /// A line of the workload's stdout.
+    Line(String),
+    /// The workload exited: the fields of the result line the init would have printed.
+    Finished { fields: BTreeMap<String, String> },
+    Fetched(String),
+    Failed(ssh::Error),
+}
+
+/// The SSH side of one boot, on a thread of its own.
+struct SshJob {
+    port: u16,
+    credentials: ssh::Credentials,
+    name: String,
+    command: String,
+    fetch: Vec<Fetch>,
+    dir: PathBuf,
+    ready_deadline: Instant,
+    workload_deadline: Instant,
+}
+
+impl SshJob {
+    fn spawn(self, cancel: Arc<AtomicBool>, events: mpsc::Sender<SshEvent>) -> std::thread::JoinHandle<()> {
+        std::thread::spawn(move || {
+            let interrupted: ssh::Interrupted = Arc::new(move || cancel.load(Ordering::SeqCst) || process::check_interrupted().is_err());
+            if let Err(error) = self.run(interrupted, &events) {
+                let _ = events.send(SshEvent::Failed(error));
+            }
+        })
+    }
+
+    fn run(&self, interrupted: ssh::Interrupted, events: &mpsc::Sender<SshEvent>) -> Result<(), ssh::Error> {
+        let connection = ssh::Connection::connect(self.port, &self.credentials, self.ready_deadline, interrupted)?;
+        let facts = connection.output("uname -m; nproc", Instant::now() + Duration::from_secs(30))?;
+        let facts = String::from_utf8_lossy(&facts);
+        let mut facts = facts.lines();
+        let machine = facts.next().unwrap_or_default().trim().to_owned();
+        let cpus = facts.next().and_then(|n| n.trim().parse().ok());
+        let _ = events.send(SshEvent::Ready { machine, cpus });
+        let create = |name: &str| std::fs::File::create(self.dir.join(name)).map_err(|e| ssh::Error::Failed { what: format!("creating {name}"), detail: e.to_string() });
+        let mut stdout = LineSink { file: create(WORKLOAD_STDOUT)?, pending: Vec::new(), events: events.clone() };
+        let mut stderr = create(WORKLOAD_STDERR)?;
+        let started = Instant::now();
+        let exit = connection.run(&self.command, self.workload_deadline, &mut stdout, &mut stderr, &mut || {
+            let _ = events.send(SshEvent::Heard);
+        })?;
+        stdout.finish();
+        let _ = events.send(SshEvent::Finished { fields: result_fields(&self.name, &exit, started.elapsed()) });
+        for fetch in &self.fetch {
+            let _ = events.send(SshEvent::Fetched(self.fetch(&connection, fetch)));
+        }
+        // The guest goes down with the command: no answer will come.
+        let _ = connection.run("poweroff -f", Instant::now() + Duration::from_secs(5), &mut std::io::sink(), &mut std::io::sink(), &mut || {});
+        Ok(())
+    }
+}
+
+impl SshJob {
+    /// Saves what `fetch.command` prints; says what was saved, or why nothing was.
+    fn fetch(&self, connection: &ssh::Connection, fetch: &Fetch) -> String {
+        let path = self.dir.join(&fetch.file);
+        let outcome = std::fs::File::create(&path)
+            .map_err(|e| e.to_string())
+            .and_then(|mut file| {
+                let mut stderr = Vec::new();
+                let exit = connection.run(&fetch.command, Instant::now() + FETCH_TIMEOUT, &mut file, &mut stderr, &mut || {}).map_err(|e| e.to_string())?;
+                match exit.code {
+                    Some(0) => Ok(file.metadata().map(|m| m.len()).unwrap_or(0)),
+                    _ => Err(ssh::describe_failure(&exit, &stderr)),
+                }
+            });
+        match outcome {
+            Ok(bytes) => format!("{}: {bytes} bytes from `{}`", fetch.file, fetch.command),
+            Err(why) => {
+                let _ = std::fs::remove_file(&path);
+                format!("{}: not saved: `{}`: {why}", fetch.file, fetch.command)
+            }
+        }
+    }
+}
+
+/// The workload's stdout, to its file and line by line to the watch loop (progress, liveness).
+struct LineSink {
+    file: File,
+    pending: Vec<u8>,
+    events: mpsc::Sender<SshEvent>,
+}
+
+impl LineSink {
+    fn finish(&mut self) {
+        if !self.pending.is_empty() {
+            let _ = self.events.send(SshEvent::Line(String::from_utf8_lossy(&std::mem::take(&mut self.pending)).into_owned()));
+        }
+    }
+}
+
+impl Write for LineSink {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.file.write_all(buf)?;
+        for &byte in buf {
+            if byte == b'\n' {
+                let line = String::from_utf8_lossy(&std::mem::take(&mut self.pending)).trim_end_matches('\r').to_owned();
+                let _ = self.events.send(SshEvent::Line(line));
+            } else {
+                self.pending.push(byte);
+            }
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.file.flush()
+    }
+}
+
+/// The result line's fields for a workload that ran over SSH, by the rules the init applies to
+/// one it ran itself (images/workloads/README.md): 0 pass, 77 skip, 2 usage error, else fail.
+fn result_fields(name: &str, exit: &ssh::Exit, elapsed: Duration) -> BTreeMap<String, String> {
+    let (status, code, signal, detail) = match (exit.code, &exit.signal) {
+        (Some(0), _) => ("pass", 0, "0".to_owned(), "ok".to_owned()),
+        (Some(77), _) => ("skip", 77, "0".to_owned(), "skip".to_owned()),
+        (Some(2), _) => ("error", 2, "0".to_owned(), "usage".to_owned()),
+        (Some(code), _) => ("fail", code, "0".to_owned(), format!("exit-{code}")),
+        (None, signal) => {
+            let signal = signal.clone().unwrap_or_else(|| "unknown".into());
+            ("fail", -1, signal.clone(), format!("killed-by-signal-{signal}"))
+        }
+    };
+    [("workload", name.to_owned()), ("status", status.to_owned()), ("exit", code.to_string()), ("signal", signal), ("elapsed_ms", elapsed.as_millis().to_string()), ("detail", detail), ("via", "ssh".to_owned())]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect()
 }
 
 /// Samples the vCPUs over the lab's QMP socket, then asks the guest for its own report.

@@ -14,6 +14,7 @@ pub enum Accel {
     Kvm,
 }
 
+#[derive(Clone)]
 pub struct Machine<'a> {
     pub arch: Arch,
     pub accel: Accel,
@@ -22,6 +23,8 @@ pub struct Machine<'a> {
     pub kernel: &'a Path,
     pub initramfs: Option<&'a Path>,
     pub cmdline: &'a str,
+    /// Host port forwarded (on 127.0.0.1 only) to the guest's SSH port.
+    pub ssh_port: Option<u16>,
 }
 
 impl Machine<'_> {
@@ -43,8 +46,22 @@ impl Machine<'_> {
         // where the lab reads it. `-no-reboot` turns the guest's panic-reboot into QEMU's exit.
         c.args(["-nodefaults", "-no-user-config", "-display", "none", "-monitor", "none"]);
         c.args(["-chardev", "stdio,id=console,signal=off", "-serial", "chardev:console", "-no-reboot"]);
+        if let Some(port) = self.ssh_port {
+            c.args(["-netdev", &format!("user,id=net0,hostfwd=tcp:127.0.0.1:{port}-:22"), "-device", &format!("{},netdev=net0", self.arch.nic())]);
+        }
         c
     }
+}
+
+/// A port on 127.0.0.1 free right now. Another process may take it before QEMU binds it: QEMU
+/// then fails to start (`is_port_clash`) and the caller tries another.
+pub fn free_local_port() -> std::io::Result<u16> {
+    Ok(std::net::TcpListener::bind(("127.0.0.1", 0))?.local_addr()?.port())
+}
+
+/// Did QEMU fail because the forwarded host port was taken?
+pub fn is_port_clash(qemu_error: &str) -> bool {
+    qemu_error.contains("Could not set up host forwarding rule")
 }
 
 /// The command as a shell line anyone can paste to boot the same guest by hand.
@@ -68,7 +85,7 @@ mod tests {
     use super::*;
 
     fn line(arch: Arch, accel: Accel) -> String {
-        let m = Machine { arch, accel, vcpus: 4, memory_mib: 512, kernel: Path::new("/k/image"), initramfs: Some(Path::new("/i/initramfs.cpio")), cmdline: "console=hvc0 panic=-1" };
+        let m = Machine { arch, accel, vcpus: 4, memory_mib: 512, kernel: Path::new("/k/image"), initramfs: Some(Path::new("/i/initramfs.cpio")), cmdline: "console=hvc0 panic=-1", ssh_port: None };
         shell_line(&m.command())
     }
 
