@@ -66,6 +66,11 @@ pub enum Via {
     Ssh,
 }
 
+/// The name a `fetch` file gets in the cell directory: its own.
+pub fn fetched_file_name(path: &str) -> &str {
+    path.rsplit('/').next().unwrap_or(path)
+}
+
 impl Workload {
     pub fn program(&self) -> &str {
         self.program.as_deref().unwrap_or(&self.name)
@@ -164,8 +169,12 @@ fn validate(m: &Matrix, known_programs: &BTreeSet<String>) -> Result<()> {
         if w.via == Via::Console && !w.fetch.is_empty() {
             bail!("workload `{}`: `fetch` needs `via: ssh` (the init powers the guest off after the workload)", w.name);
         }
-        if let Some(path) = w.fetch.iter().find(|p| !p.starts_with('/') || p.chars().any(char::is_whitespace)) {
-            bail!("workload `{}`: fetch path `{path}` must be absolute, without spaces", w.name);
+        if let Some(path) = w.fetch.iter().find(|p| !p.starts_with('/') || p.ends_with('/') || p.chars().any(char::is_whitespace)) {
+            bail!("workload `{}`: fetch path `{path}` must be an absolute file path, without spaces", w.name);
+        }
+        let mut files = BTreeSet::new();
+        if let Some(path) = w.fetch.iter().find(|p| !files.insert(fetched_file_name(p))) {
+            bail!("workload `{}`: fetch path `{path}` is saved as `{}`, like another one: fetch files with distinct names", w.name, fetched_file_name(path));
         }
         for (key, value) in &w.args {
             let ok_key = key.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
@@ -250,6 +259,7 @@ workloads:
         check_err("kernels: [", &["line"]);
         check_err(&GOOD.replace("via: ssh", "via: telnet"), &["unknown variant `telnet`"]);
         check_err(&GOOD.replace("via: ssh", "via: console"), &["`fetch` needs `via: ssh`"]);
-        check_err(&GOOD.replace("/tmp/out.txt", "out.txt"), &["must be absolute"]);
+        check_err(&GOOD.replace("/tmp/out.txt", "out.txt"), &["must be an absolute file path"]);
+        check_err(&GOOD.replace("/tmp/out.txt", "/tmp/out.txt, /var/out.txt"), &["saved as `out.txt`, like another one"]);
     }
 }

@@ -85,6 +85,30 @@ fn every_architecture_boots_and_passes_smoke_including_more_vcpus_than_host_core
 }
 
 #[test]
+fn a_workload_runs_over_ssh_on_every_architecture() {
+    let run = suite();
+    for arch in ARCHES {
+        for vcpus in [1, 4] {
+            let cell = run.cell("smoke-over-ssh", arch, vcpus);
+            assert_eq!(cell["verdict"], "pass", "{cell:#}");
+            let dir = Path::new(cell["dir"].as_str().unwrap());
+            let ssh: Value = serde_json::from_slice(&std::fs::read(dir.join("ssh.json")).expect("no ssh.json")).unwrap();
+            assert_eq!(ssh["machine"], arch, "`uname -m` over SSH: {ssh:#}");
+            assert_eq!(ssh["cpus"], vcpus, "`nproc` over SSH: {ssh:#}");
+            assert!(ssh["ready_s"].as_f64().unwrap() >= cell["ready_s"].as_f64().unwrap(), "{ssh:#}");
+            let stdout = std::fs::read_to_string(dir.join("workload.stdout")).unwrap();
+            assert!(stdout.contains("LAB-PROGRESS workload=smoke"), "the workload's stdout came over SSH: {stdout}");
+            let console = std::fs::read_to_string(dir.join("console.log")).unwrap();
+            assert!(!console.contains("LAB-PROGRESS"), "over SSH the workload does not print on the console");
+            assert!(std::fs::read_to_string(dir.join("dmesg.txt")).unwrap().contains("Linux version"), "dmesg saved");
+            assert!(std::fs::read_to_string(dir.join("version")).unwrap().starts_with("Linux version"), "fetched file saved");
+            let known_hosts = std::fs::read_to_string(dir.join("known_hosts")).unwrap();
+            assert!(known_hosts.starts_with("[127.0.0.1]:"), "{known_hosts}");
+        }
+    }
+}
+
+#[test]
 fn mm_cid_churn_passes_on_the_stock_kernel_on_every_architecture() {
     let run = suite();
     for arch in ARCHES {
@@ -391,4 +415,62 @@ fn a_guest_paused_from_outside_is_resumed_and_not_reported_as_a_live_lock() {
     let samples: Value = serde_json::from_slice(&std::fs::read(cell.join("host-samples.json")).unwrap()).unwrap();
     assert_eq!(samples[0]["status_before"], "paused");
     assert_eq!(samples[0]["resumed"], true);
+}
+
+#[test]
+fn a_guest_that_stops_answering_mid_command_is_a_lost_connection_and_leaves_no_process() {
+    suite();
+    let out = scratch("lost");
+    let mut child = lab().arg("run").arg("--matrix").arg(data("lost-matrix.yaml")).arg("--out").arg(&out).spawn().unwrap();
+    let cell = out.join("cells/linux-7.3-x86_64-2cpu-smoke");
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while !std::fs::read_to_string(cell.join("workload.stdout")).unwrap_or_default().contains("LAB-PROGRESS") {
+        assert!(Instant::now() < deadline, "the workload never started over SSH");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    qmp(&cell.join("qmp.sock"), "stop");
+    let stopped = Instant::now();
+    let status = child.wait().unwrap();
+    let took = stopped.elapsed();
+    let result: Value = serde_json::from_slice(&std::fs::read(cell.join("result.json")).unwrap()).unwrap();
+    assert_eq!(status.code(), Some(1), "{result:#}");
+    assert_eq!(result["end"], "lost-connection", "{result:#}");
+    let reports = result["reports"].as_array().unwrap();
+    assert!(reports.iter().any(|r| r["kind"] == "lost-connection"), "{result:#}");
+    // The probe's 5 s and 15 s, host sampling and the lab's exit: well under the 60 s workload.
+    assert!(took < Duration::from_secs(45), "lost connection reported {took:?} after the guest froze");
+    let left = Command::new("pgrep").args(["-f", &format!("lab-{}-", child.id())]).output().unwrap();
+    assert!(left.stdout.is_empty(), "QEMU left behind: {}", String::from_utf8_lossy(&left.stdout));
+}
+
+#[test]
+fn a_guest_presenting_another_host_key_is_refused() {
+    suite();
+    // A state directory of its own that shares the built kernels: its images get their own host
+    // keys, and the test swaps the key the lab expects for another valid one.
+    let cache = scratch("hostkey-cache");
+    std::fs::create_dir_all(&cache).unwrap();
+    let shared = std::env::var_os("LAB_CACHE_DIR").map(PathBuf::from).unwrap_or_else(|| Path::new(&std::env::var_os("HOME").unwrap()).join(".cache/lab"));
+    for dir in ["apt", "downloads", "kernels", "trees", "selftests", "ccache"] {
+        if shared.join(dir).exists() {
+            std::os::unix::fs::symlink(shared.join(dir), cache.join(dir)).unwrap();
+        }
+    }
+    let o = run(lab().arg("--cache-dir").arg(&cache).args(["image", "--arch", "x86_64"]));
+    assert!(o.status.success());
+    let other_key = std::fs::read_to_string(cache.join("ssh/id_ed25519.pub")).unwrap();
+    let other_key: Vec<&str> = other_key.split_whitespace().take(2).collect();
+    for entry in std::fs::read_dir(cache.join("images")).unwrap() {
+        let path = entry.unwrap().path().join("image.json");
+        let mut image: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        image["ssh"]["host_key"] = Value::from(other_key.join(" "));
+        std::fs::write(&path, serde_json::to_vec(&image).unwrap()).unwrap();
+    }
+    let out = scratch("hostkey");
+    let o = run(lab().arg("--cache-dir").arg(&cache).arg("run").arg("--matrix").arg(matrix()).args(["--filter", "arch=x86_64", "--filter", "vcpus=1", "--filter", "workload=smoke-over-ssh", "--out"]).arg(&out));
+    let result: Value = serde_json::from_slice(&std::fs::read(out.join("cells/linux-7.3-x86_64-1cpu-smoke-over-ssh/result.json")).unwrap()).unwrap();
+    assert_eq!(o.status.code(), Some(1), "{result:#}");
+    assert_eq!(result["verdict"], "error", "{result:#}");
+    assert!(result["reason"].as_str().unwrap().contains("not the key its image was built with"), "{result:#}");
+    assert!(result["reason"].as_str().unwrap().contains("refused"), "{result:#}");
 }

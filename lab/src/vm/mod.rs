@@ -345,7 +345,8 @@ fn boot_once(machine: &Machine, dir: &Path, deadlines: Deadlines, watch: &Watch,
             match diagnose(&sockets, machine, dir, diagnosis, console_lines, || start.elapsed().as_secs_f64()) {
                 Ok(samples) => {
                     // Paused from outside and running normally now: its silence was not the kernel's.
-                    let resume = samples.resumed && !(diagnosis.spinning)(&samples);
+                    // A lost SSH connection stays lost: the workload's session is gone.
+                    let resume = samples.resumed && !(diagnosis.spinning)(&samples) && !matches!(end, End::LostConnection(_));
                     let listen = if samples.asked.as_deref() == Some(sample::NMI_INJECTED) { ANSWER_WAIT } else { Duration::ZERO };
                     host.push(samples);
                     crate::cache::write_atomic(&dir.join(HOST_SAMPLES), serde_json::to_string_pretty(&host)?.as_bytes())?;
