@@ -1,6 +1,7 @@
 //! `lab`: build kernels with a patch series, boot them under QEMU on x86_64, aarch64 and
 //! ppc64le, run stress workloads, judge the console, write JUnit. See ARCHITECTURE.md.
 
+mod apt;
 mod arch;
 mod bench;
 mod cache;
