@@ -78,6 +78,24 @@ impl Arch {
         }
     }
 
+    /// Debian's name of the architecture, for the guest's userland packages.
+    pub fn debian_arch(self) -> &'static str {
+        match self {
+            Arch::X86_64 => "amd64",
+            Arch::Aarch64 => "arm64",
+            Arch::Ppc64le => "ppc64el",
+        }
+    }
+
+    /// Debian's multiarch directory (`/lib/<this>`, `/usr/lib/<this>`): where its libraries live.
+    pub fn debian_multiarch(self) -> &'static str {
+        match self {
+            Arch::X86_64 => "x86_64-linux-gnu",
+            Arch::Aarch64 => "aarch64-linux-gnu",
+            Arch::Ppc64le => "powerpc64le-linux-gnu",
+        }
+    }
+
     pub fn qemu_binary(self) -> &'static str {
         match self {
             Arch::X86_64 => "qemu-system-x86_64",

@@ -13,6 +13,7 @@ mod plan;
 mod process;
 mod report;
 mod run;
+mod ssh_keys;
 mod triage;
 mod ui;
 mod vm;
