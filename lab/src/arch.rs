@@ -123,6 +123,16 @@ impl Arch {
         }
     }
 
+    /// The NIC for the guest's SSH server, on QEMU's user-mode network (`-netdev user,id=net0`).
+    /// The kernel fragment of each architecture carries its driver (kernels/config/ARCH.config).
+    pub fn qemu_nic(self) -> &'static str {
+        match self {
+            Arch::X86_64 => "virtio-net-pci",
+            Arch::Aarch64 => "virtio-net-device",
+            Arch::Ppc64le => "spapr-vlan",
+        }
+    }
+
     pub fn console(self) -> &'static str {
         match self {
             Arch::X86_64 => "ttyS0",

@@ -83,7 +83,7 @@ pub fn run(sh: &Shell, cache: &Cache, args: &BenchArgs, ui: &Ui, project: &Path)
         let image = crate::image::build(sh, cache, &project.join("images"), k.arch, ui)?;
         for vcpus in VCPUS {
             let cmdline = format!("console={} panic=-1 {} lab.workload=smoke lab.arg.seconds=1", k.arch.console(), k.arch.kernel_params().join(" "));
-            let machine = Machine { arch: k.arch, accel: Accel::Tcg, vcpus, memory_mib: 512, kernel: &k.image, initramfs: Some(&image.initramfs), cmdline: &cmdline };
+            let machine = Machine { arch: k.arch, accel: Accel::Tcg, vcpus, memory_mib: 512, kernel: &k.image, initramfs: Some(&image.initramfs), cmdline: &cmdline, ssh_port: None };
             let mut bare = Vec::new();
             let mut lab = Vec::new();
             for _ in 0..args.runs {
@@ -157,7 +157,7 @@ fn stuck(sh: &Shell, cache: &Cache, args: &BenchArgs, ui: &Ui, project: &Path) -
             arch.console(),
             arch.kernel_params().join(" ")
         );
-        let machine = Machine { arch, accel: Accel::Tcg, vcpus: 4, memory_mib: 512, kernel: &k.image, initramfs: Some(&image.initramfs), cmdline: &cmdline };
+        let machine = Machine { arch, accel: Accel::Tcg, vcpus: 4, memory_mib: 512, kernel: &k.image, initramfs: Some(&image.initramfs), cmdline: &cmdline, ssh_port: None };
         let hangs: Vec<Hang> = (0..args.runs).map(|run| stuck_boot(&machine, cache, &symbols, run)).collect::<Result<Vec<_>>>()?.into_iter().flatten().collect();
         let column = |f: fn(&Hang) -> f64, digits: usize| {
             let mut v: Vec<f64> = hangs.iter().map(f).collect();

@@ -170,6 +170,7 @@ fn run_cell(cell: &Cell, run: Option<u32>, kernel: &Result<Kernel, String>, imag
             kernel: &kernel.image,
             initramfs: Some(&image.initramfs),
             cmdline: &cmdline,
+            ssh_port: None,
         };
         let symbols = triage::Symbols::load(&kernel.system_map()).map_err(|e| ui.note(format!("{}: no host-side symbols: {e:#}", cell.id))).ok();
         // Without symbols the samples cannot be judged: treat them as spinning, never resume.
