@@ -1,20 +1,29 @@
 /*
- * PID 1 of every lab guest: mount the pseudo filesystems, run the workload named on the kernel
- * command line, report its outcome on the console in two protocol lines, and power off.
+ * PID 1 of every lab guest: mount the pseudo filesystems, bring up the network and the SSH server
+ * when QEMU gave the guest a NIC, run the workload named on the kernel command line, report its
+ * outcome on the console in two protocol lines, and power off. With lab.hold=1 and no workload it
+ * stays up instead, for a host that runs workloads over SSH.
  *
  * The host reads the serial console, so the protocol lines are each formatted in full and
  * handed to the console in one write(2): stdio buffering could split them, and the host must
  * never see half a line from us glued to a kernel message.
  */
 #define _GNU_SOURCE
+#include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <net/if.h>
+#include <net/route.h>
+#include <netinet/in.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/mount.h>
 #include <sys/reboot.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/utsname.h>
 #include <sys/wait.h>
@@ -24,7 +33,20 @@
 #define WORKLOAD_DIR "/lab/workloads"
 #define WORKLOAD_ARG_PREFIX "lab.arg."
 #define WORKLOAD_NAME_PREFIX "lab.workload="
+#define HOLD_PARAM "lab.hold=1"
 #define MAX_WORKLOAD_ARGS 64
+
+/* QEMU's user-mode network has fixed addresses; the host's forwarded port arrives from 10.0.2.2. */
+#define NIC "eth0"
+#define NIC_ADDRESS "10.0.2.15"
+#define NIC_NETMASK "255.255.255.0"
+#define GATEWAY "10.0.2.2"
+
+/* The image's dropbear and its host key (lab/src/image/). */
+#define DROPBEAR "/usr/sbin/dropbear"
+#define HOST_KEY "/etc/dropbear/dropbear_ed25519_host_key"
+#define SSH_PORT "22"
+#define DROPBEAR_LOG "/run/dropbear.log"
 
 struct outcome {
 	const char *status;
@@ -104,17 +126,21 @@ static void read_cmdline(char *buf, size_t size)
 
 /*
  * Splits the command line in place. argv[0] is left for the workload name; each lab.arg.KEY=VALUE
- * becomes "--KEY=VALUE" in command-line order. Returns the workload name, or NULL if none is given.
+ * becomes "--KEY=VALUE" in command-line order; *hold says whether lab.hold=1 is there. Returns the
+ * workload name, or NULL if none is given.
  */
-static const char *parse_cmdline(char *cmdline, char **argv, int *argc)
+static const char *parse_cmdline(char *cmdline, char **argv, int *argc, int *hold)
 {
 	const char *workload = NULL;
 
 	*argc = 1;
+	*hold = 0;
 	for (char *save, *token = strtok_r(cmdline, " \t\n", &save); token;
 	     token = strtok_r(NULL, " \t\n", &save)) {
 		if (strncmp(token, WORKLOAD_NAME_PREFIX, strlen(WORKLOAD_NAME_PREFIX)) == 0) {
 			workload = token + strlen(WORKLOAD_NAME_PREFIX);
+		} else if (strcmp(token, HOLD_PARAM) == 0) {
+			*hold = 1;
 		} else if (strncmp(token, WORKLOAD_ARG_PREFIX, strlen(WORKLOAD_ARG_PREFIX)) == 0) {
 			if (*argc >= MAX_WORKLOAD_ARGS) {
 				say("lab-init: more than %d lab.arg.* parameters, ignoring %s\n",
@@ -135,6 +161,180 @@ static const char *parse_cmdline(char *cmdline, char **argv, int *argc)
 static int valid_workload_name(const char *name)
 {
 	return name[0] != '\0' && name[0] != '.' && strchr(name, '/') == NULL;
+}
+
+static int set_address(int fd, unsigned long request, const char *interface, const char *address)
+{
+	struct ifreq ifr = { 0 };
+	struct sockaddr_in *sin = (struct sockaddr_in *)&ifr.ifr_addr;
+
+	snprintf(ifr.ifr_name, sizeof(ifr.ifr_name), "%s", interface);
+	sin->sin_family = AF_INET;
+	inet_pton(AF_INET, address, &sin->sin_addr);
+	return ioctl(fd, request, &ifr);
+}
+
+/* Address, netmask, up. On failure returns -1 with errno set and *step naming the failed call. */
+static int configure_interface(int fd, const char *interface, const char *address, const char *netmask,
+			       const char **step)
+{
+	struct ifreq ifr = { 0 };
+
+	snprintf(ifr.ifr_name, sizeof(ifr.ifr_name), "%s", interface);
+	*step = "SIOCSIFADDR";
+	if (set_address(fd, SIOCSIFADDR, interface, address) < 0)
+		return -1;
+	*step = "SIOCSIFNETMASK";
+	if (set_address(fd, SIOCSIFNETMASK, interface, netmask) < 0)
+		return -1;
+	*step = "SIOCGIFFLAGS";
+	if (ioctl(fd, SIOCGIFFLAGS, &ifr) < 0)
+		return -1;
+	ifr.ifr_flags |= IFF_UP;
+	*step = "SIOCSIFFLAGS";
+	return ioctl(fd, SIOCSIFFLAGS, &ifr);
+}
+
+enum nic { NIC_ABSENT, NIC_UP, NIC_FAILED };
+
+/*
+ * lo, and the NIC if QEMU gave the guest one, with the user-mode network's addresses. Plain ioctls
+ * rather than busybox's ip: init needs nothing else from the image.
+ */
+static enum nic bring_up_network(void)
+{
+	const char *step;
+	int fd = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+	if (fd < 0) {
+		say("lab-init: no IPv4 socket (%s): no network, no SSH\n", strerror(errno));
+		return NIC_FAILED;
+	}
+	if (configure_interface(fd, "lo", "127.0.0.1", "255.0.0.0", &step) < 0)
+		say("lab-init: lo: %s: %s\n", step, strerror(errno));
+
+	enum nic nic = NIC_UP;
+	struct ifreq ifr = { 0 };
+	snprintf(ifr.ifr_name, sizeof(ifr.ifr_name), "%s", NIC);
+	if (ioctl(fd, SIOCGIFINDEX, &ifr) < 0) {
+		/* ENODEV: QEMU was started without a NIC, as for every workload run over the console. */
+		if (errno == ENODEV) {
+			nic = NIC_ABSENT;
+		} else {
+			say("lab-init: %s: SIOCGIFINDEX: %s\n", NIC, strerror(errno));
+			nic = NIC_FAILED;
+		}
+	} else if (configure_interface(fd, NIC, NIC_ADDRESS, NIC_NETMASK, &step) < 0) {
+		say("lab-init: %s: %s: %s\n", NIC, step, strerror(errno));
+		nic = NIC_FAILED;
+	} else {
+		struct rtentry route = { 0 };
+		struct sockaddr_in *gateway = (struct sockaddr_in *)&route.rt_gateway;
+		((struct sockaddr_in *)&route.rt_dst)->sin_family = AF_INET;
+		((struct sockaddr_in *)&route.rt_genmask)->sin_family = AF_INET;
+		gateway->sin_family = AF_INET;
+		inet_pton(AF_INET, GATEWAY, &gateway->sin_addr);
+		route.rt_flags = RTF_UP | RTF_GATEWAY;
+		/* Not fatal: the host's forwarded connections come from the gateway, which is on the link. */
+		if (ioctl(fd, SIOCADDRT, &route) < 0)
+			say("lab-init: default route via %s: %s\n", GATEWAY, strerror(errno));
+	}
+	close(fd);
+	return nic;
+}
+
+/* The last line of a short log file (as much as fits), without its newline; empty if none. */
+static void last_line(const char *path, char *line, size_t size)
+{
+	ssize_t n = 0;
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+
+	if (fd >= 0) {
+		n = read(fd, line, size - 1);
+		close(fd);
+	}
+	if (n < 0)
+		n = 0;
+	while (n > 0 && line[n - 1] == '\n')
+		n--;
+	line[n] = '\0';
+	char *last = strrchr(line, '\n');
+	if (last)
+		memmove(line, last + 1, strlen(last + 1) + 1);
+}
+
+/*
+ * Starts dropbear: public-key logins only (-s), the image's fixed host key (-r; never -R, the host
+ * knows that key in advance), messages to stderr (-E), which is DROPBEAR_LOG: with -E dropbear
+ * keeps stderr when it goes into the background and logs every login there, and the console is
+ * for the host to parse. It opens its listening socket, then forks into the background and its
+ * first process exits 0: that exit is the sign it is ready, and the daemon is an orphan init
+ * reaps like any other. Returns 0 when dropbear is listening; otherwise says why on the console.
+ */
+static int start_ssh_server(void)
+{
+	char *argv[] = { DROPBEAR, "-s", "-E", "-p", SSH_PORT, "-r", HOST_KEY, "-P", "/run/dropbear.pid", NULL };
+	char *envp[] = { NULL };
+
+	pid_t pid = fork();
+	if (pid < 0) {
+		say("lab-init: fork for %s: %s\n", DROPBEAR, strerror(errno));
+		return -1;
+	}
+	if (pid == 0) {
+		int null = open("/dev/null", O_RDONLY);
+		int log = open(DROPBEAR_LOG, O_WRONLY | O_CREAT | O_APPEND, 0600);
+		if (null < 0 || log < 0 || dup2(null, STDIN_FILENO) < 0 || dup2(log, STDOUT_FILENO) < 0 ||
+		    dup2(log, STDERR_FILENO) < 0) {
+			say("lab-init: cannot point %s's output at %s: %s\n", DROPBEAR, DROPBEAR_LOG, strerror(errno));
+			_exit(127);
+		}
+		execve(DROPBEAR, argv, envp);
+		say("lab-init: exec %s: %s\n", DROPBEAR, strerror(errno));
+		_exit(127);
+	}
+	int status;
+	while (waitpid(pid, &status, 0) < 0) {
+		if (errno != EINTR) {
+			say("lab-init: wait for %s: %s\n", DROPBEAR, strerror(errno));
+			return -1;
+		}
+	}
+	if (WIFEXITED(status) && WEXITSTATUS(status) == 0)
+		return 0;
+	char why[1024];
+	last_line(DROPBEAR_LOG, why, sizeof(why));
+	if (WIFSIGNALED(status))
+		say("lab-init: %s was killed by signal %d before it listened: %s\n", DROPBEAR, WTERMSIG(status), why);
+	else
+		say("lab-init: %s exited with status %d before it listened: %s\n", DROPBEAR, WEXITSTATUS(status), why);
+	return -1;
+}
+
+/* sync and reboot are system calls, safe in a signal handler. */
+static void power_off_now(int signo)
+{
+	(void)signo;
+	sync();
+	reboot(RB_POWER_OFF);
+}
+
+/*
+ * lab.hold=1: the guest stays up for the host's SSH sessions, init reaping the orphans they leave.
+ * busybox's poweroff, halt and reboot signal PID 1 (SIGUSR2, SIGUSR1, SIGTERM): all three power
+ * off, as does `poweroff -f` (the kernel directly) or killing QEMU.
+ */
+static void hold(void) __attribute__((noreturn));
+static void hold(void)
+{
+	struct sigaction action = { .sa_handler = power_off_now };
+	sigaction(SIGUSR1, &action, NULL);
+	sigaction(SIGUSR2, &action, NULL);
+	sigaction(SIGTERM, &action, NULL);
+	for (;;) {
+		/* ECHILD: nothing left to reap, and nothing can become our child any more. */
+		if (wait(NULL) < 0 && errno == ECHILD)
+			pause();
+	}
 }
 
 static long long monotonic_ms(void)
@@ -248,9 +448,15 @@ int main(void)
 
 	static char cmdline[8192];
 	char *workload_argv[MAX_WORKLOAD_ARGS + 1];
-	int workload_argc;
+	int workload_argc, hold_requested;
 	read_cmdline(cmdline, sizeof(cmdline));
-	const char *workload = parse_cmdline(cmdline, workload_argv, &workload_argc);
+	const char *workload = parse_cmdline(cmdline, workload_argv, &workload_argc, &hold_requested);
+
+	/* Interactive SSH sessions (ssh -t) allocate their terminals there. */
+	mount_fs("devpts", "/dev/pts", "devpts", 1);
+	const char *ssh = "none";
+	if (bring_up_network() == NIC_UP && start_ssh_server() == 0)
+		ssh = SSH_PORT;
 
 	struct utsname uts;
 	if (uname(&uts) < 0) {
@@ -258,8 +464,11 @@ int main(void)
 		snprintf(uts.release, sizeof(uts.release), "unknown");
 	}
 	long cpus = sysconf(_SC_NPROCESSORS_ONLN);
-	say("LAB-READY arch=%s cpus=%ld kernel=%s workload=%s\n", uts.machine, cpus, uts.release,
-	    workload ? workload : "none");
+	say("LAB-READY arch=%s cpus=%ld kernel=%s workload=%s ssh=%s\n", uts.machine, cpus, uts.release,
+	    workload ? workload : "none", ssh);
+
+	if (!workload && hold_requested)
+		hold();
 
 	struct outcome out = { .status = "error", .exit_code = -1 };
 	if (!workload)

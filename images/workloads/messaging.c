@@ -456,8 +456,8 @@ static long default_groups(void)
 int main(int argc, char **argv)
 {
 	/*
-	 * hackbench's processes and message size, but pipes (sockets need CONFIG_NET, which the lab's
-	 * kernels leave out), one group per CPU rather than 10 and 8 tasks a side rather than 20.
+	 * hackbench's processes and message size, but pipes (sockets need CONFIG_NET and CONFIG_UNIX,
+	 * which not every kernel has), one group per CPU rather than 10 and 8 tasks a side rather than 20.
 	 */
 	options = (struct options){ .mode = MODE_PIPE, .tasks = TASKS_PROCESS,
 				    .groups = default_groups(), .fds = DEFAULT_FDS,
@@ -484,7 +484,7 @@ int main(int argc, char **argv)
 	for (int i = 0; i < receivers; i++) {
 		if (open_channel(channels[i]) == 0)
 			continue;
-		/* ENOSYS: no socket calls at all (CONFIG_NET, off in the lab's tinyconfig kernels). */
+		/* ENOSYS: no socket calls at all (CONFIG_NET off, as in a plain tinyconfig kernel). */
 		if (options.mode == MODE_SOCKET &&
 		    (errno == ENOSYS || errno == EAFNOSUPPORT || errno == EPROTONOSUPPORT)) {
 			printf(NAME ": skipped: the kernel has no AF_UNIX sockets (CONFIG_NET, "

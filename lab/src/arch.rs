@@ -78,6 +78,24 @@ impl Arch {
         }
     }
 
+    /// Debian's name of the architecture, for the guest's userland packages.
+    pub fn debian_arch(self) -> &'static str {
+        match self {
+            Arch::X86_64 => "amd64",
+            Arch::Aarch64 => "arm64",
+            Arch::Ppc64le => "ppc64el",
+        }
+    }
+
+    /// Debian's multiarch directory (`/lib/<this>`, `/usr/lib/<this>`): where its libraries live.
+    pub fn debian_multiarch(self) -> &'static str {
+        match self {
+            Arch::X86_64 => "x86_64-linux-gnu",
+            Arch::Aarch64 => "aarch64-linux-gnu",
+            Arch::Ppc64le => "powerpc64le-linux-gnu",
+        }
+    }
+
     pub fn qemu_binary(self) -> &'static str {
         match self {
             Arch::X86_64 => "qemu-system-x86_64",
@@ -105,19 +123,21 @@ impl Arch {
         }
     }
 
+    /// The NIC for the guest's SSH server, on QEMU's user-mode network (`-netdev user,id=net0`).
+    /// The kernel fragment of each architecture carries its driver (kernels/config/ARCH.config).
+    pub fn qemu_nic(self) -> &'static str {
+        match self {
+            Arch::X86_64 => "virtio-net-pci",
+            Arch::Aarch64 => "virtio-net-device",
+            Arch::Ppc64le => "spapr-vlan",
+        }
+    }
+
     pub fn console(self) -> &'static str {
         match self {
             Arch::X86_64 => "ttyS0",
             Arch::Aarch64 => "ttyAMA0",
             Arch::Ppc64le => "hvc0",
-        }
-    }
-
-    /// The QEMU NIC for the guest's user-mode network.
-    pub fn nic(self) -> &'static str {
-        match self {
-            Arch::X86_64 | Arch::Aarch64 => "virtio-net-pci",
-            Arch::Ppc64le => "spapr-vlan",
         }
     }
 

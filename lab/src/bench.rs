@@ -130,9 +130,11 @@ fn lab_boot(machine: &Machine, cache: &Cache) -> Result<f64> {
     let start = Instant::now();
     let mut ready = None;
     let watch = vm::Watch { report_starts: crate::triage::starts_report, diagnosis: None };
-    vm::boot(machine, &dir, deadlines, &watch, None, |line| {
-        if ready.is_none() && line.contains("LAB-READY") {
-            ready = Some(start.elapsed().as_secs_f64());
+    vm::boot(machine, &dir, deadlines, &watch, None, |seen| {
+        if let vm::Seen::Console(line) = seen {
+            if ready.is_none() && line.contains("LAB-READY") {
+                ready = Some(start.elapsed().as_secs_f64());
+            }
         }
     })?;
     ready.with_context(|| format!("lab {} boot printed no ready line; see {}", machine.arch, dir.display()))

@@ -13,9 +13,12 @@ use xshell::{cmd, Shell};
 use crate::arch::Arch;
 use crate::cache::Cache;
 
-/// Packages from the plain suite: kernel build tools, cross toolchains, source handling.
+/// Packages from the plain suite: kernel build tools, cross toolchains, source handling, and for
+/// SSH into guests: readelf (binutils) to find dropbear's libraries, dropbearkey for each image's
+/// host key, ssh-keygen and ssh for the lab's client key and logging in by hand.
 const BUILD_PACKAGES: &[&str] = &[
     "make", "flex", "bison", "bc", "libelf-dev", "libssl-dev", "perl", "xz-utils", "patch", "cpio", "dpkg-dev", "git", "ccache",
+    "binutils", "dropbear-bin", "openssh-client",
 ];
 
 const BACKPORTS_LIST: &str = "/etc/apt/sources.list.d/lab-bookworm-backports.list";

@@ -1,6 +1,7 @@
 //! `lab`: build kernels with a patch series, boot them under QEMU on x86_64, aarch64 and
 //! ppc64le, run stress workloads, judge the console, write JUnit. See ARCHITECTURE.md.
 
+mod apt;
 mod arch;
 mod bench;
 mod cache;
@@ -12,6 +13,7 @@ mod plan;
 mod process;
 mod report;
 mod run;
+mod ssh_keys;
 mod triage;
 mod ui;
 mod vm;
@@ -109,6 +111,38 @@ enum Command {
         #[arg(long)]
         list: bool,
     },
+    /// Boot a cell's guest and keep it up for debugging by hand, until it powers off or Ctrl-C.
+    ///
+    /// The guest boots the cell's kernel, image and kernel parameters, but its init holds instead
+    /// of running the workload. The console streams here; DIR/cells/<cell>/ssh-command.sh logs in
+    /// over SSH (the lab's key, the image's host key, a port on 127.0.0.1), qmp.sock beside it
+    /// talks to QEMU. Start a workload by hand: /lab/workloads/NAME --KEY=VALUE ...
+    ///   lab run --list                                   the cells
+    ///   lab boot linux-7.3-ppc64le-4cpu-mmcid-churn
+    #[command(verbatim_doc_comment)]
+    Boot {
+        /// The cell, as `lab run --list` names it.
+        cell: String,
+        #[command(flatten)]
+        hold: HoldArgs,
+    },
+    /// Open a shell, or run one command, over SSH in a guest booted the way a cell boots.
+    ///
+    /// Boots the cell's kernel and image (its init holding instead of running the workload),
+    /// waits for the guest's SSH server, then gives you a shell in this terminal, or runs
+    /// CMD, prints its output and exits with its status. The guest goes down afterwards.
+    ///   lab ssh linux-7.3-aarch64-4cpu-smoke
+    ///   lab ssh linux-7.3-x86_64-2cpu-smoke -- cat /proc/self/status
+    #[command(verbatim_doc_comment)]
+    Ssh {
+        /// The cell, as `lab run --list` names it.
+        cell: String,
+        #[command(flatten)]
+        hold: HoldArgs,
+        /// The command to run instead of a shell (after `--`).
+        #[arg(last = true)]
+        command: Vec<String>,
+    },
     /// Build (or find in the cache) the kernels of a matrix or of one recipe.
     ///
     /// Prints where each kernel is. A second build with nothing changed says "cached".
@@ -182,6 +216,17 @@ struct Select {
 }
 
 #[derive(clap::Args)]
+struct HoldArgs {
+    #[command(flatten)]
+    select: Select,
+    /// Where the cell's files go (default: lab-out/run-<time>).
+    #[arg(long, value_name = "DIR")]
+    out: Option<PathBuf>,
+    #[command(flatten)]
+    build: BuildArgs,
+}
+
+#[derive(clap::Args)]
 struct BuildArgs {
     /// Parallel compile jobs for kernel builds (default: all cores).
     #[arg(long, value_name = "N")]
@@ -217,6 +262,26 @@ fn load(select: &Select) -> Result<Loaded> {
     let names: Vec<String> = recipes.iter().map(|r| r.name.clone()).collect();
     let cells = plan::cells(&matrix.matrix, &names, &select.filter)?;
     Ok(Loaded { matrix, recipes, cells })
+}
+
+/// `lab boot` and `lab ssh`: one cell's guest for a person.
+fn hold_cell(sh: &Shell, cache: &Cache, ui: &Ui, cell: &str, args: HoldArgs, what: run::Hold) -> Result<ExitCode> {
+    let loaded = load(&args.select)?;
+    let Some(found) = loaded.cells.iter().find(|c| c.id == cell) else {
+        let near: Vec<&str> = loaded.cells.iter().map(|c| c.id.as_str()).filter(|id| id.contains(cell) || cell.contains(*id)).take(5).collect();
+        let hint = if near.is_empty() { "`lab run --list` prints them".to_string() } else { format!("did you mean {}?", near.join(", ")) };
+        anyhow::bail!("no cell `{cell}` in the matrix ({} cells): {hint}", loaded.cells.len());
+    };
+    doctor::preflight(sh)?;
+    let out = match args.out {
+        Some(out) => {
+            run::check_out_dir(&out)?;
+            out
+        }
+        None => run::default_out(Path::new("lab-out")),
+    };
+    let code = run::hold(sh, cache, &loaded.matrix, &loaded.recipes, found, &args.build.options(), &images_dir(), &out, what, ui)?;
+    Ok(ExitCode::from(code.clamp(0, 255) as u8))
 }
 
 fn main() -> ExitCode {
@@ -274,6 +339,14 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
             println!("{}; reports in {}", line.join(", "), out.display());
             let all_ok = results.iter().all(|r| matches!(r.verdict, report::Verdict::Pass | report::Verdict::Skip));
             Ok(if all_ok { ExitCode::SUCCESS } else { ExitCode::from(1) })
+        }
+        Command::Boot { cell, hold } => hold_cell(&sh, &cache()?, &ui, &cell, hold, run::Hold::Boot),
+        Command::Ssh { cell, hold, command } => {
+            let what = match command.is_empty() {
+                true => run::Hold::Shell,
+                false => run::Hold::Command(command.iter().map(|word| vm::ssh::shell_quote(word)).collect::<Vec<_>>().join(" ")),
+            };
+            hold_cell(&sh, &cache()?, &ui, &cell, hold, what)
         }
         Command::Build { select, recipe, arch, build, json } => {
             // What to build: the recipe given, for --arch or all; else every kernel x arch of the

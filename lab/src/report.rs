@@ -51,6 +51,10 @@ pub struct CellResult {
     /// Seconds from QEMU start to the guest's ready line.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ready_s: Option<f64>,
+    /// Seconds from QEMU start to the lab's first login over SSH (cells whose workload runs
+    /// over SSH; the rest never log in).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ssh_ready_s: Option<f64>,
     /// Seconds from the guest's ready line to the first report.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub detect_s: Option<f64>,

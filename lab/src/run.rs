@@ -20,7 +20,7 @@ use crate::plan::Cell;
 use crate::report::{self, CellResult, Verdict};
 use crate::triage::{self, Kind, Missing, Report, Source};
 use crate::ui::{Event, Ui};
-use crate::vm::{self, Accel, Boot, Deadlines, Diagnosis, End, HostSamples, Machine, Sampling, Watch};
+use crate::vm::{Fetch, GuestSsh, SshTask, SshWorkload, self, Seen, Accel, Boot, Deadlines, Diagnosis, End, HostSamples, Machine, Sampling, Watch};
 
 pub struct RunOptions {
     pub out: PathBuf,
@@ -53,6 +53,7 @@ pub fn run(sh: &Shell, cache: &Cache, matrix: &LoadedMatrix, recipes: &[Recipe],
         }
     };
 
+    let client_key = crate::ssh_keys::client_key(sh, cache)?;
     let mut kernels: BTreeMap<(usize, Arch), Result<Kernel, String>> = BTreeMap::new();
     for cell in cells {
         kernels.entry((cell.kernel, cell.arch)).or_insert_with(|| {
@@ -84,7 +85,7 @@ pub fn run(sh: &Shell, cache: &Cache, matrix: &LoadedMatrix, recipes: &[Recipe],
     let (tx, rx) = mpsc::channel::<(usize, CellResult)>();
     let results: Vec<CellResult> = std::thread::scope(|scope| -> Result<Vec<CellResult>> {
         for _ in 0..opts.jobs.max(1) {
-            let (queue, hit_cells, tx, kernels, images) = (queue.clone(), hit_cells.clone(), tx.clone(), &kernels, &images);
+            let (queue, hit_cells, tx, kernels, images, client_key) = (queue.clone(), hit_cells.clone(), tx.clone(), &kernels, &images, &client_key);
             scope.spawn(move || {
                 loop {
                     // A statement of its own: a guard in a `while let` scrutinee would stay locked
@@ -101,7 +102,7 @@ pub fn run(sh: &Shell, cache: &Cache, matrix: &LoadedMatrix, recipes: &[Recipe],
                     let image = &images[&(cell.kernel, cell.arch)];
                     let accel = if cell.arch == Arch::X86_64 { accel_x86 } else { Accel::Tcg };
                     let run = (repeat > 1).then_some(run);
-                    let result = run_cell(cell, run, kernel, image, accel, &matrix.matrix, opts, ui);
+                    let result = run_cell(cell, run, kernel, image, &client_key.private, accel, &matrix.matrix, opts, ui);
                     if result.is_hit() {
                         hit_cells.lock().unwrap_or_else(|e| e.into_inner()).insert(cell.id.clone());
                     }
@@ -127,7 +128,7 @@ pub fn run(sh: &Shell, cache: &Cache, matrix: &LoadedMatrix, recipes: &[Recipe],
 }
 
 #[allow(clippy::too_many_arguments)]
-fn run_cell(cell: &Cell, run: Option<u32>, kernel: &Result<Kernel, String>, image: &Result<Image, String>, accel: Accel, matrix: &matrix::Matrix, opts: &RunOptions, ui: &Ui) -> CellResult {
+fn run_cell(cell: &Cell, run: Option<u32>, kernel: &Result<Kernel, String>, image: &Result<Image, String>, client_key: &Path, accel: Accel, matrix: &matrix::Matrix, opts: &RunOptions, ui: &Ui) -> CellResult {
     let mut dir = opts.out.join("cells").join(&cell.id);
     if let Some(n) = run {
         dir = dir.join(format!("run-{n:03}"));
@@ -150,6 +151,7 @@ fn run_cell(cell: &Cell, run: Option<u32>, kernel: &Result<Kernel, String>, imag
         reports: Vec::new(),
         expect: cell.workload.expect,
         ready_s: None,
+        ssh_ready_s: None,
         end: String::new(),
         detect_s: None,
         basis: None,
@@ -161,7 +163,7 @@ fn run_cell(cell: &Cell, run: Option<u32>, kernel: &Result<Kernel, String>, imag
         fs::create_dir_all(&dir)?;
         let kernel = kernel.as_ref().map_err(|e| anyhow::anyhow!("kernel build failed: {e}"))?;
         let image = image.as_ref().map_err(|e| anyhow::anyhow!("guest image failed: {e}"))?;
-        let cmdline = kernel_cmdline(cell, matrix);
+        let cmdline = kernel_cmdline(cell, matrix, false);
         let machine = Machine {
             arch: cell.arch,
             accel,
@@ -185,11 +187,15 @@ fn run_cell(cell: &Cell, run: Option<u32>, kernel: &Result<Kernel, String>, imag
             }),
         };
         let task = task.clone();
-        let boot = vm::boot(&machine, &dir, deadlines(&matrix.timeouts), &watch, None, |line| {
-            ui.send(Event::Output { task: task.clone(), line: line.to_string() });
-            if line.contains("LAB-READY") || line.contains("LAB-PROGRESS") {
-                ui.send(Event::Progress { task: task.clone(), message: line.trim().to_string() });
+        let ssh = guest_ssh(cell, image, client_key);
+        let boot = vm::boot(&machine, &dir, deadlines(&matrix.timeouts), &watch, Some(&ssh), |seen| match seen {
+            Seen::Console(line) | Seen::Workload(line) => {
+                ui.send(Event::Output { task: task.clone(), line: line.to_string() });
+                if line.contains("LAB-READY") || line.contains("LAB-PROGRESS") {
+                    ui.send(Event::Progress { task: task.clone(), message: line.trim().to_string() });
+                }
             }
+            Seen::SshReady { after_s, .. } => ui.send(Event::Progress { task: task.clone(), message: format!("SSH ready after {after_s:.1}s") }),
         })?;
         Ok((boot, symbols))
     })();
@@ -206,6 +212,7 @@ fn run_cell(cell: &Cell, run: Option<u32>, kernel: &Result<Kernel, String>, imag
             result.basis = basis(&reports);
             result.reports = reports;
             result.ready_s = boot.ready.as_ref().map(|r| r.at);
+            result.ssh_ready_s = boot.ssh.as_ref().and_then(|s| s.ready_s);
             result.detect_s = detection_delay(&console, &result.reports, boot.ready.as_ref().map(|r| r.at), boot.host.last());
             result.end = boot.end.name().to_string();
         }
@@ -221,6 +228,97 @@ fn run_cell(cell: &Cell, run: Option<u32>, kernel: &Result<Kernel, String>, imag
         summary: format!("{}: {}", format!("{:?}", result.verdict).to_lowercase(), result.reason),
     });
     result
+}
+
+/// What `lab boot` and `lab ssh` do in a guest booted the way a cell boots (its init holding
+/// instead of running the workload).
+pub enum Hold {
+    /// Stream the console and keep the guest up until it powers off or Ctrl-C.
+    Boot,
+    /// An interactive shell over SSH in this terminal; the guest goes down with it.
+    Shell,
+    /// One command over SSH, its output printed; the guest goes down after it.
+    Command(String),
+}
+
+/// "Until Ctrl-C": long enough, and still safe to add to an `Instant`.
+const FOREVER_S: u64 = 10 * 365 * 24 * 3600;
+
+/// Boots `cell`'s kernel and image for a person at the terminal; returns the exit status to give
+/// (the command's or the shell's, 0 for a guest that powered off).
+pub fn hold(sh: &Shell, cache: &Cache, loaded: &LoadedMatrix, recipes: &[Recipe], cell: &Cell, build: &BuildOptions, images_dir: &Path, out: &Path, what: Hold, ui: &Ui) -> Result<i32> {
+    let kernel = kernel::build(sh, cache, &recipes[cell.kernel], cell.arch, build, ui)?;
+    let base = image::build(sh, cache, images_dir, cell.arch, ui)?;
+    let image = image::with_selftests(cache, &base, &kernel.selftests, ui)?;
+    let client_key = crate::ssh_keys::client_key(sh, cache)?;
+    let dir = out.join("cells").join(&cell.id);
+    fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let cmdline = kernel_cmdline(cell, &loaded.matrix, true);
+    let machine = Machine {
+        arch: cell.arch,
+        accel: if cell.arch == Arch::X86_64 && crate::doctor::kvm_works(cache).is_ok() { Accel::Kvm } else { Accel::Tcg },
+        vcpus: cell.vcpus,
+        memory_mib: loaded.matrix.memory_mib,
+        kernel: &kernel.image,
+        initramfs: Some(&image.initramfs),
+        cmdline: &cmdline,
+        ssh_port: None,
+    };
+    let credentials = vm::ssh::Credentials { user: image.ssh.user.clone(), host_key: image.ssh.host_key.clone(), private_key: client_key.private.clone() };
+    let session = |name: &str, command: String, interactive: bool| SshTask::Run(SshWorkload { name: name.into(), command, interactive, fetch: Vec::new() });
+    let task = match &what {
+        Hold::Boot => SshTask::WaitReady,
+        Hold::Shell => session("shell", String::new(), true),
+        Hold::Command(command) => session("command", command.clone(), false),
+    };
+    let deadlines = Deadlines { boot: loaded.matrix.timeouts.boot, silence: FOREVER_S, workload: FOREVER_S, report_grace: FOREVER_S };
+    let watch = Watch { report_starts: triage::starts_report, diagnosis: None };
+    eprintln!("lab: booting {} (console: {}; QMP: {})", cell.id, dir.join("console.log").display(), dir.join("qmp.sock").display());
+    let boot = vm::boot(&machine, &dir, deadlines, &watch, Some(&GuestSsh { credentials, task }), |seen| match (&what, seen) {
+        (Hold::Boot, Seen::Console(line)) => println!("{}", triage::sanitize(line)),
+        (Hold::Boot, Seen::SshReady { machine, cpus, after_s }) => {
+            let cpus = cpus.map_or("?".to_string(), |n| n.to_string());
+            eprintln!("lab: {machine} guest with {cpus} CPUs, SSH ready after {after_s:.1}s: {}; Ctrl-C stops it", dir.join("ssh-command.sh").display());
+        }
+        (Hold::Command(_), Seen::Workload(line)) => println!("{line}"),
+        _ => {}
+    })?;
+    if let Ok(stderr) = fs::read(dir.join("workload.stderr")) {
+        std::io::Write::write_all(&mut std::io::stderr(), &stderr)?;
+    }
+    let status = boot.result.as_ref().and_then(|r| r.get("exit")?.parse::<i32>().ok());
+    match (status, &boot.end) {
+        (Some(code), _) => Ok(if code < 0 { 1 } else { code }),
+        (None, End::Exited) => Ok(0),
+        (None, end) => {
+            let why = match end {
+                End::QemuFailed(why) | End::SshFailed(why) | End::LostConnection(why) => why.clone(),
+                other => other.name().to_string(),
+            };
+            bail!("the guest of {} ended before the session did: {why} (console: {})", cell.id, boot.console_log.display())
+        }
+    }
+}
+
+/// Every guest has SSH; a `via: ssh` workload is started over it, with the guest's dmesg, its
+/// scheduler debug file and the workload's `fetch` files saved after it.
+fn guest_ssh(cell: &Cell, image: &Image, client_key: &Path) -> GuestSsh {
+    let credentials = vm::ssh::Credentials { user: image.ssh.user.clone(), host_key: image.ssh.host_key.clone(), private_key: client_key.to_path_buf() };
+    if cell.workload.via == Via::Console {
+        return GuestSsh { credentials, task: SshTask::None };
+    }
+    let task = {
+        let args = cell.workload.args.iter().map(|(key, value)| vm::ssh::shell_quote(&format!("--{key}={}", matrix::arg_value(value).unwrap_or_default())));
+        let program = std::iter::once(format!("/lab/workloads/{}", cell.workload.program())).chain(args).collect::<Vec<_>>().join(" ");
+        let mut fetch = vec![
+            Fetch { command: "dmesg".into(), file: "dmesg.txt".into() },
+            Fetch { command: "mountpoint -q /sys/kernel/debug || mount -t debugfs debugfs /sys/kernel/debug; cat /sys/kernel/debug/sched/debug".into(), file: "sched-debug.txt".into() },
+        ];
+        fetch.extend(cell.workload.fetch.iter().map(|path| Fetch { command: format!("cat -- {}", vm::ssh::shell_quote(path)), file: matrix::fetched_file_name(path).to_owned() }));
+        // The environment the init gives a workload it starts (images/workloads/README.md).
+        SshTask::Run(SshWorkload { name: cell.workload.name.clone(), command: format!("export LAB_CPUS=$(nproc); exec {program}"), interactive: false, fetch })
+    };
+    GuestSsh { credentials, task }
 }
 
 /// Seconds from the ready line to the first report: the host time that prefixes its console line,
@@ -255,7 +353,7 @@ fn deadlines(t: &Timeouts) -> Deadlines {
 
 /// The guest's whole configuration travels on the kernel command line: the init reads
 /// `lab.workload` and `lab.arg.*` (or `lab.hold`) from /proc/cmdline.
-fn kernel_cmdline(cell: &Cell, matrix: &matrix::Matrix) -> String {
+fn kernel_cmdline(cell: &Cell, matrix: &matrix::Matrix, hold: bool) -> String {
     let mut words = vec![
         format!("console={}", cell.arch.console()),
         // Reboot at once on panic; with QEMU's -no-reboot that ends the VM.
@@ -271,13 +369,13 @@ fn kernel_cmdline(cell: &Cell, matrix: &matrix::Matrix) -> String {
         "softlockup_panic=1".to_string(),
     ];
     words.extend(cell.arch.kernel_params().iter().map(|p| p.to_string()));
-    match cell.workload.via {
-        Via::Console => {
+    match (hold, cell.workload.via) {
+        (false, Via::Console) => {
             words.push(format!("lab.workload={}", cell.workload.program()));
             words.extend(cell.workload.args.iter().map(|(key, value)| format!("lab.arg.{key}={}", matrix::arg_value(value).unwrap_or_default())));
         }
         // The lab starts the workload over SSH; the init only waits.
-        Via::Ssh => words.push("lab.hold=1".to_string()),
+        (true, _) | (_, Via::Ssh) => words.push("lab.hold=1".to_string()),
     }
     words.extend(matrix.cmdline.iter().cloned());
     words.join(" ")
@@ -552,7 +650,7 @@ mod tests {
         .unwrap();
         let c = Cell { id: "x".into(), kernel: 0, kernel_name: "k".into(), arch: Arch::Ppc64le, vcpus: 2, workload: m.workloads[0].clone() };
         assert_eq!(
-            kernel_cmdline(&c, &m),
+            kernel_cmdline(&c, &m, false),
             "console=hvc0 panic=-1 hardlockup_all_cpu_backtrace=1 softlockup_all_cpu_backtrace=1 nmi_watchdog=panic softlockup_panic=1 lab.workload=lkdtm lab.arg.crash=HARDLOCKUP lab.arg.wait=30 nokaslr"
         );
     }

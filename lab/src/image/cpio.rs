@@ -11,18 +11,24 @@ pub struct Archive {
 const S_IFDIR: u32 = 0o040000;
 const S_IFREG: u32 = 0o100000;
 const S_IFCHR: u32 = 0o020000;
+const S_IFLNK: u32 = 0o120000;
 
 impl Archive {
     pub fn new() -> Archive {
         Archive { bytes: Vec::new(), next_ino: 1 }
     }
 
-    pub fn dir(&mut self, path: &str) {
-        self.entry(path, S_IFDIR | 0o755, 2, (0, 0), &[]);
+    pub fn dir(&mut self, path: &str, mode: u32) {
+        self.entry(path, S_IFDIR | mode, 2, (0, 0), &[]);
     }
 
     pub fn file(&mut self, path: &str, mode: u32, data: &[u8]) {
         self.entry(path, S_IFREG | mode, 1, (0, 0), data);
+    }
+
+    /// The kernel's unpacker creates the link as written: `target` may be relative to its directory.
+    pub fn symlink(&mut self, path: &str, target: &str) {
+        self.entry(path, S_IFLNK | 0o777, 1, (0, 0), target.as_bytes());
     }
 
     pub fn char_device(&mut self, path: &str, mode: u32, major: u32, minor: u32) {
@@ -68,6 +74,7 @@ mod tests {
         let mut a = Archive::new();
         a.file("/init", 0o755, b"hi");
         a.char_device("/dev/console", 0o600, 5, 1);
+        a.symlink("/bin/sh", "busybox");
         let bytes = a.finish();
         let header = |ino: &str, mode: &str, nlink: &str, size: &str, rdev: (&str, &str), namesize: &str| {
             format!("070701{ino}{mode}0000000000000000{nlink}00000000{size}0000000000000000{}{}{namesize}00000000", rdev.0, rdev.1)
@@ -79,7 +86,11 @@ mod tests {
         expect.extend(header("00000002", "00002180", "00000001", "00000000", ("00000005", "00000001"), "0000000c").into_bytes());
         expect.extend_from_slice(b"dev/console\0"); // 110 + 12 = 122: pad to 124
         expect.extend_from_slice(b"\0\0");
-        expect.extend(header("00000003", "00000000", "00000001", "00000000", ("00000000", "00000000"), "0000000b").into_bytes());
+        expect.extend(header("00000003", "0000a1ff", "00000001", "00000007", ("00000000", "00000000"), "00000007").into_bytes());
+        expect.extend_from_slice(b"bin/sh\0"); // 110 + 7 = 117: pad to 120
+        expect.extend_from_slice(b"\0\0\0");
+        expect.extend_from_slice(b"busybox\0"); // the target, 7 bytes: pad to 8
+        expect.extend(header("00000004", "00000000", "00000001", "00000000", ("00000000", "00000000"), "0000000b").into_bytes());
         expect.extend_from_slice(b"TRAILER!!!\0"); // 110 + 11 = 121: pad to 124
         expect.extend_from_slice(b"\0\0\0");
         assert_eq!(String::from_utf8_lossy(&bytes), String::from_utf8_lossy(&expect));

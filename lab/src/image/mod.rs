@@ -5,11 +5,19 @@
 //! compiler. Code that several workloads share lives in headers under images/workloads/include/.
 //! Adding a workload is adding a `.c` file: nothing here or in the runner names one.
 //!
+//! Every image can be logged into over SSH: it carries busybox and dropbear from Debian for its
+//! architecture (`userland.rs`), root's account, the lab's client key in
+//! `/root/.ssh/authorized_keys` (`crate::ssh_keys`, part of the cache key), and a dropbear host
+//! key made fresh when the image is built, at `/etc/dropbear/dropbear_ed25519_host_key`. Its
+//! public half is in `Image::ssh`, so the host knows whom it talks to before the guest boots. The
+//! guest's init starts dropbear when the guest has a NIC (images/workloads/README.md).
+//!
 //! A kernel's own selftests (built by the kernel stage from its tree) go into a second newc
 //! archive appended to the base image, one image per kernel and architecture: Linux unpacks
 //! concatenated archives one after the other into the same root.
 
 mod cpio;
+mod userland;
 
 use std::collections::BTreeSet;
 use std::fs;
@@ -22,10 +30,14 @@ use xshell::{cmd, Shell};
 use crate::arch::Arch;
 use crate::cache::{self, Cache, KeyBuilder};
 use crate::kernel::Selftests;
+use crate::ssh_keys;
 use crate::ui::Ui;
 
 /// Bump when the image layout changes in a way the sources do not show.
-const IMAGE_VERSION: &str = "1";
+const IMAGE_VERSION: &str = "2";
+
+/// Where images/init/init.c tells dropbear to find its host key.
+const HOST_KEY: &str = "/etc/dropbear/dropbear_ed25519_host_key";
 
 /// Where the guest finds the rseq selftests (images/workloads/rseq-selftests.c reads them there).
 const RSEQ_SELFTESTS_DIR: &str = "/lab/selftests/rseq";
@@ -36,8 +48,20 @@ pub struct Image {
     pub key: String,
     pub initramfs: PathBuf,
     pub programs: Vec<String>,
+    pub ssh: GuestSsh,
     #[serde(skip)]
     pub cached: bool,
+}
+
+/// How to log into a guest booted from the image (with a NIC: `vm::Machine::ssh_port`): as `user`,
+/// with the lab's client key (`ssh_keys::client_key`), to a server that must present `host_key`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct GuestSsh {
+    /// The server's public host key, type and base64 as in an OpenSSH public key line
+    /// (`ssh-ed25519 AAAAC3...`): a known_hosts line is `[127.0.0.1]:PORT <host_key>`.
+    pub host_key: String,
+    /// `root`: a guest has no other account.
+    pub user: String,
 }
 
 /// The workload programs an image will carry, by name.
@@ -85,7 +109,14 @@ fn build_inner(sh: &Shell, cache: &Cache, images_dir: &Path, arch: Arch) -> Resu
         }
         Err(_) => Vec::new(),
     };
-    let mut key = KeyBuilder::default().part("version", IMAGE_VERSION.as_bytes()).part("toolchain", toolchain.as_bytes()).part("arch", arch.name().as_bytes());
+    let userland = userland::get(sh, cache, arch)?;
+    let client_key = ssh_keys::client_key(sh, cache)?;
+    let mut key = KeyBuilder::default()
+        .part("version", IMAGE_VERSION.as_bytes())
+        .part("toolchain", toolchain.as_bytes())
+        .part("arch", arch.name().as_bytes())
+        .part("userland", userland.key.as_bytes())
+        .part("authorized_keys", client_key.public_line.as_bytes());
     let sources_and_headers = std::iter::once(("init".to_string(), init.clone())).chain(workloads.iter().cloned()).chain(headers);
     for (name, path) in sources_and_headers {
         let text = fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
@@ -111,8 +142,8 @@ fn build_inner(sh: &Shell, cache: &Cache, images_dir: &Path, arch: Arch) -> Resu
         fs::read(&out).with_context(|| format!("cannot read {}", out.display()))
     };
     let mut archive = cpio::Archive::new();
-    for dir in ["/dev", "/proc", "/sys", "/tmp", "/lab", "/lab/workloads"] {
-        archive.dir(dir);
+    for dir in ["/dev", "/proc", "/sys", "/tmp", "/run", "/lab", "/lab/workloads", "/etc", "/etc/dropbear"] {
+        archive.dir(dir, 0o755);
     }
     // The kernel opens /dev/console for init before devtmpfs is mounted.
     archive.char_device("/dev/console", 0o600, 5, 1);
@@ -120,12 +151,55 @@ fn build_inner(sh: &Shell, cache: &Cache, images_dir: &Path, arch: Arch) -> Resu
     for (name, source) in &workloads {
         archive.file(&format!("/lab/workloads/{name}"), 0o755, &compile(source, name)?);
     }
+    userland.add_to(&mut archive)?;
+    archive.file("/etc/passwd", 0o644, b"root:x:0:0:root:/root:/bin/sh\n");
+    archive.file("/etc/group", 0o644, b"root:x:0:\n");
+    // dropbear lets in only users whose shell is listed here.
+    archive.file("/etc/shells", 0o644, b"/bin/sh\n");
+    // dropbear refuses an authorized_keys file that others could write, or that sits below such a directory.
+    archive.dir("/root", 0o700);
+    archive.dir("/root/.ssh", 0o700);
+    archive.file("/root/.ssh/authorized_keys", 0o600, format!("{}\n", client_key.public_line).as_bytes());
+    let (host_key, host_key_public) = make_host_key(sh, &tmp)?;
+    archive.file(HOST_KEY, 0o600, &host_key);
     fs::write(tmp.join("initramfs.cpio"), archive.finish())?;
-    let image = Image { arch, key, initramfs: dir.join("initramfs.cpio"), programs: workloads.into_iter().map(|(n, _)| n).collect(), cached: false };
+    let image = Image {
+        arch,
+        key,
+        initramfs: dir.join("initramfs.cpio"),
+        programs: workloads.into_iter().map(|(n, _)| n).collect(),
+        ssh: GuestSsh { host_key: host_key_public, user: "root".into() },
+        cached: false,
+    };
     fs::write(tmp.join("image.json"), serde_json::to_string_pretty(&image)?)?;
     cache::remove_dir_if_present(&dir)?;
     fs::rename(&tmp, &dir)?;
     Ok(image)
+}
+
+/// A new ed25519 host key in dropbear's format, made with the host's dropbearkey, and its public
+/// half as `type base64`. Only the image holds the private half.
+fn make_host_key(sh: &Shell, scratch: &Path) -> Result<(Vec<u8>, String)> {
+    let file = scratch.join("dropbear_ed25519_host_key");
+    let made = cmd!(sh, "dropbearkey -t ed25519 -f {file}")
+        .quiet()
+        .ignore_status()
+        .output()
+        .context("dropbearkey cannot run: it makes the guest's host key (package dropbear-bin: `lab setup`)")?;
+    if !made.status.success() {
+        bail!("dropbearkey cannot make the guest's host key:\n{}", String::from_utf8_lossy(&made.stderr).trim_end());
+    }
+    let listing = cmd!(sh, "dropbearkey -y -f {file}").quiet().ignore_stderr().read()?;
+    let public = listing
+        .lines()
+        .find_map(|l| {
+            let mut fields = l.split_whitespace();
+            Some(format!("{} {}", fields.next().filter(|t| *t == "ssh-ed25519")?, fields.next()?))
+        })
+        .with_context(|| format!("dropbearkey -y printed no ssh-ed25519 line:\n{listing}"))?;
+    let private = fs::read(&file)?;
+    fs::remove_file(&file)?;
+    Ok((private, public))
 }
 
 /// `base` with the kernel's rseq selftests appended, cached by both keys; `base` itself when the
@@ -151,7 +225,7 @@ fn with_selftests_inner(cache: &Cache, base: &Image, selftests: &Selftests) -> R
     }
     let mut archive = cpio::Archive::new();
     for dir in ["/lab/selftests", RSEQ_SELFTESTS_DIR] {
-        archive.dir(dir);
+        archive.dir(dir, 0o755);
     }
     for name in &selftests.programs {
         let path = selftests.dir.join(name);

@@ -29,6 +29,7 @@ use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use xshell::{cmd, Shell};
 
+use crate::apt;
 use crate::arch::Arch;
 use crate::cache::{self, Cache, KeyBuilder, Lock};
 use crate::process;
@@ -107,7 +108,7 @@ fn build_inner(sh: &Shell, cache: &Cache, recipe: &Recipe, arch: Arch, opts: &Bu
         .and_then(|v| v.lines().next().map(str::to_string))
         .with_context(|| format!("{gcc} is not installed: run `lab setup` (or install {})", arch.toolchain_packages().join(" ")))?;
     if opts.refresh {
-        source::forget_indexes(cache)?;
+        apt::forget_indexes(cache)?;
     }
     ui.send(Event::Progress { task: task.to_string(), message: "resolving source".into() });
     let fetched = source::fetch(sh, cache, &recipe.source)?;

@@ -1,8 +1,7 @@
 //! Getting a kernel source tree: a Debian package, a local git ref or a local tarball.
 //!
-//! The Debian path uses a private apt state below the cache (its own sources.list, lists and
-//! archives), so the host's apt configuration is neither read for sources nor modified. The .deb's
-//! SHA256 is checked against the digest in the signed index apt published, by the lab itself.
+//! The Debian path goes through the lab's private apt state (`crate::apt`): the host's apt
+//! configuration is neither read for sources nor modified, and the .deb's SHA256 is checked.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -11,7 +10,8 @@ use anyhow::{bail, Context, Result};
 use xshell::{cmd, Shell};
 
 use super::recipe::Source;
-use crate::cache::{self, Cache, KeyBuilder, Lock};
+use crate::apt;
+use crate::cache::{self, Cache};
 
 /// A source pinned down to exact content: `id` changes whenever the tree would.
 pub struct Fetched {
@@ -84,102 +84,12 @@ fn find_tarball(dir: &Path) -> Result<PathBuf> {
 }
 
 fn debian(sh: &Shell, cache: &Cache, package: &str, suite: &str, mirror: &str, version: Option<&str>) -> Result<Fetched> {
-    let state = cache.dir("apt")?.join(KeyBuilder::default().part("mirror", mirror.as_bytes()).part("suite", suite.as_bytes()).finish());
-    let _lock = Lock::acquire(&state.with_extension("lock"))?;
-    for sub in ["lists/partial", "archives/partial", "sources.list.d", "preferences.d"] {
-        fs::create_dir_all(state.join(sub))?;
-    }
-    fs::write(state.join("sources.list"), format!("deb {mirror} {suite} main\n"))?;
-    let apt = AptState { dir: state };
+    let apt = apt::Apt::open(cache, &apt::Repo { mirror, suite, arch: None })?;
     let spec = match version {
         Some(v) => format!("{package}={v}"),
         None => package.to_string(),
     };
-    // The lists are refreshed only when the package is not in them, so a cached build needs no
-    // network; a new upload is picked up by `lab build --refresh` (it empties the lists).
-    let fields = match apt.show(sh, &spec) {
-        Ok(fields) => fields,
-        Err(_) => {
-            apt.update(sh)?;
-            apt.show(sh, &spec).with_context(|| format!("`{spec}` is not in {mirror} {suite}"))?
-        }
-    };
-    let downloads = cache.dir("downloads")?;
-    let deb = downloads.join(fields.filename.rsplit('/').next().unwrap_or(&fields.filename));
-    let verified = deb.with_extension("deb.sha256");
-    if fs::read_to_string(&verified).ok().as_deref() != Some(fields.sha256.as_str()) || !deb.exists() {
-        apt.download(sh, &spec, &downloads)?;
-        let digest = cache::sha256_file(&deb)?;
-        if digest != fields.sha256 {
-            let _ = fs::remove_file(&deb);
-            bail!("{} has SHA256 {digest}, but the signed index says {}: removed it, try again", deb.display(), fields.sha256);
-        }
-        fs::write(&verified, &digest)?;
-    }
-    Ok(Fetched { id: format!("debian:{package}={}:sha256:{}", fields.version, fields.sha256), what: Unpack::Deb(deb) })
-}
-
-struct AptState {
-    dir: PathBuf,
-}
-
-struct PackageFields {
-    version: String,
-    sha256: String,
-    filename: String,
-}
-
-impl AptState {
-    /// Every path apt would read or write points into the private state; only the archive keyrings
-    /// (to verify signatures) come from the host.
-    fn options(&self) -> Vec<String> {
-        let d = self.dir.display();
-        [
-            format!("Dir::Etc::sourcelist={d}/sources.list"),
-            format!("Dir::Etc::sourceparts={d}/sources.list.d"),
-            format!("Dir::Etc::preferences={d}/preferences"),
-            format!("Dir::Etc::preferencesparts={d}/preferences.d"),
-            format!("Dir::State::Lists={d}/lists"),
-            format!("Dir::State::status={d}/status"),
-            format!("Dir::Cache={d}"),
-            format!("Dir::Cache::archives={d}/archives"),
-            "APT::Default-Release=".to_string(),
-            "APT::Sandbox::User=root".to_string(),
-            "Acquire::Languages=none".to_string(),
-        ]
-        .into_iter()
-        .flat_map(|o| ["-o".to_string(), o])
-        .collect()
-    }
-
-    fn update(&self, sh: &Shell) -> Result<()> {
-        fs::write(self.dir.join("status"), "")?;
-        let opts = self.options();
-        cmd!(sh, "apt-get {opts...} -q update").quiet().ignore_stdout().run().context("apt-get update of the private source index failed: check the network and the mirror")
-    }
-
-    fn show(&self, sh: &Shell, spec: &str) -> Result<PackageFields> {
-        if !self.dir.join("status").exists() {
-            bail!("no index yet");
-        }
-        let opts = self.options();
-        let text = cmd!(sh, "apt-cache {opts...} show --no-all-versions {spec}").quiet().ignore_stderr().read()?;
-        let field = |name: &str| {
-            text.lines()
-                .find_map(|l| l.strip_prefix(name)?.strip_prefix(": ").map(str::to_string))
-                .with_context(|| format!("apt-cache show {spec} has no {name} field"))
-        };
-        Ok(PackageFields { version: field("Version")?, sha256: field("SHA256")?, filename: field("Filename")? })
-    }
-
-    fn download(&self, sh: &Shell, spec: &str, into: &Path) -> Result<()> {
-        let opts = self.options();
-        let _dir = sh.push_dir(into);
-        cmd!(sh, "apt-get {opts...} -q download {spec}").quiet().ignore_stdout().run().with_context(|| format!("apt-get download {spec} failed"))
-    }
-}
-
-/// Forgets the private package index so the next fetch asks the mirror again.
-pub fn forget_indexes(cache: &Cache) -> Result<()> {
-    cache::remove_dir_if_present(&cache.root().join("apt"))
+    let package = apt.resolve(sh, &spec)?;
+    let deb = apt.fetch(sh, cache, &package)?;
+    Ok(Fetched { id: format!("debian:{}", package.id()), what: Unpack::Deb(deb) })
 }

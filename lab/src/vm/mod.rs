@@ -114,19 +114,39 @@ pub struct Boot {
     pub ssh: Option<SshOutcome>,
 }
 
-/// SSH into the guest: who it is, and what to run there.
+/// SSH into the guest: who it is, and what the lab does there.
 pub struct GuestSsh {
     pub credentials: ssh::Credentials,
-    /// Run as the workload over SSH (the guest's init then holds: `lab.hold=1`); `None`: the init
-    /// runs the workload itself and SSH is there for people (`ssh-command.sh`).
-    pub workload: Option<SshWorkload>,
+    pub task: SshTask,
 }
 
+pub enum SshTask {
+    /// The init runs the workload; SSH is there for people (`ssh-command.sh`).
+    None,
+    /// Log in once the server answers and say so (`Seen::SshReady`), then leave it to people.
+    WaitReady,
+    /// Run the workload over SSH (the guest's init then holds: `lab.hold=1`).
+    Run(SshWorkload),
+}
+
+/// What the watch loop passes on as it happens.
+pub enum Seen<'a> {
+    /// A console line.
+    Console(&'a str),
+    /// A line of the stdout of a workload that runs over SSH.
+    Workload(&'a str),
+    /// The guest's SSH server let the lab in: `uname -m` and `nproc` as it answered them.
+    SshReady { machine: &'a str, cpus: Option<u32>, after_s: f64 },
+}
+
+#[derive(Clone)]
 pub struct SshWorkload {
     /// The workload's name, for the result line.
     pub name: String,
     /// A command line for the guest's shell.
     pub command: String,
+    /// Run it in the user's terminal (through OpenSSH, `ssh-command.sh -t`), not captured.
+    pub interactive: bool,
     /// Run after the workload, each command's stdout saved in the cell directory (`file`): the
     /// guest's dmesg, its /proc/sched_debug, the workload's own output files. One that fails is
     /// noted, not an error.
@@ -193,7 +213,7 @@ const QMP_TIMEOUT: Duration = Duration::from_secs(10);
 /// After the result line the guest powers off by itself; under TCG that takes a second or two.
 const POWER_OFF_GRACE: Duration = Duration::from_secs(30);
 
-pub fn boot(machine: &Machine, dir: &Path, deadlines: Deadlines, watch: &Watch, ssh: Option<&GuestSsh>, mut on_line: impl FnMut(&str)) -> Result<Boot> {
+pub fn boot(machine: &Machine, dir: &Path, deadlines: Deadlines, watch: &Watch, ssh: Option<&GuestSsh>, mut on_line: impl FnMut(Seen)) -> Result<Boot> {
     let mut attempt = 1;
     loop {
         let mut machine = machine.clone();
@@ -208,7 +228,7 @@ pub fn boot(machine: &Machine, dir: &Path, deadlines: Deadlines, watch: &Watch, 
     }
 }
 
-fn boot_once(machine: &Machine, dir: &Path, deadlines: Deadlines, watch: &Watch, ssh: Option<&GuestSsh>, on_line: &mut impl FnMut(&str)) -> Result<Boot> {
+fn boot_once(machine: &Machine, dir: &Path, deadlines: Deadlines, watch: &Watch, ssh: Option<&GuestSsh>, on_line: &mut impl FnMut(Seen)) -> Result<Boot> {
     let mut command = machine.command();
     if let (Some(port), Some(ssh)) = (machine.ssh_port, ssh) {
         write_ssh_command(dir, port, &ssh.credentials)?;
@@ -250,13 +270,15 @@ fn boot_once(machine: &Machine, dir: &Path, deadlines: Deadlines, watch: &Watch,
             let outcome = ssh_outcome.as_mut().expect("SSH events come only from a guest with SSH");
             match event {
                 SshEvent::Ready { machine, cpus } => {
-                    outcome.ready_s = Some(start.elapsed().as_secs_f64());
+                    let after_s = start.elapsed().as_secs_f64();
+                    on_line(Seen::SshReady { machine: &machine, cpus, after_s });
+                    outcome.ready_s = Some(after_s);
                     (outcome.machine, outcome.cpus) = (Some(machine), cpus);
                 }
                 SshEvent::Heard => last_output = Instant::now(),
                 SshEvent::Line(text) => {
                     last_output = Instant::now();
-                    on_line(&text);
+                    on_line(Seen::Workload(&text));
                 }
                 SshEvent::Finished { fields } => {
                     result.get_or_insert(ProtocolLine { at: start.elapsed().as_secs_f64(), fields });
@@ -281,16 +303,26 @@ fn boot_once(machine: &Machine, dir: &Path, deadlines: Deadlines, watch: &Watch,
                 last_output = Instant::now();
                 console_lines += 1;
                 writeln!(log, "{at:>9.3}s| {text}").with_context(|| format!("cannot write {}", console_log.display()))?;
-                on_line(&text);
+                on_line(Seen::Console(&text));
                 if let Some(fields) = protocol_fields(&text, "LAB-READY") {
                     let line = ready.get_or_insert(ProtocolLine { at, fields });
-                    if let (Some(port), Some(work), None) = (machine.ssh_port, ssh.and_then(|s| s.workload.as_ref().map(|w| (&s.credentials, w))), &ssh_worker) {
+                    let wanted = ssh.filter(|s| !matches!(s.task, SshTask::None));
+                    if let (Some(port), Some(ssh), None) = (machine.ssh_port, wanted, &ssh_worker) {
                         if line.get("ssh").is_none_or(|s| s == "none") {
                             ssh_end = Some(End::SshFailed(format!("the guest has no SSH server (its ready line says ssh={})", line.get("ssh").unwrap_or("nothing"))));
                         } else {
-                            let workload_deadline = Instant::now() + Duration::from_secs(deadlines.workload + 5);
-                            let ready_deadline = Instant::now() + Duration::from_secs(deadlines.boot);
-                            let job = SshJob { port, credentials: work.0.clone(), command: work.1.command.clone(), name: work.1.name.clone(), fetch: work.1.fetch.clone(), dir: dir.to_path_buf(), ready_deadline, workload_deadline };
+                            let now = Instant::now();
+                            let job = SshJob {
+                                port,
+                                credentials: ssh.credentials.clone(),
+                                workload: match &ssh.task {
+                                    SshTask::Run(workload) => Some(workload.clone()),
+                                    _ => None,
+                                },
+                                dir: dir.to_path_buf(),
+                                ready_deadline: now + Duration::from_secs(deadlines.boot),
+                                workload_deadline: now + Duration::from_secs(deadlines.workload.saturating_add(5)),
+                            };
                             ssh_worker = Some(job.spawn(cancel.clone(), ssh_tx.clone()));
                         }
                     }
@@ -420,9 +452,7 @@ enum SshEvent {
 struct SshJob {
     port: u16,
     credentials: ssh::Credentials,
-    name: String,
-    command: String,
-    fetch: Vec<Fetch>,
+    workload: Option<SshWorkload>,
     dir: PathBuf,
     ready_deadline: Instant,
     workload_deadline: Instant,
@@ -446,25 +476,45 @@ impl SshJob {
         let machine = facts.next().unwrap_or_default().trim().to_owned();
         let cpus = facts.next().and_then(|n| n.trim().parse().ok());
         let _ = events.send(SshEvent::Ready { machine, cpus });
-        let create = |name: &str| std::fs::File::create(self.dir.join(name)).map_err(|e| ssh::Error::Failed { what: format!("creating {name}"), detail: e.to_string() });
-        let mut stdout = LineSink { file: create(WORKLOAD_STDOUT)?, pending: Vec::new(), events: events.clone() };
-        let mut stderr = create(WORKLOAD_STDERR)?;
+        let Some(workload) = &self.workload else { return Ok(()) };
         let started = Instant::now();
-        let exit = connection.run(&self.command, self.workload_deadline, &mut stdout, &mut stderr, &mut || {
-            let _ = events.send(SshEvent::Heard);
-        })?;
-        stdout.finish();
-        let _ = events.send(SshEvent::Finished { fields: result_fields(&self.name, &exit, started.elapsed()) });
-        for fetch in &self.fetch {
+        let exit = match workload.interactive {
+            true => self.in_terminal(&workload.command)?,
+            false => self.captured(&connection, &workload.command, events)?,
+        };
+        let _ = events.send(SshEvent::Finished { fields: result_fields(&workload.name, &exit, started.elapsed()) });
+        for fetch in &workload.fetch {
             let _ = events.send(SshEvent::Fetched(self.fetch(&connection, fetch)));
         }
         // The guest goes down with the command: no answer will come.
         let _ = connection.run("poweroff -f", Instant::now() + Duration::from_secs(5), &mut std::io::sink(), &mut std::io::sink(), &mut || {});
         Ok(())
     }
-}
 
-impl SshJob {
+    /// The workload's stdout and stderr into the cell, its stdout also line by line to the loop.
+    fn captured(&self, connection: &ssh::Connection, command: &str, events: &mpsc::Sender<SshEvent>) -> Result<ssh::Exit, ssh::Error> {
+        let create = |name: &str| File::create(self.dir.join(name)).map_err(|e| ssh::Error::Failed { what: format!("creating {name}"), detail: e.to_string() });
+        let mut stdout = LineSink { file: create(WORKLOAD_STDOUT)?, pending: Vec::new(), events: events.clone() };
+        let mut stderr = create(WORKLOAD_STDERR)?;
+        let exit = connection.run(command, self.workload_deadline, &mut stdout, &mut stderr, &mut || {
+            let _ = events.send(SshEvent::Heard);
+        })?;
+        stdout.finish();
+        Ok(exit)
+    }
+
+    /// A person's session: OpenSSH in the lab's terminal, with the lab's key and the image's host
+    /// key (`ssh-command.sh`), so line editing, job control and window size just work.
+    fn in_terminal(&self, command: &str) -> Result<ssh::Exit, ssh::Error> {
+        let script = self.dir.join(SSH_COMMAND);
+        let mut terminal = std::process::Command::new(&script);
+        if !command.is_empty() {
+            terminal.args(["-t", command]);
+        }
+        let status = terminal.status().map_err(|e| ssh::Error::Failed { what: format!("running {}", script.display()), detail: e.to_string() })?;
+        Ok(ssh::Exit { code: status.code(), signal: std::os::unix::process::ExitStatusExt::signal(&status).map(|s| s.to_string()) })
+    }
+
     /// Saves what `fetch.command` prints; says what was saved, or why nothing was.
     fn fetch(&self, connection: &ssh::Connection, fetch: &Fetch) -> String {
         let path = self.dir.join(&fetch.file);

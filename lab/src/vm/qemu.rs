@@ -23,7 +23,8 @@ pub struct Machine<'a> {
     pub kernel: &'a Path,
     pub initramfs: Option<&'a Path>,
     pub cmdline: &'a str,
-    /// Host port forwarded (on 127.0.0.1 only) to the guest's SSH port.
+    /// A NIC on QEMU's user-mode network whose only way in is this host port, on 127.0.0.1,
+    /// forwarded to the guest's SSH server (port 22). `None`: no NIC at all.
     pub ssh_port: Option<u16>,
 }
 
@@ -42,26 +43,33 @@ impl Machine<'_> {
             c.arg("-initrd").arg(initramfs);
         }
         c.args(["-append", self.cmdline]);
+        if let Some(port) = self.ssh_port {
+            // Bound to the host's loopback only: nothing off this host reaches the guest.
+            c.args(["-netdev", &format!("user,id=net0,restrict=off,hostfwd=tcp:127.0.0.1:{port}-:22")]);
+            c.args(["-device", &format!("{},netdev=net0", self.arch.qemu_nic())]);
+        }
         // No default devices (VGA, NIC, ...): the console is the one serial port, on our stdio,
         // where the lab reads it. `-no-reboot` turns the guest's panic-reboot into QEMU's exit.
         c.args(["-nodefaults", "-no-user-config", "-display", "none", "-monitor", "none"]);
         c.args(["-chardev", "stdio,id=console,signal=off", "-serial", "chardev:console", "-no-reboot"]);
-        if let Some(port) = self.ssh_port {
-            c.args(["-netdev", &format!("user,id=net0,hostfwd=tcp:127.0.0.1:{port}-:22"), "-device", &format!("{},netdev=net0", self.arch.nic())]);
-        }
         c
     }
 }
 
-/// A port on 127.0.0.1 free right now. Another process may take it before QEMU binds it: QEMU
-/// then fails to start (`is_port_clash`) and the caller tries another.
-pub fn free_local_port() -> std::io::Result<u16> {
-    Ok(std::net::TcpListener::bind(("127.0.0.1", 0))?.local_addr()?.port())
+/// What QEMU 10 prints on stderr, exiting with status 1 before the guest starts, when it cannot
+/// listen on the port of a host forward (`-netdev user,...,hostfwd=...`).
+const PORT_CLASH: &str = "Could not set up host forwarding rule";
+
+/// Did QEMU fail at start because `Machine::ssh_port` was taken? Then boot again on a new port.
+pub fn is_port_clash(qemu_stderr: &str) -> bool {
+    qemu_stderr.contains(PORT_CLASH)
 }
 
-/// Did QEMU fail because the forwarded host port was taken?
-pub fn is_port_clash(qemu_error: &str) -> bool {
-    qemu_error.contains("Could not set up host forwarding rule")
+/// A TCP port on 127.0.0.1 that was free a moment ago, for `Machine::ssh_port`. Racy by nature:
+/// the port is released before QEMU binds it, and another process may take it in between; QEMU
+/// then exits at once (`is_port_clash`), and the caller asks for another port and retries.
+pub fn free_local_port() -> std::io::Result<u16> {
+    Ok(std::net::TcpListener::bind(("127.0.0.1", 0))?.local_addr()?.port())
 }
 
 /// The command as a shell line anyone can paste to boot the same guest by hand.
@@ -85,7 +93,11 @@ mod tests {
     use super::*;
 
     fn line(arch: Arch, accel: Accel) -> String {
-        let m = Machine { arch, accel, vcpus: 4, memory_mib: 512, kernel: Path::new("/k/image"), initramfs: Some(Path::new("/i/initramfs.cpio")), cmdline: "console=hvc0 panic=-1", ssh_port: None };
+        ssh_line(arch, accel, None)
+    }
+
+    fn ssh_line(arch: Arch, accel: Accel, ssh_port: Option<u16>) -> String {
+        let m = Machine { arch, accel, vcpus: 4, memory_mib: 512, kernel: Path::new("/k/image"), initramfs: Some(Path::new("/i/initramfs.cpio")), cmdline: "console=hvc0 panic=-1", ssh_port };
         shell_line(&m.command())
     }
 
@@ -98,5 +110,31 @@ mod tests {
         assert!(arm.contains("-M virt,gic-version=3 -cpu max,pauth-impdef=on -accel tcg,thread=multi"), "{arm}");
         let kvm = line(Arch::X86_64, Accel::Kvm);
         assert!(kvm.contains("-M q35 -accel kvm -cpu host -smp 4") && !kvm.contains("tcg"), "{kvm}");
+        assert!(!ppc.contains("-netdev") && !ppc.contains("-device"), "no NIC without an SSH port: {ppc}");
+    }
+
+    #[test]
+    fn ssh_port_adds_one_nic_forwarded_from_the_host_loopback() {
+        for (arch, nic) in [(Arch::X86_64, "virtio-net-pci"), (Arch::Aarch64, "virtio-net-device"), (Arch::Ppc64le, "spapr-vlan")] {
+            let line = ssh_line(arch, Accel::Tcg, Some(40022));
+            let expect = format!("-append 'console=hvc0 panic=-1' -netdev user,id=net0,restrict=off,hostfwd=tcp:127.0.0.1:40022-:22 -device {nic},netdev=net0 -nodefaults ");
+            assert!(line.contains(&expect), "{line}");
+            assert_eq!(line.matches("-netdev").count() + line.matches("hostfwd").count(), 2, "{line}");
+        }
+    }
+
+    #[test]
+    fn port_clash_is_recognised() {
+        // QEMU 10.0.2 with a host forward on a port another process listens on.
+        let stderr = "qemu-system-x86_64: -netdev user,id=net0,restrict=off,hostfwd=tcp:127.0.0.1:58325-:22: Could not set up host forwarding rule 'tcp:127.0.0.1:58325-:22'\n";
+        assert!(is_port_clash(stderr));
+        assert!(!is_port_clash("qemu-system-x86_64: -kernel /k/image: No such file or directory\n"));
+    }
+
+    #[test]
+    fn free_local_port_can_be_bound() {
+        let port = free_local_port().unwrap();
+        assert_ne!(port, 0);
+        std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
     }
 }
