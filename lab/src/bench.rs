@@ -1,8 +1,9 @@
 //! `lab bench`: the numbers in BENCHMARKS.md, measured in one run on this host.
 //!
-//! Boot-to-ready is measured two ways on the same kernel and initramfs: through the lab's VM stage
-//! (cell directory, console log, protocol parsing) and with a bare QEMU whose stdout is scanned for
-//! the ready line. The ratio is the lab's overhead.
+//! Boot-to-ready is measured two ways on the same kernel, initramfs and NIC: through the lab's VM
+//! stage (cell directory, console log, protocol parsing) and with a bare QEMU whose stdout is
+//! scanned for the ready line. The ratio is the lab's overhead. The lab's boots also log in over
+//! SSH, so the same run says how long after the ready line a guest takes commands.
 //!
 //! `--stuck` measures host-side diagnosis instead: the live-lock kernel with the guest's own
 //! detectors off, booted until it hangs and diagnosed (samples, NMI, answer); the time at which
@@ -78,20 +79,26 @@ pub fn run(sh: &Shell, cache: &Cache, args: &BenchArgs, ui: &Ui, project: &Path)
         kernels.push(k);
     }
 
-    println!("\n| arch | vCPUs | bare QEMU to ready (s) | lab to ready (s) | lab / bare |\n| --- | --- | --- | --- | --- |");
+    println!("\n| arch | vCPUs | bare QEMU to ready (s) | lab to ready (s) | lab / bare | lab to SSH login (s) | SSH login after ready (s) |\n| --- | --- | --- | --- | --- | --- | --- |");
+    let client_key = crate::ssh_keys::client_key(sh, cache)?;
     for k in &kernels {
         let image = crate::image::build(sh, cache, &project.join("images"), k.arch, ui)?;
+        let credentials = vm::ssh::Credentials { user: image.ssh.user.clone(), host_key: image.ssh.host_key.clone(), private_key: client_key.private.clone() };
         for vcpus in VCPUS {
-            let cmdline = format!("console={} panic=-1 {} lab.workload=smoke lab.arg.seconds=1", k.arch.console(), k.arch.kernel_params().join(" "));
+            // The init holds; the lab logs in, runs the smoke workload for a second and powers off.
+            let cmdline = format!("console={} panic=-1 {} lab.hold=1", k.arch.console(), k.arch.kernel_params().join(" "));
             let machine = Machine { arch: k.arch, accel: Accel::Tcg, vcpus, memory_mib: 512, kernel: &k.image, initramfs: Some(&image.initramfs), cmdline: &cmdline, ssh_port: None };
-            let mut bare = Vec::new();
-            let mut lab = Vec::new();
+            let (mut bare, mut lab, mut login) = (Vec::new(), Vec::new(), Vec::new());
             for _ in 0..args.runs {
-                bare.push(bare_boot(&machine)?);
-                lab.push(lab_boot(&machine, cache)?);
+                bare.push(bare_boot(&Machine { ssh_port: Some(vm::qemu::free_local_port()?), ..machine.clone() })?);
+                let (ready, ssh) = lab_boot(&machine, &credentials, cache)?;
+                lab.push(ready);
+                login.push(ssh);
             }
             let (b, l) = (median(&mut bare), median(&mut lab));
-            println!("| {} | {vcpus} | {b:.2} | {l:.2} | {:.2} |", k.arch, l / b);
+            let after: Vec<f64> = login.iter().zip(&lab).map(|(s, r)| s - r).collect();
+            let (s, a) = (median(&mut login), median(&mut after.clone()));
+            println!("| {} | {vcpus} | {b:.2} | {l:.2} | {:.2} | {s:.2} | {a:.2} |", k.arch, l / b);
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -122,22 +129,25 @@ fn bare_boot(machine: &Machine) -> Result<f64> {
     Ok(start.elapsed().as_secs_f64())
 }
 
-/// The lab's VM stage, timed from the call to the moment it hands over the ready line.
-fn lab_boot(machine: &Machine, cache: &Cache) -> Result<f64> {
+/// The lab's VM stage, timed from the call to the moment it hands over the ready line, and to its
+/// first login over SSH.
+fn lab_boot(machine: &Machine, credentials: &vm::ssh::Credentials, cache: &Cache) -> Result<(f64, f64)> {
     let dir = cache.dir("bench")?.join(format!("boot-{}-{}", machine.arch, machine.vcpus));
     std::fs::create_dir_all(&dir)?;
     let deadlines = Deadlines { boot: 300, silence: 120, workload: 120, report_grace: 5 };
     let start = Instant::now();
-    let mut ready = None;
+    let (mut ready, mut login) = (None, None);
     let watch = vm::Watch { report_starts: crate::triage::starts_report, diagnosis: None };
-    vm::boot(machine, &dir, deadlines, &watch, None, |seen| {
-        if let vm::Seen::Console(line) = seen {
-            if ready.is_none() && line.contains("LAB-READY") {
-                ready = Some(start.elapsed().as_secs_f64());
-            }
-        }
+    let smoke = vm::SshWorkload { name: "smoke".into(), command: "LAB_CPUS=$(nproc) /lab/workloads/smoke --seconds=1".into(), interactive: false, fetch: Vec::new() };
+    let ssh = vm::GuestSsh { credentials: credentials.clone(), task: vm::SshTask::Run(smoke) };
+    vm::boot(machine, &dir, deadlines, &watch, Some(&ssh), |seen| match seen {
+        vm::Seen::Console(line) if ready.is_none() && line.contains("LAB-READY") => ready = Some(start.elapsed().as_secs_f64()),
+        vm::Seen::SshReady { .. } => login = Some(start.elapsed().as_secs_f64()),
+        _ => {}
     })?;
-    ready.with_context(|| format!("lab {} boot printed no ready line; see {}", machine.arch, dir.display()))
+    let ready = ready.with_context(|| format!("lab {} boot printed no ready line; see {}", machine.arch, dir.display()))?;
+    let login = login.with_context(|| format!("lab {} boot: no SSH login; see {}", machine.arch, dir.display()))?;
+    Ok((ready, login))
 }
 
 /// Seconds of console silence after which the stuck bench diagnoses (or kills) the guest.

@@ -415,7 +415,7 @@ fn judge(cell: &Cell, boot: &Boot, console: Vec<Report>, host: Option<&triage::H
     if let End::LostConnection(why) = &boot.end {
         reports.push(Report {
             kind: Kind::LostConnection,
-            title: format!("lost connection: {why}"),
+            title: format!("lost connection: {}: {why}", cell.workload.name),
             frame: None,
             cpu: None,
             line: last_line,
@@ -617,9 +617,9 @@ mod tests {
     /// one, the lost connection follows; without SSH at all the cell could not run.
     #[test]
     fn lost_connections_and_ssh_failures() {
-        let lost = boot(End::LostConnection("`smoke`: the guest stopped answering".into()), READY, "");
+        let lost = boot(End::LostConnection("no reply over SSH for 20s".into()), READY, "");
         let (verdict, reason, reports) = judge(&cell(None), &lost, vec![], None, 60, 9);
-        assert_eq!((verdict, reason.as_str()), (Verdict::Fail, "lost connection: `smoke`: the guest stopped answering"));
+        assert_eq!((verdict, reason.as_str()), (Verdict::Fail, "lost connection: smoke: no reply over SSH for 20s"));
         assert_eq!(reports[0].kind, Kind::LostConnection);
         let (_, reason, reports) = judge(&cell(None), &lost, vec![lockup()], None, 60, 9);
         assert_eq!((reason.as_str(), reports[1].kind), ("hard LOCKUP in mm_get_cid", Kind::LostConnection));

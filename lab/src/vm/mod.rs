@@ -289,7 +289,7 @@ fn boot_once(machine: &Machine, dir: &Path, deadlines: Deadlines, watch: &Watch,
                     let text = error.to_string();
                     outcome.error = Some(text.clone());
                     ssh_end = match error {
-                        ssh::Error::Lost { .. } => Some(End::LostConnection(text)),
+                        ssh::Error::Lost { silent_s, .. } => Some(End::LostConnection(format!("no reply over SSH for {silent_s}s"))),
                         ssh::Error::Deadline { .. } => Some(End::WorkloadTimeout),
                         ssh::Error::Interrupted => None,
                         _ if result.is_some() => None,
