@@ -276,6 +276,7 @@ mod tests {
             reports: vec![],
             expect: None,
             ready_s: Some(1.0),
+            ssh_ready_s: None,
             detect_s: None,
             basis: None,
             end: "exited".into(),
