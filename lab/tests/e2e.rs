@@ -109,6 +109,18 @@ fn a_workload_runs_over_ssh_on_every_architecture() {
 }
 
 #[test]
+fn lab_ssh_runs_one_command_in_a_cells_guest_and_exits_with_its_status() {
+    suite();
+    let out = scratch("lab-ssh");
+    let o = run(lab().args(["ssh", "--matrix"]).arg(matrix()).arg("--out").arg(&out).args(["linux-7.3-aarch64-4cpu-smoke", "--", "sh", "-c", "uname -m; nproc; echo to-stderr >&2; exit 7"]));
+    assert_eq!(o.status.code(), Some(7), "the command's exit status");
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "aarch64\n4\n");
+    assert!(String::from_utf8_lossy(&o.stderr).contains("to-stderr"));
+    let left = Command::new("pgrep").args(["-f", &out.display().to_string()]).output().unwrap();
+    assert!(left.stdout.is_empty(), "nothing left running: {}", String::from_utf8_lossy(&left.stdout));
+}
+
+#[test]
 fn mm_cid_churn_passes_on_the_stock_kernel_on_every_architecture() {
     let run = suite();
     for arch in ARCHES {
@@ -451,7 +463,7 @@ fn a_guest_presenting_another_host_key_is_refused() {
     let cache = scratch("hostkey-cache");
     std::fs::create_dir_all(&cache).unwrap();
     let shared = std::env::var_os("LAB_CACHE_DIR").map(PathBuf::from).unwrap_or_else(|| Path::new(&std::env::var_os("HOME").unwrap()).join(".cache/lab"));
-    for dir in ["apt", "downloads", "kernels", "trees", "selftests", "ccache"] {
+    for dir in ["apt", "downloads", "kernels", "trees", "selftests", "userland", "ccache"] {
         if shared.join(dir).exists() {
             std::os::unix::fs::symlink(shared.join(dir), cache.join(dir)).unwrap();
         }
