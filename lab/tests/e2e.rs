@@ -112,11 +112,23 @@ fn a_workload_runs_over_ssh_on_every_architecture() {
 fn lab_ssh_runs_one_command_in_a_cells_guest_and_exits_with_its_status() {
     suite();
     let out = scratch("lab-ssh");
-    let o = run(lab().args(["ssh", "--matrix"]).arg(matrix()).arg("--out").arg(&out).args(["linux-7.3-aarch64-4cpu-smoke", "--", "sh", "-c", "uname -m; nproc; echo to-stderr >&2; exit 7"]));
-    assert_eq!(o.status.code(), Some(7), "the command's exit status");
+    let child = lab()
+        .args(["ssh", "--matrix"])
+        .arg(matrix())
+        .arg("--out")
+        .arg(&out)
+        .args(["linux-7.3-aarch64-4cpu-smoke", "--", "sh", "-c", "uname -m; nproc; echo to-stderr >&2; exit 7"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let o = child.wait_with_output().unwrap();
+    assert_eq!(o.status.code(), Some(7), "the command's exit status: {}", String::from_utf8_lossy(&o.stderr));
     assert_eq!(String::from_utf8_lossy(&o.stdout), "aarch64\n4\n");
     assert!(String::from_utf8_lossy(&o.stderr).contains("to-stderr"));
-    let left = Command::new("pgrep").args(["-f", &out.display().to_string()]).output().unwrap();
+    // QEMU's command line names the lab's QMP socket directory, /tmp/lab-<pid>-<n>.
+    let left = Command::new("pgrep").args(["-f", &format!("lab-{pid}-")]).output().unwrap();
     assert!(left.stdout.is_empty(), "nothing left running: {}", String::from_utf8_lossy(&left.stdout));
 }
 
