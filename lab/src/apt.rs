@@ -61,15 +61,15 @@ impl Apt {
         Ok(Apt { dir, repo_line, arch: repo.arch.map(str::to_string), _lock: lock })
     }
 
-    /// The index entry for `spec` (`name` or `name=version`). The lists are refreshed only when
-    /// the package is not in them, so a cached build needs no network; a new upload is picked up
-    /// after `forget_indexes` (`lab build --refresh`).
-    pub fn resolve(&self, sh: &Shell, spec: &str) -> Result<Package> {
-        match self.show(sh, spec) {
-            Ok(package) => Ok(package),
+    /// The index entries for `specs` (`name` or `name=version`), in their order, from one
+    /// apt-cache run. The lists are refreshed only when a package is not in them, so a cached build
+    /// needs no network; a new upload is picked up after `forget_indexes` (`lab build --refresh`).
+    pub fn resolve(&self, sh: &Shell, specs: &[&str]) -> Result<Vec<Package>> {
+        match self.show(sh, specs) {
+            Ok(packages) => Ok(packages),
             Err(_) => {
                 self.update(sh)?;
-                self.show(sh, spec).with_context(|| format!("`{spec}` is not in {}", self.repo_line))
+                self.show(sh, specs).with_context(|| format!("after refreshing the index of {}", self.repo_line))
             }
         }
     }
@@ -118,6 +118,10 @@ impl Apt {
             format!("Dir::State::status={d}/status"),
             format!("Dir::Cache={d}"),
             format!("Dir::Cache::archives={d}/archives"),
+            // apt's binary cache of the lists: without it (some hosts turn it off) every
+            // apt-cache run parses the whole index again, most of a second.
+            format!("Dir::Cache::pkgcache={d}/pkgcache.bin"),
+            "Dir::Cache::srcpkgcache=".to_string(),
             "APT::Default-Release=".to_string(),
             "APT::Sandbox::User=root".to_string(),
             "Acquire::Languages=none".to_string(),
@@ -140,18 +144,31 @@ impl Apt {
             .with_context(|| format!("apt-get update of the private index of {} failed: check the network and the mirror", self.repo_line))
     }
 
-    fn show(&self, sh: &Shell, spec: &str) -> Result<Package> {
+    fn show(&self, sh: &Shell, specs: &[&str]) -> Result<Vec<Package>> {
         if !self.dir.join("status").exists() {
             bail!("no index yet");
         }
         let opts = self.options();
-        let text = cmd!(sh, "apt-cache {opts...} show --no-all-versions {spec}").quiet().ignore_stderr().read()?;
-        let field = |name: &str| {
-            text.lines()
-                .find_map(|l| l.strip_prefix(name)?.strip_prefix(": ").map(str::to_string))
-                .with_context(|| format!("apt-cache show {spec} has no {name} field"))
-        };
-        Ok(Package { name: field("Package")?, version: field("Version")?, sha256: field("SHA256")?, filename: field("Filename")? })
+        // Exits non-zero when a package is missing, after listing the others: judged below.
+        let text = cmd!(sh, "apt-cache {opts...} show --no-all-versions {specs...}").quiet().ignore_stderr().ignore_status().read()?;
+        let stanzas: Vec<&str> = text.split("\n\n").filter(|s| !s.trim().is_empty()).collect();
+        specs
+            .iter()
+            .map(|spec| {
+                let name = spec.split('=').next().unwrap_or(spec);
+                let stanza = stanzas
+                    .iter()
+                    .find(|s| s.lines().any(|l| l.strip_prefix("Package: ") == Some(name)))
+                    .with_context(|| format!("`{spec}` is not in the index"))?;
+                let field = |field: &str| {
+                    stanza
+                        .lines()
+                        .find_map(|l| l.strip_prefix(field)?.strip_prefix(": ").map(str::to_string))
+                        .with_context(|| format!("apt-cache show {spec} has no {field} field"))
+                };
+                Ok(Package { name: name.to_string(), version: field("Version")?, sha256: field("SHA256")?, filename: field("Filename")? })
+            })
+            .collect()
     }
 
     fn download(&self, sh: &Shell, spec: &str, into: &Path) -> Result<()> {

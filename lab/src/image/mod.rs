@@ -162,7 +162,7 @@ fn build_inner(sh: &Shell, cache: &Cache, images_dir: &Path, arch: Arch) -> Resu
     archive.file("/root/.ssh/authorized_keys", 0o600, format!("{}\n", client_key.public_line).as_bytes());
     let (host_key, host_key_public) = make_host_key(sh, &tmp)?;
     archive.file(HOST_KEY, 0o600, &host_key);
-    fs::write(tmp.join("initramfs.cpio"), archive.finish())?;
+    write_initramfs(&tmp.join("initramfs.cpio"), &archive.finish())?;
     let image = Image {
         arch,
         key,
@@ -175,6 +175,15 @@ fn build_inner(sh: &Shell, cache: &Cache, images_dir: &Path, arch: Arch) -> Resu
     cache::remove_dir_if_present(&dir)?;
     fs::rename(&tmp, &dir)?;
     Ok(image)
+}
+
+/// Readable by its owner only: the image holds the guest's private host key, and whoever can read
+/// it can pose as the guest to the lab's SSH client.
+fn write_initramfs(path: &Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path).with_context(|| format!("cannot create {}", path.display()))?;
+    file.write_all(bytes).with_context(|| format!("cannot write {}", path.display()))
 }
 
 /// A new ed25519 host key in dropbear's format, made with the host's dropbearkey, and its public
@@ -237,7 +246,7 @@ fn with_selftests_inner(cache: &Cache, base: &Image, selftests: &Selftests) -> R
     let tmp = cache::temp_sibling(&dir);
     cache::remove_dir_if_present(&tmp)?;
     fs::create_dir_all(&tmp)?;
-    fs::write(tmp.join("initramfs.cpio"), initramfs)?;
+    write_initramfs(&tmp.join("initramfs.cpio"), &initramfs)?;
     let image = Image { key, initramfs: dir.join("initramfs.cpio"), cached: false, ..base.clone() };
     fs::write(tmp.join("image.json"), serde_json::to_string_pretty(&image)?)?;
     cache::remove_dir_if_present(&dir)?;

@@ -87,7 +87,7 @@ impl Userland {
 /// index or a package is not in the cache yet.
 pub fn get(sh: &Shell, cache: &Cache, arch: Arch) -> Result<Userland> {
     let apt = Apt::open(cache, &Repo { mirror: MIRROR, suite: SUITE, arch: Some(arch.debian_arch()) })?;
-    let packages = PACKAGES.iter().map(|p| apt.resolve(sh, p)).collect::<Result<Vec<_>>>()?;
+    let packages = apt.resolve(sh, PACKAGES)?;
     let ids: Vec<String> = packages.iter().map(|p| p.id()).collect();
     let mut key = KeyBuilder::default().part("version", USERLAND_VERSION.as_bytes()).part("arch", arch.name().as_bytes());
     for id in &ids {

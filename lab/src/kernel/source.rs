@@ -89,7 +89,7 @@ fn debian(sh: &Shell, cache: &Cache, package: &str, suite: &str, mirror: &str, v
         Some(v) => format!("{package}={v}"),
         None => package.to_string(),
     };
-    let package = apt.resolve(sh, &spec)?;
+    let package = apt.resolve(sh, &[&spec])?.remove(0);
     let deb = apt.fetch(sh, cache, &package)?;
     Ok(Fetched { id: format!("debian:{}", package.id()), what: Unpack::Deb(deb) })
 }
