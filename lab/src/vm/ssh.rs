@@ -97,7 +97,7 @@ impl Connection {
                 }
                 Err(why) => last = why,
             }
-            std::thread::sleep(Duration::from_millis(300));
+            std::thread::sleep(Duration::from_millis(100));
         }
     }
 
