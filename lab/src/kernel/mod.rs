@@ -158,6 +158,15 @@ fn build_inner(sh: &Shell, cache: &Cache, recipe: &Recipe, arch: Arch, opts: &Bu
     let _tree_lock = ready_tree()?;
     let out_name = format!("o-{arch}-{config_key}");
     let out = src.join(&out_name);
+    // A tree made before this configuration was built anywhere has no build directory for it.
+    // Once a tree with fewer of its patches has one, the tree is made again from that donor, its
+    // patches reapplied after the copy (so they are newer than the copied objects): an incremental
+    // build instead of a cold one after every change of the config fragments.
+    let donor_built = |donor: &Path| donor.join("src").join(&out_name).join("vmlinux").exists();
+    if !out.join(".lab-config-ok").exists() && best_donor(&trees, &fetched.id, &patch_keys, &tree).is_some_and(|(donor, _)| donor_built(&donor)) {
+        ui.send(Event::Progress { task: task.to_string(), message: "copying the tree of fewer patches, built with this config".into() });
+        prepare_tree(sh, &trees, &tree, &fetched, recipe, &patch_keys)?;
+    }
     let started = Instant::now();
     let (kernel_arch, cross, jobs) = (arch.kernel_arch(), arch.cross_compile(), opts.jobs.to_string());
     let make = |target: &str| -> Command {
@@ -252,7 +261,7 @@ fn prepare_tree(sh: &Shell, trees: &Path, tree: &Path, fetched: &source::Fetched
     fs::create_dir_all(&tmp)?;
     let result = (|| -> Result<()> {
         let src = tmp.join("src");
-        let applied = match best_donor(trees, &fetched.id, patch_keys) {
+        let applied = match best_donor(trees, &fetched.id, patch_keys, tree) {
             Some((donor, applied)) => {
                 let _donor_lock = Lock::acquire(&donor.with_extension("lock"))?;
                 let from = donor.join("src");
@@ -328,11 +337,13 @@ fn replace_all(haystack: &[u8], from: &[u8], to: &[u8]) -> Vec<u8> {
     out
 }
 
-/// The finished tree of the same source whose patches are the longest prefix of ours.
-fn best_donor(trees: &Path, source: &str, patches: &[String]) -> Option<(PathBuf, usize)> {
+/// The finished tree of the same source, other than `tree`, whose patches are the longest prefix
+/// of ours.
+fn best_donor(trees: &Path, source: &str, patches: &[String], tree: &Path) -> Option<(PathBuf, usize)> {
     fs::read_dir(trees)
         .ok()?
         .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|dir| dir != tree)
         .filter_map(|dir| {
             let info: TreeInfo = serde_json::from_slice(&fs::read(dir.join("tree.json")).ok()?).ok()?;
             let prefix = info.source == source && info.patches.len() <= patches.len() && patches.starts_with(&info.patches);
@@ -381,6 +392,26 @@ fn which(program: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_donor_is_the_tree_with_the_longest_prefix_of_our_patches_never_the_tree_itself() {
+        let trees = std::env::temp_dir().join(format!("lab-donor-{}", std::process::id()));
+        for (name, source, patches) in [("stock", "s", vec![]), ("one", "s", vec!["p1"]), ("other", "t", vec!["p1"]), ("both", "s", vec!["p1", "p2"])] {
+            fs::create_dir_all(trees.join(name)).unwrap();
+            let info = TreeInfo { source: source.into(), patches: patches.into_iter().map(String::from).collect() };
+            fs::write(trees.join(name).join("tree.json"), serde_json::to_string(&info).unwrap()).unwrap();
+        }
+        let donor = |patches: &[&str], tree: &str| {
+            let patches: Vec<String> = patches.iter().map(|p| p.to_string()).collect();
+            best_donor(&trees, "s", &patches, &trees.join(tree)).map(|(dir, n)| format!("{}+{n}", dir.file_name().unwrap().to_string_lossy()))
+        };
+        assert_eq!(donor(&["p1", "p2"], "new").as_deref(), Some("both+2"));
+        assert_eq!(donor(&["p1", "p2"], "both").as_deref(), Some("one+1"));
+        assert_eq!(donor(&["p1"], "one").as_deref(), Some("stock+0"));
+        assert_eq!(donor(&["p2"], "new").as_deref(), Some("stock+0"));
+        assert_eq!(donor(&[], "stock"), None);
+        fs::remove_dir_all(trees).unwrap();
+    }
 
     #[test]
     fn copied_trees_point_tool_metadata_at_themselves() {
