@@ -143,7 +143,7 @@ enum Command {
     /// Judge saved console logs ("-" reads stdin), or a cell's host samples.
     ///
     /// Prints one line per report, or with --json:
-    /// {"files": [{"file", "reports": [{"kind", "title", "frame", "cpu", "line"}]}]}
+    /// {"files": [{"file", "reports": [{"kind", "title", "signature", "frame", "cpu", "line"}]}]}
     ///
     /// With --system-map, each FILE is a cell's host-samples.json, judged again against the
     /// cell kernel's System.map (one line per vCPU, then the report):
@@ -390,7 +390,7 @@ fn triage_files(files: &[PathBuf], json: bool) -> Result<ExitCode> {
                 let reports: Vec<serde_json::Value> = reports
                     .iter()
                     .map(|r| {
-                        let mut v = serde_json::json!({"kind": r.kind, "title": r.title, "frame": r.frame, "cpu": r.cpu, "line": r.line});
+                        let mut v = serde_json::json!({"kind": r.kind, "title": r.title, "signature": r.signature, "frame": r.frame, "cpu": r.cpu, "line": r.line});
                         if let Some(missing) = r.missing {
                             v["missing"] = serde_json::json!(missing);
                         }

@@ -298,9 +298,11 @@ fn judge(cell: &Cell, boot: &Boot, console: Vec<Report>, host: Option<&triage::H
         // The host's summary goes with the silence only when it found no spinning vCPU to report.
         let mut lines: Vec<String> = host.filter(|h| !h.spinning()).map(|h| h.summary.clone()).unwrap_or_default();
         lines.extend(boot.host_error.iter().map(|e| format!("host sampling failed: {e}")));
+        let what = format!("no console output for {silence_s}s{}", if boot.ready.is_none() { " during boot" } else { "" });
         reports.push(Report {
             kind: Kind::Silent,
-            title: format!("silent: no console output for {silence_s}s{}", if boot.ready.is_none() { " during boot" } else { "" }),
+            signature: triage::signature(Kind::Silent, None, &what),
+            title: format!("silent: {what}"),
             frame: None,
             cpu: None,
             line: last_line,
@@ -309,7 +311,7 @@ fn judge(cell: &Cell, boot: &Boot, console: Vec<Report>, host: Option<&triage::H
             missing: None,
         });
     }
-    let other = |title: String| Report { kind: Kind::Other, title, frame: None, cpu: None, line: last_line, lines: Vec::new(), source: Source::Console, missing: None };
+    let other = |title: String| Report { kind: Kind::Other, signature: triage::signature(Kind::Other, None, &title), title, frame: None, cpu: None, line: last_line, lines: Vec::new(), source: Source::Console, missing: None };
     if let End::QemuFailed(why) = &boot.end {
         if reports.is_empty() {
             return (Verdict::Error, why.clone(), reports);
@@ -413,7 +415,7 @@ mod tests {
     }
 
     fn lockup() -> Report {
-        Report { kind: Kind::HardLockup, title: "hard LOCKUP in mm_get_cid".into(), frame: Some("mm_get_cid".into()), cpu: Some(1), line: 7, lines: vec![], source: Source::Console, missing: None }
+        Report { kind: Kind::HardLockup, title: "hard LOCKUP in mm_get_cid".into(), signature: "hard-lockup:mm_get_cid".into(), frame: Some("mm_get_cid".into()), cpu: Some(1), line: 7, lines: vec![], source: Source::Console, missing: None }
     }
 
     const READY: &str = "arch=aarch64 cpus=2";
@@ -447,7 +449,7 @@ mod tests {
     }
 
     fn at(kind: Kind, line: usize, source: Source) -> Report {
-        Report { kind, title: format!("{kind}@{line}"), frame: None, cpu: None, line, lines: vec![], source, missing: None }
+        Report { kind, title: format!("{kind}@{line}"), signature: kind.to_string(), frame: None, cpu: None, line, lines: vec![], source, missing: None }
     }
 
     fn quiet_host() -> triage::HostDiagnosis {

@@ -5,7 +5,7 @@ use super::console::{Caller, ConsoleLine};
 use super::header::{self, Header, Role};
 use super::sanitize;
 use super::stack::Stacks;
-use super::{Kind, Missing, Report, Source};
+use super::{signature, Kind, Missing, Report, Source};
 
 /// Lines kept per report for people to read.
 const MAX_REPORT_LINES: usize = 80;
@@ -123,6 +123,7 @@ impl Draft {
         Report {
             kind: self.kind,
             title: title(self.kind, &self.subject, frame.as_deref()),
+            signature: signature(self.kind, frame.as_deref(), &self.subject),
             cpu: self
                 .cpu
                 .or(self.stacks.reporter_cpu)

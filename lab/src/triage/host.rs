@@ -4,7 +4,7 @@
 
 use super::stack::{self, Stacks};
 use super::symbols::Symbols;
-use super::{assemble, Kind, Report, Source};
+use super::{assemble, signature, Kind, Report, Source};
 use crate::vm::sample::{Frame, HostSamples, Irqs, Sample, VcpuSamples};
 
 /// A vCPU is stuck when at least this share of its samples is in the kernel, not idle, in the
@@ -94,6 +94,7 @@ pub fn diagnose(samples: &HostSamples, symbols: &Symbols, line: usize) -> HostDi
     let report = Report {
         kind,
         title: assemble::title(kind, "", culprit.as_deref()),
+        signature: signature(kind, culprit.as_deref(), ""),
         frame: culprit,
         cpu,
         line,
@@ -224,7 +225,7 @@ mod tests {
         let diagnosis = diagnose(&samples, &symbols, 1);
         let mut actual: String = diagnosis.summary.iter().map(|l| format!("{l}\n")).collect();
         for r in &diagnosis.reports {
-            actual.push_str(&format!("{} cpu={} frame={} | {}\n", r.kind, r.cpu.map_or("-".into(), |c| c.to_string()), r.frame.as_deref().unwrap_or("-"), r.title));
+            actual.push_str(&format!("{} cpu={} frame={} sig={} | {}\n", r.kind, r.cpu.map_or("-".into(), |c| c.to_string()), r.frame.as_deref().unwrap_or("-"), r.signature, r.title));
         }
         let expected_path = dir.join(format!("{name}.expected"));
         if std::env::var_os("UPDATE_EXPECT").is_some_and(|v| v == "1") {

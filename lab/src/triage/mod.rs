@@ -9,6 +9,7 @@ mod console;
 mod header;
 mod host;
 mod sanitize;
+mod signature;
 mod stack;
 mod symbols;
 #[cfg(test)]
@@ -18,6 +19,7 @@ use std::fmt;
 
 pub use host::{diagnose as diagnose_host, HostDiagnosis};
 pub use sanitize::sanitize;
+pub use signature::signature;
 pub use symbols::Symbols;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
@@ -69,6 +71,9 @@ impl fmt::Display for Kind {
 pub struct Report {
     pub kind: Kind,
     pub title: String,
+    /// The same failure's name in every run, on any vCPU count or architecture (`signature`).
+    #[serde(default)]
+    pub signature: String,
     pub frame: Option<String>,
     pub cpu: Option<u32>,
     pub line: usize,

@@ -15,7 +15,7 @@ fn render(reports: &[Report]) -> String {
         .iter()
         .map(|report| {
             format!(
-                "{} cpu={} line={} lines={} frame={}{} | {}\n",
+                "{} cpu={} line={} lines={} frame={}{} sig={} | {}\n",
                 report.kind,
                 report.cpu.map_or("-".to_owned(), |cpu| cpu.to_string()),
                 report.line,
@@ -25,6 +25,7 @@ fn render(reports: &[Report]) -> String {
                     Some(Missing::LockHolder) => " missing=lock-holder",
                     None => "",
                 },
+                report.signature,
                 report.title
             )
         })
@@ -73,6 +74,30 @@ fn golden_cases() {
         cases.len(),
         failures.join("\n")
     );
+}
+
+/// The mm_cid live lock as the guest's watchdogs printed it on three architectures at 4 vCPUs, in
+/// the seed e-mail (powerpc, 64 CPUs), and as the host sampled it on each architecture: one
+/// signature, whichever CPU waited for the holder's lock.
+#[test]
+fn one_live_lock_one_signature() {
+    let signatures = |name: &str| -> Vec<String> {
+        let bytes = fs::read(Path::new(TESTDATA).join(format!("{name}.log"))).expect("case");
+        triage(&bytes).into_iter().map(|report| report.signature).collect()
+    };
+    let check = |name: &str, expect: &[&str]| assert_eq!(signatures(name), expect, "{name}");
+    check("real-x86_64-mmcid-no-transit-livelock", &["hard-lockup:mm_get_cid"]);
+    check("real-aarch64-no-transit-reporter-idle-holder-in-mm-get-cid", &["hard-lockup:mm_get_cid"]);
+    check("real-ppc64le-no-transit-holder-seen-through-paca", &["hard-lockup:mm_get_cid"]);
+    check("seed-powerpc-email", &["hard-lockup:mm_get_cid", "hard-lockup:mm_cid_fixup_cpus_to_tasks"]);
+    for arch in ["x86_64", "aarch64", "ppc64le"] {
+        let host = Path::new(TESTDATA).join("host").join(format!("{arch}-no-transit-live-lock"));
+        let samples = fs::read_to_string(host.with_extension("json")).expect("samples");
+        let map = fs::read_to_string(host.with_extension("map")).expect("map");
+        let samples = serde_json::from_str(&samples).expect("host-samples.json");
+        let diagnosis = super::diagnose_host(&samples, &super::Symbols::parse(&map), 1);
+        assert_eq!(diagnosis.reports[0].signature, "hard-lockup:mm_get_cid", "host {arch}");
+    }
 }
 
 #[test]
@@ -170,6 +195,7 @@ fn report_lines_are_omitted_from_json_when_empty() {
     let report = Report {
         kind: Kind::Silent,
         title: "silent".into(),
+        signature: "silent".into(),
         frame: None,
         cpu: None,
         line: 1,
@@ -180,7 +206,7 @@ fn report_lines_are_omitted_from_json_when_empty() {
     let json = serde_json::to_string(&report).expect("serialize");
     assert_eq!(
         json,
-        r#"{"kind":"silent","title":"silent","frame":null,"cpu":null,"line":1,"source":"console"}"#
+        r#"{"kind":"silent","title":"silent","signature":"silent","frame":null,"cpu":null,"line":1,"source":"console"}"#
     );
     assert_eq!(
         serde_json::from_str::<Report>(&json).expect("deserialize"),
