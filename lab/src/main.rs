@@ -391,8 +391,8 @@ fn triage_files(files: &[PathBuf], json: bool) -> Result<ExitCode> {
                     .iter()
                     .map(|r| {
                         let mut v = serde_json::json!({"kind": r.kind, "title": r.title, "signature": r.signature, "frame": r.frame, "cpu": r.cpu, "line": r.line});
-                        if let Some(missing) = r.missing {
-                            v["missing"] = serde_json::json!(missing);
+                        if !r.missing.is_empty() {
+                            v["missing"] = serde_json::json!(r.missing);
                         }
                         v
                     })
@@ -408,10 +408,14 @@ fn triage_files(files: &[PathBuf], json: bool) -> Result<ExitCode> {
             }
             for r in reports {
                 let cpu = r.cpu.map(|c| format!(" cpu {c}")).unwrap_or_default();
-                let missing = match r.missing {
-                    Some(triage::Missing::LockHolder) => " (no dumped stack shows the lock holder)",
-                    None => "",
-                };
+                let missing: String = r
+                    .missing
+                    .iter()
+                    .map(|what| match what {
+                        triage::Missing::LockHolder => " (no dumped stack shows the lock holder)",
+                        triage::Missing::Truncated => " (cut short: the log ends inside it)",
+                    })
+                    .collect();
                 println!("{file}:{}: {}{cpu}: {}{missing}", r.line, r.kind, triage::sanitize(&r.title));
             }
         }

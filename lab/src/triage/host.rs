@@ -100,7 +100,7 @@ pub fn diagnose(samples: &HostSamples, symbols: &Symbols, line: usize) -> HostDi
         line,
         lines: summary.clone(),
         source: Source::Host,
-        missing: None,
+        missing: Vec::new(),
     };
     HostDiagnosis { reports: vec![report], summary, waiters }
 }

@@ -83,8 +83,8 @@ pub struct Report {
     #[serde(default)]
     pub source: Source,
     /// What the report could not show: its title then tells part of the story.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub missing: Option<Missing>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub missing: Vec<Missing>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -94,6 +94,10 @@ pub enum Missing {
     /// TCG ignores the backtrace IPI; a holder spinning with interrupts off cannot answer one
     /// without an NMI). The title names the waiter: the victim, not the culprit.
     LockHolder,
+    /// The log ended while the report still owed lines: its end marker, a CPU's stack that was
+    /// announced, the stuck CPU's answer to the backtrace NMI, or the rest of its last line. The
+    /// console died or the log was cut; what the report names rests on the part that came.
+    Truncated,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -109,12 +113,16 @@ pub enum Source {
 /// Judges a whole console log. Never panics, never hangs, on any bytes.
 pub fn triage(log: &[u8]) -> Vec<Report> {
     let mut assembler = assemble::Assembler::default();
-    // The newline ends the last line; it does not start an empty one.
-    let log = log.strip_suffix(b"\n").unwrap_or(log);
+    // The newline ends the last line; it does not start an empty one. printk prints whole lines,
+    // so a log without it was cut in the middle of one.
+    let (log, cut_mid_line) = match log.strip_suffix(b"\n") {
+        Some(lines) => (lines, false),
+        None => (log, !log.is_empty()),
+    };
     for (index, raw) in log.split(|&byte| byte == b'\n').enumerate() {
         assembler.push(index + 1, raw);
     }
-    assembler.finish()
+    assembler.finish(cut_mid_line)
 }
 
 /// True when this single console line (prefix-stripped or not) opens a report.

@@ -136,6 +136,10 @@ const SPIN_WAITS: &[&str] = &[
 /// helpers come above it on powerpc and arm64).
 const SPIN_WAIT_DEPTH: usize = 4;
 
+/// Lines a dump prints between its announcement and its first frame: powerpc's register dump is
+/// the longest, about 20.
+const DUMP_HEADER_LINES: usize = 40;
+
 fn matches_any(patterns: &[&str], function: &str) -> bool {
     // Compiler clones (.isra.0, .constprop.0, .cold, .part.0) are the same function for this purpose.
     let function = function.split('.').next().unwrap_or(function);
@@ -205,17 +209,20 @@ fn parse_frame(text: &str) -> Option<Frame> {
     })
 }
 
-/// Lines that say whose stack comes next.
+/// Lines that say whose stack comes next, or that one will not come.
 static STACK_OWNER: LazyLock<Regex> = LazyLock::new(|| {
     Regex::new(concat!(
         r"^(?:rcu: )?\s*(?:",
-        r"NMI backtrace for cpu (?P<nmi>\d+)", // lib/nmi_backtrace.c
+        // lib/nmi_backtrace.c; an idle CPU says so in one line instead of dumping its stack.
+        r"NMI backtrace for cpu (?P<nmi>\d+)(?P<skipped> skipped: idling)?",
         r"|CPU: (?P<dump>\d+) (?:UID: \d+ )?PID: ", // lib/dump_stack.c dump_stack_print_info
         r"|(?P<task>task:.* state:)",          // kernel/sched/core.c sched_show_task
         r"|\(detected by (?P<reporter>\d+), ", // kernel/rcu/tree_stall.h
         r"|Sending NMI from CPU (?P<sender>\d+) to CPUs ", // lib/nmi_backtrace.c
         // arch/powerpc/kernel/stacktrace.c: a CPU deaf to the IPI, shown from its saved r1.
         r"|CPU (?P<paca>\d+) didn't respond to backtrace IPI, inspecting paca",
+        // lib/nmi_backtrace.c: the sender stops waiting for CPUs that did not answer.
+        r"|(?P<unanswered>After \d+ seconds, these CPUS still haven't responded to the NMI)",
         r")",
     ))
     .expect("stack owner pattern is valid")
@@ -229,6 +236,9 @@ struct Section {
     /// saved. Its first frame is printed "(unreliable)" because it is an LR save slot, and it is
     /// the best there is: where the deaf CPU was spinning.
     from_paca: bool,
+    /// Opened by a line that promises this CPU's or task's frames next (a backtrace header,
+    /// dump_stack's banner, sched_show_task's task line, a paca note).
+    announced: bool,
 }
 
 impl Section {
@@ -298,6 +308,11 @@ pub(super) struct Stacks {
     pub first_dump_cpu: Option<u32>,
     /// The CPU that found other CPUs stuck and asked them for their stacks.
     pub reporter_cpu: Option<u32>,
+    /// A backtrace NMI went out and the sender has not yet given up on the CPUs that did not
+    /// answer: until it does (after 10 s), their stacks are still to come.
+    pub nmi_pending: bool,
+    /// Lines fed since the current section began.
+    lines_in_section: usize,
 }
 
 impl Stacks {
@@ -309,11 +324,14 @@ impl Stacks {
             }],
             first_dump_cpu: None,
             reporter_cpu: None,
+            nmi_pending: false,
+            lines_in_section: 0,
         }
     }
 
     /// A new stack begins unless the current one has no frames yet and does not belong to another CPU.
     pub fn start_section(&mut self, cpu: Option<u32>) {
+        self.lines_in_section = 0;
         let current = self.sections.last_mut().expect("there is always a section");
         let other_cpu = cpu.is_some() && current.cpu.is_some() && cpu != current.cpu;
         if current.frames.is_empty() && !other_cpu {
@@ -335,6 +353,7 @@ impl Stacks {
     }
 
     pub fn feed(&mut self, text: &str) {
+        self.lines_in_section += 1;
         if let Some(frame) = parse_frame(text) {
             self.push(frame);
             return;
@@ -348,18 +367,39 @@ impl Stacks {
                 .and_then(|m| m.as_str().parse::<u32>().ok())
         };
         if let Some(cpu) = number("nmi") {
-            self.start_section(Some(cpu));
+            self.start_announced(Some(cpu), captures.name("skipped").is_none());
         } else if let Some(cpu) = number("paca") {
-            self.start_section(Some(cpu));
+            self.start_announced(Some(cpu), true);
             self.sections.last_mut().expect("there is always a section").from_paca = true;
         } else if let Some(cpu) = number("dump") {
             self.first_dump_cpu = self.first_dump_cpu.or(Some(cpu));
-            self.start_section(Some(cpu));
+            self.start_announced(Some(cpu), true);
         } else if captures.name("task").is_some() {
-            self.start_section(None);
-        } else if let Some(cpu) = number("reporter").or_else(|| number("sender")) {
+            self.start_announced(None, true);
+        } else if let Some(cpu) = number("reporter") {
             self.reporter_cpu = self.reporter_cpu.or(Some(cpu));
+        } else if let Some(cpu) = number("sender") {
+            self.reporter_cpu = self.reporter_cpu.or(Some(cpu));
+            self.nmi_pending = true;
+        } else if captures.name("unanswered").is_some() {
+            self.nmi_pending = false;
         }
+    }
+
+    fn start_announced(&mut self, cpu: Option<u32>, frames_follow: bool) {
+        self.start_section(cpu);
+        self.sections.last_mut().expect("there is always a section").announced = frames_follow;
+    }
+
+    /// True when the last stack was announced a few lines ago and not one of its frames came.
+    pub fn awaits_frames(&self) -> bool {
+        let last = self.sections.last().expect("there is always a section");
+        last.announced && last.frames.is_empty() && self.lines_in_section <= DUMP_HEADER_LINES
+    }
+
+    /// True when some frame of `cpu`'s stack came.
+    pub fn dumped(&self, cpu: u32) -> bool {
+        self.preferred(Some(cpu)).any(|section| !section.frames.is_empty())
     }
 
     fn push(&mut self, frame: Frame) {

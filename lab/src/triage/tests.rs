@@ -21,15 +21,26 @@ fn render(reports: &[Report]) -> String {
                 report.line,
                 report.lines.len(),
                 report.frame.as_deref().unwrap_or("-"),
-                match report.missing {
-                    Some(Missing::LockHolder) => " missing=lock-holder",
-                    None => "",
-                },
+                missing(&report.missing),
                 report.signature,
                 report.title
             )
         })
         .collect()
+}
+
+fn missing(missing: &[Missing]) -> String {
+    let names: Vec<&str> = missing
+        .iter()
+        .map(|what| match what {
+            Missing::LockHolder => "lock-holder",
+            Missing::Truncated => "truncated",
+        })
+        .collect();
+    match names.is_empty() {
+        true => String::new(),
+        false => format!(" missing={}", names.join(",")),
+    }
 }
 
 fn cases() -> Vec<PathBuf> {
@@ -201,7 +212,7 @@ fn report_lines_are_omitted_from_json_when_empty() {
         line: 1,
         lines: Vec::new(),
         source: super::Source::Console,
-        missing: None,
+        missing: Vec::new(),
     };
     let json = serde_json::to_string(&report).expect("serialize");
     assert_eq!(
