@@ -143,7 +143,9 @@ enum Command {
     /// Judge saved console logs ("-" reads stdin), or a cell's host samples.
     ///
     /// Prints one line per report, or with --json:
-    /// {"files": [{"file", "reports": [{"kind", "title", "signature", "frame", "cpu", "line"}]}]}
+    /// {"files": [{"file", "reports": [{"kind", "title", "signature", "frame", "cpu", "line",
+    ///   "missing": ["lock-holder" | "truncated"], "stacks": [{"cpu", "frames", "waits_on_lock", "idle"}]}]}]}
+    /// ("missing" and "stacks" only when not empty)
     ///
     /// With --system-map, each FILE is a cell's host-samples.json, judged again against the
     /// cell kernel's System.map (one line per vCPU, then the report):
@@ -393,6 +395,9 @@ fn triage_files(files: &[PathBuf], json: bool) -> Result<ExitCode> {
                         let mut v = serde_json::json!({"kind": r.kind, "title": r.title, "signature": r.signature, "frame": r.frame, "cpu": r.cpu, "line": r.line});
                         if !r.missing.is_empty() {
                             v["missing"] = serde_json::json!(r.missing);
+                        }
+                        if !r.stacks.is_empty() {
+                            v["stacks"] = serde_json::json!(r.stacks);
                         }
                         v
                     })

@@ -309,9 +309,10 @@ fn judge(cell: &Cell, boot: &Boot, console: Vec<Report>, host: Option<&triage::H
             lines,
             source: Source::Console,
             missing: Vec::new(),
+            stacks: Vec::new(),
         });
     }
-    let other = |title: String| Report { kind: Kind::Other, signature: triage::signature(Kind::Other, None, &title), title, frame: None, cpu: None, line: last_line, lines: Vec::new(), source: Source::Console, missing: Vec::new() };
+    let other = |title: String| Report { kind: Kind::Other, signature: triage::signature(Kind::Other, None, &title), title, frame: None, cpu: None, line: last_line, lines: Vec::new(), source: Source::Console, missing: Vec::new(), stacks: Vec::new() };
     if let End::QemuFailed(why) = &boot.end {
         if reports.is_empty() {
             return (Verdict::Error, why.clone(), reports);
@@ -415,7 +416,7 @@ mod tests {
     }
 
     fn lockup() -> Report {
-        Report { kind: Kind::HardLockup, title: "hard LOCKUP in mm_get_cid".into(), signature: "hard-lockup:mm_get_cid".into(), frame: Some("mm_get_cid".into()), cpu: Some(1), line: 7, lines: vec![], source: Source::Console, missing: Vec::new() }
+        Report { kind: Kind::HardLockup, title: "hard LOCKUP in mm_get_cid".into(), signature: "hard-lockup:mm_get_cid".into(), frame: Some("mm_get_cid".into()), cpu: Some(1), line: 7, lines: vec![], source: Source::Console, missing: Vec::new(), stacks: Vec::new() }
     }
 
     const READY: &str = "arch=aarch64 cpus=2";
@@ -449,7 +450,7 @@ mod tests {
     }
 
     fn at(kind: Kind, line: usize, source: Source) -> Report {
-        Report { kind, title: format!("{kind}@{line}"), signature: kind.to_string(), frame: None, cpu: None, line, lines: vec![], source, missing: Vec::new() }
+        Report { kind, title: format!("{kind}@{line}"), signature: kind.to_string(), frame: None, cpu: None, line, lines: vec![], source, missing: Vec::new(), stacks: Vec::new() }
     }
 
     fn quiet_host() -> triage::HostDiagnosis {

@@ -175,6 +175,7 @@ impl Draft {
             lines: self.lines,
             source: Source::Console,
             missing,
+            stacks: self.stacks.cpu_stacks(),
         }
     }
 }

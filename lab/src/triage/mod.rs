@@ -85,6 +85,23 @@ pub struct Report {
     /// What the report could not show: its title then tells part of the story.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub missing: Vec<Missing>,
+    /// The stacks the report printed, the reporter's and every other CPU's it dumped, in order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub stacks: Vec<CpuStack>,
+}
+
+/// One CPU's (or task's) stack in a report.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct CpuStack {
+    /// None for a task's stack (a hung task, the RCU grace-period kthread).
+    pub cpu: Option<u32>,
+    /// Function names, innermost first: the interrupted function, then the call trace. Frames the
+    /// unwinder only guessed are left out when it found reliable ones.
+    pub frames: Vec<String>,
+    /// It spins for a lock someone else holds: the waiting side of a live lock.
+    pub waits_on_lock: bool,
+    /// It waits for work in the idle loop.
+    pub idle: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]

@@ -5,6 +5,8 @@ use std::sync::LazyLock;
 
 use regex::Regex;
 
+use super::CpuStack;
+
 /// Functions that are never the culprit: they are how the CPU got to the culprit, how it waits for
 /// something the culprit holds, or how the kernel reports on it. A trailing `*` matches a prefix.
 #[rustfmt::skip]
@@ -169,6 +171,9 @@ struct Frame {
     function: String,
     /// False for frames the unwinder only guessed (x86 "? ", powerpc "(unreliable)").
     reliable: bool,
+    /// False for the link register (the caller, or the function itself again) and for a function
+    /// a headline names: candidates for the culprit, but not links of the printed call chain.
+    in_chain: bool,
 }
 
 /// A frame line in any of the forms the three architectures print; the whole line has to be the frame,
@@ -203,9 +208,11 @@ fn parse_frame(text: &str) -> Option<Frame> {
         || captures
             .name("note")
             .is_some_and(|m| m.as_str() == "unreliable");
+    let register = captures.name("register").map(|m| m.as_str());
     Some(Frame {
         function: captures["function"].to_owned(),
-        reliable: captures.name("register").is_some() || !guessed,
+        reliable: register.is_some() || !guessed,
+        in_chain: !register.is_some_and(|name| name.starts_with(['l', 'L'])),
     })
 }
 
@@ -268,6 +275,20 @@ impl Section {
 
     fn waits_on_spinlock(&self) -> bool {
         waits_on_spinlock(&self.functions())
+    }
+
+    /// The printed call chain, innermost first, without guesses unless guesses are all there is
+    /// (x86's guess unwinder) or the best there is (a paca), and without immediate repeats (arm64
+    /// prints the interrupted function as `pc` and again as the trace's first frame).
+    fn chain(&self) -> Vec<String> {
+        let chained = self.frames.iter().filter(|frame| frame.in_chain);
+        let trust_guesses = self.from_paca || !chained.clone().any(|frame| frame.reliable);
+        let mut chain: Vec<String> = chained
+            .filter(|frame| frame.reliable || trust_guesses)
+            .map(|frame| frame.function.clone())
+            .collect();
+        chain.dedup();
+        chain
     }
 }
 
@@ -349,6 +370,7 @@ impl Stacks {
         self.push(Frame {
             function: function.to_owned(),
             reliable: true,
+            in_chain: false,
         });
     }
 
@@ -395,6 +417,20 @@ impl Stacks {
     pub fn awaits_frames(&self) -> bool {
         let last = self.sections.last().expect("there is always a section");
         last.announced && last.frames.is_empty() && self.lines_in_section <= DUMP_HEADER_LINES
+    }
+
+    /// Every printed stack, in order, with what it shows: both sides of a live lock, the idle CPUs.
+    pub fn cpu_stacks(&self) -> Vec<CpuStack> {
+        self.sections
+            .iter()
+            .map(|section| CpuStack {
+                cpu: section.cpu,
+                frames: section.chain(),
+                waits_on_lock: section.waits_on_spinlock(),
+                idle: section.idles(),
+            })
+            .filter(|stack| !stack.frames.is_empty())
+            .collect()
     }
 
     /// True when some frame of `cpu`'s stack came.
@@ -450,7 +486,7 @@ impl Stacks {
 
 #[cfg(test)]
 mod tests {
-    use super::{is_plumbing, parse_frame, symbol_name, Frame, Stacks, PLUMBING};
+    use super::{is_plumbing, parse_frame, symbol_name, CpuStack, Frame, Stacks, PLUMBING};
 
     fn check(line: &str, expect: &str) {
         let render = |frame: Frame| {
@@ -640,6 +676,40 @@ mod tests {
         ];
         assert_eq!(culprit(&only_guesses, None).as_deref(), Some("guessed_fn"));
         assert_eq!(culprit(&[" ? __schedule+0x1/0x2"], None), None);
+    }
+
+    /// `expect`: "cpu: frames innermost first [lock] [idle]" per stack, joined by "; ".
+    fn check_stacks(lines: &[&str], expect: &str) {
+        let mut stacks = Stacks::new(None);
+        lines.iter().for_each(|line| stacks.feed(line));
+        let render = |stack: &CpuStack| {
+            let cpu = stack.cpu.map_or("-".to_owned(), |cpu| cpu.to_string());
+            let lock = if stack.waits_on_lock { " lock" } else { "" };
+            let idle = if stack.idle { " idle" } else { "" };
+            format!("{cpu}: {}{lock}{idle}", stack.frames.join(" < "))
+        };
+        let actual: Vec<String> = stacks.cpu_stacks().iter().map(render).collect();
+        assert_eq!(actual.join("; "), expect, "lines {lines:?}");
+    }
+
+    #[test]
+    fn stacks_of_a_live_lock() {
+        check_stacks(&[], "");
+        check_stacks(&["NMI backtrace for cpu 1", "CPU: 1 PID: 0 Comm: swapper/1"], "");
+        check_stacks(
+            &["NMI backtrace for cpu 0", "RIP: 0010:native_queued_spin_lock_slowpath+0x1/0x2", " ? stale+0x1/0x2", " _raw_spin_lock+0x1/0x2", " sched_mm_cid_fork+0x1/0x2",
+              "NMI backtrace for cpu 2", "RIP: 0010:mm_get_cid+0x1/0x2", " __schedule+0x1/0x2",
+              "NMI backtrace for cpu 3", "RIP: 0010:default_idle+0x1/0x2", " do_idle+0x1/0x2"],
+            "0: native_queued_spin_lock_slowpath < _raw_spin_lock < sched_mm_cid_fork lock; 2: mm_get_cid < __schedule; 3: default_idle < do_idle idle",
+        );
+        check_stacks(&["RIP: 0010:mm_get_cid+0x1/0x2", " ? a+0x1/0x2", " ? b+0x1/0x2"], "-: mm_get_cid");
+        check_stacks(&["Call Trace:", " ? a+0x1/0x2", " ? b+0x1/0x2"], "-: a < b");
+        check_stacks(&["pc : mm_get_cid+0x1/0x2", "lr : mm_get_cid+0x3/0x4", " mm_get_cid+0x1/0x2 (P)", " sched_mm_cid_fork+0x1/0x2"], "-: mm_get_cid < sched_mm_cid_fork");
+        check_stacks(
+            &["CPU 3 didn't respond to backtrace IPI, inspecting paca.", "[c0] [c1] mm_get_cid+0x5c/0x60 (unreliable)", "[c2] [c3] __schedule+0x1/0x2"],
+            "3: mm_get_cid < __schedule",
+        );
+        check_stacks(&["task:rcu_sched state:R stack:0", " __schedule+0x1/0x2", " rcu_gp_kthread+0x1/0x2"], "-: __schedule < rcu_gp_kthread");
     }
 
     #[test]

@@ -5,7 +5,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use super::{starts_report, triage, Kind, Missing, Report};
+use super::{starts_report, triage, CpuStack, Kind, Missing, Report};
 
 const TESTDATA: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/src/triage/testdata");
 
@@ -15,13 +15,14 @@ fn render(reports: &[Report]) -> String {
         .iter()
         .map(|report| {
             format!(
-                "{} cpu={} line={} lines={} frame={}{} sig={} | {}\n",
+                "{} cpu={} line={} lines={} frame={}{}{} sig={} | {}\n",
                 report.kind,
                 report.cpu.map_or("-".to_owned(), |cpu| cpu.to_string()),
                 report.line,
                 report.lines.len(),
                 report.frame.as_deref().unwrap_or("-"),
                 missing(&report.missing),
+                stacks(&report.stacks),
                 report.signature,
                 report.title
             )
@@ -40,6 +41,26 @@ fn missing(missing: &[Missing]) -> String {
     match names.is_empty() {
         true => String::new(),
         false => format!(" missing={}", names.join(",")),
+    }
+}
+
+/// " stacks=2:lock,3,1:idle,-": each stack's CPU (`-` for a task), and whether it waits on a lock
+/// or idles.
+pub(super) fn stacks(stacks: &[CpuStack]) -> String {
+    let stacks: Vec<String> = stacks
+        .iter()
+        .map(|stack| {
+            format!(
+                "{}{}{}",
+                stack.cpu.map_or("-".to_owned(), |cpu| cpu.to_string()),
+                if stack.waits_on_lock { ":lock" } else { "" },
+                if stack.idle { ":idle" } else { "" }
+            )
+        })
+        .collect();
+    match stacks.is_empty() {
+        true => String::new(),
+        false => format!(" stacks={}", stacks.join(",")),
     }
 }
 
@@ -202,7 +223,7 @@ fn kind_display_matches_serde() {
 }
 
 #[test]
-fn report_lines_are_omitted_from_json_when_empty() {
+fn report_json_omits_what_is_empty() {
     let report = Report {
         kind: Kind::Silent,
         title: "silent".into(),
@@ -213,6 +234,7 @@ fn report_lines_are_omitted_from_json_when_empty() {
         lines: Vec::new(),
         source: super::Source::Console,
         missing: Vec::new(),
+        stacks: Vec::new(),
     };
     let json = serde_json::to_string(&report).expect("serialize");
     assert_eq!(
@@ -222,6 +244,21 @@ fn report_lines_are_omitted_from_json_when_empty() {
     assert_eq!(
         serde_json::from_str::<Report>(&json).expect("deserialize"),
         report
+    );
+    let lockup = Report {
+        missing: vec![Missing::LockHolder, Missing::Truncated],
+        stacks: vec![CpuStack {
+            cpu: Some(0),
+            frames: vec!["queued_spin_lock_slowpath".into(), "sched_mm_cid_fork".into()],
+            waits_on_lock: true,
+            idle: false,
+        }],
+        ..report
+    };
+    let json = serde_json::to_string(&lockup).expect("serialize");
+    assert!(
+        json.ends_with(r#""missing":["lock-holder","truncated"],"stacks":[{"cpu":0,"frames":["queued_spin_lock_slowpath","sched_mm_cid_fork"],"waits_on_lock":true,"idle":false}]}"#),
+        "{json}"
     );
 }
 
