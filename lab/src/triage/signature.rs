@@ -10,12 +10,7 @@
 use super::Kind;
 
 pub fn signature(kind: Kind, frame: Option<&str>, subject: &str) -> String {
-    // The same fault opens with "BUG: kernel NULL pointer dereference" on x86 and powerpc and with
-    // "Unable to handle kernel NULL pointer dereference" (an Oops) on arm64.
-    let family = match kind {
-        Kind::Oops => Kind::Bug,
-        kind => kind,
-    };
+    let family = family(kind);
     // These subjects are the name of the task the detector caught, which differs from run to run.
     let subject = match kind {
         Kind::SoftLockup | Kind::HungTask => "",
@@ -29,6 +24,16 @@ pub fn signature(kind: Kind, frame: Option<&str>, subject: &str) -> String {
         family.to_string()
     } else {
         format!("{family}:{what}")
+    }
+}
+
+/// The kind a signature starts with. The same fault opens with "BUG: kernel NULL pointer
+/// dereference" on x86 and powerpc and with "Unable to handle kernel NULL pointer dereference" (an
+/// Oops) on arm64.
+pub(super) fn family(kind: Kind) -> Kind {
+    match kind {
+        Kind::Oops => Kind::Bug,
+        kind => kind,
     }
 }
 
