@@ -168,7 +168,8 @@ enum Command {
         #[arg(long)]
         dry_run: bool,
     },
-    /// Measure build and boot times and the lab's overhead over bare QEMU (see BENCHMARKS.md).
+    /// Measure build and boot times and the lab's overhead over bare QEMU, host-side diagnosis
+    /// (--stuck) or triage throughput (--triage) (see BENCHMARKS.md).
     Bench(bench::BenchArgs),
 }
 

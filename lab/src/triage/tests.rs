@@ -331,8 +331,8 @@ fn console_noise(noise: &mut Noise, size: usize) -> Vec<u8> {
     bytes
 }
 
-/// Judges `log` within a hang guard (generous: `lab bench --triage` measures the speed) and checks what
-/// must hold of any report, whatever the input.
+/// Judges `log` within a hang guard (generous: `lab bench --triage` measures the speed) and
+/// checks what must hold of any report, whatever the input.
 fn triage_quickly(log: &[u8], what: &str) -> Vec<Report> {
     let limit = Duration::from_secs(1) + Duration::from_secs(2).mul_f64(log.len() as f64 / 1e6);
     let started = Instant::now();
