@@ -95,8 +95,9 @@ pub struct Report {
 pub struct CpuStack {
     /// None for a task's stack (a hung task, the RCU grace-period kthread).
     pub cpu: Option<u32>,
-    /// Function names, innermost first: the interrupted function, then the call trace. Frames the
-    /// unwinder only guessed are left out when it found reliable ones.
+    /// Function names, innermost first: the interrupted function, then the call trace (from the
+    /// host: the sampled stack). Frames the unwinder only guessed are left out when it found
+    /// reliable ones, except from a powerpc CPU seen through its paca, whose guess is where it spun.
     pub frames: Vec<String>,
     /// It spins for a lock someone else holds: the waiting side of a live lock.
     pub waits_on_lock: bool,

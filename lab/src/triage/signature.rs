@@ -4,11 +4,14 @@
 //! A signature is the kind and the guilty function, and only those: `hard-lockup:mm_get_cid`. The
 //! other side of a live lock is left out on purpose: the CPUs waiting for the holder's lock vary from
 //! run to run (`sched_mm_cid_fork`, `mm_cid_fixup_cpus_to_tasks`, `try_to_wake_up`, ...) while the
-//! holder does not. A report without a guilty function is signed with its own words, numbers
-//! replaced: `panic:Fatal exception`.
+//! holder does not. A report that could not show the holder is signed after the waiter it does
+//! show, and says so (`Missing::LockHolder`). A report without a guilty function is signed with its
+//! own words, numbers replaced: `panic:Fatal exception`.
 
 use super::Kind;
 
+/// `kind:function`; without a guilty function `kind:subject` (the report's own words: a bug
+/// message, a panic reason), or `kind` alone.
 pub fn signature(kind: Kind, frame: Option<&str>, subject: &str) -> String {
     let family = family(kind);
     // These subjects are the name of the task the detector caught, which differs from run to run.
