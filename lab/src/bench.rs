@@ -9,8 +9,10 @@
 //! detectors off, booted until it hangs and diagnosed (samples, NMI, answer); the time at which
 //! the silence deadline passed, where a cell without diagnosis would have been killed, comes from
 //! the same run.
+//!
+//! `--triage` measures console triage instead: MB/s over a large log, in memory, no VM.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
@@ -43,6 +45,10 @@ pub struct BenchArgs {
     /// and how much longer a diagnosed cell takes than one killed at its silence deadline.
     #[arg(long)]
     stuck: bool,
+    /// Measure console triage instead: MB/s judging FILE (default: every golden log of
+    /// lab/src/triage/testdata, repeated in memory to about 50 MB), and of sanitizing it.
+    #[arg(long, value_name = "FILE", num_args = 0..=1)]
+    triage: Option<Option<PathBuf>>,
 }
 
 const VCPUS: [u32; 3] = [1, 2, 4];
@@ -50,6 +56,9 @@ const VCPUS: [u32; 3] = [1, 2, 4];
 pub fn run(sh: &Shell, cache: &Cache, args: &BenchArgs, ui: &Ui, project: &Path) -> Result<ExitCode> {
     if args.stuck {
         return stuck(sh, cache, args, ui, project);
+    }
+    if let Some(file) = &args.triage {
+        return triage_throughput(file.as_deref(), project);
     }
     let (recipe, arches, opts) = subject(args, project, "kernels/linux-7.3.yaml")?;
     let cores = opts.jobs;
@@ -148,6 +157,60 @@ fn lab_boot(machine: &Machine, credentials: &vm::ssh::Credentials, cache: &Cache
     let ready = ready.with_context(|| format!("lab {} boot printed no ready line; see {}", machine.arch, dir.display()))?;
     let login = login.with_context(|| format!("lab {} boot: no SSH login; see {}", machine.arch, dir.display()))?;
     Ok((ready, login))
+}
+
+/// The size of the default triage bench log: a run then takes over half a second, long enough for
+/// the host's scheduling noise to wash out.
+const TRIAGE_BENCH_BYTES: usize = 50_000_000;
+
+/// MB/s of `triage::triage` and `triage::sanitize` over `file`, or over the golden logs repeated.
+fn triage_throughput(file: Option<&Path>, project: &Path) -> Result<ExitCode> {
+    let (log, source) = match file {
+        Some(file) => (std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?, file.display().to_string()),
+        None => {
+            let dir = project.join("lab/src/triage/testdata");
+            let mut logs = Vec::new();
+            for entry in std::fs::read_dir(&dir).with_context(|| format!("cannot list {}", dir.display()))? {
+                let path = entry?.path();
+                if path.extension().is_some_and(|extension| extension == "log") {
+                    logs.push(path);
+                }
+            }
+            logs.sort();
+            let mut golden = Vec::new();
+            for path in &logs {
+                golden.extend(std::fs::read(path)?);
+                // A cut case ends mid-line; the next case must not continue its last line.
+                if !golden.ends_with(b"\n") {
+                    golden.push(b'\n');
+                }
+            }
+            let copies = TRIAGE_BENCH_BYTES.div_ceil(golden.len());
+            (golden.repeat(copies), format!("the {} golden logs, {copies} times", logs.len()))
+        }
+    };
+    let text = String::from_utf8_lossy(&log);
+    let megabytes = log.len() as f64 / 1e6;
+    let reports = crate::triage::triage(&log).len();
+    let rate = |work: &dyn Fn()| {
+        let mut rates: Vec<f64> = (0..5)
+            .map(|_| {
+                let start = Instant::now();
+                work();
+                megabytes / start.elapsed().as_secs_f64()
+            })
+            .collect();
+        median(&mut rates)
+    };
+    println!("# lab bench --triage: {megabytes:.2} MB ({source}), {reports} reports, median of 5 runs\n");
+    println!("| function | MB/s |\n| --- | --- |");
+    println!("| triage::triage | {:.1} |", rate(&|| {
+        std::hint::black_box(crate::triage::triage(&log));
+    }));
+    println!("| triage::sanitize | {:.1} |", rate(&|| {
+        std::hint::black_box(crate::triage::sanitize(&text));
+    }));
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Seconds of console silence after which the stuck bench diagnoses (or kills) the guest.

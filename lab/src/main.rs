@@ -177,7 +177,9 @@ enum Command {
     /// Judge saved console logs ("-" reads stdin), or a cell's host samples.
     ///
     /// Prints one line per report, or with --json:
-    /// {"files": [{"file", "reports": [{"kind", "title", "frame", "cpu", "line"}]}]}
+    /// {"files": [{"file", "reports": [{"kind", "title", "signature", "frame", "cpu", "line",
+    ///   "missing": ["lock-holder" | "truncated"], "stacks": [{"cpu", "frames", "waits_on_lock", "idle"}]}]}]}
+    /// ("missing" and "stacks" only when not empty)
     ///
     /// With --system-map, each FILE is a cell's host-samples.json, judged again against the
     /// cell kernel's System.map (one line per vCPU, then the report):
@@ -200,7 +202,8 @@ enum Command {
         #[arg(long)]
         dry_run: bool,
     },
-    /// Measure build and boot times and the lab's overhead over bare QEMU (see BENCHMARKS.md).
+    /// Measure build and boot times and the lab's overhead over bare QEMU, host-side diagnosis
+    /// (--stuck) or triage throughput (--triage) (see BENCHMARKS.md).
     Bench(bench::BenchArgs),
 }
 
@@ -463,9 +466,12 @@ fn triage_files(files: &[PathBuf], json: bool) -> Result<ExitCode> {
                 let reports: Vec<serde_json::Value> = reports
                     .iter()
                     .map(|r| {
-                        let mut v = serde_json::json!({"kind": r.kind, "title": r.title, "frame": r.frame, "cpu": r.cpu, "line": r.line});
-                        if let Some(missing) = r.missing {
-                            v["missing"] = serde_json::json!(missing);
+                        let mut v = serde_json::json!({"kind": r.kind, "title": r.title, "signature": r.signature, "frame": r.frame, "cpu": r.cpu, "line": r.line});
+                        if !r.missing.is_empty() {
+                            v["missing"] = serde_json::json!(r.missing);
+                        }
+                        if !r.stacks.is_empty() {
+                            v["stacks"] = serde_json::json!(r.stacks);
                         }
                         v
                     })
@@ -481,10 +487,14 @@ fn triage_files(files: &[PathBuf], json: bool) -> Result<ExitCode> {
             }
             for r in reports {
                 let cpu = r.cpu.map(|c| format!(" cpu {c}")).unwrap_or_default();
-                let missing = match r.missing {
-                    Some(triage::Missing::LockHolder) => " (no dumped stack shows the lock holder)",
-                    None => "",
-                };
+                let missing: String = r
+                    .missing
+                    .iter()
+                    .map(|what| match what {
+                        triage::Missing::LockHolder => " (no dumped stack shows the lock holder)",
+                        triage::Missing::Truncated => " (cut short: the log ends inside it)",
+                    })
+                    .collect();
                 println!("{file}:{}: {}{cpu}: {}{missing}", r.line, r.kind, triage::sanitize(&r.title));
             }
         }

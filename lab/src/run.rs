@@ -392,7 +392,7 @@ fn judge(cell: &Cell, boot: &Boot, console: Vec<Report>, host: Option<&triage::H
     // no CPU dumped: powerpc under TCG ignores the backtrace IPI), or is titled after a vCPU the
     // host saw waiting for a lock: the host's report, which names the holder, leads.
     let victim_first = |h: &triage::HostDiagnosis| {
-        reports.first().is_some_and(|r| r.missing == Some(Missing::LockHolder) || r.frame.as_ref().is_some_and(|f| h.waiters.contains(f)))
+        reports.first().is_some_and(|r| r.missing.contains(&Missing::LockHolder) || r.frame.as_ref().is_some_and(|f| h.waiters.contains(f)))
     };
     let at = if host.is_some_and(victim_first) { 0 } else { reports.len() };
     reports.splice(at..at, host.iter().flat_map(|h| h.reports.iter().cloned()));
@@ -401,30 +401,36 @@ fn judge(cell: &Cell, boot: &Boot, console: Vec<Report>, host: Option<&triage::H
         // The host's summary goes with the silence only when it found no spinning vCPU to report.
         let mut lines: Vec<String> = host.filter(|h| !h.spinning()).map(|h| h.summary.clone()).unwrap_or_default();
         lines.extend(boot.host_error.iter().map(|e| format!("host sampling failed: {e}")));
+        let what = format!("no console output for {silence_s}s{}", if boot.ready.is_none() { " during boot" } else { "" });
         reports.push(Report {
             kind: Kind::Silent,
-            title: format!("silent: no console output for {silence_s}s{}", if boot.ready.is_none() { " during boot" } else { "" }),
+            signature: triage::signature(Kind::Silent, None, &what),
+            title: format!("silent: {what}"),
             frame: None,
             cpu: None,
             line: last_line,
             lines,
             source: Source::Console,
-            missing: None,
+            missing: Vec::new(),
+            stacks: Vec::new(),
         });
     }
     if let End::LostConnection(why) = &boot.end {
+        let title = format!("lost connection: {}: {why}", cell.workload.name);
         reports.push(Report {
             kind: Kind::LostConnection,
-            title: format!("lost connection: {}: {why}", cell.workload.name),
+            signature: triage::signature(Kind::LostConnection, None, ""),
+            title,
             frame: None,
             cpu: None,
             line: last_line,
             lines: host.filter(|h| !h.spinning()).map(|h| h.summary.clone()).unwrap_or_default(),
             source: Source::Console,
-            missing: None,
+            missing: Vec::new(),
+            stacks: Vec::new(),
         });
     }
-    let other = |title: String| Report { kind: Kind::Other, title, frame: None, cpu: None, line: last_line, lines: Vec::new(), source: Source::Console, missing: None };
+    let other = |title: String| Report { kind: Kind::Other, signature: triage::signature(Kind::Other, None, &title), title, frame: None, cpu: None, line: last_line, lines: Vec::new(), source: Source::Console, missing: Vec::new(), stacks: Vec::new() };
     if let End::QemuFailed(why) | End::SshFailed(why) = &boot.end {
         if reports.is_empty() {
             return (Verdict::Error, why.clone(), reports);
@@ -529,7 +535,7 @@ mod tests {
     }
 
     fn lockup() -> Report {
-        Report { kind: Kind::HardLockup, title: "hard LOCKUP in mm_get_cid".into(), frame: Some("mm_get_cid".into()), cpu: Some(1), line: 7, lines: vec![], source: Source::Console, missing: None }
+        Report { kind: Kind::HardLockup, title: "hard LOCKUP in mm_get_cid".into(), signature: "hard-lockup:mm_get_cid".into(), frame: Some("mm_get_cid".into()), cpu: Some(1), line: 7, lines: vec![], source: Source::Console, missing: Vec::new(), stacks: Vec::new() }
     }
 
     const READY: &str = "arch=aarch64 cpus=2";
@@ -563,7 +569,7 @@ mod tests {
     }
 
     fn at(kind: Kind, line: usize, source: Source) -> Report {
-        Report { kind, title: format!("{kind}@{line}"), frame: None, cpu: None, line, lines: vec![], source, missing: None }
+        Report { kind, title: format!("{kind}@{line}"), signature: kind.to_string(), frame: None, cpu: None, line, lines: vec![], source, missing: Vec::new(), stacks: Vec::new() }
     }
 
     fn quiet_host() -> triage::HostDiagnosis {
@@ -597,7 +603,7 @@ mod tests {
         // The guest's report says no dumped stack showed the holder: the host's report leads even
         // when the host no longer saw that waiter (it may have moved on to another lock).
         let mut victim = at(Kind::HardLockup, 3, Source::Console);
-        victim.missing = Some(Missing::LockHolder);
+        victim.missing = vec![Missing::LockHolder];
         let (_, reason, _) = judge(&cell(None), &silent, vec![victim.clone()], Some(&host), 60, 9);
         assert_eq!(reason, "hard-lockup@5");
         let (_, reason, _) = judge(&cell(None), &silent, vec![victim], Some(&quiet_host()), 60, 9);

@@ -5,7 +5,7 @@ use super::console::{Caller, ConsoleLine};
 use super::header::{self, Header, Role};
 use super::sanitize;
 use super::stack::Stacks;
-use super::{Kind, Missing, Report, Source};
+use super::{signature, Kind, Missing, Report, Source};
 
 /// Lines kept per report for people to read.
 const MAX_REPORT_LINES: usize = 80;
@@ -17,6 +17,10 @@ const CUT_HERE_WINDOW: usize = 8;
 /// A panic this soon after a report was closed by its end marker is that report's ending
 /// ("---[ end trace ]---" then "Kernel panic - not syncing: Fatal exception").
 const PANIC_GRACE_LINES: usize = 30;
+/// A report that owes its end marker is cut short only when the log ends this soon after its
+/// headline: a long oops (modules, registers, a deep stack, an interrupt stack) is well under it,
+/// and a log that went on longer than that went on without the marker for some other reason.
+const END_MARKER_WINDOW: usize = 200;
 
 struct Draft {
     kind: Kind,
@@ -30,10 +34,14 @@ struct Draft {
     scanned: usize,
     stacks: Stacks,
     awaiting_headline: bool,
+    /// Opened by "cut here", which only a WARN or a BUG() prints: both end with a marker.
+    cut_here: bool,
     has_die: bool,
     has_panic: bool,
     /// Where the report's end marker was, if it had one.
     ended_at: Option<usize>,
+    /// The number of the last console line the report took.
+    last_line: usize,
 }
 
 impl Draft {
@@ -54,9 +62,11 @@ impl Draft {
             scanned: 0,
             stacks: Stacks::new(None),
             awaiting_headline: false,
+            cut_here: header.role == Role::CutHere,
             has_die: header.role == Role::Die,
             has_panic: header.role == Role::Panic,
             ended_at: None,
+            last_line: number,
         };
         let awaiting_headline = header.role == Role::CutHere;
         draft.take_headline(header);
@@ -82,7 +92,8 @@ impl Draft {
         self.awaiting_headline = false;
     }
 
-    fn record(&mut self, text: &str) {
+    fn record(&mut self, number: usize, text: &str) {
+        self.last_line = number;
         if self.lines.len() < MAX_REPORT_LINES {
             self.lines.push(text.to_owned());
         }
@@ -108,7 +119,32 @@ impl Draft {
             || (self.kind == Kind::Kasan && text.len() >= 16 && text.bytes().all(|byte| byte == b'='))
     }
 
-    fn into_report(self) -> Report {
+    /// "---[ end trace" closes every `__warn`, die() (`oops_exit`) and UBSAN report; KASAN closes
+    /// its ruler. Other reports (lockups, stalls, "BUG: scheduling while atomic") just stop.
+    fn expects_end_marker(&self) -> bool {
+        self.cut_here
+            || self.has_die
+            || matches!(self.kind, Kind::Warning | Kind::Kasan | Kind::Oops)
+            || self.subject.starts_with("UBSAN: ")
+    }
+
+    /// Whether this report, still open when the log ended at `last_line`, owed more lines.
+    fn was_cut(&self, last_line: usize, cut_mid_line: bool) -> bool {
+        let owes_marker = self.expects_end_marker()
+            && !self.has_panic
+            && last_line - self.line < END_MARKER_WINDOW;
+        // The stuck CPU answers the backtrace NMI, or the sender says it did not (after 10 s).
+        let owes_stuck_cpu = self.kind == Kind::HardLockup
+            && !self.has_panic
+            && self.stacks.nmi_pending
+            && self.stuck_cpu.is_some_and(|cpu| !self.stacks.dumped(cpu));
+        (cut_mid_line && self.last_line == last_line)
+            || owes_marker
+            || owes_stuck_cpu
+            || self.stacks.awaits_frames()
+    }
+
+    fn into_report(self, truncated: bool) -> Report {
         let preferred_cpu = if self.kind == Kind::HardLockup {
             self.stuck_cpu
         } else {
@@ -119,10 +155,17 @@ impl Draft {
             .culprit(preferred_cpu)
             .map(str::to_owned)
             .or(self.named_frame);
-        let missing = self.stacks.holder_unseen(preferred_cpu).then_some(Missing::LockHolder);
+        let missing = [
+            (self.stacks.holder_unseen(preferred_cpu), Missing::LockHolder),
+            (truncated, Missing::Truncated),
+        ]
+        .into_iter()
+        .filter_map(|(lacking, what)| lacking.then_some(what))
+        .collect();
         Report {
             kind: self.kind,
             title: title(self.kind, &self.subject, frame.as_deref()),
+            signature: signature(self.kind, frame.as_deref(), &self.subject),
             cpu: self
                 .cpu
                 .or(self.stacks.reporter_cpu)
@@ -132,6 +175,7 @@ impl Draft {
             lines: self.lines,
             source: Source::Console,
             missing,
+            stacks: self.stacks.cpu_stacks(),
         }
     }
 }
@@ -169,10 +213,12 @@ pub(super) struct Assembler {
     drafts: Vec<Draft>,
     /// Indices of reports still taking lines, most recently active last.
     open: Vec<usize>,
+    last_line: usize,
 }
 
 impl Assembler {
     pub fn push(&mut self, number: usize, raw: &[u8]) {
+        self.last_line = number;
         let decoded = String::from_utf8_lossy(raw);
         let clean = sanitize::clean(&decoded);
         let line = ConsoleLine::parse(&clean);
@@ -186,8 +232,17 @@ impl Assembler {
         }
     }
 
-    pub fn finish(self) -> Vec<Report> {
-        self.drafts.into_iter().map(Draft::into_report).collect()
+    /// The reports; `cut_mid_line` when the log's last line has no newline.
+    pub fn finish(self, cut_mid_line: bool) -> Vec<Report> {
+        let Assembler { drafts, open, last_line } = self;
+        drafts
+            .into_iter()
+            .enumerate()
+            .map(|(index, draft)| {
+                let cut = open.contains(&index) && draft.was_cut(last_line, cut_mid_line);
+                draft.into_report(cut)
+            })
+            .collect()
     }
 
     /// The open report a line from `caller` belongs to: the one that caller opened, else the most
@@ -208,7 +263,7 @@ impl Assembler {
             return;
         };
         let draft = &mut self.drafts[index];
-        draft.record(line.text);
+        draft.record(number, line.text);
         if draft.ends_with(line.text) {
             draft.ended_at = Some(number);
             self.open.retain(|&i| i != index);
@@ -217,7 +272,7 @@ impl Assembler {
 
     fn on_headline(&mut self, number: usize, line: &ConsoleLine<'_>, header: Header) {
         match self.continued_report(number, line.caller, &header) {
-            Some(index) => self.continue_report(index, line, header),
+            Some(index) => self.continue_report(index, number, line, header),
             None => self.open_report(number, line, header),
         }
     }
@@ -272,7 +327,7 @@ impl Assembler {
         candidate.filter(|&index| !self.drafts[index].has_panic)
     }
 
-    fn continue_report(&mut self, index: usize, line: &ConsoleLine<'_>, header: Header) {
+    fn continue_report(&mut self, index: usize, number: usize, line: &ConsoleLine<'_>, header: Header) {
         let (role, cpu) = (header.role, header.cpu);
         let draft = &mut self.drafts[index];
         match role {
@@ -283,7 +338,7 @@ impl Assembler {
         }
         // What follows a panic, a die banner or a stuck CPU's dump is another stack.
         draft.stacks.start_section(cpu);
-        draft.record(line.text);
+        draft.record(number, line.text);
         if role == Role::Panic && line.caller.is_none() {
             // The panic stops every other CPU; without caller ids, what follows can only be the panic's.
             self.open.clear();
@@ -301,7 +356,7 @@ impl Assembler {
             caller.is_some() && owner.is_some() && owner != caller
         });
         let mut draft = Draft::new(number, caller, header);
-        draft.record(line.text);
+        draft.record(number, line.text);
         self.open.push(self.drafts.len());
         self.drafts.push(draft);
     }
@@ -309,7 +364,7 @@ impl Assembler {
 
 #[cfg(test)]
 mod tests {
-    use crate::triage::triage;
+    use crate::triage::{triage, Missing};
 
     /// `expect`: "kind@line title" per report, joined by "; ".
     fn check(log: &str, expect: &str) {
@@ -409,6 +464,47 @@ mod tests {
             "BUG: workqueue lockup - pool cpus=0 stuck for 31s!\nBUG: workqueue lockup - pool cpus=1 stuck for 31s!\n",
             "workqueue-lockup@1 workqueue lockup",
         );
+    }
+
+    /// `expect`: "cut" or "whole" per report, joined by " ".
+    fn check_cut(log: &str, expect: &str) {
+        let reports = triage(log.as_bytes());
+        let actual: Vec<&str> = reports
+            .iter()
+            .map(|report| match report.missing.contains(&Missing::Truncated) {
+                true => "cut",
+                false => "whole",
+            })
+            .collect();
+        assert_eq!(actual.join(" "), expect, "log:\n{log}");
+    }
+
+    #[test]
+    fn reports_the_log_cut_short_say_so() {
+        const WARN: &str = "WARNING: at f+0x1/0x2, CPU#0: sh/1\n f+0x1/0x2\n";
+        const LOCKUP: &str = "watchdog: CPU2: Watchdog detected hard LOCKUP on cpu 3\n";
+        const SENT: &str = "watchdog: CPU2: Watchdog detected hard LOCKUP on cpu 3\nSending NMI from CPU 2 to CPUs 3:\n";
+        const SOFT: &str = "BUG: soft lockup - CPU#0 stuck for 22s! [sh:1]\n";
+        check_cut(WARN, "cut");
+        check_cut(&format!("{WARN}---[ end trace 0000000000000000 ]---\n"), "whole");
+        check_cut(&format!("{WARN}{}", "text\n".repeat(300)), "whole");
+        check_cut(&format!("{WARN}Kernel panic - not syncing: kernel: panic_on_warn set ...\n"), "whole");
+        check_cut(&format!("{WARN}{SOFT}"), "whole whole");
+        check_cut("------------[ cut here ]------------\nkernel BUG at x.c:1!\n", "cut");
+        check_cut("BUG: KASAN: slab-use-after-free in f+0x1/0x2\n f+0x1/0x2\n", "cut");
+        check_cut("BUG: scheduling while atomic: sh/1/0x00000002\n f+0x1/0x2\n", "whole");
+        check_cut(LOCKUP, "whole");
+        check_cut(SENT, "cut");
+        check_cut(&format!("{SENT}After 10 seconds, these CPUS still haven't responded to the NMI: 3\n"), "whole");
+        check_cut(&format!("{SENT}NMI backtrace for cpu 3\n"), "cut");
+        check_cut(&format!("{SENT}NMI backtrace for cpu 3\nRIP: 0010:f+0x1/0x2\n"), "whole");
+        check_cut(&format!("{SENT}Kernel panic - not syncing: Hard LOCKUP\n"), "whole");
+        check_cut(&format!("{SOFT}NMI backtrace for cpu 1 skipped: idling at default_idle+0x1/0x2\n"), "whole");
+        check_cut(&format!("{SOFT}CPU: 0 PID: 1 Comm: sh\n"), "cut");
+        check_cut(&format!("{SOFT}CPU: 0 PID: 1 Comm: sh\n{}", "text\n".repeat(50)), "whole");
+        check_cut(&format!("{SOFT} f+0x1/0x2"), "cut");
+        check_cut(&format!("{SOFT} f+0x1/0x2\nLAB-RESULT fail"), "whole");
+        check_cut("Kernel panic - not syncing: Fatal exc", "cut");
     }
 
     #[test]

@@ -4,7 +4,7 @@
 
 use super::stack::{self, Stacks};
 use super::symbols::Symbols;
-use super::{assemble, Kind, Report, Source};
+use super::{assemble, signature, CpuStack, Kind, Report, Source};
 use crate::vm::sample::{Frame, HostSamples, Irqs, Sample, VcpuSamples};
 
 /// A vCPU is stuck when at least this share of its samples is in the kernel, not idle, in the
@@ -94,12 +94,25 @@ pub fn diagnose(samples: &HostSamples, symbols: &Symbols, line: usize) -> HostDi
     let report = Report {
         kind,
         title: assemble::title(kind, "", culprit.as_deref()),
+        signature: signature(kind, culprit.as_deref(), ""),
         frame: culprit,
         cpu,
         line,
         lines: summary.clone(),
         source: Source::Host,
-        missing: None,
+        missing: Vec::new(),
+        stacks: stuck
+            .iter()
+            .filter_map(|vcpu| match &vcpu.state {
+                State::Stuck { stack, .. } => Some(CpuStack {
+                    cpu: Some(vcpu.index),
+                    frames: names(stack).into_iter().map(str::to_owned).collect(),
+                    waits_on_lock: stack::waits_on_spinlock(&names(stack)),
+                    idle: false,
+                }),
+                _ => None,
+            })
+            .collect(),
     };
     HostDiagnosis { reports: vec![report], summary, waiters }
 }
@@ -224,7 +237,8 @@ mod tests {
         let diagnosis = diagnose(&samples, &symbols, 1);
         let mut actual: String = diagnosis.summary.iter().map(|l| format!("{l}\n")).collect();
         for r in &diagnosis.reports {
-            actual.push_str(&format!("{} cpu={} frame={} | {}\n", r.kind, r.cpu.map_or("-".into(), |c| c.to_string()), r.frame.as_deref().unwrap_or("-"), r.title));
+            let (cpu, frame, stacks) = (r.cpu.map_or("-".into(), |c| c.to_string()), r.frame.as_deref().unwrap_or("-"), crate::triage::tests::stacks(&r.stacks));
+            actual.push_str(&format!("{} cpu={cpu} frame={frame}{stacks} sig={} | {}\n", r.kind, r.signature, r.title));
         }
         let expected_path = dir.join(format!("{name}.expected"));
         if std::env::var_os("UPDATE_EXPECT").is_some_and(|v| v == "1") {

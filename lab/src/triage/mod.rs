@@ -9,6 +9,7 @@ mod console;
 mod header;
 mod host;
 mod sanitize;
+mod signature;
 mod stack;
 mod symbols;
 #[cfg(test)]
@@ -18,6 +19,7 @@ use std::fmt;
 
 pub use host::{diagnose as diagnose_host, HostDiagnosis};
 pub use sanitize::sanitize;
+pub use signature::signature;
 pub use symbols::Symbols;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
@@ -72,6 +74,9 @@ impl fmt::Display for Kind {
 pub struct Report {
     pub kind: Kind,
     pub title: String,
+    /// The same failure's name in every run, on any vCPU count or architecture (`signature`).
+    #[serde(default)]
+    pub signature: String,
     pub frame: Option<String>,
     pub cpu: Option<u32>,
     pub line: usize,
@@ -81,8 +86,26 @@ pub struct Report {
     #[serde(default)]
     pub source: Source,
     /// What the report could not show: its title then tells part of the story.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub missing: Option<Missing>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub missing: Vec<Missing>,
+    /// The stacks the report printed, the reporter's and every other CPU's it dumped, in order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub stacks: Vec<CpuStack>,
+}
+
+/// One CPU's (or task's) stack in a report.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct CpuStack {
+    /// None for a task's stack (a hung task, the RCU grace-period kthread).
+    pub cpu: Option<u32>,
+    /// Function names, innermost first: the interrupted function, then the call trace (from the
+    /// host: the sampled stack). Frames the unwinder only guessed are left out when it found
+    /// reliable ones, except from a powerpc CPU seen through its paca, whose guess is where it spun.
+    pub frames: Vec<String>,
+    /// It spins for a lock someone else holds: the waiting side of a live lock.
+    pub waits_on_lock: bool,
+    /// It waits for work in the idle loop.
+    pub idle: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -92,6 +115,10 @@ pub enum Missing {
     /// TCG ignores the backtrace IPI; a holder spinning with interrupts off cannot answer one
     /// without an NMI). The title names the waiter: the victim, not the culprit.
     LockHolder,
+    /// The log ended while the report still owed lines: its end marker, a CPU's stack that was
+    /// announced, the stuck CPU's answer to the backtrace NMI, or the rest of its last line. The
+    /// console died or the log was cut; what the report names rests on the part that came.
+    Truncated,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -107,12 +134,16 @@ pub enum Source {
 /// Judges a whole console log. Never panics, never hangs, on any bytes.
 pub fn triage(log: &[u8]) -> Vec<Report> {
     let mut assembler = assemble::Assembler::default();
-    // The newline ends the last line; it does not start an empty one.
-    let log = log.strip_suffix(b"\n").unwrap_or(log);
+    // The newline ends the last line; it does not start an empty one. printk prints whole lines,
+    // so a log without it was cut in the middle of one.
+    let (log, cut_mid_line) = match log.strip_suffix(b"\n") {
+        Some(lines) => (lines, false),
+        None => (log, !log.is_empty()),
+    };
     for (index, raw) in log.split(|&byte| byte == b'\n').enumerate() {
         assembler.push(index + 1, raw);
     }
-    assembler.finish()
+    assembler.finish(cut_mid_line)
 }
 
 /// True when this single console line (prefix-stripped or not) opens a report.

@@ -5,6 +5,8 @@ use std::sync::LazyLock;
 
 use regex::Regex;
 
+use super::CpuStack;
+
 /// Functions that are never the culprit: they are how the CPU got to the culprit, how it waits for
 /// something the culprit holds, or how the kernel reports on it. A trailing `*` matches a prefix.
 #[rustfmt::skip]
@@ -136,6 +138,10 @@ const SPIN_WAITS: &[&str] = &[
 /// helpers come above it on powerpc and arm64).
 const SPIN_WAIT_DEPTH: usize = 4;
 
+/// Lines a dump prints between its announcement and its first frame: powerpc's register dump is
+/// the longest, about 20.
+const DUMP_HEADER_LINES: usize = 40;
+
 fn matches_any(patterns: &[&str], function: &str) -> bool {
     // Compiler clones (.isra.0, .constprop.0, .cold, .part.0) are the same function for this purpose.
     let function = function.split('.').next().unwrap_or(function);
@@ -165,6 +171,9 @@ struct Frame {
     function: String,
     /// False for frames the unwinder only guessed (x86 "? ", powerpc "(unreliable)").
     reliable: bool,
+    /// False for the link register (the caller, or the function itself again) and for a function
+    /// a headline names: candidates for the culprit, but not links of the printed call chain.
+    in_chain: bool,
 }
 
 /// A frame line in any of the forms the three architectures print; the whole line has to be the frame,
@@ -199,23 +208,28 @@ fn parse_frame(text: &str) -> Option<Frame> {
         || captures
             .name("note")
             .is_some_and(|m| m.as_str() == "unreliable");
+    let register = captures.name("register").map(|m| m.as_str());
     Some(Frame {
         function: captures["function"].to_owned(),
-        reliable: captures.name("register").is_some() || !guessed,
+        reliable: register.is_some() || !guessed,
+        in_chain: !register.is_some_and(|name| name.starts_with(['l', 'L'])),
     })
 }
 
-/// Lines that say whose stack comes next.
+/// Lines that say whose stack comes next, or that one will not come.
 static STACK_OWNER: LazyLock<Regex> = LazyLock::new(|| {
     Regex::new(concat!(
         r"^(?:rcu: )?\s*(?:",
-        r"NMI backtrace for cpu (?P<nmi>\d+)", // lib/nmi_backtrace.c
+        // lib/nmi_backtrace.c; an idle CPU says so in one line instead of dumping its stack.
+        r"NMI backtrace for cpu (?P<nmi>\d+)(?P<skipped> skipped: idling)?",
         r"|CPU: (?P<dump>\d+) (?:UID: \d+ )?PID: ", // lib/dump_stack.c dump_stack_print_info
         r"|(?P<task>task:.* state:)",          // kernel/sched/core.c sched_show_task
         r"|\(detected by (?P<reporter>\d+), ", // kernel/rcu/tree_stall.h
         r"|Sending NMI from CPU (?P<sender>\d+) to CPUs ", // lib/nmi_backtrace.c
         // arch/powerpc/kernel/stacktrace.c: a CPU deaf to the IPI, shown from its saved r1.
         r"|CPU (?P<paca>\d+) didn't respond to backtrace IPI, inspecting paca",
+        // lib/nmi_backtrace.c: the sender stops waiting for CPUs that did not answer.
+        r"|(?P<unanswered>After \d+ seconds, these CPUS still haven't responded to the NMI)",
         r")",
     ))
     .expect("stack owner pattern is valid")
@@ -229,6 +243,9 @@ struct Section {
     /// saved. Its first frame is printed "(unreliable)" because it is an LR save slot, and it is
     /// the best there is: where the deaf CPU was spinning.
     from_paca: bool,
+    /// Opened by a line that promises this CPU's or task's frames next (a backtrace header,
+    /// dump_stack's banner, sched_show_task's task line, a paca note).
+    announced: bool,
 }
 
 impl Section {
@@ -258,6 +275,20 @@ impl Section {
 
     fn waits_on_spinlock(&self) -> bool {
         waits_on_spinlock(&self.functions())
+    }
+
+    /// The printed call chain, innermost first, without guesses unless guesses are all there is
+    /// (x86's guess unwinder) or the best there is (a paca), and without immediate repeats (arm64
+    /// prints the interrupted function as `pc` and again as the trace's first frame).
+    fn chain(&self) -> Vec<String> {
+        let chained = self.frames.iter().filter(|frame| frame.in_chain);
+        let trust_guesses = self.from_paca || !chained.clone().any(|frame| frame.reliable);
+        let mut chain: Vec<String> = chained
+            .filter(|frame| frame.reliable || trust_guesses)
+            .map(|frame| frame.function.clone())
+            .collect();
+        chain.dedup();
+        chain
     }
 }
 
@@ -298,6 +329,11 @@ pub(super) struct Stacks {
     pub first_dump_cpu: Option<u32>,
     /// The CPU that found other CPUs stuck and asked them for their stacks.
     pub reporter_cpu: Option<u32>,
+    /// A backtrace NMI went out and the sender has not yet given up on the CPUs that did not
+    /// answer: until it does (after 10 s), their stacks are still to come.
+    pub nmi_pending: bool,
+    /// Lines fed since the current section began.
+    lines_in_section: usize,
 }
 
 impl Stacks {
@@ -309,11 +345,14 @@ impl Stacks {
             }],
             first_dump_cpu: None,
             reporter_cpu: None,
+            nmi_pending: false,
+            lines_in_section: 0,
         }
     }
 
     /// A new stack begins unless the current one has no frames yet and does not belong to another CPU.
     pub fn start_section(&mut self, cpu: Option<u32>) {
+        self.lines_in_section = 0;
         let current = self.sections.last_mut().expect("there is always a section");
         let other_cpu = cpu.is_some() && current.cpu.is_some() && cpu != current.cpu;
         if current.frames.is_empty() && !other_cpu {
@@ -331,10 +370,12 @@ impl Stacks {
         self.push(Frame {
             function: function.to_owned(),
             reliable: true,
+            in_chain: false,
         });
     }
 
     pub fn feed(&mut self, text: &str) {
+        self.lines_in_section += 1;
         if let Some(frame) = parse_frame(text) {
             self.push(frame);
             return;
@@ -348,18 +389,53 @@ impl Stacks {
                 .and_then(|m| m.as_str().parse::<u32>().ok())
         };
         if let Some(cpu) = number("nmi") {
-            self.start_section(Some(cpu));
+            self.start_announced(Some(cpu), captures.name("skipped").is_none());
         } else if let Some(cpu) = number("paca") {
-            self.start_section(Some(cpu));
+            self.start_announced(Some(cpu), true);
             self.sections.last_mut().expect("there is always a section").from_paca = true;
         } else if let Some(cpu) = number("dump") {
             self.first_dump_cpu = self.first_dump_cpu.or(Some(cpu));
-            self.start_section(Some(cpu));
+            self.start_announced(Some(cpu), true);
         } else if captures.name("task").is_some() {
-            self.start_section(None);
-        } else if let Some(cpu) = number("reporter").or_else(|| number("sender")) {
+            self.start_announced(None, true);
+        } else if let Some(cpu) = number("reporter") {
             self.reporter_cpu = self.reporter_cpu.or(Some(cpu));
+        } else if let Some(cpu) = number("sender") {
+            self.reporter_cpu = self.reporter_cpu.or(Some(cpu));
+            self.nmi_pending = true;
+        } else if captures.name("unanswered").is_some() {
+            self.nmi_pending = false;
         }
+    }
+
+    fn start_announced(&mut self, cpu: Option<u32>, frames_follow: bool) {
+        self.start_section(cpu);
+        self.sections.last_mut().expect("there is always a section").announced = frames_follow;
+    }
+
+    /// True when the last stack was announced a few lines ago and not one of its frames came.
+    pub fn awaits_frames(&self) -> bool {
+        let last = self.sections.last().expect("there is always a section");
+        last.announced && last.frames.is_empty() && self.lines_in_section <= DUMP_HEADER_LINES
+    }
+
+    /// Every printed stack, in order, with what it shows: both sides of a live lock, the idle CPUs.
+    pub fn cpu_stacks(&self) -> Vec<CpuStack> {
+        self.sections
+            .iter()
+            .map(|section| CpuStack {
+                cpu: section.cpu,
+                frames: section.chain(),
+                waits_on_lock: section.waits_on_spinlock(),
+                idle: section.idles(),
+            })
+            .filter(|stack| !stack.frames.is_empty())
+            .collect()
+    }
+
+    /// True when some frame of `cpu`'s stack came.
+    pub fn dumped(&self, cpu: u32) -> bool {
+        self.preferred(Some(cpu)).any(|section| !section.frames.is_empty())
     }
 
     fn push(&mut self, frame: Frame) {
@@ -410,7 +486,7 @@ impl Stacks {
 
 #[cfg(test)]
 mod tests {
-    use super::{is_plumbing, parse_frame, symbol_name, Frame, Stacks, PLUMBING};
+    use super::{is_plumbing, parse_frame, symbol_name, CpuStack, Frame, Stacks, PLUMBING};
 
     fn check(line: &str, expect: &str) {
         let render = |frame: Frame| {
@@ -600,6 +676,40 @@ mod tests {
         ];
         assert_eq!(culprit(&only_guesses, None).as_deref(), Some("guessed_fn"));
         assert_eq!(culprit(&[" ? __schedule+0x1/0x2"], None), None);
+    }
+
+    /// `expect`: "cpu: frames innermost first [lock] [idle]" per stack, joined by "; ".
+    fn check_stacks(lines: &[&str], expect: &str) {
+        let mut stacks = Stacks::new(None);
+        lines.iter().for_each(|line| stacks.feed(line));
+        let render = |stack: &CpuStack| {
+            let cpu = stack.cpu.map_or("-".to_owned(), |cpu| cpu.to_string());
+            let lock = if stack.waits_on_lock { " lock" } else { "" };
+            let idle = if stack.idle { " idle" } else { "" };
+            format!("{cpu}: {}{lock}{idle}", stack.frames.join(" < "))
+        };
+        let actual: Vec<String> = stacks.cpu_stacks().iter().map(render).collect();
+        assert_eq!(actual.join("; "), expect, "lines {lines:?}");
+    }
+
+    #[test]
+    fn stacks_of_a_live_lock() {
+        check_stacks(&[], "");
+        check_stacks(&["NMI backtrace for cpu 1", "CPU: 1 PID: 0 Comm: swapper/1"], "");
+        check_stacks(
+            &["NMI backtrace for cpu 0", "RIP: 0010:native_queued_spin_lock_slowpath+0x1/0x2", " ? stale+0x1/0x2", " _raw_spin_lock+0x1/0x2", " sched_mm_cid_fork+0x1/0x2",
+              "NMI backtrace for cpu 2", "RIP: 0010:mm_get_cid+0x1/0x2", " __schedule+0x1/0x2",
+              "NMI backtrace for cpu 3", "RIP: 0010:default_idle+0x1/0x2", " do_idle+0x1/0x2"],
+            "0: native_queued_spin_lock_slowpath < _raw_spin_lock < sched_mm_cid_fork lock; 2: mm_get_cid < __schedule; 3: default_idle < do_idle idle",
+        );
+        check_stacks(&["RIP: 0010:mm_get_cid+0x1/0x2", " ? a+0x1/0x2", " ? b+0x1/0x2"], "-: mm_get_cid");
+        check_stacks(&["Call Trace:", " ? a+0x1/0x2", " ? b+0x1/0x2"], "-: a < b");
+        check_stacks(&["pc : mm_get_cid+0x1/0x2", "lr : mm_get_cid+0x3/0x4", " mm_get_cid+0x1/0x2 (P)", " sched_mm_cid_fork+0x1/0x2"], "-: mm_get_cid < sched_mm_cid_fork");
+        check_stacks(
+            &["CPU 3 didn't respond to backtrace IPI, inspecting paca.", "[c0] [c1] mm_get_cid+0x5c/0x60 (unreliable)", "[c2] [c3] __schedule+0x1/0x2"],
+            "3: mm_get_cid < __schedule",
+        );
+        check_stacks(&["task:rcu_sched state:R stack:0", " __schedule+0x1/0x2", " rcu_gp_kthread+0x1/0x2"], "-: __schedule < rcu_gp_kthread");
     }
 
     #[test]
