@@ -44,8 +44,10 @@ impl Machine<'_> {
         }
         c.args(["-append", self.cmdline]);
         if let Some(port) = self.ssh_port {
-            // Bound to the host's loopback only: nothing off this host reaches the guest.
-            c.args(["-netdev", &format!("user,id=net0,restrict=off,hostfwd=tcp:127.0.0.1:{port}-:22")]);
+            // Bound to the host's loopback only: nothing off this host reaches the guest. And the
+            // guest reaches nothing (`restrict=on`): a kernel under test has no business on the
+            // network, and the forward still carries SSH in.
+            c.args(["-netdev", &format!("user,id=net0,restrict=on,hostfwd=tcp:127.0.0.1:{port}-:22")]);
             c.args(["-device", &format!("{},netdev=net0", self.arch.qemu_nic())]);
         }
         // No default devices (VGA, NIC, ...): the console is the one serial port, on our stdio,
@@ -117,7 +119,7 @@ mod tests {
     fn ssh_port_adds_one_nic_forwarded_from_the_host_loopback() {
         for (arch, nic) in [(Arch::X86_64, "virtio-net-pci"), (Arch::Aarch64, "virtio-net-device"), (Arch::Ppc64le, "spapr-vlan")] {
             let line = ssh_line(arch, Accel::Tcg, Some(40022));
-            let expect = format!("-append 'console=hvc0 panic=-1' -netdev user,id=net0,restrict=off,hostfwd=tcp:127.0.0.1:40022-:22 -device {nic},netdev=net0 -nodefaults ");
+            let expect = format!("-append 'console=hvc0 panic=-1' -netdev user,id=net0,restrict=on,hostfwd=tcp:127.0.0.1:40022-:22 -device {nic},netdev=net0 -nodefaults ");
             assert!(line.contains(&expect), "{line}");
             assert_eq!(line.matches("-netdev").count() + line.matches("hostfwd").count(), 2, "{line}");
         }
