@@ -148,11 +148,11 @@ fn mm_cid_churn_passes_on_the_stock_kernel_on_every_architecture() {
 fn messaging_and_the_kernels_own_rseq_selftests_pass_on_the_stock_kernel_on_every_architecture() {
     let run = suite();
     for arch in ARCHES {
-        for workload in ["messaging", "rseq-selftests"] {
+        for (workload, program) in [("messaging", "messaging"), ("messaging-sockets", "messaging"), ("rseq-selftests", "rseq-selftests")] {
             let cell = run.cell(workload, arch, 4);
             assert_eq!(cell["verdict"], "pass", "{cell:#}");
             let console = std::fs::read_to_string(Path::new(cell["dir"].as_str().unwrap()).join("console.log")).unwrap();
-            assert!(console.contains(&format!("LAB-PROGRESS workload={workload}")), "no progress from {workload} on {arch}");
+            assert!(console.contains(&format!("LAB-PROGRESS workload={program}")), "no progress from {workload} on {arch}");
         }
     }
 }
