@@ -177,7 +177,7 @@ enum Command {
     /// Judge saved console logs ("-" reads stdin), or a cell's host samples.
     ///
     /// Prints one line per report, or with --json:
-    /// {"files": [{"file", "reports": [{"kind", "title", "signature", "frame", "cpu", "line",
+    /// {"files": [{"file", "reports": [{"kind", "title", "signature", "frame", "cpu", "stuck_cpu", "line",
     ///   "missing": ["lock-holder" | "truncated"], "stacks": [{"cpu", "frames", "waits_on_lock", "idle"}]}]}]}
     /// ("missing" and "stacks" only when not empty)
     ///
@@ -466,7 +466,7 @@ fn triage_files(files: &[PathBuf], json: bool) -> Result<ExitCode> {
                 let reports: Vec<serde_json::Value> = reports
                     .iter()
                     .map(|r| {
-                        let mut v = serde_json::json!({"kind": r.kind, "title": r.title, "signature": r.signature, "frame": r.frame, "cpu": r.cpu, "line": r.line});
+                        let mut v = serde_json::json!({"kind": r.kind, "title": r.title, "signature": r.signature, "frame": r.frame, "cpu": r.cpu, "stuck_cpu": r.stuck_cpu, "line": r.line});
                         if !r.missing.is_empty() {
                             v["missing"] = serde_json::json!(r.missing);
                         }

@@ -287,7 +287,7 @@ mod tests {
 
     fn hit(detect: f64) -> CellResult {
         let mut c = cell(Verdict::Fail, "hard LOCKUP in mm_get_cid", "");
-        c.reports = vec![Report { kind: Kind::HardLockup, title: c.reason.clone(), signature: "hard-lockup:mm_get_cid".into(), frame: None, cpu: None, line: 1, lines: vec![], source: Default::default(), missing: Vec::new(), stacks: Vec::new() }];
+        c.reports = vec![Report { kind: Kind::HardLockup, title: c.reason.clone(), signature: "hard-lockup:mm_get_cid".into(), frame: None, cpu: None, stuck_cpu: None, line: 1, lines: vec![], source: Default::default(), missing: Vec::new(), stacks: Vec::new() }];
         c.detect_s = Some(detect);
         c
     }

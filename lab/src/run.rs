@@ -408,6 +408,7 @@ fn judge(cell: &Cell, boot: &Boot, console: Vec<Report>, host: Option<&triage::H
             title: format!("silent: {what}"),
             frame: None,
             cpu: None,
+            stuck_cpu: None,
             line: last_line,
             lines,
             source: Source::Console,
@@ -423,6 +424,7 @@ fn judge(cell: &Cell, boot: &Boot, console: Vec<Report>, host: Option<&triage::H
             title,
             frame: None,
             cpu: None,
+            stuck_cpu: None,
             line: last_line,
             lines: host.filter(|h| !h.spinning()).map(|h| h.summary.clone()).unwrap_or_default(),
             source: Source::Console,
@@ -430,7 +432,7 @@ fn judge(cell: &Cell, boot: &Boot, console: Vec<Report>, host: Option<&triage::H
             stacks: Vec::new(),
         });
     }
-    let other = |title: String| Report { kind: Kind::Other, signature: triage::signature(Kind::Other, None, &title), title, frame: None, cpu: None, line: last_line, lines: Vec::new(), source: Source::Console, missing: Vec::new(), stacks: Vec::new() };
+    let other = |title: String| Report { kind: Kind::Other, signature: triage::signature(Kind::Other, None, &title), title, frame: None, cpu: None, stuck_cpu: None, line: last_line, lines: Vec::new(), source: Source::Console, missing: Vec::new(), stacks: Vec::new() };
     if let End::QemuFailed(why) | End::SshFailed(why) = &boot.end {
         if reports.is_empty() {
             return (Verdict::Error, why.clone(), reports);
@@ -535,7 +537,7 @@ mod tests {
     }
 
     fn lockup() -> Report {
-        Report { kind: Kind::HardLockup, title: "hard LOCKUP in mm_get_cid".into(), signature: "hard-lockup:mm_get_cid".into(), frame: Some("mm_get_cid".into()), cpu: Some(1), line: 7, lines: vec![], source: Source::Console, missing: Vec::new(), stacks: Vec::new() }
+        Report { kind: Kind::HardLockup, title: "hard LOCKUP in mm_get_cid".into(), signature: "hard-lockup:mm_get_cid".into(), frame: Some("mm_get_cid".into()), cpu: Some(1), stuck_cpu: None, line: 7, lines: vec![], source: Source::Console, missing: Vec::new(), stacks: Vec::new() }
     }
 
     const READY: &str = "arch=aarch64 cpus=2";
@@ -569,7 +571,7 @@ mod tests {
     }
 
     fn at(kind: Kind, line: usize, source: Source) -> Report {
-        Report { kind, title: format!("{kind}@{line}"), signature: kind.to_string(), frame: None, cpu: None, line, lines: vec![], source, missing: Vec::new(), stacks: Vec::new() }
+        Report { kind, title: format!("{kind}@{line}"), signature: kind.to_string(), frame: None, cpu: None, stuck_cpu: None, line, lines: vec![], source, missing: Vec::new(), stacks: Vec::new() }
     }
 
     fn quiet_host() -> triage::HostDiagnosis {

@@ -162,14 +162,13 @@ impl Draft {
         .into_iter()
         .filter_map(|(lacking, what)| lacking.then_some(what))
         .collect();
+        let cpu = self.cpu.or(self.stacks.reporter_cpu).or(self.stacks.first_dump_cpu);
         Report {
             kind: self.kind,
             title: title(self.kind, &self.subject, frame.as_deref()),
             signature: signature(self.kind, frame.as_deref(), &self.subject),
-            cpu: self
-                .cpu
-                .or(self.stacks.reporter_cpu)
-                .or(self.stacks.first_dump_cpu),
+            cpu,
+            stuck_cpu: self.stuck_cpu.or(cpu.filter(|_| self.kind == Kind::SoftLockup)),
             frame,
             line: self.line,
             lines: self.lines,

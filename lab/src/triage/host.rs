@@ -97,6 +97,7 @@ pub fn diagnose(samples: &HostSamples, symbols: &Symbols, line: usize) -> HostDi
         signature: signature(kind, culprit.as_deref(), ""),
         frame: culprit,
         cpu,
+        stuck_cpu: cpu,
         line,
         lines: summary.clone(),
         source: Source::Host,

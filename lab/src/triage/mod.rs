@@ -78,7 +78,13 @@ pub struct Report {
     #[serde(default)]
     pub signature: String,
     pub frame: Option<String>,
+    /// The CPU that reported (a buddy watchdog, the RCU stall detector) or, for a report a CPU
+    /// made about itself, that CPU.
     pub cpu: Option<u32>,
+    /// The CPU found stuck, where the report names it: a hard lockup's victim ("on cpu N"), a soft
+    /// lockup's CPU, the vCPU the host saw spinning.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stuck_cpu: Option<u32>,
     pub line: usize,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub lines: Vec<String>,

@@ -15,9 +15,10 @@ fn render(reports: &[Report]) -> String {
         .iter()
         .map(|report| {
             format!(
-                "{} cpu={} line={} lines={} frame={}{}{} sig={} | {}\n",
+                "{} cpu={}{} line={} lines={} frame={}{}{} sig={} | {}\n",
                 report.kind,
                 report.cpu.map_or("-".to_owned(), |cpu| cpu.to_string()),
+                report.stuck_cpu.map_or(String::new(), |cpu| format!(" stuck={cpu}")),
                 report.line,
                 report.lines.len(),
                 report.frame.as_deref().unwrap_or("-"),
@@ -230,6 +231,7 @@ fn report_json_omits_what_is_empty() {
         signature: "silent".into(),
         frame: None,
         cpu: None,
+        stuck_cpu: None,
         line: 1,
         lines: Vec::new(),
         source: super::Source::Console,
