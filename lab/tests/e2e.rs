@@ -416,18 +416,25 @@ fn qmp(socket: &Path, command: &str) {
     }
 }
 
-#[test]
-fn a_guest_paused_from_outside_is_resumed_and_not_reported_as_a_live_lock() {
+/// Runs the one-cell `matrix` (the x86_64 2-vCPU smoke cell) and pauses its VM over QMP once the
+/// workload's progress shows in the cell's `progress_file`.
+fn freeze_mid_workload(matrix: &str, progress_file: &str) -> (std::process::Child, PathBuf) {
     suite();
-    let out = scratch("paused");
-    let mut child = lab().arg("run").arg("--matrix").arg(data("paused-matrix.yaml")).arg("--out").arg(&out).spawn().unwrap();
+    let out = scratch(matrix.trim_end_matches(".yaml"));
+    let child = lab().arg("run").arg("--matrix").arg(data(matrix)).arg("--out").arg(&out).spawn().unwrap();
     let cell = out.join("cells/linux-7.3-x86_64-2cpu-smoke");
     let deadline = Instant::now() + Duration::from_secs(300);
-    while !std::fs::read_to_string(cell.join("console.log")).unwrap_or_default().contains("LAB-PROGRESS") {
-        assert!(Instant::now() < deadline, "the guest never started its workload");
+    while !std::fs::read_to_string(cell.join(progress_file)).unwrap_or_default().contains("LAB-PROGRESS") {
+        assert!(Instant::now() < deadline, "the workload never started ({progress_file})");
         std::thread::sleep(Duration::from_millis(100));
     }
     qmp(&cell.join("qmp.sock"), "stop");
+    (child, cell)
+}
+
+#[test]
+fn a_guest_paused_from_outside_is_resumed_and_not_reported_as_a_live_lock() {
+    let (mut child, cell) = freeze_mid_workload("paused-matrix.yaml", "console.log");
     // Paused well past the silence deadline (8 s): the lab must sample, find it paused, resume it.
     std::thread::sleep(Duration::from_secs(16));
     let status = child.wait().unwrap();
@@ -443,16 +450,7 @@ fn a_guest_paused_from_outside_is_resumed_and_not_reported_as_a_live_lock() {
 
 #[test]
 fn a_guest_that_stops_answering_mid_command_is_a_lost_connection_and_leaves_no_process() {
-    suite();
-    let out = scratch("lost");
-    let mut child = lab().arg("run").arg("--matrix").arg(data("lost-matrix.yaml")).arg("--out").arg(&out).spawn().unwrap();
-    let cell = out.join("cells/linux-7.3-x86_64-2cpu-smoke");
-    let deadline = Instant::now() + Duration::from_secs(300);
-    while !std::fs::read_to_string(cell.join("workload.stdout")).unwrap_or_default().contains("LAB-PROGRESS") {
-        assert!(Instant::now() < deadline, "the workload never started over SSH");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    qmp(&cell.join("qmp.sock"), "stop");
+    let (mut child, cell) = freeze_mid_workload("lost-matrix.yaml", "workload.stdout");
     let stopped = Instant::now();
     let status = child.wait().unwrap();
     let took = stopped.elapsed();
