@@ -281,8 +281,9 @@ static int start_ssh_server(void)
 		return -1;
 	}
 	if (pid == 0) {
-		int null = open("/dev/null", O_RDONLY);
-		int log = open(DROPBEAR_LOG, O_WRONLY | O_CREAT | O_APPEND, 0600);
+		/* Close-on-exec: only the copies dup2 makes reach dropbear, and from it every session. */
+		int null = open("/dev/null", O_RDONLY | O_CLOEXEC);
+		int log = open(DROPBEAR_LOG, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
 		if (null < 0 || log < 0 || dup2(null, STDIN_FILENO) < 0 || dup2(log, STDOUT_FILENO) < 0 ||
 		    dup2(log, STDERR_FILENO) < 0) {
 			say("lab-init: cannot point %s's output at %s: %s\n", DROPBEAR, DROPBEAR_LOG, strerror(errno));
