@@ -399,8 +399,15 @@ fn boot_once(machine: &Machine, dir: &Path, deadlines: Deadlines, watch: &Watch,
         // With QEMU gone and the flag set, every SSH wait ends within one poll.
         let _ = worker.join();
     }
-    while let Ok(SshEvent::Fetched(note)) = ssh_events.try_recv() {
-        ssh_outcome.as_mut().expect("a guest with SSH").fetched.push(note);
+    // What the SSH job said after the loop's last look: QEMU can exit before its events are read.
+    for event in ssh_events.try_iter() {
+        match event {
+            SshEvent::Fetched(note) => ssh_outcome.as_mut().expect("a guest with SSH").fetched.push(note),
+            SshEvent::Finished { fields } => {
+                result.get_or_insert(ProtocolLine { at: start.elapsed().as_secs_f64(), fields });
+            }
+            _ => {}
+        }
     }
     if let Some(outcome) = &ssh_outcome {
         crate::cache::write_atomic(&dir.join(SSH_OUTCOME), serde_json::to_string_pretty(outcome)?.as_bytes())?;
