@@ -124,8 +124,9 @@ fn classify(vcpu: &VcpuSamples, symbols: &Symbols) -> Vcpu {
     let user = stacks.iter().filter(|s| s.is_none()).count();
     let idle = stacks.iter().flatten().find(|stack| stack::is_idle(&names(stack)));
     let busy: Vec<(usize, &Vec<String>)> = stacks.iter().enumerate().filter_map(|(i, s)| Some((i, s.as_ref()?))).filter(|(_, s)| !stack::is_idle(&names(s))).collect();
-    let state = match common_culprit(&busy) {
-        Some((culprit, share, at)) if total > 0 && share as f64 >= STUCK_SHARE * total as f64 => {
+    let needed = (STUCK_SHARE * total as f64).ceil() as usize;
+    let state = match common_culprit(&busy, needed) {
+        Some((culprit, share, at)) if total > 0 && share >= needed => {
             let irqs = vcpu.samples.iter().map(|s| s.irqs).reduce(|a, b| if a == b { a } else { Irqs::Unknown }).unwrap_or(Irqs::Unknown);
             State::Stuck { culprit, share, stack: stacks[at].clone().unwrap_or_default(), irqs }
         }
@@ -145,12 +146,16 @@ fn classify(vcpu: &VcpuSamples, symbols: &Symbols) -> Vcpu {
 /// a spin loop calls helpers (`__mm_get_cid` under `mm_get_cid`), and the sample catches either.
 const LOOP_DEPTH: usize = 3;
 
-/// The function most busy samples have among their first `LOOP_DEPTH` candidates (the innermost
-/// of equals), how many have it, and the first sample that does: the loop the vCPU does not
-/// leave. A sample caught in an epilogue can miss its own function (powerpc's out-of-line
-/// register restore runs after the frame is gone), so the rule counts rather than requiring all.
-/// Deeper common callers do not count: a busy vCPU runs many different things under one syscall.
-fn common_culprit(busy: &[(usize, &Vec<String>)]) -> Option<(String, usize, usize)> {
+/// The loop the vCPU does not leave: the innermost function that at least `needed` busy samples
+/// have among their first `LOOP_DEPTH` candidates (more samples among equals), else the function
+/// most samples have (the innermost of equals); with how many have it and the first sample that
+/// does. Innermost first, because the callers of a spin loop are in every sample that the loop is
+/// in and more: a sample caught in an epilogue or a helper can miss the loop's own function
+/// (powerpc's out-of-line register restore runs after the frame is gone; x86_64's spinner under
+/// `__rcu_read_unlock`'s preemption was caught outside `mm_get_cid` once in eight), so the rule
+/// counts rather than requiring all. Deeper common callers do not count: a busy vCPU runs many
+/// different things under one syscall.
+fn common_culprit(busy: &[(usize, &Vec<String>)], needed: usize) -> Option<(String, usize, usize)> {
     let candidates: Vec<Vec<&str>> =
         busy.iter().map(|(_, s)| names(s).into_iter().filter(|f| !stack::is_plumbing(f)).take(LOOP_DEPTH).collect()).collect();
     let mut best: Option<(&str, usize, usize)> = None;
@@ -158,7 +163,11 @@ fn common_culprit(busy: &[(usize, &Vec<String>)]) -> Option<(String, usize, usiz
         let count = candidates.iter().filter(|c| c.contains(function)).count();
         let better = match best {
             None => true,
-            Some((_, n, d)) => count > n || (count == n && depth < d),
+            Some((_, n, d)) => match (count >= needed, n >= needed) {
+                (true, true) => depth < d || (depth == d && count > n),
+                (false, false) => count > n || (count == n && depth < d),
+                (qualifies, _) => qualifies,
+            },
         };
         if better {
             best = Some((function, count, depth));
