@@ -92,7 +92,7 @@ pub fn run(sh: &Shell, cache: &Cache, args: &BenchArgs, ui: &Ui, project: &Path)
     let client_key = crate::ssh_keys::client_key(sh, cache)?;
     for k in &kernels {
         let image = crate::image::build(sh, cache, &project.join("images"), k.arch, ui)?;
-        let credentials = vm::ssh::Credentials { user: image.ssh.user.clone(), host_key: image.ssh.host_key.clone(), private_key: client_key.private.clone() };
+        let credentials = crate::run::credentials(&image, &client_key.private);
         for vcpus in VCPUS {
             // The init holds; the lab logs in, runs the smoke workload for a second and powers off.
             let cmdline = format!("console={} panic=-1 {} lab.hold=1", k.arch.console(), k.arch.kernel_params().join(" "));

@@ -20,7 +20,7 @@ use crate::plan::Cell;
 use crate::report::{self, CellResult, Verdict};
 use crate::triage::{self, Kind, Missing, Report, Source};
 use crate::ui::{Event, Ui};
-use crate::vm::{Fetch, GuestSsh, SshTask, SshWorkload, self, Seen, Accel, Boot, Deadlines, Diagnosis, End, HostSamples, Machine, Sampling, Watch};
+use crate::vm::{self, Accel, Boot, Deadlines, Diagnosis, End, Fetch, GuestSsh, HostSamples, Machine, Sampling, Seen, SshTask, SshWorkload, Watch};
 
 pub struct RunOptions {
     pub out: PathBuf,
@@ -264,7 +264,7 @@ pub fn hold(sh: &Shell, cache: &Cache, loaded: &LoadedMatrix, recipes: &[Recipe]
         cmdline: &cmdline,
         ssh_port: None,
     };
-    let credentials = vm::ssh::Credentials { user: image.ssh.user.clone(), host_key: image.ssh.host_key.clone(), private_key: client_key.private.clone() };
+    let credentials = credentials(&image, &client_key.private);
     let session = |name: &str, command: String, interactive: bool| SshTask::Run(SshWorkload { name: name.into(), command, interactive, fetch: Vec::new() });
     let task = match &what {
         Hold::Boot => SshTask::WaitReady,
@@ -300,10 +300,15 @@ pub fn hold(sh: &Shell, cache: &Cache, loaded: &LoadedMatrix, recipes: &[Recipe]
     }
 }
 
+/// How the lab logs into a guest of `image`: the image's user and host key, the lab's key.
+pub fn credentials(image: &Image, client_key: &Path) -> vm::ssh::Credentials {
+    vm::ssh::Credentials { user: image.ssh.user.clone(), host_key: image.ssh.host_key.clone(), private_key: client_key.to_path_buf() }
+}
+
 /// Every guest has SSH; a `via: ssh` workload is started over it, with the guest's dmesg, its
 /// scheduler debug file and the workload's `fetch` files saved after it.
 fn guest_ssh(cell: &Cell, image: &Image, client_key: &Path) -> GuestSsh {
-    let credentials = vm::ssh::Credentials { user: image.ssh.user.clone(), host_key: image.ssh.host_key.clone(), private_key: client_key.to_path_buf() };
+    let credentials = credentials(image, client_key);
     if cell.workload.via == Via::Console {
         return GuestSsh { credentials, task: SshTask::None };
     }
@@ -402,37 +407,13 @@ fn judge(cell: &Cell, boot: &Boot, console: Vec<Report>, host: Option<&triage::H
         let mut lines: Vec<String> = host.filter(|h| !h.spinning()).map(|h| h.summary.clone()).unwrap_or_default();
         lines.extend(boot.host_error.iter().map(|e| format!("host sampling failed: {e}")));
         let what = format!("no console output for {silence_s}s{}", if boot.ready.is_none() { " during boot" } else { "" });
-        reports.push(Report {
-            kind: Kind::Silent,
-            signature: triage::signature(Kind::Silent, None, &what),
-            title: format!("silent: {what}"),
-            frame: None,
-            cpu: None,
-            stuck_cpu: None,
-            line: last_line,
-            lines,
-            source: Source::Console,
-            missing: Vec::new(),
-            stacks: Vec::new(),
-        });
+        reports.push(Report::from_lab(Kind::Silent, format!("silent: {what}"), &what, last_line, lines));
     }
     if let End::LostConnection(why) = &boot.end {
-        let title = format!("lost connection: {}: {why}", cell.workload.name);
-        reports.push(Report {
-            kind: Kind::LostConnection,
-            signature: triage::signature(Kind::LostConnection, None, ""),
-            title,
-            frame: None,
-            cpu: None,
-            stuck_cpu: None,
-            line: last_line,
-            lines: host.filter(|h| !h.spinning()).map(|h| h.summary.clone()).unwrap_or_default(),
-            source: Source::Console,
-            missing: Vec::new(),
-            stacks: Vec::new(),
-        });
+        let lines = host.filter(|h| !h.spinning()).map(|h| h.summary.clone()).unwrap_or_default();
+        reports.push(Report::from_lab(Kind::LostConnection, format!("lost connection: {}: {why}", cell.workload.name), "", last_line, lines));
     }
-    let other = |title: String| Report { kind: Kind::Other, signature: triage::signature(Kind::Other, None, &title), title, frame: None, cpu: None, stuck_cpu: None, line: last_line, lines: Vec::new(), source: Source::Console, missing: Vec::new(), stacks: Vec::new() };
+    let other = |title: String| Report::from_lab(Kind::Other, title.clone(), &title, last_line, Vec::new());
     if let End::QemuFailed(why) | End::SshFailed(why) = &boot.end {
         if reports.is_empty() {
             return (Verdict::Error, why.clone(), reports);

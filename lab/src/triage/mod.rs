@@ -127,6 +127,26 @@ pub enum Missing {
     Truncated,
 }
 
+impl Report {
+    /// A report the lab makes itself, not the kernel (silence, a lost connection, a missing
+    /// result line): no frame, no CPU, no stacks; `words` is what its signature rests on.
+    pub fn from_lab(kind: Kind, title: String, words: &str, line: usize, lines: Vec<String>) -> Report {
+        Report {
+            kind,
+            signature: signature(kind, None, words),
+            title,
+            frame: None,
+            cpu: None,
+            stuck_cpu: None,
+            line,
+            lines,
+            source: Source::Console,
+            missing: Vec::new(),
+            stacks: Vec::new(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Source {

@@ -13,7 +13,7 @@
 //!
 //! Every guest gets a user-mode NIC whose SSH port QEMU forwards to a free port on 127.0.0.1
 //! (`ssh-command.sh` in the cell logs in by hand while it runs). A workload that runs over SSH
-//! (`GuestSsh::workload`) runs on a thread of its own (`ssh`), which feeds its output, its exit
+//! (`SshTask::Run`) runs on a thread of its own (`ssh`), which feeds its output, its exit
 //! and a lost guest back into the same loop that watches the console.
 //!
 //! Invariant: `console.log` holds every console byte QEMU wrote, line by line as it arrived, each
@@ -148,7 +148,7 @@ pub struct SshWorkload {
     /// Run it in the user's terminal (through OpenSSH, `ssh-command.sh -t`), not captured.
     pub interactive: bool,
     /// Run after the workload, each command's stdout saved in the cell directory (`file`): the
-    /// guest's dmesg, its /proc/sched_debug, the workload's own output files. One that fails is
+    /// guest's dmesg, its scheduler debug file, the workload's own output files. One that fails is
     /// noted, not an error.
     pub fetch: Vec<Fetch>,
 }
