@@ -177,9 +177,16 @@ enum Command {
     /// Judge saved console logs ("-" reads stdin), or a cell's host samples.
     ///
     /// Prints one line per report, or with --json:
-    /// {"files": [{"file", "reports": [{"kind", "title", "signature", "frame", "cpu", "stuck_cpu", "line",
-    ///   "missing": ["lock-holder" | "truncated"], "stacks": [{"cpu", "frames", "waits_on_lock", "idle"}]}]}]}
-    /// ("missing" and "stacks" only when not empty)
+    /// {"files": [{"file", "reports": [{"kind", "title", "signature", "frame", "frame_site",
+    ///   "cpu", "stuck_cpu", "line", "missing": ["lock-holder" | "truncated"],
+    ///   "stacks": [{"cpu", "frames", "sites", "waits_on_lock", "idle"}]}]}]}
+    /// ("frame_site", "missing" and "stacks" only when there are any). A site is a frame as printed:
+    /// {"printed": "mm_get_cid+0x5c/0x60", "return_address", "source": [{"function", "file", "line"}]}
+    ///
+    /// With --vmlinux (a kernel built with CONFIG_DEBUG_INFO, e.g. the cell's
+    /// ~/.cache/lab/kernels/<kernel>/vmlinux) every printed frame gets its source lines, inlined
+    /// functions first, and the text output shows the guilty frame as scripts/faddr2line would:
+    ///   lab triage --vmlinux ~/.cache/lab/kernels/<kernel>/vmlinux cells/<cell>/console.log
     ///
     /// With --system-map, each FILE is a cell's host-samples.json, judged again against the
     /// cell kernel's System.map (one line per vCPU, then the report):
@@ -193,6 +200,9 @@ enum Command {
         /// The files are host-samples.json files; name their addresses from this System.map.
         #[arg(long, value_name = "FILE")]
         system_map: Option<PathBuf>,
+        /// The kernel the logs came from, with debug info: source lines for every frame.
+        #[arg(long, value_name = "FILE")]
+        vmlinux: Option<PathBuf>,
     },
     /// Check every host requirement and print the command that fixes each missing one.
     Doctor,
@@ -393,8 +403,13 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Triage { files, json, system_map: Some(map) } => triage_host_samples(&files, &map, json),
-        Command::Triage { files, json, system_map: None } => triage_files(&files, json),
+        Command::Triage { files, json, system_map, vmlinux } => {
+            let debug = vmlinux.as_deref().map(load_debug_info).transpose()?;
+            match system_map {
+                Some(map) => triage_host_samples(&files, &map, json, debug.as_ref()),
+                None => triage_files(&files, json, debug.as_ref()),
+            }
+        }
         Command::Doctor => {
             let cache = cache()?;
             let checks = doctor::checks(&sh, &cache);
@@ -420,14 +435,28 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
     }
 }
 
-fn triage_host_samples(files: &[PathBuf], system_map: &Path, json: bool) -> Result<ExitCode> {
+fn load_debug_info(vmlinux: &Path) -> Result<triage::DebugInfo> {
+    triage::DebugInfo::load(vmlinux)?.with_context(|| {
+        format!(
+            "{} has no debug info (no .debug_info section): build the kernel with CONFIG_DEBUG_INFO \
+             (the lab's kernels/config/lab.config has it)",
+            vmlinux.display()
+        )
+    })
+}
+
+fn triage_host_samples(files: &[PathBuf], system_map: &Path, json: bool, debug: Option<&triage::DebugInfo>) -> Result<ExitCode> {
     let symbols = triage::Symbols::load(system_map)?;
     let mut out = Vec::new();
     for file in files {
         let text = std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
         let rounds: Vec<vm::HostSamples> = serde_json::from_str(&text).with_context(|| format!("{} is not a host-samples.json", file.display()))?;
         let last = rounds.last().with_context(|| format!("{} holds no sampling round", file.display()))?;
-        out.push((file.display().to_string(), triage::diagnose_host(last, &symbols, last.console_line)));
+        let mut diagnosis = triage::diagnose_host(last, &symbols, last.console_line);
+        if let Some(debug) = debug {
+            debug.symbolize(&mut diagnosis.reports);
+        }
+        out.push((file.display().to_string(), diagnosis));
     }
     if json {
         let files: Vec<serde_json::Value> =
@@ -439,7 +468,10 @@ fn triage_host_samples(files: &[PathBuf], system_map: &Path, json: bool) -> Resu
                 println!("{file}: {line}");
             }
             match diagnosis.reports.first() {
-                Some(r) => println!("{file}: {}: {}", r.kind, r.title),
+                Some(r) => {
+                    println!("{file}: {}: {}", r.kind, r.title);
+                    print_guilty_source(r);
+                }
                 None => println!("{file}: no vCPU spinning in the kernel"),
             }
         }
@@ -447,7 +479,14 @@ fn triage_host_samples(files: &[PathBuf], system_map: &Path, json: bool) -> Resu
     Ok(ExitCode::SUCCESS)
 }
 
-fn triage_files(files: &[PathBuf], json: bool) -> Result<ExitCode> {
+/// The guilty frame's source lines, indented under the report, in scripts/faddr2line's words.
+fn print_guilty_source(report: &triage::Report) {
+    for line in report.frame_site.iter().flat_map(triage::FrameSite::faddr2line) {
+        println!("  {}", triage::sanitize(&line));
+    }
+}
+
+fn triage_files(files: &[PathBuf], json: bool, debug: Option<&triage::DebugInfo>) -> Result<ExitCode> {
     let mut out = Vec::new();
     for file in files {
         let bytes = if file == Path::new("-") {
@@ -457,7 +496,11 @@ fn triage_files(files: &[PathBuf], json: bool) -> Result<ExitCode> {
         } else {
             std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?
         };
-        out.push((file.display().to_string(), triage::triage(&bytes)));
+        let mut reports = triage::triage(&bytes);
+        if let Some(debug) = debug {
+            debug.symbolize(&mut reports);
+        }
+        out.push((file.display().to_string(), reports));
     }
     if json {
         let files: Vec<serde_json::Value> = out
@@ -467,6 +510,9 @@ fn triage_files(files: &[PathBuf], json: bool) -> Result<ExitCode> {
                     .iter()
                     .map(|r| {
                         let mut v = serde_json::json!({"kind": r.kind, "title": r.title, "signature": r.signature, "frame": r.frame, "cpu": r.cpu, "stuck_cpu": r.stuck_cpu, "line": r.line});
+                        if let Some(site) = &r.frame_site {
+                            v["frame_site"] = serde_json::json!(site);
+                        }
                         if !r.missing.is_empty() {
                             v["missing"] = serde_json::json!(r.missing);
                         }
@@ -496,6 +542,7 @@ fn triage_files(files: &[PathBuf], json: bool) -> Result<ExitCode> {
                     })
                     .collect();
                 println!("{file}:{}: {}{cpu}: {}{missing}", r.line, r.kind, triage::sanitize(&r.title));
+                print_guilty_source(r);
             }
         }
     }

@@ -235,8 +235,14 @@ pub fn excerpt(console: &str, reports: &[Report]) -> String {
         _ => (lines.len().saturating_sub(60), lines.len()),
     };
     let mut text = String::new();
+    if let Some(source) = reports.first().and_then(|r| r.frame_site.as_ref()).map(triage::FrameSite::faddr2line).filter(|lines| !lines.is_empty()) {
+        text = format!("guilty frame {}\n", source.join("\n  "));
+    }
     if let Some(host) = reports.first().filter(|r| r.source == triage::Source::Host) {
-        text = format!("{} (from the host's samples of the vCPUs)\n{}\n--- console ---\n", host.title, host.lines.join("\n"));
+        text += &format!("{} (from the host's samples of the vCPUs)\n{}\n", host.title, host.lines.join("\n"));
+    }
+    if !text.is_empty() {
+        text += "--- console ---\n";
     }
     text.push_str(&lines[from.min(lines.len())..to].join("\n"));
     triage::sanitize(&text)
@@ -287,7 +293,7 @@ mod tests {
 
     fn hit(detect: f64) -> CellResult {
         let mut c = cell(Verdict::Fail, "hard LOCKUP in mm_get_cid", "");
-        c.reports = vec![Report { kind: Kind::HardLockup, title: c.reason.clone(), signature: "hard-lockup:mm_get_cid".into(), frame: None, cpu: None, stuck_cpu: None, line: 1, lines: vec![], source: Default::default(), missing: Vec::new(), stacks: Vec::new() }];
+        c.reports = vec![Report { kind: Kind::HardLockup, title: c.reason.clone(), signature: "hard-lockup:mm_get_cid".into(), frame: None, frame_site: None, cpu: None, stuck_cpu: None, line: 1, lines: vec![], source: Default::default(), missing: Vec::new(), stacks: Vec::new() }];
         c.detect_s = Some(detect);
         c
     }

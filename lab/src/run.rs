@@ -205,7 +205,10 @@ fn run_cell(cell: &Cell, run: Option<u32>, kernel: &Result<Kernel, String>, imag
             let last_line = console.lines().count().max(1);
             let host = boot.host.last().zip(symbols.as_ref()).map(|(samples, s)| triage::diagnose_host(samples, s, samples.console_line.max(1)));
             let console_reports = triage::triage(console.as_bytes());
-            let (verdict, reason, reports) = judge(cell, &boot, console_reports, host.as_ref(), matrix.timeouts.silence, last_line);
+            let (verdict, reason, mut reports) = judge(cell, &boot, console_reports, host.as_ref(), matrix.timeouts.silence, last_line);
+            if let Ok(kernel) = kernel {
+                symbolize(&mut reports, &kernel.vmlinux, |e| ui.note(format!("{}: no source lines: {e:#}", cell.id)));
+            }
             result.excerpt = report::excerpt(&console, &reports);
             result.verdict = verdict;
             result.reason = reason;
@@ -228,6 +231,19 @@ fn run_cell(cell: &Cell, run: Option<u32>, kernel: &Result<Kernel, String>, imag
         summary: format!("{}: {}", format!("{:?}", result.verdict).to_lowercase(), result.reason),
     });
     result
+}
+
+/// Source lines for the reports' frames, when the kernel was built with debug info (a kernel
+/// without it is no error: its frames keep their names).
+fn symbolize(reports: &mut [Report], vmlinux: &Path, warn: impl FnOnce(anyhow::Error)) {
+    if reports.iter().all(|r| r.frame_site.is_none() && r.stacks.is_empty()) {
+        return;
+    }
+    match triage::DebugInfo::load(vmlinux) {
+        Ok(Some(debug)) => debug.symbolize(reports),
+        Ok(None) => {}
+        Err(e) => warn(e),
+    }
 }
 
 /// What `lab boot` and `lab ssh` do in a guest booted the way a cell boots (its init holding
@@ -518,7 +534,7 @@ mod tests {
     }
 
     fn lockup() -> Report {
-        Report { kind: Kind::HardLockup, title: "hard LOCKUP in mm_get_cid".into(), signature: "hard-lockup:mm_get_cid".into(), frame: Some("mm_get_cid".into()), cpu: Some(1), stuck_cpu: None, line: 7, lines: vec![], source: Source::Console, missing: Vec::new(), stacks: Vec::new() }
+        Report { kind: Kind::HardLockup, title: "hard LOCKUP in mm_get_cid".into(), signature: "hard-lockup:mm_get_cid".into(), frame: Some("mm_get_cid".into()), frame_site: None, cpu: Some(1), stuck_cpu: None, line: 7, lines: vec![], source: Source::Console, missing: Vec::new(), stacks: Vec::new() }
     }
 
     const READY: &str = "arch=aarch64 cpus=2";
@@ -552,7 +568,7 @@ mod tests {
     }
 
     fn at(kind: Kind, line: usize, source: Source) -> Report {
-        Report { kind, title: format!("{kind}@{line}"), signature: kind.to_string(), frame: None, cpu: None, stuck_cpu: None, line, lines: vec![], source, missing: Vec::new(), stacks: Vec::new() }
+        Report { kind, title: format!("{kind}@{line}"), signature: kind.to_string(), frame: None, frame_site: None, cpu: None, stuck_cpu: None, line, lines: vec![], source, missing: Vec::new(), stacks: Vec::new() }
     }
 
     fn quiet_host() -> triage::HostDiagnosis {

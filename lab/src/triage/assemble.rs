@@ -163,6 +163,7 @@ impl Draft {
         .filter_map(|(lacking, what)| lacking.then_some(what))
         .collect();
         let cpu = self.cpu.or(self.stacks.reporter_cpu).or(self.stacks.first_dump_cpu);
+        let frame_site = frame.as_deref().and_then(|frame| self.stacks.site_of(frame, preferred_cpu));
         Report {
             kind: self.kind,
             title: title(self.kind, &self.subject, frame.as_deref()),
@@ -170,6 +171,7 @@ impl Draft {
             cpu,
             stuck_cpu: self.stuck_cpu.or(cpu.filter(|_| self.kind == Kind::SoftLockup)),
             frame,
+            frame_site,
             line: self.line,
             lines: self.lines,
             source: Source::Console,

@@ -4,7 +4,7 @@
 
 use super::stack::{self, Stacks};
 use super::symbols::Symbols;
-use super::{assemble, signature, CpuStack, Kind, Report, Source};
+use super::{assemble, signature, CpuStack, FrameSite, Kind, Report, Source};
 use crate::vm::sample::{Frame, HostSamples, Irqs, Sample, VcpuSamples};
 
 /// A vCPU is stuck when at least this share of its samples is in the kernel, not idle, in the
@@ -34,7 +34,7 @@ impl HostDiagnosis {
 }
 
 enum State {
-    Stuck { culprit: String, share: usize, stack: Vec<String>, irqs: Irqs },
+    Stuck { culprit: String, share: usize, stack: Vec<FrameSite>, irqs: Irqs },
     Idle { function: String },
     User { share: usize },
     Running { places: Vec<String> },
@@ -91,11 +91,16 @@ pub fn diagnose(samples: &HostSamples, symbols: &Symbols, line: usize) -> HostDi
     // own detector would have fired first on the hard side: a stuck CPU holding a runqueue lock
     // has them off.
     let kind = if irqs.iter().all(|&i| i == Irqs::On) { Kind::SoftLockup } else { Kind::HardLockup };
+    let frame_site = stuck.iter().find_map(|vcpu| match &vcpu.state {
+        State::Stuck { stack, .. } => stack.iter().find(|f| Some(bare(&f.printed)) == culprit.as_deref()).cloned(),
+        _ => None,
+    });
     let report = Report {
         kind,
         title: assemble::title(kind, "", culprit.as_deref()),
         signature: signature(kind, culprit.as_deref(), ""),
         frame: culprit,
+        frame_site,
         cpu,
         stuck_cpu: cpu,
         line,
@@ -108,6 +113,7 @@ pub fn diagnose(samples: &HostSamples, symbols: &Symbols, line: usize) -> HostDi
                 State::Stuck { stack, .. } => Some(CpuStack {
                     cpu: Some(vcpu.index),
                     frames: names(stack).into_iter().map(str::to_owned).collect(),
+                    sites: stack.clone(),
                     waits_on_lock: stack::waits_on_spinlock(&names(stack)),
                     idle: false,
                 }),
@@ -120,10 +126,10 @@ pub fn diagnose(samples: &HostSamples, symbols: &Symbols, line: usize) -> HostDi
 
 fn classify(vcpu: &VcpuSamples, symbols: &Symbols) -> Vcpu {
     let total = vcpu.samples.len();
-    let stacks: Vec<Option<Vec<String>>> = vcpu.samples.iter().map(|s| s.kernel.then(|| named_stack(s, symbols))).collect();
+    let stacks: Vec<Option<Vec<FrameSite>>> = vcpu.samples.iter().map(|s| s.kernel.then(|| named_stack(s, symbols))).collect();
     let user = stacks.iter().filter(|s| s.is_none()).count();
     let idle = stacks.iter().flatten().find(|stack| stack::is_idle(&names(stack)));
-    let busy: Vec<(usize, &Vec<String>)> = stacks.iter().enumerate().filter_map(|(i, s)| Some((i, s.as_ref()?))).filter(|(_, s)| !stack::is_idle(&names(s))).collect();
+    let busy: Vec<(usize, &Vec<FrameSite>)> = stacks.iter().enumerate().filter_map(|(i, s)| Some((i, s.as_ref()?))).filter(|(_, s)| !stack::is_idle(&names(s))).collect();
     let needed = (STUCK_SHARE * total as f64).ceil() as usize;
     let state = match common_culprit(&busy, needed) {
         Some((culprit, share, at)) if total > 0 && share >= needed => {
@@ -131,7 +137,7 @@ fn classify(vcpu: &VcpuSamples, symbols: &Symbols) -> Vcpu {
             State::Stuck { culprit, share, stack: stacks[at].clone().unwrap_or_default(), irqs }
         }
         _ if user * 2 > total => State::User { share: user },
-        _ if busy.is_empty() && idle.is_some() => State::Idle { function: idle.and_then(|s| s.first()).map(|f| bare(f).to_string()).unwrap_or_default() },
+        _ if busy.is_empty() && idle.is_some() => State::Idle { function: idle.and_then(|s| s.first()).map(|f| bare(&f.printed).to_string()).unwrap_or_default() },
         _ => {
             let mut places: Vec<String> = busy.iter().filter_map(|(_, s)| stack::culprit_of(&names(s)).map(str::to_string)).collect();
             places.sort();
@@ -155,7 +161,7 @@ const LOOP_DEPTH: usize = 3;
 /// `__rcu_read_unlock`'s preemption was caught outside `mm_get_cid` once in eight), so the rule
 /// counts rather than requiring all. Deeper common callers do not count: a busy vCPU runs many
 /// different things under one syscall.
-fn common_culprit(busy: &[(usize, &Vec<String>)], needed: usize) -> Option<(String, usize, usize)> {
+fn common_culprit(busy: &[(usize, &Vec<FrameSite>)], needed: usize) -> Option<(String, usize, usize)> {
     let candidates: Vec<Vec<&str>> =
         busy.iter().map(|(_, s)| names(s).into_iter().filter(|f| !stack::is_plumbing(f)).take(LOOP_DEPTH).collect()).collect();
     let mut best: Option<(&str, usize, usize)> = None;
@@ -186,22 +192,24 @@ fn common_culprit(busy: &[(usize, &Vec<String>)], needed: usize) -> Option<(Stri
 
 /// `function+0xoff` for the program counter, the link register when it names a caller the frame
 /// chain does not (a function that has not saved it yet), then each return address.
-fn named_stack(sample: &Sample, symbols: &Symbols) -> Vec<String> {
-    let name = |l: Option<super::symbols::Location>| l.map_or_else(|| "?".to_string(), |l| format!("{}+{:#x}", l.function, l.offset));
+fn named_stack(sample: &Sample, symbols: &Symbols) -> Vec<FrameSite> {
+    let site = |l: Option<super::symbols::Location>, return_address: bool| {
+        FrameSite::new(l.map_or_else(|| "?".to_string(), |l| format!("{}+{:#x}", l.function, l.offset)), return_address)
+    };
     let pc = symbols.locate(sample.pc);
     let locate = |frame: &Frame| match *frame {
         Frame::Return(ret) => symbols.locate_return(ret),
         Frame::Interrupted { interrupted } => symbols.locate(interrupted),
     };
     let first_return = sample.frames.first().and_then(locate);
-    let mut stack = vec![name(pc.clone())];
+    let mut stack = vec![site(pc.clone(), false)];
     if let Some(lr) = sample.lr.and_then(|lr| symbols.locate_return(lr)) {
         let known = [pc.as_ref(), first_return.as_ref()].into_iter().flatten().any(|l| l.function == lr.function);
         if !known {
-            stack.push(name(Some(lr)));
+            stack.push(site(Some(lr), true));
         }
     }
-    stack.extend(sample.frames.iter().map(|f| name(locate(f))));
+    stack.extend(sample.frames.iter().map(|f| site(locate(f), matches!(f, Frame::Return(_)))));
     stack
 }
 
@@ -209,15 +217,15 @@ fn bare(frame: &str) -> &str {
     frame.split('+').next().unwrap_or(frame)
 }
 
-fn names(stack: &[String]) -> Vec<&str> {
-    stack.iter().map(|f| bare(f)).collect()
+fn names(stack: &[FrameSite]) -> Vec<&str> {
+    stack.iter().map(|f| bare(&f.printed)).collect()
 }
 
 fn describe(vcpu: &Vcpu) -> String {
     let n = vcpu.samples;
     let what = match &vcpu.state {
         State::Stuck { culprit, share, stack, irqs } => {
-            let shown: Vec<&str> = stack.iter().take(SHOWN_FRAMES).map(String::as_str).collect();
+            let shown: Vec<&str> = stack.iter().take(SHOWN_FRAMES).map(|f| f.printed.as_str()).collect();
             let irqs = match irqs {
                 Irqs::On => "irqs on",
                 Irqs::Off => "irqs off",

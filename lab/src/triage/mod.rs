@@ -6,6 +6,7 @@
 
 mod assemble;
 mod console;
+mod debuginfo;
 mod header;
 mod host;
 mod sanitize;
@@ -17,6 +18,7 @@ mod tests;
 
 use std::fmt;
 
+pub use debuginfo::{DebugInfo, SourceLine};
 pub use host::{diagnose as diagnose_host, HostDiagnosis};
 pub use sanitize::sanitize;
 pub use signature::signature;
@@ -78,6 +80,10 @@ pub struct Report {
     #[serde(default)]
     pub signature: String,
     pub frame: Option<String>,
+    /// Where the guilty frame was when the kernel printed it, and its source lines once
+    /// symbolized against the cell's vmlinux (`DebugInfo::symbolize`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub frame_site: Option<FrameSite>,
     /// The CPU that reported (a buddy watchdog, the RCU stall detector) or, for a report a CPU
     /// made about itself, that CPU.
     pub cpu: Option<u32>,
@@ -108,10 +114,46 @@ pub struct CpuStack {
     /// host: the sampled stack). Frames the unwinder only guessed are left out when it found
     /// reliable ones, except from a powerpc CPU seen through its paca, whose guess is where it spun.
     pub frames: Vec<String>,
+    /// `frames` as printed, one for one, with their source lines once symbolized.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sites: Vec<FrameSite>,
     /// It spins for a lock someone else holds: the waiting side of a live lock.
     pub waits_on_lock: bool,
     /// It waits for work in the idle loop.
     pub idle: bool,
+}
+
+/// A frame as the kernel printed it, which is what a vmlinux with debug info turns into source lines.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct FrameSite {
+    /// `mm_get_cid+0x5c/0x60` (`%pS`); from the host's samples, without the size.
+    pub printed: String,
+    /// A caller's frame: the address after its call, looked up in the call instruction. False
+    /// for the instruction the CPU was interrupted at (`RIP`, `pc`, `NIP`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub return_address: bool,
+    /// Innermost first: the functions inlined at this address, then the printed function.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub source: Vec<SourceLine>,
+}
+
+impl FrameSite {
+    pub fn new(printed: String, return_address: bool) -> FrameSite {
+        FrameSite { printed, return_address, source: Vec::new() }
+    }
+
+    /// What the kernel's `scripts/faddr2line` prints: the frame, then each function at it, the
+    /// inlined ones first. Empty when the frame has no source lines.
+    pub fn faddr2line(&self) -> Vec<String> {
+        if self.source.is_empty() {
+            return Vec::new();
+        }
+        let functions = self.source.iter().enumerate().map(|(at, line)| {
+            let inlined_by = if at == 0 { "" } else { "(inlined by) " };
+            format!("{inlined_by}{} at {}:{}", line.function, line.file, line.line)
+        });
+        std::iter::once(format!("{}:", self.printed)).chain(functions).collect()
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -136,6 +178,7 @@ impl Report {
             signature: signature(kind, None, words),
             title,
             frame: None,
+            frame_site: None,
             cpu: None,
             stuck_cpu: None,
             line,

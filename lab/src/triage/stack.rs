@@ -5,7 +5,7 @@ use std::sync::LazyLock;
 
 use regex::Regex;
 
-use super::CpuStack;
+use super::{CpuStack, FrameSite};
 
 /// Functions that are never the culprit: they are how the CPU got to the culprit, how it waits for
 /// something the culprit holds, or how the kernel reports on it. A trailing `*` matches a prefix.
@@ -174,6 +174,8 @@ struct Frame {
     /// False for the link register (the caller, or the function itself again) and for a function
     /// a headline names: candidates for the culprit, but not links of the printed call chain.
     in_chain: bool,
+    /// As printed; None for a function a headline names.
+    site: Option<FrameSite>,
 }
 
 /// A frame line in any of the forms the three architectures print; the whole line has to be the frame,
@@ -187,7 +189,7 @@ static FRAME_LINE: LazyLock<Regex> = LazyLock::new(|| {
         // Call trace: powerpc "[%lx] [%lx] %pS", old x86/arm "[<%p>] ", x86 "? " for guesses.
         r"|(?:\[<?[0-9a-f]+>?\]\s*)*(?P<guess>\?\s+)?",
         r")",
-        r"(?P<function>[A-Za-z_.$][\w.$]*)\+0x(?P<offset>[0-9a-f]+)/0x[0-9a-f]+",
+        r"(?P<site>(?P<function>[A-Za-z_.$][\w.$]*)\+0x(?P<offset>[0-9a-f]+)/0x[0-9a-f]+)",
         // Module and build id: " [lkdtm]", " [lkdtm 0123abcd]".
         r"(?:\s+\[[^\]]*\])?",
         // arm64 unwinder source " (P)", powerpc " (unreliable)".
@@ -209,10 +211,12 @@ fn parse_frame(text: &str) -> Option<Frame> {
             .name("note")
             .is_some_and(|m| m.as_str() == "unreliable");
     let register = captures.name("register").map(|m| m.as_str());
+    let link_register = register.is_some_and(|name| name.starts_with(['l', 'L']));
     Some(Frame {
         function: captures["function"].to_owned(),
         reliable: register.is_some() || !guessed,
-        in_chain: !register.is_some_and(|name| name.starts_with(['l', 'L'])),
+        in_chain: !link_register,
+        site: Some(FrameSite::new(captures["site"].to_owned(), register.is_none() || link_register)),
     })
 }
 
@@ -280,14 +284,11 @@ impl Section {
     /// The printed call chain, innermost first, without guesses unless guesses are all there is
     /// (x86's guess unwinder) or the best there is (a paca), and without immediate repeats (arm64
     /// prints the interrupted function as `pc` and again as the trace's first frame).
-    fn chain(&self) -> Vec<String> {
+    fn chain(&self) -> Vec<&Frame> {
         let chained = self.frames.iter().filter(|frame| frame.in_chain);
         let trust_guesses = self.from_paca || !chained.clone().any(|frame| frame.reliable);
-        let mut chain: Vec<String> = chained
-            .filter(|frame| frame.reliable || trust_guesses)
-            .map(|frame| frame.function.clone())
-            .collect();
-        chain.dedup();
+        let mut chain: Vec<&Frame> = chained.filter(|frame| frame.reliable || trust_guesses).collect();
+        chain.dedup_by(|frame, previous| frame.function == previous.function);
         chain
     }
 }
@@ -371,6 +372,7 @@ impl Stacks {
             function: function.to_owned(),
             reliable: true,
             in_chain: false,
+            site: None,
         });
     }
 
@@ -423,11 +425,16 @@ impl Stacks {
     pub fn cpu_stacks(&self) -> Vec<CpuStack> {
         self.sections
             .iter()
-            .map(|section| CpuStack {
-                cpu: section.cpu,
-                frames: section.chain(),
-                waits_on_lock: section.waits_on_spinlock(),
-                idle: section.idles(),
+            .map(|section| {
+                let chain = section.chain();
+                CpuStack {
+                    cpu: section.cpu,
+                    frames: chain.iter().map(|frame| frame.function.clone()).collect(),
+                    // Every chained frame was printed (only headline-named frames lack a site).
+                    sites: chain.iter().filter_map(|frame| frame.site.clone()).collect(),
+                    waits_on_lock: section.waits_on_spinlock(),
+                    idle: section.idles(),
+                }
             })
             .filter(|stack| !stack.frames.is_empty())
             .collect()
@@ -456,6 +463,15 @@ impl Stacks {
             false => None,
         };
         holder.or_else(|| self.preferred(preferred_cpu).chain(&self.sections).find_map(Section::culprit))
+    }
+
+    /// Where `function` was printed, `preferred_cpu`'s stack first: the guilty frame's address.
+    pub fn site_of(&self, function: &str, preferred_cpu: Option<u32>) -> Option<FrameSite> {
+        self.preferred(preferred_cpu)
+            .chain(&self.sections)
+            .flat_map(|section| &section.frames)
+            .filter(|frame| frame.function == function)
+            .find_map(|frame| frame.site.clone())
     }
 
     /// True when `preferred_cpu` only waits for a spinlock and no other CPU's stack shows who holds

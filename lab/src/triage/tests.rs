@@ -230,6 +230,7 @@ fn report_json_omits_what_is_empty() {
         title: "silent".into(),
         signature: "silent".into(),
         frame: None,
+        frame_site: None,
         cpu: None,
         stuck_cpu: None,
         line: 1,
@@ -252,6 +253,13 @@ fn report_json_omits_what_is_empty() {
         stacks: vec![CpuStack {
             cpu: Some(0),
             frames: vec!["queued_spin_lock_slowpath".into(), "sched_mm_cid_fork".into()],
+            sites: vec![
+                super::FrameSite::new("queued_spin_lock_slowpath+0x6a8/0xd78".into(), false),
+                super::FrameSite {
+                    source: vec![super::SourceLine { function: "sched_mm_cid_fork".into(), file: "kernel/sched/core.c".into(), line: 10612 }],
+                    ..super::FrameSite::new("sched_mm_cid_fork+0x1fc/0x2b8".into(), true)
+                },
+            ],
             waits_on_lock: true,
             idle: false,
         }],
@@ -259,9 +267,15 @@ fn report_json_omits_what_is_empty() {
     };
     let json = serde_json::to_string(&lockup).expect("serialize");
     assert!(
-        json.ends_with(r#""missing":["lock-holder","truncated"],"stacks":[{"cpu":0,"frames":["queued_spin_lock_slowpath","sched_mm_cid_fork"],"waits_on_lock":true,"idle":false}]}"#),
+        json.ends_with(concat!(
+            r#""missing":["lock-holder","truncated"],"stacks":[{"cpu":0,"frames":["queued_spin_lock_slowpath","sched_mm_cid_fork"],"#,
+            r#""sites":[{"printed":"queued_spin_lock_slowpath+0x6a8/0xd78"},"#,
+            r#"{"printed":"sched_mm_cid_fork+0x1fc/0x2b8","return_address":true,"source":[{"function":"sched_mm_cid_fork","file":"kernel/sched/core.c","line":10612}]}],"#,
+            r#""waits_on_lock":true,"idle":false}]}"#
+        )),
         "{json}"
     );
+    assert_eq!(serde_json::from_str::<Report>(&json).expect("deserialize"), lockup);
 }
 
 /// xorshift64*: deterministic, so a failure reproduces.
