@@ -11,6 +11,10 @@
 //! the same run.
 //!
 //! `--triage` measures console triage instead: MB/s over a large log, in memory, no VM.
+//!
+//! `--symbolize VMLINUX` measures source lines for frames: loading the DWARF, then lookups in
+//! process against one `addr2line` run per frame (what `scripts/faddr2line` does), on the same
+//! frames, and how often the two agree.
 
 use std::path::{Path, PathBuf};
 use std::process::{ExitCode, Stdio};
@@ -49,6 +53,10 @@ pub struct BenchArgs {
     /// lab/src/triage/testdata, repeated in memory to about 50 MB), and of sanitizing it.
     #[arg(long, value_name = "FILE", num_args = 0..=1)]
     triage: Option<Option<PathBuf>>,
+    /// Measure source lines for frames instead, from this vmlinux (built with debug info, as the
+    /// lab's kernels are): frames per second in process and with one addr2line run per frame.
+    #[arg(long, value_name = "VMLINUX")]
+    symbolize: Option<PathBuf>,
 }
 
 const VCPUS: [u32; 3] = [1, 2, 4];
@@ -59,6 +67,9 @@ pub fn run(sh: &Shell, cache: &Cache, args: &BenchArgs, ui: &Ui, project: &Path)
     }
     if let Some(file) = &args.triage {
         return triage_throughput(file.as_deref(), project);
+    }
+    if let Some(vmlinux) = &args.symbolize {
+        return symbolize_throughput(sh, vmlinux);
     }
     let (recipe, arches, opts) = subject(args, project, "kernels/linux-7.3.yaml")?;
     let cores = opts.jobs;
@@ -210,6 +221,70 @@ fn triage_throughput(file: Option<&Path>, project: &Path) -> Result<ExitCode> {
     println!("| triage::sanitize | {:.1} |", rate(&|| {
         std::hint::black_box(crate::triage::sanitize(&text));
     }));
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Frames looked up in process per round, spread over the whole kernel so every unit's lines are
+/// read in the first round; and frames given to `addr2line`, one run each, which is slow enough
+/// that fewer say as much.
+const SYMBOLIZE_FRAMES: usize = 20_000;
+const ADDR2LINE_FRAMES: usize = 100;
+
+fn symbolize_throughput(sh: &Shell, vmlinux: &Path) -> Result<ExitCode> {
+    let start = Instant::now();
+    let debug = crate::triage::DebugInfo::load(vmlinux)?.with_context(|| format!("{} has no debug info", vmlinux.display()))?;
+    let load = start.elapsed().as_secs_f64();
+    let mut functions: Vec<(&str, u64, u64)> = debug.functions().filter(|&(_, _, size)| size > 1).collect();
+    functions.sort_by_key(|&(_, address, _)| address);
+    anyhow::ensure!(!functions.is_empty(), "{} has no sized text symbols", vmlinux.display());
+    // Evenly over the kernel's functions (each once when it has fewer), at the middle of each:
+    // inside its body, often inside something inlined.
+    let frames: Vec<(&str, u64, u64)> = (0..SYMBOLIZE_FRAMES)
+        .map(|i| functions[i * functions.len() / SYMBOLIZE_FRAMES])
+        .map(|(name, address, size)| (name, address, size / 2))
+        .collect();
+    let lookup_all = || -> f64 {
+        let start = Instant::now();
+        for &(name, _, offset) in &frames {
+            std::hint::black_box(debug.locate(name, offset, None, false));
+        }
+        frames.len() as f64 / start.elapsed().as_secs_f64()
+    };
+    let cold = lookup_all();
+    let mut warm: Vec<f64> = (0..5).map(|_| lookup_all()).collect();
+    let warm = median(&mut warm);
+    let sample = &frames[..ADDR2LINE_FRAMES.min(frames.len())];
+    let mut agree = 0;
+    let start = Instant::now();
+    for &(name, address, offset) in sample {
+        let hex = format!("{:#x}", address + offset);
+        let out = xshell::cmd!(sh, "addr2line -f -i -e {vmlinux} {hex}").read().context("cannot run addr2line (binutils)")?;
+        // addr2line: "function\nfile:line (discriminator N)" per function, innermost first.
+        let theirs: Vec<String> = out
+            .lines()
+            .collect::<Vec<_>>()
+            .chunks(2)
+            .map(|pair| format!("{} {}", pair[0], pair.get(1).and_then(|l| l.split(' ').next()).and_then(|l| l.rsplit_once(':')).map_or("", |(_, line)| line)))
+            .collect();
+        let ours: Vec<String> = debug.locate(name, offset, None, false).iter().map(|l| format!("{} {}", l.function, l.line)).collect();
+        agree += usize::from(ours == theirs);
+    }
+    let spawned = sample.len() as f64 / start.elapsed().as_secs_f64();
+    let spread = frames.len().min(functions.len());
+    println!(
+        "# lab bench --symbolize: {} ({:.0} MB), {} lookups a round at the middle of {spread} of its {} functions, median of 5 warm rounds\n",
+        vmlinux.display(),
+        std::fs::metadata(vmlinux)?.len() as f64 / 1e6,
+        frames.len(),
+        functions.len()
+    );
+    println!("| what | result |\n| --- | --- |");
+    println!("| load the DWARF (map, index units and symbols) | {:.0} ms |", load * 1000.0);
+    println!("| in process, first round (reads every unit's lines) | {cold:.0} frames/s |");
+    println!("| in process, warm | {warm:.0} frames/s |");
+    println!("| one addr2line run per frame ({} frames) | {spawned:.1} frames/s |", sample.len());
+    println!("| in process / addr2line, first round and warm | {:.0}x, {:.0}x |", cold / spawned, warm / spawned);
+    println!("| frames where both name the same functions and lines | {agree} of {} |", sample.len());
     Ok(ExitCode::SUCCESS)
 }
 

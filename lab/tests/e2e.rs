@@ -179,7 +179,24 @@ fn a_known_bad_mm_cid_kernel_is_caught_and_a_lockup_report_names_mm_get_cid() {
     }
     for lockup in reports.iter().filter(|r| r["kind"] == "hard-lockup") {
         assert!(lockup["frame"].as_str().is_some_and(|f| f.contains("mm_get_cid")), "a hard lockup not named after mm_get_cid: {lockup:#}");
+        let source = guilty_source(lockup);
+        assert!(source.iter().any(|line| line.starts_with("mm_get_cid at kernel/sched/")), "{source:?}");
     }
+}
+
+/// The guilty frame's source lines, `function at file:line`, innermost first; every report whose
+/// frame was printed has them, since the lab's kernels carry debug info.
+fn guilty_source(report: &Value) -> Vec<String> {
+    let site = &report["frame_site"];
+    assert!(site["printed"].is_string(), "the guilty frame's address was kept: {report:#}");
+    let source: Vec<String> = site["source"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no source lines for the guilty frame: {report:#}"))
+        .iter()
+        .map(|l| format!("{} at {}:{}", l["function"].as_str().unwrap(), l["file"].as_str().unwrap(), l["line"]))
+        .collect();
+    assert!(source.iter().all(|l| !l.contains(" at /")), "paths relative to the tree: {source:?}");
+    source
 }
 
 #[test]
@@ -191,7 +208,13 @@ fn a_provoked_hard_lockup_is_reported_on_every_architecture() {
         let lockup = cell["reports"].as_array().unwrap().iter().find(|r| r["kind"] == "hard-lockup").expect("no hard-lockup report");
         assert!(lockup["title"].as_str().unwrap().starts_with("hard LOCKUP"), "{lockup:#}");
         assert!(lockup["cpu"].is_u64(), "the reporting CPU is known: {lockup:#}");
+        if lockup["frame"] == "lkdtm_HARDLOCKUP" {
+            let source = guilty_source(lockup);
+            assert!(source.last().unwrap().starts_with("lkdtm_HARDLOCKUP at drivers/misc/lkdtm/bugs.c:"), "{arch}: {source:?}");
+        }
     }
+    let x86 = &run.cell("selftest-hardlockup", "x86_64", 2)["reports"][0];
+    assert_eq!(x86["frame"], "lkdtm_HARDLOCKUP", "x86_64 dumps the stuck CPU's stack: {x86:#}");
 }
 
 #[test]
@@ -253,6 +276,22 @@ fn triage_reads_a_saved_console_log() {
     let json: Value = serde_json::from_slice(&out.stdout).unwrap();
     let reports = json["files"][0]["reports"].as_array().unwrap();
     assert!(reports.iter().any(|r| r["kind"] == "hard-lockup" && r["line"].as_u64().unwrap() > 1), "{json:#}");
+}
+
+#[test]
+fn triage_names_source_lines_from_the_cells_vmlinux() {
+    let console = Path::new(suite().cell("selftest-hardlockup", "x86_64", 2)["dir"].as_str().unwrap()).join("console.log");
+    let built = run_ok(lab().args(["build", "--arch", "x86_64", "--json", "--matrix"]).arg(matrix()));
+    let kernels: Value = serde_json::from_slice(&built.stdout).unwrap();
+    let vmlinux = kernels[0]["kernel"]["vmlinux"].as_str().unwrap();
+    let out = run_ok(lab().args(["triage", "--vmlinux", vmlinux]).arg(&console));
+    let text = String::from_utf8_lossy(&out.stdout);
+    // scripts/faddr2line's shape under the report line: the frame, then inlined functions first.
+    assert!(text.contains("\n  lkdtm_HARDLOCKUP+0x"), "{text}");
+    assert!(text.contains("lkdtm_HARDLOCKUP at drivers/misc/lkdtm/bugs.c:"), "{text}");
+    let bare = run(lab().args(["triage", "--vmlinux"]).arg(&console).arg(&console));
+    assert_eq!(bare.status.code(), Some(2), "a console log is no vmlinux");
+    assert!(String::from_utf8_lossy(&bare.stderr).contains("is not an ELF file"), "{}", String::from_utf8_lossy(&bare.stderr));
 }
 
 fn run_ok(cmd: &mut Command) -> Output {

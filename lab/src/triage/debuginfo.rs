@@ -86,6 +86,11 @@ impl DebugInfo {
         Ok(Some(DebugInfo { context, functions, roots }))
     }
 
+    /// Every text symbol with its address and size (for the bench).
+    pub fn functions(&self) -> impl Iterator<Item = (&str, u64, u64)> {
+        self.functions.iter().flat_map(|(name, places)| places.iter().map(move |&(address, size)| (name.as_str(), address, size)))
+    }
+
     /// Fills in the source lines of every printed frame: each report's guilty frame and its stacks.
     pub fn symbolize(&self, reports: &mut [Report]) {
         let sites = reports
