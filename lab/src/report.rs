@@ -319,6 +319,20 @@ mod tests {
     }
 
     #[test]
+    fn the_excerpt_opens_with_the_guilty_frames_source_lines() {
+        let console = "boot\nwatchdog: CPU1: Watchdog detected hard LOCKUP on cpu 1\nRIP: 0010:mm_get_cid+0x1c/0x2a\n";
+        let mut reports = hit(1.0).reports;
+        assert_eq!(excerpt(console, &reports), console.trim_end(), "no site, no header");
+        let line = |function: &str, line| triage::SourceLine { function: function.into(), file: "kernel/sched/sched.h".into(), line };
+        reports[0].frame_site = Some(triage::FrameSite {
+            source: vec![line("__mm_get_cid", 3950), line("mm_get_cid", 3972)],
+            ..triage::FrameSite::new("mm_get_cid+0x1c/0x2a".into(), false)
+        });
+        let expect = "guilty frame mm_get_cid+0x1c/0x2a:\n  __mm_get_cid at kernel/sched/sched.h:3950\n  (inlined by) mm_get_cid at kernel/sched/sched.h:3972\n--- console ---\n";
+        assert_eq!(excerpt(console, &reports), format!("{expect}{}", console.trim_end()));
+    }
+
+    #[test]
     fn junit_is_valid_xml_whatever_the_console_held() {
         let nasty = triage::sanitize("]]> <tag> & \u{1b}[31mred\u{1b}[0m \u{0} \u{7} \u{fffe} done");
         let results = [cell(Verdict::Pass, "ok", ""), cell(Verdict::Fail, "hard LOCKUP in <mm_get_cid> & \u{1}", &nasty)];
