@@ -133,7 +133,9 @@ fn classify(vcpu: &VcpuSamples, symbols: &Symbols) -> Vcpu {
     let needed = (STUCK_SHARE * total as f64).ceil() as usize;
     let state = match common_culprit(&busy, needed) {
         Some((culprit, share, at)) if total > 0 && share >= needed => {
-            let irqs = vcpu.samples.iter().map(|s| s.irqs).reduce(|a, b| if a == b { a } else { Irqs::Unknown }).unwrap_or(Irqs::Unknown);
+            // The interrupt mask of the samples in the spin, not of one that caught the timer interrupt.
+            let in_spin = |s: &[FrameSite]| names(s).into_iter().filter(|f| !stack::is_plumbing(f)).take(LOOP_DEPTH).any(|f| f == culprit);
+            let irqs = busy.iter().filter(|(_, s)| in_spin(s)).map(|&(i, _)| vcpu.samples[i].irqs).reduce(|a, b| if a == b { a } else { Irqs::Unknown }).unwrap_or(Irqs::Unknown);
             State::Stuck { culprit, share, stack: stacks[at].clone().unwrap_or_default(), irqs }
         }
         _ if user * 2 > total => State::User { share: user },

@@ -255,8 +255,10 @@ struct Section {
 impl Section {
     /// Reliable frames first: with only the guess unwinder every trace frame is a guess, and then the
     /// guesses are all there is.
+    /// An idle CPU's guesses are stray stack slots (powerpc's system-reset dump of an idle CPU
+    /// shows the variable `cpu_idle_force_poll+0x0` as "(unreliable)"): it has no culprit.
     fn culprit(&self) -> Option<&str> {
-        self.first_culprit(true).or_else(|| self.first_culprit(false))
+        self.first_culprit(true).or_else(|| if self.idles() { None } else { self.first_culprit(false) })
     }
 
     fn first_culprit(&self, reliable_only: bool) -> Option<&str> {
@@ -692,6 +694,7 @@ mod tests {
         ];
         assert_eq!(culprit(&only_guesses, None).as_deref(), Some("guessed_fn"));
         assert_eq!(culprit(&[" ? __schedule+0x1/0x2"], None), None);
+        assert_eq!(culprit(&["NIP [c0] arch_cpu_idle+0x48/0x100", "[c1] [c2] cpu_idle_force_poll+0x0/0x4 (unreliable)", "[c3] [c4] do_idle+0x108/0x128"], None), None);
     }
 
     /// `expect`: "cpu: frames innermost first [lock] [idle]" per stack, joined by "; ".
