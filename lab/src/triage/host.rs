@@ -37,7 +37,9 @@ enum State {
     Stuck { culprit: String, share: usize, stack: Vec<FrameSite>, irqs: Irqs },
     Idle { function: String },
     User { share: usize },
-    Running { places: Vec<String> },
+    /// `places`: the guilty-frame candidates of its busy samples (none when they were all in
+    /// interrupt or scheduler code); `idle`: how many samples were in the idle loop.
+    Running { places: Vec<String>, idle: usize },
 }
 
 struct Vcpu {
@@ -144,7 +146,8 @@ fn classify(vcpu: &VcpuSamples, symbols: &Symbols) -> Vcpu {
             let mut places: Vec<String> = busy.iter().filter_map(|(_, s)| stack::culprit_of(&names(s)).map(str::to_string)).collect();
             places.sort();
             places.dedup();
-            State::Running { places }
+            let idle = stacks.iter().flatten().filter(|stack| stack::is_idle(&names(stack))).count();
+            State::Running { places, idle }
         }
     };
     Vcpu { index: vcpu.index, samples: total, state }
@@ -237,7 +240,11 @@ fn describe(vcpu: &Vcpu) -> String {
         }
         State::Idle { function } => format!("idle ({function}) in every kernel sample"),
         State::User { share } => format!("in user space in {share} of {n} samples"),
-        State::Running { places } => format!("running, no function common to its {n} samples: {}", places.join(", ")),
+        State::Running { places, idle } => {
+            let places = if places.is_empty() { String::new() } else { format!(": {}", places.join(", ")) };
+            let idle = if *idle == 0 { String::new() } else { format!("; idle in {idle}") };
+            format!("running, no function common to its {n} samples{places}{idle}")
+        }
     };
     format!("vCPU {}: {what}", vcpu.index)
 }

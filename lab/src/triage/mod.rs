@@ -45,6 +45,16 @@ pub enum Kind {
 }
 
 impl Kind {
+    /// The kind a signature starts with and an `expect:` is held to. The same fault opens with
+    /// "BUG: kernel NULL pointer dereference" on x86 and powerpc and with "Unable to handle kernel
+    /// NULL pointer dereference" (an Oops) on arm64.
+    pub fn family(self) -> Kind {
+        match self {
+            Kind::Oops => Kind::Bug,
+            kind => kind,
+        }
+    }
+
     /// Same spelling as the serde names, so logs, JSON and JUnit agree.
     fn name(self) -> &'static str {
         match self {

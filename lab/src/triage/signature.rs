@@ -13,7 +13,7 @@ use super::Kind;
 /// `kind:function`; without a guilty function `kind:subject` (the report's own words: a bug
 /// message, a panic reason), or `kind` alone.
 pub fn signature(kind: Kind, frame: Option<&str>, subject: &str) -> String {
-    let family = family(kind);
+    let family = kind.family();
     // These subjects are the name of the task the detector caught, which differs from run to run.
     let subject = match kind {
         Kind::SoftLockup | Kind::HungTask => "",
@@ -27,16 +27,6 @@ pub fn signature(kind: Kind, frame: Option<&str>, subject: &str) -> String {
         family.to_string()
     } else {
         format!("{family}:{what}")
-    }
-}
-
-/// The kind a signature starts with. The same fault opens with "BUG: kernel NULL pointer
-/// dereference" on x86 and powerpc and with "Unable to handle kernel NULL pointer dereference" (an
-/// Oops) on arm64.
-pub(super) fn family(kind: Kind) -> Kind {
-    match kind {
-        Kind::Oops => Kind::Bug,
-        kind => kind,
     }
 }
 

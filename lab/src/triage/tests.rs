@@ -365,7 +365,7 @@ fn triage_quickly(log: &[u8], what: &str) -> Vec<Report> {
             let control = text.contains(|c: char| c.is_control() && c != '\t');
             assert!(text.len() <= 4096 && !control, "{what}: {text:?}");
         }
-        let family = super::signature::family(report.kind).name();
+        let family = report.kind.family().name();
         assert!(report.signature.starts_with(family), "{what}: {}", report.signature);
         assert!(report.stacks.iter().all(|stack| !stack.frames.is_empty()), "{what}");
     }
