@@ -112,7 +112,9 @@ impl DebugInfo {
     /// static functions of the same name, and tells a log from another build: no function of that
     /// size, no lines, as `faddr2line` refuses a size mismatch). A return address is looked up one
     /// byte back, in the call instruction: the address after it may already belong to the next
-    /// line, or to no inlined callee at all. Empty when the symbol or its lines are unknown.
+    /// line, to no inlined callee at all, or (at offset 0, after a call that does not return) to
+    /// the next function, whose name the kernel then printed. Empty when the symbol or its lines
+    /// are unknown.
     pub fn locate(&self, function: &str, offset: u64, size: Option<u64>, return_address: bool) -> Vec<SourceLine> {
         let Some(candidates) = self.functions.get(function) else {
             return Vec::new();
@@ -121,10 +123,7 @@ impl DebugInfo {
             return Vec::new();
         };
         let address = start + offset;
-        self.lines_at(match return_address && offset > 0 {
-            true => address - 1,
-            false => address,
-        })
+        self.lines_at(if return_address { address.saturating_sub(1) } else { address })
     }
 
     fn lines_at(&self, address: u64) -> Vec<SourceLine> {
