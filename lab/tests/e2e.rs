@@ -208,13 +208,12 @@ fn a_provoked_hard_lockup_is_reported_on_every_architecture() {
         let lockup = cell["reports"].as_array().unwrap().iter().find(|r| r["kind"] == "hard-lockup").expect("no hard-lockup report");
         assert!(lockup["title"].as_str().unwrap().starts_with("hard LOCKUP"), "{lockup:#}");
         assert!(lockup["cpu"].is_u64(), "the reporting CPU is known: {lockup:#}");
-        if lockup["frame"] == "lkdtm_HARDLOCKUP" {
+        // x86_64 always dumps the stuck CPU's stack; the others when its answer to the IPI came.
+        if arch == "x86_64" || lockup["frame"] == "lkdtm_HARDLOCKUP" {
             let source = guilty_source(lockup);
             assert!(source.last().unwrap().starts_with("lkdtm_HARDLOCKUP at drivers/misc/lkdtm/bugs.c:"), "{arch}: {source:?}");
         }
     }
-    let x86 = &run.cell("selftest-hardlockup", "x86_64", 2)["reports"][0];
-    assert_eq!(x86["frame"], "lkdtm_HARDLOCKUP", "x86_64 dumps the stuck CPU's stack: {x86:#}");
 }
 
 #[test]
