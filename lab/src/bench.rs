@@ -238,10 +238,11 @@ fn symbolize_throughput(sh: &Shell, vmlinux: &Path) -> Result<ExitCode> {
     functions.sort_by_key(|&(_, address, _)| address);
     anyhow::ensure!(!functions.is_empty(), "{} has no sized text symbols", vmlinux.display());
     // Evenly over the kernel's functions (each once when it has fewer), at the middle of each:
-    // inside its body, often inside something inlined.
+    // inside its body, often inside something inlined. On a 4-byte boundary, where arm64 and
+    // powerpc instructions start (a real frame is never inside an instruction).
     let frames: Vec<(&str, u64, u64)> = (0..SYMBOLIZE_FRAMES)
         .map(|i| functions[i * functions.len() / SYMBOLIZE_FRAMES])
-        .map(|(name, address, size)| (name, address, size / 2))
+        .map(|(name, address, size)| (name, address, size / 2 & !3))
         .collect();
     let lookup_all = || -> f64 {
         let start = Instant::now();
@@ -254,7 +255,7 @@ fn symbolize_throughput(sh: &Shell, vmlinux: &Path) -> Result<ExitCode> {
     let mut warm: Vec<f64> = (0..5).map(|_| lookup_all()).collect();
     let warm = median(&mut warm);
     let sample = &frames[..ADDR2LINE_FRAMES.min(frames.len())];
-    let mut agree = 0;
+    let mut disagree = Vec::new();
     let start = Instant::now();
     for &(name, address, offset) in sample {
         let hex = format!("{:#x}", address + offset);
@@ -266,8 +267,10 @@ fn symbolize_throughput(sh: &Shell, vmlinux: &Path) -> Result<ExitCode> {
             .chunks(2)
             .map(|pair| format!("{} {}", pair[0], pair.get(1).and_then(|l| l.split(' ').next()).and_then(|l| l.rsplit_once(':')).map_or("", |(_, line)| line)))
             .collect();
-        let ours: Vec<String> = debug.locate(name, offset, None, false).iter().map(|l| format!("{} {}", l.function, l.line)).collect();
-        agree += usize::from(ours == theirs);
+        let ours: Vec<String> = debug.locate_address(address + offset, name).iter().map(|l| format!("{} {}", l.function, l.line)).collect();
+        if ours != theirs {
+            disagree.push(format!("{name}+{offset:#x} ({hex}): lab {ours:?}, addr2line {theirs:?}"));
+        }
     }
     let spawned = sample.len() as f64 / start.elapsed().as_secs_f64();
     let spread = frames.len().min(functions.len());
@@ -284,7 +287,10 @@ fn symbolize_throughput(sh: &Shell, vmlinux: &Path) -> Result<ExitCode> {
     println!("| in process, warm | {warm:.0} frames/s |");
     println!("| one addr2line run per frame ({} frames) | {spawned:.1} frames/s |", sample.len());
     println!("| in process / addr2line, first round and warm | {:.0}x, {:.0}x |", cold / spawned, warm / spawned);
-    println!("| frames where both name the same functions and lines | {agree} of {} |", sample.len());
+    println!("| frames where both name the same functions and lines | {} of {} |", sample.len() - disagree.len(), sample.len());
+    for frame in &disagree {
+        println!("\n- {frame}");
+    }
     Ok(ExitCode::SUCCESS)
 }
 

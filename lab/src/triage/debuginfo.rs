@@ -102,9 +102,10 @@ impl DebugInfo {
     }
 
     fn locate_site(&self, site: &FrameSite) -> Vec<SourceLine> {
-        match parse_printed(&site.printed) {
-            Some((function, offset, size)) => self.locate(function, offset, size, site.return_address),
-            None => Vec::new(),
+        match (site.address, parse_printed(&site.printed)) {
+            (Some(address), Some((function, _, _))) => self.locate_address(call_site(address, site.return_address), function),
+            (None, Some((function, offset, size))) => self.locate(function, offset, size, site.return_address),
+            (_, None) => Vec::new(),
         }
     }
 
@@ -119,26 +120,41 @@ impl DebugInfo {
         let Some(candidates) = self.functions.get(function) else {
             return Vec::new();
         };
-        let Some(&(start, _)) = candidates.iter().find(|&&(_, symbol_size)| size.is_none_or(|size| size == symbol_size)) else {
+        // A static function in a header has a copy in every unit that did not inline it
+        // (`__rcu_read_lock` about a hundred times), and the printed name cannot say which ran.
+        // Copies of one source give the same lines; when they do not, no lines beat a guess.
+        let mut answers = candidates
+            .iter()
+            .filter(|&&(_, symbol_size)| size.is_none_or(|size| size == symbol_size))
+            .map(|&(start, _)| self.locate_address(call_site(start + offset, return_address), function));
+        let Some(first) = answers.next() else {
             return Vec::new();
         };
-        let address = start + offset;
-        self.lines_at(if return_address { address.saturating_sub(1) } else { address })
+        match answers.all(|other| other == first) {
+            true => first,
+            false => Vec::new(),
+        }
     }
 
-    fn lines_at(&self, address: u64) -> Vec<SourceLine> {
+    /// The source at one code address (no return-address adjustment). `function`: the printed
+    /// name, for the outermost frame when the DWARF has a line there but no subprogram (a 4-byte
+    /// stub such as arm64's `do_sme_acc`).
+    pub fn locate_address(&self, address: u64, function: &str) -> Vec<SourceLine> {
         let Ok(mut frames) = self.context.find_frames(address).skip_all_loads() else {
             return Vec::new();
         };
         let mut lines = Vec::new();
         while let Ok(Some(frame)) = frames.next() {
-            let function = frame.function.as_ref().and_then(|name| name.raw_name().ok()).map(|name| name.into_owned());
-            let Some(location) = frame.location else { continue };
-            let (Some(function), Some(file), Some(line)) = (function, location.file, location.line) else {
+            let name = frame.function.as_ref().and_then(|name| name.raw_name().ok()).map(|name| name.into_owned());
+            let Some((Some(file), Some(line))) = frame.location.map(|location| (location.file, location.line)) else {
                 continue;
             };
-            lines.push(SourceLine { function, file: self.relative(file), line });
+            lines.push(SourceLine { function: name.unwrap_or_default(), file: self.relative(file), line });
         }
+        if let Some(outermost) = lines.last_mut().filter(|line| line.function.is_empty()) {
+            outermost.function = function.to_owned();
+        }
+        lines.retain(|line| !line.function.is_empty());
         lines
     }
 
@@ -150,6 +166,14 @@ impl DebugInfo {
             .unwrap_or(&path)
             .to_string_lossy()
             .into_owned()
+    }
+}
+
+/// Where to look up a frame: a return address one byte back, in its call (see `locate`).
+fn call_site(address: u64, return_address: bool) -> u64 {
+    match return_address {
+        true => address.saturating_sub(1),
+        false => address,
     }
 }
 

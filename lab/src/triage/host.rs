@@ -198,8 +198,9 @@ fn common_culprit(busy: &[(usize, &Vec<FrameSite>)], needed: usize) -> Option<(S
 /// `function+0xoff` for the program counter, the link register when it names a caller the frame
 /// chain does not (a function that has not saved it yet), then each return address.
 fn named_stack(sample: &Sample, symbols: &Symbols) -> Vec<FrameSite> {
-    let site = |l: Option<super::symbols::Location>, return_address: bool| {
-        FrameSite::new(l.map_or_else(|| "?".to_string(), |l| format!("{}+{:#x}", l.function, l.offset)), return_address)
+    let site = |l: Option<super::symbols::Location>, address: u64, return_address: bool| FrameSite {
+        address: Some(address),
+        ..FrameSite::new(l.map_or_else(|| "?".to_string(), |l| format!("{}+{:#x}", l.function, l.offset)), return_address)
     };
     let pc = symbols.locate(sample.pc);
     let locate = |frame: &Frame| match *frame {
@@ -207,14 +208,17 @@ fn named_stack(sample: &Sample, symbols: &Symbols) -> Vec<FrameSite> {
         Frame::Interrupted { interrupted } => symbols.locate(interrupted),
     };
     let first_return = sample.frames.first().and_then(locate);
-    let mut stack = vec![site(pc.clone(), false)];
-    if let Some(lr) = sample.lr.and_then(|lr| symbols.locate_return(lr)) {
+    let mut stack = vec![site(pc.clone(), sample.pc, false)];
+    if let Some((address, lr)) = sample.lr.and_then(|address| Some((address, symbols.locate_return(address)?))) {
         let known = [pc.as_ref(), first_return.as_ref()].into_iter().flatten().any(|l| l.function == lr.function);
         if !known {
-            stack.push(site(Some(lr), true));
+            stack.push(site(Some(lr), address, true));
         }
     }
-    stack.extend(sample.frames.iter().map(|f| site(locate(f), matches!(f, Frame::Return(_)))));
+    stack.extend(sample.frames.iter().map(|f| match *f {
+        Frame::Return(address) => site(locate(f), address, true),
+        Frame::Interrupted { interrupted } => site(locate(f), interrupted, false),
+    }));
     stack
 }
 

@@ -145,11 +145,15 @@ pub struct FrameSite {
     /// Innermost first: the functions inlined at this address, then the printed function.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub source: Vec<SourceLine>,
+    /// The address itself, when known (the host read it from the vCPU): it tells apart static
+    /// functions of one name, which the printed form cannot. Used where it is known, not kept.
+    #[serde(skip)]
+    pub address: Option<u64>,
 }
 
 impl FrameSite {
     pub fn new(printed: String, return_address: bool) -> FrameSite {
-        FrameSite { printed, return_address, source: Vec::new() }
+        FrameSite { printed, return_address, source: Vec::new(), address: None }
     }
 
     /// What the kernel's `scripts/faddr2line` prints: the frame, then each function at it, the
