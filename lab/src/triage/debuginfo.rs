@@ -187,28 +187,32 @@ fn parse_printed(printed: &str) -> Option<(&str, u64, Option<u64>)> {
     Some((function, u64::from_str_radix(offset, 16).ok()?, size))
 }
 
-/// What paths are made relative to: the build directory (files Kbuild generated there), then the
-/// kernel tree, found from the unit every Kbuild vmlinux has, `init/main.c`. Kbuild compiles in
-/// the build directory, so a unit's name resolved against its compilation directory is where its
-/// source was; a vmlinux built elsewhere keeps absolute paths under its own tree's root.
+/// What paths are made relative to, deepest first: each unit's build directory (files Kbuild
+/// generated there) and the kernel tree it compiled from. Kbuild compiles in the build directory
+/// and names the source `$(srctree)/path`: `path` in an in-tree build, `../path` with the lab's
+/// build directories inside the tree, an absolute path with `O=` elsewhere, where the unit every
+/// Kbuild vmlinux has, `init/main.c`, says where the tree is. Units differ: a patched variant's
+/// recompiled units come from its own copy of the tree, the rest from the tree it was copied from.
 fn source_roots(dwarf: &gimli::Dwarf<Reader>) -> Vec<PathBuf> {
     const MARKER: &str = "init/main.c";
-    let mut first_comp_dir = None;
+    let mut roots = std::collections::BTreeSet::new();
     let mut units = dwarf.units();
     while let Ok(Some(header)) = units.next() {
         let Ok(unit) = dwarf.unit(header) else { continue };
         let text = |attribute: &Option<Reader>| attribute.as_ref().and_then(|r| r.to_string_lossy().ok()).map(|s| s.into_owned());
         let (Some(name), Some(comp_dir)) = (text(&unit.name), text(&unit.comp_dir)) else { continue };
-        let comp_dir = normalize(Path::new(&comp_dir));
-        let source = normalize(&comp_dir.join(&name));
-        if source.ends_with(MARKER) {
-            let tree = source.ancestors().nth(Path::new(MARKER).components().count()).map(Path::to_path_buf);
-            return std::iter::once(comp_dir).chain(tree).collect();
+        let (name, comp_dir) = (Path::new(&name), normalize(Path::new(&comp_dir)));
+        if name.is_relative() {
+            let up = name.components().take_while(|c| *c == Component::ParentDir).count();
+            roots.extend(comp_dir.ancestors().nth(up).map(Path::to_path_buf));
+        } else if name.ends_with(MARKER) {
+            roots.extend(name.ancestors().nth(Path::new(MARKER).components().count()).map(normalize));
         }
-        first_comp_dir.get_or_insert(comp_dir);
+        roots.insert(comp_dir);
     }
-    // Not a kernel (the tests' programs): paths relative to where it was compiled.
-    first_comp_dir.into_iter().collect()
+    let mut roots: Vec<PathBuf> = roots.into_iter().collect();
+    roots.sort_by_key(|root| std::cmp::Reverse(root.components().count()));
+    roots
 }
 
 /// `a/b/../c` is `a/c`, without asking the file system (the tree need not exist on this host).
