@@ -244,6 +244,24 @@ fn build(kind: Kind, role: Role, captures: &Captures<'_>) -> Header {
     }
 }
 
+/// A headline as the tests write it: "kind role cpu=.. stuck=.. frame=.. | subject", or "-" for none.
+#[cfg(test)]
+pub(super) fn describe(header: Option<Header>) -> String {
+    let Some(header) = header else {
+        return "-".to_owned();
+    };
+    let number = |n: Option<u32>| n.map_or("-".to_owned(), |n| n.to_string());
+    format!(
+        "{} {:?} cpu={} stuck={} frame={} | {}",
+        header.kind,
+        header.role,
+        number(header.cpu),
+        number(header.stuck_cpu),
+        header.frame.as_deref().unwrap_or("-"),
+        header.subject
+    )
+}
+
 fn panic_kind(reason: &str) -> Kind {
     PANIC_REASONS
         .iter()
@@ -253,28 +271,12 @@ fn panic_kind(reason: &str) -> Kind {
 
 #[cfg(test)]
 mod tests {
-    use super::{classify, Header, Kind};
+    use super::{classify, describe, Kind};
     use crate::triage::starts_report;
 
-    /// `expect`: "kind role cpu=.. stuck=.. frame=.. | subject", or "-" for no headline.
+    /// `expect`: `describe` of the line's headline.
     fn check(line: &str, expect: &str) {
-        let render = |header: Header| {
-            let number = |n: Option<u32>| n.map_or("-".to_owned(), |n| n.to_string());
-            format!(
-                "{} {:?} cpu={} stuck={} frame={} | {}",
-                header.kind,
-                header.role,
-                number(header.cpu),
-                number(header.stuck_cpu),
-                header.frame.as_deref().unwrap_or("-"),
-                header.subject
-            )
-        };
-        assert_eq!(
-            classify(line).map_or("-".to_owned(), render),
-            expect,
-            "line {line:?}"
-        );
+        assert_eq!(describe(classify(line)), expect, "line {line:?}");
         assert_eq!(
             starts_report(line),
             expect != "-",
