@@ -18,6 +18,13 @@ fn matrix() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/e2e-matrix.yaml")
 }
 
+/// The cache the lab under test uses, found as its `cache.rs` finds it: `LAB_CACHE_DIR`, else
+/// `$XDG_CACHE_HOME/lab`, else `~/.cache/lab`.
+fn cache_root() -> PathBuf {
+    let base = || std::env::var_os("XDG_CACHE_HOME").map(PathBuf::from).unwrap_or_else(|| Path::new(&std::env::var_os("HOME").unwrap()).join(".cache"));
+    std::env::var_os("LAB_CACHE_DIR").map(PathBuf::from).unwrap_or_else(|| base().join("lab"))
+}
+
 fn scratch(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("lab-e2e-{}-{name}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
@@ -293,6 +300,88 @@ fn triage_names_source_lines_from_the_cells_vmlinux() {
     assert!(String::from_utf8_lossy(&bare.stderr).contains("is not an ELF file"), "{}", String::from_utf8_lossy(&bare.stderr));
 }
 
+/// The 7.3 rows of triage's headline formats table (lab/src/triage/testdata/formats.tsv) quote the
+/// stock source the suite builds: each row's format is a whole string literal of the file it names.
+#[test]
+fn the_triage_formats_table_is_verbatim_in_the_stock_7_3_tree() {
+    setup();
+    let out = run_ok(lab().args(["build", "--arch", "x86_64", "--json", "--matrix"]).arg(matrix()));
+    let kernels: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let kernel = &kernels[0]["kernel"];
+    assert_eq!(kernel["patches"], serde_json::json!([]), "the suite's kernel is not the stock one: {kernel:#}");
+    let tree = stock_tree(&cache_root(), kernel["source"].as_str().unwrap());
+    let table_path = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/triage/testdata/formats.tsv");
+    let table = std::fs::read_to_string(&table_path).unwrap();
+    let mut literals: std::collections::HashMap<&str, Vec<String>> = std::collections::HashMap::new();
+    let (mut checked, mut missing) = (0, Vec::new());
+    for (index, row) in table.lines().enumerate().filter(|(_, row)| !row.is_empty() && !row.starts_with('#')) {
+        let columns: Vec<&str> = row.split('\t').collect();
+        let (file, version, format) = (columns[0], columns[1], columns[4]);
+        if version != "7.3" {
+            continue;
+        }
+        let in_file = literals.entry(file).or_insert_with(|| {
+            let bytes = std::fs::read(tree.join(file)).unwrap_or_else(|error| panic!("formats.tsv:{}: {file} in {}: {error}", index + 1, tree.display()));
+            c_string_literals(&String::from_utf8_lossy(&bytes))
+        });
+        let literal = format.strip_prefix('"').and_then(|f| f.strip_suffix('"')).unwrap_or(format);
+        checked += 1;
+        if !in_file.iter().any(|l| l == literal) {
+            missing.push(format!("formats.tsv:{}: {file}: {format}", index + 1));
+        }
+    }
+    assert!(checked > 100, "only {checked} 7.3 rows in {}", table_path.display());
+    assert!(missing.is_empty(), "{} of {checked} 7.3 formats are not string literals of their files in {}:\n{}", missing.len(), tree.display(), missing.join("\n"));
+}
+
+/// The finished tree without patches (tree.json `"patches": []`) made from `source`, under the
+/// cache's trees/; a `*.tmp-<pid>` tree may already have its tree.json while it is still being made.
+fn stock_tree(cache: &Path, source: &str) -> PathBuf {
+    let trees = cache.join("trees");
+    let entries = std::fs::read_dir(&trees).unwrap_or_else(|error| panic!("{}: {error}", trees.display()));
+    let finished = entries.filter_map(|entry| entry.ok()).filter(|entry| !entry.file_name().to_string_lossy().contains(".tmp-"));
+    let stock = finished.map(|entry| entry.path()).find(|tree| {
+        let info = std::fs::read(tree.join("tree.json")).ok().and_then(|json| serde_json::from_slice::<Value>(&json).ok());
+        info.is_some_and(|info| info["source"] == source && info["patches"] == serde_json::json!([]))
+    });
+    stock.unwrap_or_else(|| panic!("no tree of {source} without patches in {}", trees.display())).join("src")
+}
+
+/// The string literals of a C source, escapes as written, adjacent ones (blanks and comments between)
+/// joined as the compiler joins them; a macro between two literals (`KERN_CRIT "..."`) separates them.
+fn c_string_literals(source: &str) -> Vec<String> {
+    let bytes = source.as_bytes();
+    let find = |from: usize, needle: &[u8]| bytes[from..].windows(needle.len()).position(|w| w == needle).map(|at| from + at);
+    let (mut literals, mut joining, mut at) = (Vec::<String>::new(), false, 0);
+    while at < bytes.len() {
+        if bytes[at..].starts_with(b"//") {
+            at = find(at, b"\n").unwrap_or(bytes.len());
+        } else if bytes[at..].starts_with(b"/*") {
+            at = find(at + 2, b"*/").map_or(bytes.len(), |end| end + 2);
+        } else if let quote @ (b'"' | b'\'') = bytes[at] {
+            let mut end = at + 1;
+            while end < bytes.len() && bytes[end] != quote {
+                end += if bytes[end] == b'\\' { 2 } else { 1 };
+            }
+            let end = end.min(bytes.len());
+            if quote == b'"' {
+                // Both ends are ASCII quotes (or the end of the file): char boundaries.
+                let piece = &source[at + 1..end];
+                match literals.last_mut() {
+                    Some(last) if joining => last.push_str(piece),
+                    _ => literals.push(piece.to_owned()),
+                }
+            }
+            joining = quote == b'"';
+            at = end + 1;
+        } else {
+            joining &= bytes[at].is_ascii_whitespace();
+            at += 1;
+        }
+    }
+    literals
+}
+
 fn run_ok(cmd: &mut Command) -> Output {
     let out = run(cmd);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
@@ -397,7 +486,7 @@ fn a_patch_that_does_not_apply_names_patch_file_and_hunk_and_leaves_no_tree() {
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("patch 0001-sched-core-context-does-not-match.patch does not apply"), "{stderr}");
     assert!(stderr.contains("kernel/sched/core.c: hunk #1 failed at 6"), "{stderr}");
-    let cache = std::env::var_os("LAB_CACHE_DIR").map(PathBuf::from).unwrap_or_else(|| Path::new(&std::env::var("HOME").unwrap()).join(".cache/lab"));
+    let cache = cache_root();
     // Other tests build trees at the same time: only this process's temporary tree counts.
     let own = format!(".tmp-{pid}");
     let debris: Vec<_> = std::fs::read_dir(cache.join("trees")).unwrap().filter_map(|e| e.ok()).filter(|e| e.file_name().to_string_lossy().ends_with(&own)).collect();
@@ -510,7 +599,7 @@ fn a_guest_presenting_another_host_key_is_refused() {
     // keys, and the test swaps the key the lab expects for another valid one.
     let cache = scratch("hostkey-cache");
     std::fs::create_dir_all(&cache).unwrap();
-    let shared = std::env::var_os("LAB_CACHE_DIR").map(PathBuf::from).unwrap_or_else(|| Path::new(&std::env::var_os("HOME").unwrap()).join(".cache/lab"));
+    let shared = cache_root();
     for dir in ["apt", "downloads", "kernels", "trees", "selftests", "userland", "ccache"] {
         if shared.join(dir).exists() {
             std::os::unix::fs::symlink(shared.join(dir), cache.join(dir)).unwrap();

@@ -2,6 +2,9 @@
 //!
 //! Every pattern is anchored at the start of the (prefix-stripped) line and built from the printk
 //! format in the 7.3 source named next to it, so that a normal boot log never matches.
+//! `testdata/formats.tsv` lists every such format (and older kernels' forms, and lines that must not
+//! match) with what `classify` must make of it; `tests/formats.rs` checks each row, and the
+//! end-to-end suite proves the 7.3 rows verbatim in the stock tree.
 
 use std::sync::LazyLock;
 
@@ -37,8 +40,9 @@ pub(super) struct Header {
     pub subject: String,
 }
 
-/// Prefixes that `pr_fmt` puts in front of watchdog and RCU headlines (older kernels: "NMI watchdog: ").
-const SUBSYSTEM_PREFIX: &str = r"^(?:(?:NMI )?watchdog: |rcu: )?";
+/// Prefixes that `pr_fmt` puts in front of watchdog, RCU and x86 trap headlines (older kernels: "NMI
+/// watchdog: "; arch/x86/kernel/traps.c: KBUILD_MODNAME).
+const SUBSYSTEM_PREFIX: &str = r"^(?:(?:NMI )?watchdog: |rcu: |traps: )?";
 
 /// Named groups: `cpu`, `stuck`, `frame` (a `%pS`), `subject`. Earlier rows win over later ones.
 const HEADLINES: &[(Kind, Role, &str)] = &[
@@ -105,11 +109,13 @@ const HEADLINES: &[(Kind, Role, &str)] = &[
         Role::Opens,
         r"BUG: (?P<subject>KASAN: [\w-]+)(?: in (?P<frame>\S+))?",
     ),
-    // mm/kfence/report.c: "BUG: KFENCE: out-of-bounds %s in %pS\n\n" and friends
+    // mm/kfence/report.c: "BUG: KFENCE: out-of-bounds %s in %pS\n\n" and friends; kernel/kcsan/report.c:
+    // "BUG: KCSAN: %s in %pS\n", "BUG: KCSAN: %s in %ps / %ps\n"; mm/kmsan/report.c: "BUG: KMSAN: %s in
+    // %pSb\n". The bug type belongs to the message, though it follows a colon.
     (
         Kind::Bug,
         Role::Opens,
-        r"(?P<subject>BUG: KFENCE: .+?) in (?P<frame>\S+)",
+        r"(?P<subject>BUG: K(?:FENCE|CSAN|MSAN): .+?) in (?P<frame>\S+)",
     ),
     // kernel/locking/lockdep.c: pr_warn("WARNING: <headline>\n"), "[ BUG: Invalid wait context ]",
     // "INFO: trying to register non-static key.\n"
@@ -133,19 +139,22 @@ const HEADLINES: &[(Kind, Role, &str)] = &[
         Role::Opens,
         r"WARNING: (?:\S+:\d+ )?at (?P<frame>[^\s,]+),? CPU#(?P<cpu>\d+)",
     ),
-    // before 6.x: "WARNING: CPU: %d PID: %d at %pS\n"
+    // 3.10 to 6.x: "WARNING: CPU: %d PID: %d at %s:%d %pS\n" and "... at %pS\n" (3.x: "%pS()");
+    // 2.6: "WARNING: at %s:%d %pS()\n". The file and line come before the function; without "CPU:",
+    // they are what tells the headline from user space's "WARNING: at least ...".
     (
         Kind::Warning,
         Role::Opens,
-        r"WARNING: CPU: (?P<cpu>\d+) PID: \d+ at (?P<frame>\S+)",
+        r"WARNING: (?:CPU: (?P<cpu>\d+) PID: \d+ at (?:\S+:\d+ )?|at \S+:\d+ )(?P<frame>\S+)",
     ),
     // include/asm-generic/bug.h CUT_HERE: "------------[ cut here ]------------\n"
     (Kind::Warning, Role::CutHere, r"-+\[ cut here \]-+\s*$"),
-    // lib/ubsan.c: "UBSAN: %s in %s:%d:%d\n"
+    // lib/ubsan.c: "UBSAN: %s in %s:%d:%d\n"; arch/x86/kernel/traps.c (CONFIG_UBSAN_TRAP): "%s at %pS\n"
+    // with the reason from lib/ubsan.c report_ubsan_failure ("UBSAN: array index out of bounds").
     (
         Kind::Other,
         Role::Opens,
-        r"(?P<subject>UBSAN: .+?) in \S+:\d+",
+        r"(?P<subject>UBSAN: .+?) (?:in \S+:\d+|at (?P<frame>\S+))",
     ),
     // arch/arm64/mm/fault.c die_kernel_fault: "Unable to handle kernel %s at virtual address %016lx\n",
     // the opening of an arm64 oops whose die() banner follows.
@@ -154,13 +163,16 @@ const HEADLINES: &[(Kind, Role, &str)] = &[
         Role::Opens,
         r"Unable to handle kernel .+ at virtual address ",
     ),
+    // arch/x86/kernel/traps.c exc_double_fault: "PANIC: double fault, error_code: 0x%lx\n", then die().
+    (Kind::Oops, Role::Opens, r"PANIC: double fault, "),
     // x86 __die_header "Oops: %s: %04lx [#%d]...", powerpc die "Oops: %s, sig: %ld [#%d]\n" (e.g. "Oops:
-    // Kernel access of bad area"), arm64 __die "Internal error: %s: %016lx [#%d] " with str "Oops" or
-    // "Oops - BUG"; before 4.x x86 printed "general protection fault: %04lx [#%d]" without "Oops: ".
+    // Kernel access of bad area"), arm64 __die "Internal error: %s: %016lx [#%d] " (str "Oops", "Oops -
+    // BUG", a UBSAN reason, a fault name; 5.x: "%x"); x86 up to 6.x: "%s: %04lx [#%d]..." without
+    // "Oops: " ("general protection fault, ...: 0000 [#1]", "invalid opcode: 0000 [#1]").
     (
         Kind::Oops,
         Role::Die,
-        r"(?:Oops(?: - [\w ]+)?: |Internal error: Oops|general protection fault)",
+        r"(?:Oops(?: - [\w ]+)?: |Internal error: .+: [0-9a-f]+ \[#\d+\]|[\w ,/-]+: [0-9a-f]{4} \[#\d+\])",
     ),
     // kernel/panic.c: "Kernel panic - not syncing: %s\n"
     (
@@ -244,6 +256,24 @@ fn build(kind: Kind, role: Role, captures: &Captures<'_>) -> Header {
     }
 }
 
+/// A headline as the tests write it: "kind role cpu=.. stuck=.. frame=.. | subject", or "-" for none.
+#[cfg(test)]
+pub(super) fn describe(header: Option<Header>) -> String {
+    let Some(header) = header else {
+        return "-".to_owned();
+    };
+    let number = |n: Option<u32>| n.map_or("-".to_owned(), |n| n.to_string());
+    format!(
+        "{} {:?} cpu={} stuck={} frame={} | {}",
+        header.kind,
+        header.role,
+        number(header.cpu),
+        number(header.stuck_cpu),
+        header.frame.as_deref().unwrap_or("-"),
+        header.subject
+    )
+}
+
 fn panic_kind(reason: &str) -> Kind {
     PANIC_REASONS
         .iter()
@@ -253,28 +283,12 @@ fn panic_kind(reason: &str) -> Kind {
 
 #[cfg(test)]
 mod tests {
-    use super::{classify, Header, Kind};
+    use super::{classify, describe, Kind};
     use crate::triage::starts_report;
 
-    /// `expect`: "kind role cpu=.. stuck=.. frame=.. | subject", or "-" for no headline.
+    /// `expect`: `describe` of the line's headline.
     fn check(line: &str, expect: &str) {
-        let render = |header: Header| {
-            let number = |n: Option<u32>| n.map_or("-".to_owned(), |n| n.to_string());
-            format!(
-                "{} {:?} cpu={} stuck={} frame={} | {}",
-                header.kind,
-                header.role,
-                number(header.cpu),
-                number(header.stuck_cpu),
-                header.frame.as_deref().unwrap_or("-"),
-                header.subject
-            )
-        };
-        assert_eq!(
-            classify(line).map_or("-".to_owned(), render),
-            expect,
-            "line {line:?}"
-        );
+        assert_eq!(describe(classify(line)), expect, "line {line:?}");
         assert_eq!(
             starts_report(line),
             expect != "-",
@@ -373,12 +387,28 @@ mod tests {
             "warning Opens cpu=1 stuck=- frame=foo.isra.0 | ",
         );
         check(
+            "WARNING: CPU: 1 PID: 0 at net/sched/sch_generic.c:525 dev_watchdog+0x21e/0x230",
+            "warning Opens cpu=1 stuck=- frame=dev_watchdog | ",
+        );
+        check(
+            "WARNING: at net/ipv4/tcp_input.c:2269 tcp_fastretrans_alert+0x1a1/0xa20()",
+            "warning Opens cpu=- stuck=- frame=tcp_fastretrans_alert | ",
+        );
+        check(
             "------------[ cut here ]------------",
             "warning CutHere cpu=- stuck=- frame=- | ",
         );
         check(
             "UBSAN: array-index-out-of-bounds in drivers/misc/lkdtm/bugs.c:342:16",
             "other Opens cpu=- stuck=- frame=- | UBSAN: array-index-out-of-bounds",
+        );
+        check(
+            "traps: UBSAN: array index out of bounds at lkdtm_ARRAY_BOUNDS+0x4b/0x90",
+            "other Opens cpu=- stuck=- frame=lkdtm_ARRAY_BOUNDS | UBSAN: array index out of bounds",
+        );
+        check(
+            "BUG: KCSAN: data-race in test_kernel_read / test_kernel_write",
+            "bug Opens cpu=- stuck=- frame=- | BUG: KCSAN: data-race",
         );
         check(
             "Kernel panic - not syncing: softlockup: hung tasks",
@@ -493,11 +523,15 @@ mod tests {
         oops("Internal error: Oops: 0000000096000005 [#1] PREEMPT SMP");
         oops("Internal error: Oops - BUG: 00000000f2000800 [#1] SMP");
         oops("general protection fault: 0000 [#1] SMP");
+        oops("invalid opcode: 0000 [#1] PREEMPT SMP NOPTI");
+        oops("Internal error: UBSAN: shift out of bounds: 00000000f2005514 [#1]  SMP");
+        oops("Internal error: Oops: 96000005 [#1] PREEMPT SMP");
         let fault = |line: &str| check(line, "oops Opens cpu=- stuck=- frame=- | ");
         fault(
             "Unable to handle kernel NULL pointer dereference at virtual address 0000000000000000",
         );
         fault("Unable to handle kernel paging request at virtual address dead000000000108");
+        fault("traps: PANIC: double fault, error_code: 0x0");
     }
 
     /// Boot banners and lines that mention the same words without being reports.
@@ -524,6 +558,8 @@ mod tests {
             "    ACPI BIOS Error (bug): Could not resolve symbol",
             "  with BUG: in the middle",
             "Oopsie: not an oops",
+            "WARNING: at least one cpu is offline",
+            "traps: sh[1] general protection fault ip:4011d6 sp:7ffd0c0 error:0 in sh[401000+9000]",
             "",
         ] {
             check(line, "-");

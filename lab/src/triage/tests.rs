@@ -7,6 +7,8 @@ use std::time::{Duration, Instant};
 
 use super::{starts_report, triage, CpuStack, Kind, Missing, Report};
 
+mod formats;
+
 const TESTDATA: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/src/triage/testdata");
 
 /// One line per report: what must not drift, and nothing that churns.
