@@ -202,7 +202,7 @@ fn triage_throughput(file: Option<&Path>, project: &Path) -> Result<ExitCode> {
     };
     let text = String::from_utf8_lossy(&log);
     let megabytes = log.len() as f64 / 1e6;
-    let reports = crate::triage::triage(&log).len();
+    let reports = crate::triage::triage(&log, None).len();
     let rate = |work: &dyn Fn()| {
         let mut rates: Vec<f64> = (0..5)
             .map(|_| {
@@ -216,7 +216,7 @@ fn triage_throughput(file: Option<&Path>, project: &Path) -> Result<ExitCode> {
     println!("# lab bench --triage: {megabytes:.2} MB ({source}), {reports} reports, median of 5 runs\n");
     println!("| function | MB/s |\n| --- | --- |");
     println!("| triage::triage | {:.1} |", rate(&|| {
-        std::hint::black_box(crate::triage::triage(&log));
+        std::hint::black_box(crate::triage::triage(&log, None));
     }));
     println!("| triage::sanitize | {:.1} |", rate(&|| {
         std::hint::black_box(crate::triage::sanitize(&text));

@@ -187,6 +187,9 @@ enum Command {
     /// ~/.cache/lab/kernels/<kernel>/vmlinux) every printed frame gets its source lines, inlined
     /// functions first, and the text output shows the guilty frame as scripts/faddr2line would:
     ///   lab triage --vmlinux ~/.cache/lab/kernels/<kernel>/vmlinux cells/<cell>/console.log
+    /// It also names the caller behind a frame that arm64 and powerpc print under the next
+    /// function's name (`next_function+0x0/...`, after a call to panic() or another noreturn
+    /// function), so a panic gets the title and signature x86 gives it; `lab run` does the same.
     ///
     /// With --system-map, each FILE is a cell's host-samples.json, judged again against the
     /// cell kernel's System.map (one line per vCPU, then the report):
@@ -496,7 +499,7 @@ fn triage_files(files: &[PathBuf], json: bool, debug: Option<&triage::DebugInfo>
         } else {
             std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?
         };
-        let mut reports = triage::triage(&bytes);
+        let mut reports = triage::triage(&bytes, debug);
         if let Some(debug) = debug {
             debug.symbolize(&mut reports);
         }

@@ -204,10 +204,18 @@ fn run_cell(cell: &Cell, run: Option<u32>, kernel: &Result<Kernel, String>, imag
             let console = String::from_utf8_lossy(&fs::read(&boot.console_log).unwrap_or_default()).into_owned();
             let last_line = console.lines().count().max(1);
             let host = boot.host.last().zip(symbols.as_ref()).map(|(samples, s)| triage::diagnose_host(samples, s, samples.console_line.max(1)));
-            let console_reports = triage::triage(console.as_bytes());
+            let mut console_reports = triage::triage(console.as_bytes(), None);
+            let printed_frames = has_frames(&console_reports) || host.as_ref().is_some_and(|h| has_frames(&h.reports));
+            let debug = match kernel {
+                Ok(kernel) if printed_frames => debug_info(&kernel.vmlinux, |e| ui.note(format!("{}: no source lines: {e:#}", cell.id))),
+                _ => None,
+            };
+            if let Some(debug) = &debug {
+                console_reports = triage::triage(console.as_bytes(), Some(debug));
+            }
             let (verdict, reason, mut reports) = judge(cell, &boot, console_reports, host.as_ref(), matrix.timeouts.silence, last_line);
-            if let Ok(kernel) = kernel {
-                symbolize(&mut reports, &kernel.vmlinux, |e| ui.note(format!("{}: no source lines: {e:#}", cell.id)));
+            if let Some(debug) = &debug {
+                debug.symbolize(&mut reports);
             }
             result.excerpt = report::excerpt(&console, &reports);
             result.verdict = verdict;
@@ -233,17 +241,18 @@ fn run_cell(cell: &Cell, run: Option<u32>, kernel: &Result<Kernel, String>, imag
     result
 }
 
-/// Source lines for the reports' frames, when the kernel was built with debug info (a kernel
-/// without it is no error: its frames keep their names).
-fn symbolize(reports: &mut [Report], vmlinux: &Path, warn: impl FnOnce(anyhow::Error)) {
-    if reports.iter().all(|r| r.frame_site.is_none() && r.stacks.is_empty()) {
-        return;
-    }
-    match triage::DebugInfo::load(vmlinux) {
-        Ok(Some(debug)) => debug.symbolize(reports),
-        Ok(None) => {}
-        Err(e) => warn(e),
-    }
+/// True when some report printed frames: only then is the kernel's debug info worth loading.
+fn has_frames(reports: &[Report]) -> bool {
+    reports.iter().any(|r| r.frame_site.is_some() || !r.stacks.is_empty())
+}
+
+/// The kernel's debug info, for source lines and for frames printed under a neighbour's name (a
+/// kernel built without it is no error: its frames keep their printed names).
+fn debug_info(vmlinux: &Path, warn: impl FnOnce(anyhow::Error)) -> Option<triage::DebugInfo> {
+    triage::DebugInfo::load(vmlinux).unwrap_or_else(|e| {
+        warn(e);
+        None
+    })
 }
 
 /// What `lab boot` and `lab ssh` do in a guest booted the way a cell boots (its init holding

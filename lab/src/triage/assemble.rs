@@ -5,7 +5,7 @@ use super::console::{Caller, ConsoleLine};
 use super::header::{self, Header, Role};
 use super::sanitize;
 use super::stack::Stacks;
-use super::{signature, Kind, Missing, Report, Source};
+use super::{signature, FrameSite, Kind, Missing, Report, Source};
 
 /// Lines kept per report for people to read.
 const MAX_REPORT_LINES: usize = 80;
@@ -144,7 +144,8 @@ impl Draft {
             || self.stacks.awaits_frames()
     }
 
-    fn into_report(self, truncated: bool) -> Report {
+    fn into_report(mut self, truncated: bool, caller_of: &dyn Fn(&FrameSite) -> Option<String>) -> Report {
+        self.stacks.name_callers(caller_of);
         let preferred_cpu = if self.kind == Kind::HardLockup {
             self.stuck_cpu
         } else {
@@ -233,15 +234,16 @@ impl Assembler {
         }
     }
 
-    /// The reports; `cut_mid_line` when the log's last line has no newline.
-    pub fn finish(self, cut_mid_line: bool) -> Vec<Report> {
+    /// The reports; `cut_mid_line` when the log's last line has no newline; `caller_of`: the
+    /// function a return address printed as `next_function+0x0` returns into, where it is known.
+    pub fn finish(self, cut_mid_line: bool, caller_of: &dyn Fn(&FrameSite) -> Option<String>) -> Vec<Report> {
         let Assembler { drafts, open, last_line } = self;
         drafts
             .into_iter()
             .enumerate()
             .map(|(index, draft)| {
                 let cut = open.contains(&index) && draft.was_cut(last_line, cut_mid_line);
-                draft.into_report(cut)
+                draft.into_report(cut, caller_of)
             })
             .collect()
     }
@@ -369,7 +371,7 @@ mod tests {
 
     /// `expect`: "kind@line title" per report, joined by "; ".
     fn check(log: &str, expect: &str) {
-        let reports = triage(log.as_bytes());
+        let reports = triage(log.as_bytes(), None);
         let actual: Vec<String> = reports
             .iter()
             .map(|report| format!("{}@{} {}", report.kind, report.line, report.title))
@@ -469,7 +471,7 @@ mod tests {
 
     /// `expect`: "cut" or "whole" per report, joined by " ".
     fn check_cut(log: &str, expect: &str) {
-        let reports = triage(log.as_bytes());
+        let reports = triage(log.as_bytes(), None);
         let actual: Vec<&str> = reports
             .iter()
             .map(|report| match report.missing.contains(&Missing::Truncated) {

@@ -101,6 +101,15 @@ impl DebugInfo {
         }
     }
 
+    /// The function a printed return address returns into, when its source says it is not the
+    /// printed one: at offset 0 (a call to a noreturn function as its caller's last instruction),
+    /// `%pS` names the next function.
+    pub fn caller_behind(&self, site: &FrameSite) -> Option<String> {
+        let (printed, _, _) = parse_printed(&site.printed)?;
+        let caller = self.locate_site(site).pop()?.function;
+        (site.return_address && caller != printed).then_some(caller)
+    }
+
     fn locate_site(&self, site: &FrameSite) -> Vec<SourceLine> {
         match (site.address, parse_printed(&site.printed)) {
             (Some(address), Some((function, _, _))) => self.locate_address(call_site(address, site.return_address), function),
@@ -262,7 +271,8 @@ type Reader = gimli::EndianReader<gimli::RunTimeEndian, Section>;
 mod tests {
     use super::*;
 
-    /// A function inlined into another, with a symbol at an instruction inside the inlined body.
+    /// A function inlined into another, with a symbol at an instruction inside the inlined body;
+    /// a function whose last instruction calls a noreturn one, right before another function.
     const INLINED: &str = "\
 static inline __attribute__((always_inline)) int add_one(int x)
 {
@@ -281,9 +291,26 @@ void _start(void)
 	for (;;)
 		;
 }
+
+__attribute__((noreturn, noinline)) void stop(void)
+{
+	for (;;)
+		__asm__ volatile(\"\");
+}
+
+__attribute__((noinline)) void gives_up(void)
+{
+	stop();
+}
+
+__attribute__((noinline)) void next_door(void)
+{
+	__asm__ volatile(\"nop\");
+}
 ";
 
-    /// Builds `INLINED` with the host's C compiler, as Kbuild builds a kernel (`-O2 -g`), and
+    /// Builds `INLINED` with the host's C compiler, as Kbuild builds a kernel (`-O2 -g`, and
+    /// functions packed as arm64's are, so that `next_door` starts where `gives_up` ends), and
     /// returns the directory, the executable and the offset of `lab_marker` in `outer`.
     fn build(dwarf: &str) -> (PathBuf, PathBuf, u64) {
         static BUILDS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
@@ -293,7 +320,7 @@ void _start(void)
         std::fs::write(dir.join("inlined.c"), INLINED).unwrap();
         let status = std::process::Command::new("cc")
             .current_dir(&dir)
-            .args(["-O2", dwarf, "-nostdlib", "-static", "-fno-pie", "-no-pie", "-o", "inlined", "inlined.c"])
+            .args(["-O2", dwarf, "-fno-align-functions", "-nostdlib", "-static", "-fno-pie", "-no-pie", "-o", "inlined", "inlined.c"])
             .status()
             .expect("the host C compiler (cc) runs");
         assert!(status.success(), "cc failed on inlined.c");
@@ -329,7 +356,7 @@ void _start(void)
         let debug = DebugInfo::load(&exe).unwrap().unwrap();
         let size = debug.functions["outer"][0].1;
         let log = format!("watchdog: BUG: soft lockup - CPU#0 stuck for 22s! [t:1]\nRIP: 0010:outer+{offset:#x}/{size:#x}\n _start+0x1/0x2\n");
-        let mut reports = super::super::triage(log.as_bytes());
+        let mut reports = super::super::triage(log.as_bytes(), Some(&debug));
         debug.symbolize(&mut reports);
         let site = reports[0].frame_site.as_ref().expect("the guilty frame was printed");
         assert_eq!(render(&site.source), "add_one (inlined.c:3) < outer (inlined.c:9)");
@@ -337,6 +364,38 @@ void _start(void)
         assert!(reports[0].stacks[0].sites[1].return_address);
         // A size no `outer` has: the log is from another build, whose lines these are not.
         assert_eq!(render(&debug.locate("outer", offset, Some(size + 1), false)), "");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn a_return_address_at_the_next_functions_start_is_named_after_its_caller() {
+        let (dir, exe, _) = build("-g");
+        let debug = DebugInfo::load(&exe).unwrap().unwrap();
+        let size = |name: &str| debug.functions[name][0].1;
+        // As arm64 prints a panic() that ends its caller: the return address is the next function's.
+        let log = |note: &str| {
+            format!(
+                "Kernel panic - not syncing: gave up\nCall trace:\n show_stack+0x14/0x1c (C)\n vpanic+0x274/0x338\n \
+                 next_door+0x0/{:#x}{note}\n _start+0x5/{:#x}\n",
+                size("next_door"),
+                size("_start"),
+            )
+        };
+        let judged = |note: &str, debug: Option<&DebugInfo>| {
+            let report = super::super::triage(log(note).as_bytes(), debug).remove(0);
+            (report.signature, report.frame_site.map(|site| site.printed))
+        };
+        let printed = format!("next_door+0x0/{:#x}", size("next_door"));
+        assert_eq!(judged("", Some(&debug)), ("panic:gives_up".to_owned(), Some(printed.clone())));
+        // Without the debug info the neighbour's name is passed over, never taken for the caller.
+        assert_eq!(judged("", None).0, "panic:_start");
+        assert_eq!(super::super::triage(log("").as_bytes(), None)[0].stacks[0].frames, ["show_stack", "vpanic", "_start"]);
+        // arm64's "(P)" is the interrupted pc itself: at offset 0 it is the function's first instruction.
+        assert_eq!(judged(" (P)", Some(&debug)), ("panic:next_door".to_owned(), Some(printed)));
+        let mut reports = super::super::triage(log("").as_bytes(), Some(&debug));
+        debug.symbolize(&mut reports);
+        let source = &reports[0].frame_site.as_ref().unwrap().source;
+        assert_eq!(source.last().map(|line| line.function.as_str()), Some("gives_up"));
         std::fs::remove_dir_all(dir).unwrap();
     }
 

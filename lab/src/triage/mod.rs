@@ -214,8 +214,11 @@ pub enum Source {
     Host,
 }
 
-/// Judges a whole console log. Never panics, never hangs, on any bytes.
-pub fn triage(log: &[u8]) -> Vec<Report> {
+/// Judges a whole console log. Never panics, never hangs, on any bytes. `debug`: the debug info of
+/// the kernel that printed it, which names the caller behind a frame printed under the next
+/// function's name (arm64 and powerpc, after a call to a noreturn function), so that its
+/// culprit and signature are the ones x86 gives; without it such a frame is passed over.
+pub fn triage(log: &[u8], debug: Option<&DebugInfo>) -> Vec<Report> {
     let mut assembler = assemble::Assembler::default();
     // The newline ends the last line; it does not start an empty one. printk prints whole lines,
     // so a log without it was cut in the middle of one.
@@ -226,7 +229,7 @@ pub fn triage(log: &[u8]) -> Vec<Report> {
     for (index, raw) in log.split(|&byte| byte == b'\n').enumerate() {
         assembler.push(index + 1, raw);
     }
-    assembler.finish(cut_mid_line)
+    assembler.finish(cut_mid_line, &|site| debug.and_then(|debug| debug.caller_behind(site)))
 }
 
 /// True when this single console line (prefix-stripped or not) opens a report.

@@ -169,13 +169,24 @@ pub(super) fn symbol_name(text: &str) -> Option<&str> {
 #[derive(Debug, PartialEq, Eq)]
 struct Frame {
     function: String,
-    /// False for frames the unwinder only guessed (x86 "? ", powerpc "(unreliable)").
-    reliable: bool,
+    /// The unwinder only guessed it (x86 "? ", powerpc "(unreliable)").
+    guessed: bool,
+    /// A return address at offset 0: the call before it was its function's last instruction (a
+    /// noreturn callee such as `panic`), so the printed name is the next function's (arm64 prints
+    /// `lkdtm_PANIC`'s call to panic as `lkdtm_PANIC_STOP_IRQOFF+0x0/0x2c`). Only the kernel's
+    /// debug info names the caller (`Stacks::name_callers`); until then the name is no evidence.
+    past_the_end: bool,
     /// False for the link register (the caller, or the function itself again) and for a function
     /// a headline names: candidates for the culprit, but not links of the printed call chain.
     in_chain: bool,
     /// As printed; None for a function a headline names.
     site: Option<FrameSite>,
+}
+
+impl Frame {
+    fn reliable(&self) -> bool {
+        !self.guessed && !self.past_the_end
+    }
 }
 
 /// A frame line in any of the forms the three architectures print; the whole line has to be the frame,
@@ -201,22 +212,18 @@ static FRAME_LINE: LazyLock<Regex> = LazyLock::new(|| {
 
 fn parse_frame(text: &str) -> Option<Frame> {
     let captures = FRAME_LINE.captures(text)?;
-    // A return address at offset 0 follows a call that ended the previous function (a noreturn
-    // callee): arm64 prints `secondary_start_kernel`'s return into idle as `cpu_die_early+0x0`.
-    // The name is a neighbour's, not the caller's.
-    let past_the_end = &captures["offset"] == "0" && captures.name("register").is_none();
-    let guessed = past_the_end
-        || captures.name("guess").is_some()
-        || captures
-            .name("note")
-            .is_some_and(|m| m.as_str() == "unreliable");
     let register = captures.name("register").map(|m| m.as_str());
     let link_register = register.is_some_and(|name| name.starts_with(['l', 'L']));
+    let note = captures.name("note").map(|m| m.as_str());
+    // Every trace frame is a return address but arm64's "(P)", the interrupted pc from pt_regs.
+    let return_address = link_register || (register.is_none() && note != Some("P"));
     Some(Frame {
         function: captures["function"].to_owned(),
-        reliable: register.is_some() || !guessed,
+        guessed: register.is_none() && (captures.name("guess").is_some() || note == Some("unreliable")),
+        // arm64 prints `secondary_start_kernel`'s return into idle as `cpu_die_early+0x0`.
+        past_the_end: return_address && &captures["offset"] == "0",
         in_chain: !link_register,
-        site: Some(FrameSite::new(captures["site"].to_owned(), register.is_none() || link_register)),
+        site: Some(FrameSite::new(captures["site"].to_owned(), return_address)),
     })
 }
 
@@ -265,7 +272,7 @@ impl Section {
         let candidates: Vec<&str> = self
             .frames
             .iter()
-            .filter(|frame| (frame.reliable || !reliable_only) && !is_plumbing(&frame.function))
+            .filter(|frame| (frame.reliable() || !reliable_only) && !is_plumbing(&frame.function))
             .map(|frame| frame.function.as_str())
             .collect();
         culprit_of(&candidates)
@@ -288,8 +295,8 @@ impl Section {
     /// prints the interrupted function as `pc` and again as the trace's first frame).
     fn chain(&self) -> Vec<&Frame> {
         let chained = self.frames.iter().filter(|frame| frame.in_chain);
-        let trust_guesses = self.from_paca || !chained.clone().any(|frame| frame.reliable);
-        let mut chain: Vec<&Frame> = chained.filter(|frame| frame.reliable || trust_guesses).collect();
+        let trust_guesses = self.from_paca || !chained.clone().any(Frame::reliable);
+        let mut chain: Vec<&Frame> = chained.filter(|frame| frame.reliable() || trust_guesses).collect();
         chain.dedup_by(|frame, previous| frame.function == previous.function);
         chain
     }
@@ -372,7 +379,8 @@ impl Stacks {
     pub fn push_named_frame(&mut self, function: &str) {
         self.push(Frame {
             function: function.to_owned(),
-            reliable: true,
+            guessed: false,
+            past_the_end: false,
             in_chain: false,
             site: None,
         });
@@ -415,6 +423,20 @@ impl Stacks {
     fn start_announced(&mut self, cpu: Option<u32>, frames_follow: bool) {
         self.start_section(cpu);
         self.sections.last_mut().expect("there is always a section").announced = frames_follow;
+    }
+
+    /// Renames each frame printed under the next function's name (`Frame::past_the_end`) after
+    /// the function whose call it returns from, where `caller_of` knows it (from the kernel's
+    /// debug info), so that the culprit is the same function on every architecture: x86 prints
+    /// return addresses one byte back (`%pB`), arm64 and powerpc as they are (`%pS`).
+    pub fn name_callers(&mut self, caller_of: &dyn Fn(&FrameSite) -> Option<String>) {
+        let frames = self.sections.iter_mut().flat_map(|section| &mut section.frames);
+        for frame in frames.filter(|frame| frame.past_the_end) {
+            if let Some(caller) = frame.site.as_ref().and_then(caller_of) {
+                frame.function = caller;
+                frame.past_the_end = false;
+            }
+        }
     }
 
     /// True when the last stack was announced a few lines ago and not one of its frames came.
@@ -510,7 +532,7 @@ mod tests {
         let render = |frame: Frame| {
             format!(
                 "{}{}",
-                if frame.reliable { "" } else { "? " },
+                if frame.reliable() { "" } else { "? " },
                 frame.function
             )
         };

@@ -81,7 +81,7 @@ fn cases() -> Vec<PathBuf> {
 fn check(log: &Path) -> Result<(), String> {
     let name = log.file_stem().unwrap_or_default().to_string_lossy();
     let bytes = fs::read(log).map_err(|error| format!("{name}: {error}"))?;
-    let actual = render(&triage(&bytes));
+    let actual = render(&triage(&bytes, None));
     let expected_path = log.with_extension("expected");
     if std::env::var_os("UPDATE_EXPECT").is_some_and(|value| value == "1") {
         return fs::write(&expected_path, &actual).map_err(|error| format!("{name}: {error}"));
@@ -118,7 +118,7 @@ fn golden_cases() {
 fn one_live_lock_one_signature() {
     let signatures = |name: &str| -> Vec<String> {
         let bytes = fs::read(Path::new(TESTDATA).join(format!("{name}.log"))).expect("case");
-        triage(&bytes).into_iter().map(|report| report.signature).collect()
+        triage(&bytes, None).into_iter().map(|report| report.signature).collect()
     };
     let check = |name: &str, expect: &[&str]| assert_eq!(signatures(name), expect, "{name}");
     check("real-x86_64-mmcid-no-transit-livelock", &["hard-lockup:mm_get_cid"]);
@@ -186,7 +186,7 @@ fn starts_report_sees_every_report_start() {
             .split(|&byte| byte == b'\n')
             .map(|line| super::sanitize(&String::from_utf8_lossy(line)))
             .collect();
-        for report in triage(&bytes) {
+        for report in triage(&bytes, None) {
             let line = &lines[report.line - 1];
             assert!(
                 starts_report(line),
@@ -354,7 +354,7 @@ fn console_noise(noise: &mut Noise, size: usize) -> Vec<u8> {
 fn triage_quickly(log: &[u8], what: &str) -> Vec<Report> {
     let limit = Duration::from_secs(1) + Duration::from_secs(2).mul_f64(log.len() as f64 / 1e6);
     let started = Instant::now();
-    let reports = triage(log);
+    let reports = triage(log, None);
     let elapsed = started.elapsed();
     assert!(elapsed < limit, "{what}: {} bytes took {elapsed:?}", log.len());
     let line_count = log.split(|&byte| byte == b'\n').count();
