@@ -189,15 +189,18 @@ enum Command {
     ///   lab triage --vmlinux ~/.cache/lab/kernels/<kernel>/vmlinux cells/<cell>/console.log
     /// It also names the caller behind a frame that arm64 and powerpc print under the next
     /// function's name (`next_function+0x0/...`, after a call to panic() or another noreturn
-    /// function), so a panic gets the title and signature x86 gives it; `lab run` does the same.
+    /// function), so the guilty frame and signature are the ones x86 gives; `lab run` does the same.
     ///
     /// With --system-map, each FILE is a cell's host-samples.json, judged again against the
     /// cell kernel's System.map (one line per vCPU, then the report):
     ///   lab triage --system-map ~/.cache/lab/kernels/<kernel>/System.map cells/<cell>/host-samples.json
     #[command(verbatim_doc_comment)]
     Triage {
+        /// Console logs (a cell's console.log, a log pasted from e-mail; "-" reads stdin), or
+        /// host-samples.json files with --system-map.
         #[arg(required = true)]
         files: Vec<PathBuf>,
+        /// One JSON document on stdout, in the shape above.
         #[arg(long)]
         json: bool,
         /// The files are host-samples.json files; name their addresses from this System.map.
