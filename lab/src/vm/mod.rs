@@ -20,6 +20,7 @@
 //! line prefixed with the host time since QEMU started (`    1.234s| `), and is written through
 //! (no buffering), so a crash of the lab loses nothing the guest said.
 
+mod console;
 pub mod qemu;
 pub mod qmp;
 pub mod sample;
@@ -27,7 +28,7 @@ pub mod ssh;
 
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -248,7 +249,7 @@ fn boot_once(machine: &Machine, dir: &Path, deadlines: Deadlines, watch: &Watch,
     let start = Instant::now();
     let mut group = Group::spawn(command)?;
     let stdout = group.child_mut().stdout.take().context("QEMU has no stdout pipe")?;
-    let lines = read_lines(stdout, start);
+    let lines = console::read_lines(stdout, start);
 
     let mut ready = None;
     let mut result = None;
@@ -651,42 +652,6 @@ impl Drop for Sockets {
 pub fn console_time(console: &str, line: usize) -> Option<f64> {
     let (stamp, _) = console.lines().nth(line.checked_sub(1)?)?.split_once("s| ")?;
     stamp.trim().parse().ok()
-}
-
-/// Splits the console into lines on a thread of its own, stamping each with the host time at which
-/// its first byte arrived. A partial line is flushed when the console pauses, so a guest that
-/// hangs mid-line still shows its last words.
-fn read_lines(mut stdout: impl Read + Send + 'static, start: Instant) -> mpsc::Receiver<(f64, String)> {
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let mut pending: Vec<u8> = Vec::new();
-        let mut pending_at = 0.0;
-        let mut buf = [0u8; 4096];
-        loop {
-            let n = match stdout.read(&mut buf) {
-                Ok(0) | Err(_) => break,
-                Ok(n) => n,
-            };
-            for &byte in &buf[..n] {
-                if pending.is_empty() {
-                    pending_at = start.elapsed().as_secs_f64();
-                }
-                if byte == b'\n' {
-                    let line = String::from_utf8_lossy(&pending).trim_end_matches('\r').to_string();
-                    pending.clear();
-                    if tx.send((pending_at, line)).is_err() {
-                        return;
-                    }
-                } else {
-                    pending.push(byte);
-                }
-            }
-        }
-        if !pending.is_empty() {
-            let _ = tx.send((pending_at, String::from_utf8_lossy(&pending).into_owned()));
-        }
-    });
-    rx
 }
 
 /// `... LAB-READY arch=x86_64 cpus=4` -> {arch: x86_64, cpus: 4}. The marker may follow kernel
