@@ -57,6 +57,8 @@ pub struct BenchArgs {
     /// lab's kernels are): frames per second in process and with one addr2line run per frame.
     #[arg(long, value_name = "VMLINUX")]
     symbolize: Option<PathBuf>,
+    #[command(flatten)]
+    accel: crate::AccelArg,
 }
 
 const VCPUS: [u32; 3] = [1, 2, 4];
@@ -103,11 +105,12 @@ pub fn run(sh: &Shell, cache: &Cache, args: &BenchArgs, ui: &Ui, project: &Path)
     let client_key = crate::ssh_keys::client_key(sh, cache)?;
     for k in &kernels {
         let image = crate::image::build(sh, cache, &project.join("images"), k.arch, ui)?;
+        let accel = bench_accel(cache, args, k, &image)?;
         let credentials = crate::run::credentials(&image, &client_key.private);
         for vcpus in VCPUS {
             // The init holds; the lab logs in, runs the smoke workload for a second and powers off.
             let cmdline = format!("console={} panic=-1 {} lab.hold=1", k.arch.console(), k.arch.kernel_params().join(" "));
-            let machine = Machine { arch: k.arch, accel: Accel::Tcg, vcpus, memory_mib: 512, kernel: &k.image, initramfs: Some(&image.initramfs), cmdline: &cmdline, ssh_port: None };
+            let machine = Machine { arch: k.arch, accel, vcpus, memory_mib: 512, kernel: &k.image, initramfs: Some(&image.initramfs), cmdline: &cmdline, ssh_port: None };
             let (mut bare, mut lab, mut login) = (Vec::new(), Vec::new(), Vec::new());
             for _ in 0..args.runs {
                 bare.push(bare_boot(&Machine { ssh_port: Some(vm::qemu::free_local_port()?), ..machine.clone() })?);
@@ -122,6 +125,14 @@ pub fn run(sh: &Shell, cache: &Cache, args: &BenchArgs, ui: &Ui, project: &Path)
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// What `kernel`'s guests run under (`--accel`, default auto), said on stderr beside the tables.
+fn bench_accel(cache: &Cache, args: &BenchArgs, kernel: &kernel::Kernel, image: &crate::image::Image) -> Result<Accel> {
+    let mode = args.accel.resolve(crate::accel::AccelMode::Auto)?;
+    let (accel, proof) = crate::accel::for_guest(cache, mode, kernel.arch, &crate::run::probe_guest(kernel, image))?;
+    eprintln!("lab bench: {} guests under {accel:?}{}", kernel.arch, proof.map(|p| format!(" ({})", p.verdict())).unwrap_or_default());
+    Ok(accel)
 }
 
 /// The recipe (`--recipe`, else `default_recipe`), the architectures and the build options.
@@ -143,7 +154,7 @@ fn bare_boot(machine: &Machine) -> Result<f64> {
     command.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::null());
     let start = Instant::now();
     let mut group = Group::spawn(command)?;
-    if !group.wait_for_output(b"LAB-READY", Duration::from_secs(300))? {
+    if group.wait_for_output(b"LAB-READY", Duration::from_secs(300))? != crate::process::Waited::Found {
         bail!("bare {} boot printed no ready line in 300 s", machine.arch);
     }
     Ok(start.elapsed().as_secs_f64())
@@ -308,12 +319,13 @@ fn stuck(sh: &Shell, cache: &Cache, args: &BenchArgs, ui: &Ui, project: &Path) -
         let k = kernel::build(sh, cache, &recipe, arch, &opts, ui)?;
         let image = crate::image::build(sh, cache, &project.join("images"), arch, ui)?;
         let symbols = crate::triage::Symbols::load(&k.system_map())?;
+        let accel = bench_accel(cache, args, &k, &image)?;
         let cmdline = format!(
             "console={} panic=-1 {} nowatchdog rcupdate.rcu_cpu_stall_suppress=1 lab.workload=mmcid-churn lab.arg.seconds=60",
             arch.console(),
             arch.kernel_params().join(" ")
         );
-        let machine = Machine { arch, accel: Accel::Tcg, vcpus: 4, memory_mib: 512, kernel: &k.image, initramfs: Some(&image.initramfs), cmdline: &cmdline, ssh_port: None };
+        let machine = Machine { arch, accel, vcpus: 4, memory_mib: 512, kernel: &k.image, initramfs: Some(&image.initramfs), cmdline: &cmdline, ssh_port: None };
         let hangs: Vec<Hang> = (0..args.runs).map(|run| stuck_boot(&machine, cache, &symbols, run)).collect::<Result<Vec<_>>>()?.into_iter().flatten().collect();
         let column = |f: fn(&Hang) -> f64, digits: usize| {
             let mut v: Vec<f64> = hangs.iter().map(f).collect();

@@ -1,6 +1,7 @@
 //! `lab`: build kernels with a patch series, boot them under QEMU on x86_64, aarch64 and
 //! ppc64le, run stress workloads, judge the console, write JUnit. See ARCHITECTURE.md.
 
+mod accel;
 mod apt;
 mod arch;
 mod bench;
@@ -104,6 +105,8 @@ enum Command {
         dump_memory: bool,
         #[command(flatten)]
         build: BuildArgs,
+        #[command(flatten)]
+        accel: AccelArg,
         /// Install missing host packages first (as `lab setup`).
         #[arg(long)]
         setup: bool,
@@ -235,9 +238,31 @@ struct Select {
 }
 
 #[derive(clap::Args)]
+pub struct AccelArg {
+    /// What x86_64 guests run under: auto (KVM only once a Linux guest booted to its ready line
+    /// under it on this host, else TCG), tcg, or kvm (unproven). Default: the matrix's `accel:`,
+    /// else auto. aarch64 and ppc64le guests always run under TCG.
+    #[arg(long, value_enum, value_name = "MODE")]
+    accel: Option<accel::AccelMode>,
+}
+
+impl AccelArg {
+    /// The flag, else `default` (a matrix's choice). KVM asked for on a host without it is bad input.
+    pub fn resolve(&self, default: accel::AccelMode) -> Result<accel::AccelMode> {
+        let mode = self.accel.unwrap_or(default);
+        if mode == accel::AccelMode::Kvm && !Path::new("/dev/kvm").exists() {
+            anyhow::bail!("accel kvm was asked for, but /dev/kvm does not exist on this host: use --accel auto or tcg");
+        }
+        Ok(mode)
+    }
+}
+
+#[derive(clap::Args)]
 struct HoldArgs {
     #[command(flatten)]
     select: Select,
+    #[command(flatten)]
+    accel: AccelArg,
     /// Where the cell's files go (default: lab-out/run-<time>).
     #[arg(long, value_name = "DIR")]
     out: Option<PathBuf>,
@@ -291,6 +316,7 @@ fn hold_cell(sh: &Shell, cache: &Cache, ui: &Ui, cell: &str, args: HoldArgs, wha
         let hint = if near.is_empty() { "`lab run --list` prints them".to_string() } else { format!("did you mean {}?", near.join(", ")) };
         anyhow::bail!("no cell `{cell}` in the matrix ({} cells): {hint}", loaded.cells.len());
     };
+    let accel = args.accel.resolve(loaded.matrix.matrix.accel)?;
     doctor::preflight(sh)?;
     let out = match args.out {
         Some(out) => {
@@ -299,7 +325,7 @@ fn hold_cell(sh: &Shell, cache: &Cache, ui: &Ui, cell: &str, args: HoldArgs, wha
         }
         None => run::default_out(Path::new("lab-out")),
     };
-    let code = run::hold(sh, cache, &loaded.matrix, &loaded.recipes, found, &args.build.options(), &images_dir(), &out, what, ui)?;
+    let code = run::hold(sh, cache, &loaded.matrix, &loaded.recipes, found, &args.build.options(), &images_dir(), &out, what, accel, ui)?;
     Ok(ExitCode::from(code.clamp(0, 255) as u8))
 }
 
@@ -326,8 +352,9 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
     let ui = Ui::new(cli.verbose);
     let cache = || Cache::new(cli.cache_dir.clone());
     match cli.command {
-        Command::Run { select, out, jobs, repeat, until_fail, host_samples, dump_memory, build, setup, list } => {
+        Command::Run { select, out, jobs, repeat, until_fail, host_samples, dump_memory, build, accel, setup, list } => {
             let loaded = load(&select)?;
+            let accel = accel.resolve(loaded.matrix.matrix.accel)?;
             if list {
                 for cell in &loaded.cells {
                     println!("{}", cell.id);
@@ -346,7 +373,7 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
             }
             doctor::preflight(&sh)?;
             let cache = cache()?;
-            let opts = run::RunOptions { out: out.clone(), jobs, build: build.options(), images_dir: images_dir(), repeat, until_fail, host_samples, dump_memory };
+            let opts = run::RunOptions { out: out.clone(), jobs, build: build.options(), images_dir: images_dir(), repeat, until_fail, host_samples, dump_memory, accel };
             let results = run::run(&sh, &cache, &loaded.matrix, &loaded.recipes, &loaded.cells, &opts, &ui)?;
             if repeat > 1 {
                 for r in report::repro(&results) {
@@ -418,7 +445,7 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
         }
         Command::Doctor => {
             let cache = cache()?;
-            let checks = doctor::checks(&sh, &cache);
+            let checks = doctor::checks(&sh, &cache, &images_dir(), &ui);
             for c in &checks {
                 println!("{} {:<44} {}", if c.ok { "ok  " } else { "MISS" }, c.what, c.detail);
                 if let Some(fix) = &c.fix {

@@ -26,6 +26,21 @@ pub struct Matrix {
     /// Extra kernel parameters for every cell.
     #[serde(default)]
     pub cmdline: Vec<String>,
+    #[serde(default)]
+    pub accel: AccelMode,
+}
+
+/// What x86_64 guests run under (the others always run under TCG).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum AccelMode {
+    /// KVM only after a Linux guest booted to its ready line under it on this host, else TCG.
+    #[default]
+    Auto,
+    /// Always TCG.
+    Tcg,
+    /// KVM without the proof (a guest that hangs under it is a `boot-hang` error).
+    Kvm,
 }
 
 #[derive(Debug, Clone, Deserialize)]

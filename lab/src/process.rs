@@ -35,6 +35,16 @@ pub fn check_interrupted() -> Result<()> {
     Ok(())
 }
 
+/// What a child printed while `Group::wait_for_output` waited for its marker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Waited {
+    Found,
+    /// Its stdout closed first (it exited), after this many bytes.
+    Ended { printed: usize },
+    /// The timeout came first, after this many bytes.
+    TimedOut { printed: usize },
+}
+
 pub struct Group {
     child: Child,
     reaped: Option<ExitStatus>,
@@ -71,17 +81,20 @@ impl Group {
         }
     }
 
-    /// Waits until the child's stdout (which must be piped) shows `marker`, for at most `timeout`;
-    /// false if it did not. Reading happens on a thread of its own, so a child that never prints
-    /// cannot outlast the timeout, and Ctrl-C is honoured meanwhile.
-    pub fn wait_for_output(&mut self, marker: &'static [u8], timeout: Duration) -> Result<bool> {
+    /// Waits until the child's stdout (which must be piped) shows `marker`, for at most `timeout`.
+    /// Reading happens on a thread of its own, so a child that never prints cannot outlast the
+    /// timeout, and Ctrl-C is honoured meanwhile.
+    pub fn wait_for_output(&mut self, marker: &'static [u8], timeout: Duration) -> Result<Waited> {
         let mut stdout = self.child.stdout.take().context("the child's stdout is not piped")?;
+        let printed = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let (tx, rx) = mpsc::channel();
+        let counter = printed.clone();
         std::thread::spawn(move || {
             let mut seen = Vec::new();
             let mut buf = [0u8; 4096];
             while let Ok(n @ 1..) = std::io::Read::read(&mut stdout, &mut buf) {
                 seen.extend_from_slice(&buf[..n]);
+                counter.store(seen.len(), Ordering::SeqCst);
                 if seen.windows(marker.len()).any(|w| w == marker) {
                     let _ = tx.send(());
                     return;
@@ -91,12 +104,12 @@ impl Group {
         let deadline = std::time::Instant::now() + timeout;
         while std::time::Instant::now() < deadline {
             match rx.recv_timeout(Duration::from_millis(100)) {
-                Ok(()) => return Ok(true),
-                Err(mpsc::RecvTimeoutError::Disconnected) => return Ok(false),
+                Ok(()) => return Ok(Waited::Found),
+                Err(mpsc::RecvTimeoutError::Disconnected) => return Ok(Waited::Ended { printed: printed.load(Ordering::SeqCst) }),
                 Err(mpsc::RecvTimeoutError::Timeout) => check_interrupted()?,
             }
         }
-        Ok(false)
+        Ok(Waited::TimedOut { printed: printed.load(Ordering::SeqCst) })
     }
 
     /// Kills the whole group (QEMU's helpers, make's compilers) and reaps the leader.
@@ -186,11 +199,13 @@ mod tests {
             cmd.args(["-c", script]).stdout(Stdio::piped());
             Group::spawn(cmd).unwrap()
         };
-        assert!(spawn("echo boot; sleep 0.2; echo LAB-READY arch=x").wait_for_output(b"LAB-READY", Duration::from_secs(10)).unwrap());
-        assert!(!spawn("echo nothing; exit 0").wait_for_output(b"LAB-READY", Duration::from_secs(10)).unwrap());
+        let wait = |script: &str, timeout_ms| spawn(script).wait_for_output(b"LAB-READY", Duration::from_millis(timeout_ms)).unwrap();
+        assert_eq!(wait("echo boot; sleep 0.2; echo LAB-READY arch=x", 10_000), Waited::Found);
+        assert_eq!(wait("echo nothing; exit 0", 10_000), Waited::Ended { printed: 8 });
         // A child that never prints and never exits: the timeout, not the read, decides.
         let start = std::time::Instant::now();
-        assert!(!spawn("sleep 300").wait_for_output(b"LAB-READY", Duration::from_millis(300)).unwrap());
+        assert_eq!(wait("sleep 300", 300), Waited::TimedOut { printed: 0 });
+        assert_eq!(wait("printf abc; sleep 300", 500), Waited::TimedOut { printed: 3 });
         assert!(start.elapsed() < Duration::from_secs(5));
     }
 

@@ -15,6 +15,7 @@ use serde::Serialize;
 use crate::arch::Arch;
 use crate::cache;
 use crate::triage::{self, Kind, Report};
+use crate::vm::Accel;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -62,6 +63,11 @@ pub struct CellResult {
     /// taken from outside), or `guest+host`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub basis: Option<String>,
+    /// What the guest ran under.
+    pub accel: Accel,
+    /// Under `--accel auto`, why the cell ran again under TCG: its KVM guest never got going.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kvm_fallback: Option<String>,
     /// How the boot ended, as the VM stage saw it.
     pub end: String,
     pub dir: PathBuf,
@@ -213,7 +219,8 @@ fn junit(results: &[CellResult]) -> junit_report::Report {
                 Verdict::Skip => TestCaseBuilder::skipped_with_cause(&name, "skip", &message),
                 Verdict::Fail => TestCaseBuilder::failure(&name, time, &kind, &message),
                 Verdict::Timeout => TestCaseBuilder::failure(&name, time, "timeout", &message),
-                Verdict::Error => TestCaseBuilder::error(&name, time, "error", &message),
+                // The lab's own kinds (boot-hang, infra) say what kept it from judging the kernel.
+                Verdict::Error => TestCaseBuilder::error(&name, time, r.reports.first().map_or("error", |rep| rep.kind.name()), &message),
             };
             case.set_classname(&format!("{kernel}.{arch}"));
             if r.verdict != Verdict::Pass {
@@ -285,6 +292,8 @@ mod tests {
             ssh_ready_s: None,
             detect_s: None,
             basis: None,
+            accel: Accel::Tcg,
+            kvm_fallback: None,
             end: "exited".into(),
             dir: PathBuf::from("/nonexistent"),
             excerpt: excerpt.into(),

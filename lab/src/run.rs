@@ -6,11 +6,13 @@
 use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 
 use anyhow::{bail, Context, Result};
 use xshell::Shell;
 
+use crate::accel::{self, AccelMode};
 use crate::arch::Arch;
 use crate::cache::Cache;
 use crate::image::{self, Image};
@@ -35,6 +37,8 @@ pub struct RunOptions {
     pub host_samples: u32,
     /// Keep a memory dump of a stuck guest in its cell.
     pub dump_memory: bool,
+    /// What x86_64 guests run under (`--accel`, else the matrix's `accel:`).
+    pub accel: AccelMode,
 }
 
 /// Every cell's result, in plan order; `Err` only for set-up problems that stop the whole run.
@@ -45,14 +49,6 @@ pub fn run(sh: &Shell, cache: &Cache, matrix: &LoadedMatrix, recipes: &[Recipe],
     }
     let repeat = opts.repeat.max(1);
     ui.note(format!("{} cells x {repeat} runs, results in {}", cells.len(), opts.out.display()));
-    let accel_x86 = match crate::doctor::kvm_works(cache) {
-        Ok(()) => Accel::Kvm,
-        Err(e) => {
-            ui.note(format!("KVM: {e:#}; x86_64 guests run under TCG"));
-            Accel::Tcg
-        }
-    };
-
     let client_key = crate::ssh_keys::client_key(sh, cache)?;
     let mut kernels: BTreeMap<(usize, Arch), Result<Kernel, String>> = BTreeMap::new();
     for cell in cells {
@@ -77,6 +73,8 @@ pub fn run(sh: &Shell, cache: &Cache, matrix: &LoadedMatrix, recipes: &[Recipe],
         images.insert((index, arch), image);
     }
 
+    let accel = AccelPlan::prove(cache, opts.accel, &kernels, &images, ui)?;
+
     // Runs of one cell follow each other, so --until-fail stops a cell early without waiting.
     let runs: std::collections::VecDeque<(usize, &Cell, u32)> =
         cells.iter().flat_map(|c| (1..=repeat).map(move |n| (c, n))).enumerate().map(|(i, (c, n))| (i, c, n)).collect();
@@ -85,7 +83,7 @@ pub fn run(sh: &Shell, cache: &Cache, matrix: &LoadedMatrix, recipes: &[Recipe],
     let (tx, rx) = mpsc::channel::<(usize, CellResult)>();
     let results: Vec<CellResult> = std::thread::scope(|scope| -> Result<Vec<CellResult>> {
         for _ in 0..opts.jobs.max(1) {
-            let (queue, hit_cells, tx, kernels, images, client_key) = (queue.clone(), hit_cells.clone(), tx.clone(), &kernels, &images, &client_key);
+            let (queue, hit_cells, tx, kernels, images, client_key, accel) = (queue.clone(), hit_cells.clone(), tx.clone(), &kernels, &images, &client_key, &accel);
             scope.spawn(move || {
                 loop {
                     // A statement of its own: a guard in a `while let` scrutinee would stay locked
@@ -100,7 +98,6 @@ pub fn run(sh: &Shell, cache: &Cache, matrix: &LoadedMatrix, recipes: &[Recipe],
                     }
                     let kernel = &kernels[&(cell.kernel, cell.arch)];
                     let image = &images[&(cell.kernel, cell.arch)];
-                    let accel = if cell.arch == Arch::X86_64 { accel_x86 } else { Accel::Tcg };
                     let run = (repeat > 1).then_some(run);
                     let result = run_cell(cell, run, kernel, image, &client_key.private, accel, &matrix.matrix, opts, ui);
                     if result.is_hit() {
@@ -127,8 +124,78 @@ pub fn run(sh: &Shell, cache: &Cache, matrix: &LoadedMatrix, recipes: &[Recipe],
     Ok(results)
 }
 
+/// Which accelerator each cell's guest runs under: the mode asked for, each x86_64 kernel's proof
+/// that KVM boots it, and whether a KVM guest already hung in this run (`auto` then stops trying).
+struct AccelPlan {
+    mode: AccelMode,
+    proofs: BTreeMap<usize, accel::KvmProof>,
+    demoted: AtomicBool,
+}
+
+impl AccelPlan {
+    /// Under `auto`, boots each x86_64 kernel of the run under KVM (or finds the answer cached) and
+    /// says what it proved.
+    fn prove(cache: &Cache, mode: AccelMode, kernels: &BTreeMap<(usize, Arch), Result<Kernel, String>>, images: &BTreeMap<(usize, Arch), Result<Image, String>>, ui: &Ui) -> Result<AccelPlan> {
+        let mut proofs = BTreeMap::new();
+        match mode {
+            AccelMode::Tcg => ui.note("accel tcg: every guest runs under TCG"),
+            AccelMode::Kvm => ui.note("accel kvm: x86_64 guests run under KVM, unproven (asked for)"),
+            AccelMode::Auto => {
+                for (&(index, arch), kernel) in kernels {
+                    if let (Ok(kernel), Some(Ok(image))) = (kernel, images.get(&(index, arch))) {
+                        if let (_, Some(proof)) = accel::for_guest(cache, mode, arch, &probe_guest(kernel, image))? {
+                            ui.note(proof.verdict());
+                            proofs.insert(index, proof);
+                        }
+                    }
+                }
+            }
+        }
+        Ok(AccelPlan { mode, proofs, demoted: AtomicBool::new(false) })
+    }
+
+    fn for_cell(&self, cell: &Cell) -> Accel {
+        match self.demoted.load(Ordering::SeqCst) {
+            true => Accel::Tcg,
+            false => accel::choose(self.mode, cell.arch, self.proofs.get(&cell.kernel)),
+        }
+    }
+}
+
+/// The guest that proves KVM for `kernel`: the kernel itself, with its cells' initramfs.
+pub fn probe_guest<'a>(kernel: &'a Kernel, image: &'a Image) -> accel::ProbeGuest<'a> {
+    accel::ProbeGuest { kernel: &kernel.image, kernel_key: &kernel.key, label: format!("{} {}", kernel.recipe, kernel.arch), initramfs: &image.initramfs }
+}
+
+/// One run of a cell; under `auto`, a KVM guest that never got going runs again under TCG, once,
+/// its files kept in `kvm/` inside the cell, and later cells of the run go straight to TCG.
 #[allow(clippy::too_many_arguments)]
-fn run_cell(cell: &Cell, run: Option<u32>, kernel: &Result<Kernel, String>, image: &Result<Image, String>, client_key: &Path, accel: Accel, matrix: &matrix::Matrix, opts: &RunOptions, ui: &Ui) -> CellResult {
+fn run_cell(cell: &Cell, run: Option<u32>, kernel: &Result<Kernel, String>, image: &Result<Image, String>, client_key: &Path, plan: &AccelPlan, matrix: &matrix::Matrix, opts: &RunOptions, ui: &Ui) -> CellResult {
+    let used = plan.for_cell(cell);
+    let first = boot_cell(cell, run, kernel, image, client_key, used, matrix, opts, ui);
+    let never_started = first.verdict == Verdict::Error && first.reports.first().is_some_and(|r| r.kind == Kind::BootHang);
+    if !accel::retry_under_tcg(plan.mode, used, never_started) {
+        return first;
+    }
+    plan.demoted.store(true, Ordering::SeqCst);
+    ui.note(format!("{}: under KVM {}; running it again under TCG, and every later x86_64 cell of this run", cell.id, first.reason));
+    let kept = first.dir.join("kvm");
+    let moved = fs::read_dir(&first.dir).and_then(|entries| {
+        fs::create_dir_all(&kept)?;
+        entries.flatten().filter(|e| e.path() != kept).try_for_each(|e| fs::rename(e.path(), kept.join(e.file_name())))
+    });
+    let mut second = boot_cell(cell, run, kernel, image, client_key, Accel::Tcg, matrix, opts, ui);
+    second.kvm_fallback = Some(match moved {
+        Ok(()) => format!("under KVM {} (its files: kvm/); run again under TCG", first.reason),
+        Err(e) => format!("under KVM {} (its files could not be kept: {e}); run again under TCG", first.reason),
+    });
+    second.reason += " (ran under TCG: under KVM the guest never got going)";
+    second.duration_s += first.duration_s;
+    second
+}
+
+#[allow(clippy::too_many_arguments)]
+fn boot_cell(cell: &Cell, run: Option<u32>, kernel: &Result<Kernel, String>, image: &Result<Image, String>, client_key: &Path, accel: Accel, matrix: &matrix::Matrix, opts: &RunOptions, ui: &Ui) -> CellResult {
     let mut dir = opts.out.join("cells").join(&cell.id);
     if let Some(n) = run {
         dir = dir.join(format!("run-{n:03}"));
@@ -155,6 +222,8 @@ fn run_cell(cell: &Cell, run: Option<u32>, kernel: &Result<Kernel, String>, imag
         end: String::new(),
         detect_s: None,
         basis: None,
+        accel,
+        kvm_fallback: None,
         dir: dir.clone(),
         excerpt: String::new(),
     };
@@ -271,17 +340,22 @@ const FOREVER_S: u64 = 10 * 365 * 24 * 3600;
 
 /// Boots `cell`'s kernel and image for a person at the terminal; returns the exit status to give
 /// (the command's or the shell's, 0 for a guest that powered off).
-pub fn hold(sh: &Shell, cache: &Cache, loaded: &LoadedMatrix, recipes: &[Recipe], cell: &Cell, build: &BuildOptions, images_dir: &Path, out: &Path, what: Hold, ui: &Ui) -> Result<i32> {
+#[allow(clippy::too_many_arguments)]
+pub fn hold(sh: &Shell, cache: &Cache, loaded: &LoadedMatrix, recipes: &[Recipe], cell: &Cell, build: &BuildOptions, images_dir: &Path, out: &Path, what: Hold, accel_mode: AccelMode, ui: &Ui) -> Result<i32> {
     let kernel = kernel::build(sh, cache, &recipes[cell.kernel], cell.arch, build, ui)?;
     let base = image::build(sh, cache, images_dir, cell.arch, ui)?;
     let image = image::with_selftests(cache, &base, &kernel.selftests, ui)?;
     let client_key = crate::ssh_keys::client_key(sh, cache)?;
+    let (accel, proof) = accel::for_guest(cache, accel_mode, cell.arch, &probe_guest(&kernel, &image))?;
+    if let Some(proof) = proof {
+        eprintln!("lab: {}", proof.verdict());
+    }
     let dir = out.join("cells").join(&cell.id);
     fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let cmdline = kernel_cmdline(cell, &loaded.matrix, true);
     let machine = Machine {
         arch: cell.arch,
-        accel: if cell.arch == Arch::X86_64 && crate::doctor::kvm_works(cache).is_ok() { Accel::Kvm } else { Accel::Tcg },
+        accel,
         vcpus: cell.vcpus,
         memory_mib: loaded.matrix.memory_mib,
         kernel: &kernel.image,
@@ -427,6 +501,9 @@ fn judge(cell: &Cell, boot: &Boot, console: Vec<Report>, host: Option<&triage::H
     let at = if host.is_some_and(victim_first) { 0 } else { reports.len() };
     reports.splice(at..at, host.iter().flat_map(|h| h.reports.iter().cloned()));
     reports.extend(answers);
+    if let Some(fault) = reports.is_empty().then(|| never_started(boot, host, silence_s, last_line)).flatten() {
+        return (Verdict::Error, fault.title.clone(), vec![fault]);
+    }
     if boot.end == End::Silent {
         // The host's summary goes with the silence only when it found no spinning vCPU to report.
         let mut lines: Vec<String> = host.filter(|h| !h.spinning()).map(|h| h.summary.clone()).unwrap_or_default();
@@ -499,6 +576,25 @@ fn judge(cell: &Cell, boot: &Boot, console: Vec<Report>, host: Option<&triage::H
     }
 }
 
+/// A guest that never got going, or whose vCPUs all sat outside the kernel image, with no report
+/// from the kernel or the host to say otherwise: the host's fault until shown otherwise (a KVM that
+/// runs a boot sector but hangs Linux in its decompressor), never a kernel verdict.
+fn never_started(boot: &Boot, host: Option<&triage::HostDiagnosis>, silence_s: u64, last_line: usize) -> Option<Report> {
+    if !matches!(boot.end, End::Silent | End::BootTimeout) {
+        return None;
+    }
+    let outside = host.is_some_and(|h| h.outside_kernel);
+    let lines = host.map(|h| h.summary.clone()).unwrap_or_default();
+    let (kind, what) = match (boot.console_lines, outside, &boot.ready) {
+        (0, true, _) => (Kind::BootHang, format!("the guest printed nothing in {silence_s}s and every vCPU is outside the kernel image")),
+        (0, false, _) => (Kind::BootHang, format!("the guest printed nothing in {silence_s}s")),
+        (_, true, None) => (Kind::BootHang, "every vCPU is outside the kernel image before the ready line".to_string()),
+        (_, true, Some(_)) => (Kind::Infra, format!("every vCPU is outside the kernel image and the console was silent for {silence_s}s")),
+        (_, false, _) => return None,
+    };
+    Some(Report::from_lab(kind, format!("{kind}: {what}"), &what, last_line, lines))
+}
+
 /// A default output directory per run, so nightly runs never overwrite each other.
 pub fn default_out(base: &Path) -> PathBuf {
     let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
@@ -536,10 +632,15 @@ mod tests {
             ready: if ready.is_empty() { None } else { line(ready) },
             result: if result.is_empty() { None } else { line(result) },
             console_log: PathBuf::from("/nonexistent"),
+            console_lines: 10,
             host: Vec::new(),
             host_error: None,
             ssh: None,
         }
+    }
+
+    fn mute(end: End) -> Boot {
+        Boot { console_lines: 0, ..boot(end, "", "") }
     }
 
     fn lockup() -> Report {
@@ -570,6 +671,11 @@ mod tests {
         check(None, boot(End::Exited, READY, "status=fail detail=exit-1"), vec![], "Fail: smoke failed: status=fail exit-1");
         check(None, boot(End::Exited, READY, "status=error detail=usage"), vec![], "Error: smoke could not run: usage");
         check(None, boot(End::QemuFailed("QEMU exited with exit status: 1: bad -M".into()), "", ""), vec![], "Error: QEMU exited with exit status: 1: bad -M");
+        // Not one byte: the host's fault until shown otherwise, whatever the cell expected.
+        check(None, mute(End::Silent), vec![], "Error: boot-hang: the guest printed nothing in 60s");
+        check(None, mute(End::BootTimeout), vec![], "Error: boot-hang: the guest printed nothing in 60s");
+        check(Some(Kind::HardLockup), mute(End::Silent), vec![], "Error: boot-hang: the guest printed nothing in 60s");
+        check(None, mute(End::Exited), vec![], "Fail: no ready line: the guest stopped before its init started");
         let hl = Some(Kind::HardLockup);
         check(hl, boot(End::StoppedAfterReport, READY, ""), vec![lockup()], "Pass: expected hard-lockup reported: hard LOCKUP in mm_get_cid");
         check(hl, boot(End::Exited, READY, "status=skip"), vec![], "Fail: expected a hard-lockup report, got: no report");
@@ -587,7 +693,7 @@ mod tests {
     }
 
     fn quiet_host() -> triage::HostDiagnosis {
-        triage::HostDiagnosis { reports: vec![], summary: vec!["vCPU 0: idle (default_idle) in every kernel sample".into()], waiters: vec![] }
+        triage::HostDiagnosis { reports: vec![], summary: vec!["vCPU 0: idle (default_idle) in every kernel sample".into()], waiters: vec![], outside_kernel: false }
     }
 
     /// Reports in the order things happened: the console's before the host sampled, the host's,
@@ -596,7 +702,7 @@ mod tests {
     fn host_reports_take_their_place_in_time_and_set_the_basis() {
         let mut silent = boot(End::Silent, READY, "");
         silent.host = vec![HostSamples { console_line: 5, started_s: 30.0, ..HostSamples::default() }];
-        let host = triage::HostDiagnosis { reports: vec![at(Kind::HardLockup, 5, Source::Host)], summary: vec!["vCPU 0: ...".into()], waiters: vec![] };
+        let host = triage::HostDiagnosis { reports: vec![at(Kind::HardLockup, 5, Source::Host)], summary: vec!["vCPU 0: ...".into()], waiters: vec![], outside_kernel: false };
         let console = vec![at(Kind::RcuStall, 3, Source::Console), at(Kind::Oops, 8, Source::Console)];
         let (verdict, reason, reports) = judge(&cell(None), &silent, console, Some(&host), 60, 9);
         let order: Vec<String> = reports.iter().map(|r| format!("{}/{:?}", r.title, r.source)).collect();
@@ -631,6 +737,27 @@ mod tests {
         resumed.host = vec![HostSamples { resumed: true, ..HostSamples::default() }];
         let (verdict, reason, _) = judge(&cell(None), &resumed, vec![], Some(&quiet), 60, 9);
         assert_eq!(format!("{verdict:?}: {reason}"), "Pass: smoke passed in 20000 ms; the VM had been paused from outside (host samples: no vCPU spinning)");
+    }
+
+    /// vCPUs outside the kernel image (the bzImage decompressor under a KVM that hangs Linux) are
+    /// the host's; a vCPU the host could name spinning in the kernel is the kernel's, printed or not.
+    #[test]
+    fn a_guest_outside_its_kernel_is_an_error_and_a_named_spin_is_a_failure() {
+        let outside = triage::HostDiagnosis { outside_kernel: true, summary: vec!["vCPU 0: outside the kernel image in 8 of 8 samples".into()], ..quiet_host() };
+        let judge_host = |boot: &Boot, host: &triage::HostDiagnosis| {
+            let (verdict, reason, reports) = judge(&cell(None), boot, vec![], Some(host), 60, 9);
+            (format!("{verdict:?}: {reason}"), reports)
+        };
+        let (got, reports) = judge_host(&mute(End::Silent), &outside);
+        assert_eq!(got, "Error: boot-hang: the guest printed nothing in 60s and every vCPU is outside the kernel image");
+        assert_eq!((reports.len(), reports[0].kind, &reports[0].lines), (1, Kind::BootHang, &outside.summary));
+        assert_eq!(judge_host(&boot(End::Silent, "", ""), &outside).0, "Error: boot-hang: every vCPU is outside the kernel image before the ready line");
+        assert_eq!(judge_host(&boot(End::Silent, READY, ""), &outside).0, "Error: infra: every vCPU is outside the kernel image and the console was silent for 60s");
+        let spinning = triage::HostDiagnosis { reports: vec![lockup()], ..quiet_host() };
+        assert_eq!(judge_host(&mute(End::Silent), &spinning).0, "Fail: hard LOCKUP in mm_get_cid");
+        // The kernel's own report stands even when the vCPUs left its image afterwards.
+        let (verdict, reason, _) = judge(&cell(None), &boot(End::Silent, READY, ""), vec![lockup()], Some(&outside), 60, 9);
+        assert_eq!(format!("{verdict:?}: {reason}"), "Fail: hard LOCKUP in mm_get_cid");
     }
 
     /// A guest that stopped answering over SSH: its own report names the failure when it printed

@@ -248,6 +248,14 @@ fn build_inner(sh: &Shell, cache: &Cache, recipe: &Recipe, arch: Arch, opts: &Bu
     Ok(Kernel { selftests: selftests::build(sh, cache, &src, arch, &selftests_key, ui, task)?, ..kernel })
 }
 
+/// The most recently built kernel for `arch` in the cache, of any recipe (`lab doctor` boots it
+/// to prove KVM without building one).
+pub fn newest_built(cache: &Cache, arch: Arch) -> Option<Kernel> {
+    let entries = fs::read_dir(cache.dir("kernels").ok()?).ok()?;
+    let kernels = entries.flatten().filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, read_kernel(&e.path())?)));
+    kernels.filter(|(_, k)| k.arch == arch).max_by_key(|(modified, _)| *modified).map(|(_, k)| k)
+}
+
 fn read_kernel(dir: &Path) -> Option<Kernel> {
     let kernel: Kernel = serde_json::from_slice(&fs::read(dir.join("kernel.json")).ok()?).ok()?;
     [&kernel.image, &kernel.vmlinux, &kernel.config].iter().all(|p| p.exists()).then_some(kernel)

@@ -196,6 +196,8 @@ pub(super) fn title(kind: Kind, subject: &str, frame: Option<&str>) -> String {
         Kind::Other => or("other"),
         Kind::Silent => "silent",
         Kind::LostConnection => "lost connection",
+        Kind::BootHang => "boot hang",
+        Kind::Infra => "infra",
         Kind::WorkqueueLockup => return "workqueue lockup".to_owned(),
         Kind::Panic => return format!("panic: {subject}"),
         Kind::Lockdep => return format!("lockdep: {subject}"),

@@ -25,6 +25,9 @@ pub struct HostDiagnosis {
     /// The guilty functions of stuck vCPUs that only wait for a spinlock: a report from the guest
     /// titled after one of them tells the victim's side of what the host's report names.
     pub waiters: Vec<String>,
+    /// Every vCPU was mostly outside the kernel image (firmware, the decompressor, real mode):
+    /// the guest's kernel never ran there, so nothing about it can be judged.
+    pub outside_kernel: bool,
 }
 
 impl HostDiagnosis {
@@ -34,6 +37,8 @@ impl HostDiagnosis {
 }
 
 enum State {
+    /// Most samples at a kernel-mode address `System.map` cannot name; `pc` is the first.
+    Outside { share: usize, pc: u64 },
     Stuck { culprit: String, share: usize, stack: Vec<FrameSite>, irqs: Irqs },
     Idle { function: String },
     User { share: usize },
@@ -61,9 +66,10 @@ pub fn diagnose(samples: &HostSamples, symbols: &Symbols, line: usize) -> HostDi
     }
     summary.extend(samples.memory_dump.iter().map(|dump| format!("guest memory kept for crash(8): {dump}")));
     summary.extend(samples.errors.iter().cloned());
+    let outside_kernel = !vcpus.is_empty() && vcpus.iter().all(|v| matches!(v.state, State::Outside { .. }));
     let stuck: Vec<&Vcpu> = vcpus.iter().filter(|v| matches!(v.state, State::Stuck { .. })).collect();
     if stuck.is_empty() || frozen {
-        return HostDiagnosis { reports: Vec::new(), summary, waiters: Vec::new() };
+        return HostDiagnosis { reports: Vec::new(), summary, waiters: Vec::new(), outside_kernel };
     }
     let waiters = stuck
         .iter()
@@ -123,23 +129,27 @@ pub fn diagnose(samples: &HostSamples, symbols: &Symbols, line: usize) -> HostDi
             })
             .collect(),
     };
-    HostDiagnosis { reports: vec![report], summary, waiters }
+    HostDiagnosis { reports: vec![report], summary, waiters, outside_kernel }
 }
 
 fn classify(vcpu: &VcpuSamples, symbols: &Symbols) -> Vcpu {
     let total = vcpu.samples.len();
-    let stacks: Vec<Option<Vec<FrameSite>>> = vcpu.samples.iter().map(|s| s.kernel.then(|| named_stack(s, symbols))).collect();
-    let user = stacks.iter().filter(|s| s.is_none()).count();
+    // Privileged code at an address the kernel's symbols do not cover is not the kernel: the
+    // firmware, the bzImage decompressor, real mode (a guest that never started under a broken KVM).
+    let outside: Vec<u64> = vcpu.samples.iter().filter(|s| s.kernel && symbols.locate(s.pc).is_none()).map(|s| s.pc).collect();
+    let stacks: Vec<Option<Vec<FrameSite>>> = vcpu.samples.iter().map(|s| (s.kernel && symbols.locate(s.pc).is_some()).then(|| named_stack(s, symbols))).collect();
+    let user = vcpu.samples.iter().filter(|s| !s.kernel).count();
     let idle = stacks.iter().flatten().find(|stack| stack::is_idle(&names(stack)));
     let busy: Vec<(usize, &Vec<FrameSite>)> = stacks.iter().enumerate().filter_map(|(i, s)| Some((i, s.as_ref()?))).filter(|(_, s)| !stack::is_idle(&names(s))).collect();
     let needed = (STUCK_SHARE * total as f64).ceil() as usize;
     let state = match common_culprit(&busy, needed) {
         Some((culprit, share, at)) if total > 0 && share >= needed => {
             // The interrupt mask of the samples in the spin, not of one that caught the timer interrupt.
-            let in_spin = |s: &[FrameSite]| names(s).into_iter().filter(|f| !stack::is_plumbing(f)).take(LOOP_DEPTH).any(|f| f == culprit);
+            let in_spin = |s: &[FrameSite]| names(s).into_iter().filter(|f| *f != UNNAMED && !stack::is_plumbing(f)).take(LOOP_DEPTH).any(|f| f == culprit);
             let irqs = busy.iter().filter(|(_, s)| in_spin(s)).map(|&(i, _)| vcpu.samples[i].irqs).reduce(|a, b| if a == b { a } else { Irqs::Unknown }).unwrap_or(Irqs::Unknown);
             State::Stuck { culprit, share, stack: stacks[at].clone().unwrap_or_default(), irqs }
         }
+        _ if outside.len() * 2 > total => State::Outside { share: outside.len(), pc: outside[0] },
         _ if user * 2 > total => State::User { share: user },
         _ if busy.is_empty() && idle.is_some() => State::Idle { function: idle.and_then(|s| s.first()).map(|f| bare(&f.printed).to_string()).unwrap_or_default() },
         _ => {
@@ -152,6 +162,9 @@ fn classify(vcpu: &VcpuSamples, symbols: &Symbols) -> Vcpu {
     };
     Vcpu { index: vcpu.index, samples: total, state }
 }
+
+/// How a frame the symbols cannot name is shown.
+const UNNAMED: &str = "?";
 
 /// How deep, in guilty-frame candidates (non-plumbing functions), a spinning vCPU's loop may sit:
 /// a spin loop calls helpers (`__mm_get_cid` under `mm_get_cid`), and the sample catches either.
@@ -167,8 +180,11 @@ const LOOP_DEPTH: usize = 3;
 /// counts rather than requiring all. Deeper common callers do not count: a busy vCPU runs many
 /// different things under one syscall.
 fn common_culprit(busy: &[(usize, &Vec<FrameSite>)], needed: usize) -> Option<(String, usize, usize)> {
-    let candidates: Vec<Vec<&str>> =
-        busy.iter().map(|(_, s)| names(s).into_iter().filter(|f| !stack::is_plumbing(f)).take(LOOP_DEPTH).collect()).collect();
+    // A frame the symbols could not name ("?") is no function: it can never be the culprit.
+    let candidates: Vec<Vec<&str>> = busy
+        .iter()
+        .map(|(_, s)| names(s).into_iter().filter(|f| *f != UNNAMED && !stack::is_plumbing(f)).take(LOOP_DEPTH).collect())
+        .collect();
     let mut best: Option<(&str, usize, usize)> = None;
     for (depth, function) in candidates.iter().flat_map(|c| c.iter().enumerate()) {
         let count = candidates.iter().filter(|c| c.contains(function)).count();
@@ -200,7 +216,7 @@ fn common_culprit(busy: &[(usize, &Vec<FrameSite>)], needed: usize) -> Option<(S
 fn named_stack(sample: &Sample, symbols: &Symbols) -> Vec<FrameSite> {
     let site = |l: Option<super::symbols::Location>, address: u64, return_address: bool| FrameSite {
         address: Some(address),
-        ..FrameSite::new(l.map_or_else(|| "?".to_string(), |l| format!("{}+{:#x}", l.function, l.offset)), return_address)
+        ..FrameSite::new(l.map_or_else(|| UNNAMED.to_string(), |l| format!("{}+{:#x}", l.function, l.offset)), return_address)
     };
     let pc = symbols.locate(sample.pc);
     let locate = |frame: &Frame| match *frame {
@@ -233,6 +249,9 @@ fn names(stack: &[FrameSite]) -> Vec<&str> {
 fn describe(vcpu: &Vcpu) -> String {
     let n = vcpu.samples;
     let what = match &vcpu.state {
+        State::Outside { share, pc } => {
+            format!("outside the kernel image in {share} of {n} samples (pc {pc:#x}, which System.map cannot name: firmware, the decompressor or real mode)")
+        }
         State::Stuck { culprit, share, stack, irqs } => {
             let shown: Vec<&str> = stack.iter().take(SHOWN_FRAMES).map(|f| f.printed.as_str()).collect();
             let irqs = match irqs {

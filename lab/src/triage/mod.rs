@@ -41,6 +41,13 @@ pub enum Kind {
     Silent,
     /// The workload ran over SSH and the guest stopped answering it.
     LostConnection,
+    /// The guest never got going: not one console byte, or every vCPU outside the kernel image
+    /// (firmware, the decompressor, real mode) before its ready line. The host's fault until
+    /// shown otherwise, never a kernel verdict.
+    BootHang,
+    /// Every vCPU outside the kernel image after the guest was up, with nothing on the console to
+    /// say why: the lab cannot tell a host fault from the kernel's here, so it judges nothing.
+    Infra,
     Other,
 }
 
@@ -56,7 +63,7 @@ impl Kind {
     }
 
     /// Same spelling as the serde names, so logs, JSON and JUnit agree.
-    fn name(self) -> &'static str {
+    pub fn name(self) -> &'static str {
         match self {
             Kind::HardLockup => "hard-lockup",
             Kind::SoftLockup => "soft-lockup",
@@ -71,6 +78,8 @@ impl Kind {
             Kind::Lockdep => "lockdep",
             Kind::Silent => "silent",
             Kind::LostConnection => "lost-connection",
+            Kind::BootHang => "boot-hang",
+            Kind::Infra => "infra",
             Kind::Other => "other",
         }
     }

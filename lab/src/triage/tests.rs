@@ -213,6 +213,9 @@ fn kind_display_matches_serde() {
         Kind::Kasan,
         Kind::Lockdep,
         Kind::Silent,
+        Kind::LostConnection,
+        Kind::BootHang,
+        Kind::Infra,
         Kind::Other,
     ];
     for kind in kinds {
@@ -223,6 +226,7 @@ fn kind_display_matches_serde() {
     }
     assert_eq!(Kind::HardLockup.to_string(), "hard-lockup");
     assert_eq!(Kind::WorkqueueLockup.to_string(), "workqueue-lockup");
+    assert_eq!(Kind::BootHang.to_string(), "boot-hang");
 }
 
 #[test]

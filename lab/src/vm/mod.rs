@@ -106,6 +106,8 @@ pub struct Boot {
     pub ready: Option<ProtocolLine>,
     pub result: Option<ProtocolLine>,
     pub console_log: PathBuf,
+    /// Console lines the guest printed: none at all means it never got going.
+    pub console_lines: usize,
     /// Every round of host sampling, in order (also in `host-samples.json`). A round after which
     /// the guest ran on (it had been paused from outside) is followed by another or by the end.
     pub host: Vec<HostSamples>,
@@ -419,6 +421,7 @@ fn boot_once(machine: &Machine, dir: &Path, deadlines: Deadlines, watch: &Watch,
         ready,
         result,
         console_log,
+        console_lines,
         host,
         host_error,
         ssh: ssh_outcome,
