@@ -392,13 +392,53 @@ fn run_ok(cmd: &mut Command) -> Output {
 }
 
 #[test]
-fn doctor_finds_kvm_status_by_booting_and_tcg_working() {
-    setup();
+fn doctor_says_what_kvm_proved_by_booting_linux_and_that_tcg_works() {
+    suite();
     let out = run(lab().arg("doctor"));
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{text}");
     assert!(text.lines().any(|l| l.starts_with("ok") && l.contains("TCG boots a test guest")), "{text}");
-    assert!(text.lines().any(|l| l.contains("KVM for x86_64 guests")), "{text}");
+    let kvm = text.lines().find(|l| l.contains("accelerator for x86_64 guests")).unwrap_or_else(|| panic!("{text}"));
+    // The suite built an x86_64 kernel: doctor boots it, so its answer rests on Linux, not a boot sector.
+    let proven = ["/dev/kvm does not exist", "a boot sector printed nothing", "a Linux guest (linux-7.3 x86_64) under -accel kvm -cpu host"];
+    assert!(proven.iter().any(|p| kvm.contains(p)), "{kvm}");
+    assert!(kvm.ends_with("x86_64 runs under TCG") || kvm.contains("reached its ready line"), "{kvm}");
+}
+
+/// KVM forced on whatever KVM this host has: a guest that works passes, one that prints nothing
+/// (a KVM that runs a boot sector but hangs Linux) is a `boot-hang` error, never a kernel failure,
+/// and without /dev/kvm the request is refused before any work.
+#[test]
+fn a_guest_that_never_starts_under_forced_kvm_is_an_error_of_the_host() {
+    suite();
+    let dir = scratch("forced-kvm");
+    std::fs::create_dir_all(&dir).unwrap();
+    let quick = dir.join("matrix.yaml");
+    let text = std::fs::read_to_string(matrix()).unwrap().replace("../../../kernels/", &format!("{}/", Path::new(env!("CARGO_MANIFEST_DIR")).join("../kernels").display()));
+    std::fs::write(&quick, text.replace("silence: 60", "silence: 10")).unwrap();
+    let out_dir = dir.join("out");
+    let out = run(lab()
+        .args(["run", "--accel", "kvm", "--host-samples", "4", "--filter", "arch=x86_64", "--filter", "vcpus=1", "--filter", "workload=smoke", "--matrix"])
+        .arg(&quick)
+        .arg("--out")
+        .arg(&out_dir));
+    if !Path::new("/dev/kvm").exists() {
+        assert_eq!(out.status.code(), Some(2));
+        assert!(!out_dir.exists());
+        return;
+    }
+    let summary: Value = serde_json::from_slice(&std::fs::read(out_dir.join("summary.json")).unwrap()).unwrap();
+    let cell = &summary["cells"][0];
+    assert_eq!(cell["accel"], "kvm", "{cell}");
+    match cell["verdict"].as_str() {
+        Some("pass") => assert_eq!(out.status.code(), Some(0)),
+        _ => {
+            assert_eq!((cell["verdict"].as_str(), cell["reports"][0]["kind"].as_str()), (Some("error"), Some("boot-hang")), "{cell}");
+            assert!(!cell["reason"].as_str().unwrap().contains("LOCKUP"), "{cell}");
+            let junit = std::fs::read_to_string(out_dir.join("junit.xml")).unwrap();
+            assert!(junit.contains("<error") && junit.contains("boot-hang") && !junit.contains("<failure"), "{junit}");
+        }
+    }
 }
 
 #[test]
