@@ -137,8 +137,10 @@ impl Inner {
             let _ = writeln!(std::io::stderr(), "{line}");
         };
         match &self.bars {
-            Some(bars) => bars.suspend(print),
-            None => print(),
+            // indicatif's `suspend` panics when it cannot redraw; a hung-up terminal also stops
+            // being one (its ioctls fail), so this asks before every line.
+            Some(bars) if std::io::stderr().is_terminal() => bars.suspend(print),
+            _ => print(),
         }
     }
 }
