@@ -56,10 +56,20 @@ pub struct Lock {
 }
 
 impl Lock {
+    /// Waits while another process holds the lock (a kernel build holds its tree's for minutes),
+    /// polling so that a signal is honoured meanwhile: a blocking `flock` is restarted after the
+    /// handler and would outwait it.
     pub fn acquire(path: &Path) -> Result<Lock> {
         let file = File::create(path).with_context(|| format!("cannot create lock {}", path.display()))?;
-        file.lock().with_context(|| format!("cannot lock {}", path.display()))?;
-        Ok(Lock { _file: file })
+        loop {
+            match file.try_lock() {
+                Ok(()) => return Ok(Lock { _file: file }),
+                Err(fs::TryLockError::WouldBlock) => {}
+                Err(fs::TryLockError::Error(e)) => return Err(e).with_context(|| format!("cannot lock {}", path.display())),
+            }
+            crate::process::check_interrupted()?;
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
     }
 }
 
@@ -153,5 +163,21 @@ mod tests {
         assert_eq!(fs::read(&file).unwrap(), b"two");
         assert_eq!(fs::read_dir(&dir).unwrap().count(), 1, "no temporary file left behind");
         fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_lock_waits_for_its_holder() {
+        let path = std::env::temp_dir().join(format!("lab-lock-test-{}.lock", std::process::id()));
+        let held = Lock::acquire(&path).unwrap();
+        // flock belongs to the open file: a second open in the same process waits like another process.
+        let waiter = std::thread::spawn({
+            let path = path.clone();
+            move || Lock::acquire(&path).map(|_| ())
+        });
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        assert!(!waiter.is_finished(), "taken while held");
+        drop(held);
+        waiter.join().unwrap().unwrap();
+        fs::remove_file(path).unwrap();
     }
 }

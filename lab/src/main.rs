@@ -19,7 +19,7 @@ mod triage;
 mod ui;
 mod vm;
 
-use std::io::Read;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -47,7 +47,10 @@ const PROJECT_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
         RCU stalls, hung tasks, BUG/Oops/WARNING/panic, silence) and writes JUnit and JSON reports.\n\n\
         Start with `lab doctor`, then `lab run --setup`. Kernels, images and downloads are cached under \
         ~/.cache/lab (or --cache-dir / LAB_CACHE_DIR).",
-    after_help = "Exit status: 0 all cells passed, 1 a cell failed, 2 bad input or set-up error, 130 interrupted."
+    after_help = "Exit status: 0 all cells passed, 1 a cell failed, 2 bad input or set-up error, 128+N stopped by \
+        signal N: 130 SIGINT (Ctrl-C), 143 SIGTERM (a CI runner's cancel), 129 SIGHUP (the terminal closed). \
+        On any of the three the lab kills every QEMU and build it started, and `lab run` writes junit.xml \
+        and summary.json before it exits, with each cell it did not finish as `interrupted`."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -335,19 +338,21 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match real_main(cli) {
         Ok(code) => code,
-        Err(e) if e.downcast_ref::<process::Interrupted>().is_some() => {
-            eprintln!("lab: interrupted; every QEMU and make started was killed, finished results are kept");
-            ExitCode::from(130)
-        }
-        Err(e) => {
-            eprintln!("lab: error: {e:#}");
-            ExitCode::from(2)
-        }
+        Err(e) => match e.downcast_ref::<process::Interrupted>() {
+            Some(interrupted) => {
+                let _ = writeln!(std::io::stderr(), "lab: {interrupted}; every QEMU and make started was killed, finished results are kept");
+                ExitCode::from(interrupted.0.exit_code())
+            }
+            None => {
+                eprintln!("lab: error: {e:#}");
+                ExitCode::from(2)
+            }
+        },
     }
 }
 
 fn real_main(cli: Cli) -> Result<ExitCode> {
-    process::install_interrupt_handler()?;
+    process::install_signal_handlers()?;
     let sh = Shell::new()?;
     let ui = Ui::new(cli.verbose);
     let cache = || Cache::new(cli.cache_dir.clone());
@@ -374,15 +379,21 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
             doctor::preflight(&sh)?;
             let cache = cache()?;
             let opts = run::RunOptions { out: out.clone(), jobs, build: build.options(), images_dir: images_dir(), repeat, until_fail, host_samples, dump_memory, accel };
-            let results = run::run(&sh, &cache, &loaded.matrix, &loaded.recipes, &loaded.cells, &opts, &ui)?;
+            let run::Finished { results, interrupted } = run::run(&sh, &cache, &loaded.matrix, &loaded.recipes, &loaded.cells, &opts, &ui)?;
+            // Written, not `println!`ed: a terminal gone with SIGHUP must not turn the interrupted
+            // run's exit into a panic.
+            let mut stdout = std::io::stdout();
             if repeat > 1 {
                 for r in report::repro(&results) {
-                    println!("{}", report::repro_line(&r));
+                    let _ = writeln!(stdout, "{}", report::repro_line(&r));
                 }
             }
             let tally = report::tally(&results);
             let line: Vec<String> = tally.iter().map(|(k, n)| format!("{n} {k}")).collect();
-            println!("{}; reports in {}", line.join(", "), out.display());
+            let _ = writeln!(stdout, "{}; reports in {}", line.join(", "), out.display());
+            if let Some(signal) = interrupted {
+                return Err(process::Interrupted(signal).into());
+            }
             let all_ok = results.iter().all(|r| matches!(r.verdict, report::Verdict::Pass | report::Verdict::Skip));
             Ok(if all_ok { ExitCode::SUCCESS } else { ExitCode::from(1) })
         }

@@ -2,35 +2,96 @@
 //!
 //! Invariants, as in cargo-nextest: every child the lab starts for long work runs in a process
 //! group of its own; the group is killed with SIGKILL and the child reaped on every exit path
-//! (normal return, error, timeout, Ctrl-C, panic unwinding), because `Group` does it in `Drop`.
-//! Ctrl-C only raises a flag: the loops that wait on children poll it and unwind, so cleanup
-//! always runs on the lab's own threads.
+//! (normal return, error, timeout, a signal, panic unwinding), because `Group` does it in `Drop`.
+//! SIGINT (Ctrl-C), SIGTERM (a CI runner cancelling) and SIGHUP (a closed terminal) only record
+//! which came first: the loops that wait on children poll it and unwind, so cleanup always runs
+//! on the lab's own threads, and the run still writes its reports.
 
 use std::fs::File;
 use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicI32, Ordering};
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 
-static INTERRUPTED: AtomicBool = AtomicBool::new(false);
-
-pub fn install_interrupt_handler() -> Result<()> {
-    ctrlc::set_handler(|| INTERRUPTED.store(true, Ordering::SeqCst)).context("cannot install the Ctrl-C handler")
+/// The signals that stop the lab the way Ctrl-C does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Signal {
+    Int,
+    Term,
+    Hup,
 }
 
-/// Typed so that callers can tell an interrupted run (exit quietly, keep partial results) from a
-/// failure.
+impl Signal {
+    const ALL: [Signal; 3] = [Signal::Int, Signal::Term, Signal::Hup];
+
+    pub fn number(self) -> i32 {
+        match self {
+            Signal::Int => libc::SIGINT,
+            Signal::Term => libc::SIGTERM,
+            Signal::Hup => libc::SIGHUP,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Signal::Int => "SIGINT",
+            Signal::Term => "SIGTERM",
+            Signal::Hup => "SIGHUP",
+        }
+    }
+
+    /// What a shell reports for a process the signal killed, so scripts and CI runners read a
+    /// cleaned-up exit the same way.
+    pub fn exit_code(self) -> u8 {
+        (128 + self.number()) as u8
+    }
+
+    fn from_number(number: i32) -> Option<Signal> {
+        Signal::ALL.into_iter().find(|s| s.number() == number)
+    }
+}
+
+impl std::fmt::Display for Signal {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// The number of the first signal that came, 0 before any. Only the first counts: a CI runner's
+/// SIGTERM followed by the SIGHUP of its closing terminal is still a cancel.
+static FIRST_SIGNAL: AtomicI32 = AtomicI32::new(0);
+
+pub fn install_signal_handlers() -> Result<()> {
+    for signal in Signal::ALL {
+        let number = signal.number();
+        // An atomic compare-and-swap is all the handler does: async-signal-safe, and every wait
+        // loop sees it within one poll.
+        let record = move || {
+            let _ = FIRST_SIGNAL.compare_exchange(0, number, Ordering::SeqCst, Ordering::SeqCst);
+        };
+        unsafe { signal_hook::low_level::register(number, record) }.with_context(|| format!("cannot install the {signal} handler"))?;
+    }
+    Ok(())
+}
+
+/// The signal that interrupted the lab, if one did.
+pub fn interrupted() -> Option<Signal> {
+    Signal::from_number(FIRST_SIGNAL.load(Ordering::SeqCst))
+}
+
+/// Typed so that callers can tell an interrupted run (clean up, keep partial results, exit
+/// 128+signal) from a failure.
 #[derive(Debug, thiserror::Error)]
-#[error("interrupted (Ctrl-C)")]
-pub struct Interrupted;
+#[error("interrupted by {0}")]
+pub struct Interrupted(pub Signal);
 
 pub fn check_interrupted() -> Result<()> {
-    if INTERRUPTED.load(Ordering::SeqCst) {
-        bail!(Interrupted);
+    if let Some(signal) = interrupted() {
+        bail!(Interrupted(signal));
     }
     Ok(())
 }
@@ -70,7 +131,7 @@ impl Group {
         Ok(self.reaped)
     }
 
-    /// Waits for the child, polling so that Ctrl-C is honoured within a fraction of a second.
+    /// Waits for the child, polling so that a signal is honoured within a fraction of a second.
     pub fn wait(&mut self) -> Result<ExitStatus> {
         loop {
             if let Some(status) = self.try_wait()? {
@@ -83,7 +144,7 @@ impl Group {
 
     /// Waits until the child's stdout (which must be piped) shows `marker`, for at most `timeout`.
     /// Reading happens on a thread of its own, so a child that never prints cannot outlast the
-    /// timeout, and Ctrl-C is honoured meanwhile.
+    /// timeout, and a signal is honoured meanwhile.
     pub fn wait_for_output(&mut self, marker: &'static [u8], timeout: Duration) -> Result<Waited> {
         let mut stdout = self.child.stdout.take().context("the child's stdout is not piped")?;
         let printed = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
@@ -184,13 +245,27 @@ pub fn first_error(log: &str) -> String {
     let is_error = |l: &&str| {
         l.contains(": error:") || l.contains(": fatal error:") || l.contains("undefined reference") || l.starts_with("make") && l.contains("***")
     };
-    let start = lines.iter().position(|l| is_error(l)).unwrap_or(lines.len().saturating_sub(15));
+    let start = lines.iter().position(is_error).unwrap_or(lines.len().saturating_sub(15));
     lines[start..].iter().take(12).map(|l| format!("    {l}")).collect::<Vec<_>>().join("\n")
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_signal_exits_as_a_shell_reports_it() {
+        let check = |signal: Signal, number, name, code| {
+            assert_eq!((signal.number(), signal.name(), signal.exit_code()), (number, name, code));
+            assert_eq!(Signal::from_number(number), Some(signal));
+            assert_eq!(Interrupted(signal).to_string(), format!("interrupted by {name}"));
+        };
+        check(Signal::Int, 2, "SIGINT", 130);
+        check(Signal::Term, 15, "SIGTERM", 143);
+        check(Signal::Hup, 1, "SIGHUP", 129);
+        assert_eq!(Signal::from_number(0), None, "no signal yet");
+        assert_eq!(Signal::from_number(libc::SIGQUIT), None);
+    }
 
     #[test]
     fn waiting_for_output_sees_the_marker_or_times_out() {

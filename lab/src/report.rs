@@ -29,7 +29,15 @@ pub enum Verdict {
     Timeout,
     /// The workload could not run here (missing kernel feature, too few CPUs); never a pass.
     Skip,
+    /// A signal stopped the lab while the cell ran or before it started (`end` says which); like
+    /// an error, it says nothing about the kernel.
+    Interrupted,
 }
+
+/// The `end` of a cell that a signal kept from starting (it has no directory), and of one that a
+/// signal stopped.
+pub const NOT_STARTED: &str = "not-started";
+pub const INTERRUPTED: &str = "interrupted";
 
 #[derive(Debug, Clone, Serialize)]
 pub struct CellResult {
@@ -68,7 +76,7 @@ pub struct CellResult {
     /// Under `--accel auto`, why the cell ran again under TCG: its KVM guest never got going.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub kvm_fallback: Option<String>,
-    /// How the boot ended, as the VM stage saw it.
+    /// How the boot ended, as the VM stage saw it; `NOT_STARTED` or `INTERRUPTED` after a signal.
     pub end: String,
     pub dir: PathBuf,
     /// The console text shown with a failure (sanitized).
@@ -78,7 +86,7 @@ pub struct CellResult {
 
 impl CellResult {
     /// What a reproducer counts: the failure it hunts for (for a cell that provokes a report on
-    /// purpose, that report). Errors and skips say nothing about the kernel.
+    /// purpose, that report). Errors, skips and interrupted runs say nothing about the kernel.
     pub fn is_hit(&self) -> bool {
         match self.expect {
             Some(_) => self.verdict == Verdict::Pass,
@@ -93,7 +101,7 @@ pub struct Repro {
     pub id: String,
     pub runs: usize,
     pub hits: usize,
-    /// Runs that could not judge the kernel (build, QEMU, workload set-up).
+    /// Runs that could not judge the kernel (build, QEMU, workload set-up, a signal).
     pub errors: usize,
     pub hit_rate: f64,
     pub hits_by_kind: BTreeMap<String, usize>,
@@ -122,7 +130,7 @@ pub fn repro(results: &[CellResult]) -> Vec<Repro> {
     by_cell
         .into_iter()
         .map(|(id, runs)| {
-            let judged: Vec<&&CellResult> = runs.iter().filter(|r| !matches!(r.verdict, Verdict::Error | Verdict::Skip)).collect();
+            let judged: Vec<&&CellResult> = runs.iter().filter(|r| !matches!(r.verdict, Verdict::Error | Verdict::Skip | Verdict::Interrupted)).collect();
             let hits: Vec<&&&CellResult> = judged.iter().filter(|r| r.is_hit()).collect();
             let mut hits_by_kind = BTreeMap::new();
             for r in &hits {
@@ -221,6 +229,8 @@ fn junit(results: &[CellResult]) -> junit_report::Report {
                 Verdict::Timeout => TestCaseBuilder::failure(&name, time, "timeout", &message),
                 // The lab's own kinds (boot-hang, infra) say what kept it from judging the kernel.
                 Verdict::Error => TestCaseBuilder::error(&name, time, r.reports.first().map_or("error", |rep| rep.kind.name()), &message),
+                Verdict::Interrupted if r.end == NOT_STARTED => TestCaseBuilder::skipped_with_cause(&name, "interrupted", &message),
+                Verdict::Interrupted => TestCaseBuilder::error(&name, time, "interrupted", &message),
             };
             case.set_classname(&format!("{kernel}.{arch}"));
             if r.verdict != Verdict::Pass {
@@ -265,6 +275,7 @@ pub fn tally(results: &[CellResult]) -> BTreeMap<&'static str, usize> {
             Verdict::Error => "errors",
             Verdict::Timeout => "timed out",
             Verdict::Skip => "skipped",
+            Verdict::Interrupted => "interrupted",
         };
         *counts.entry(name).or_insert(0) += 1;
     }
@@ -320,6 +331,8 @@ mod tests {
         check_repro((0..20).map(|_| pass()).collect(), "k-x86_64-2cpu-smoke: 0 of 20 runs hit (0%); no hit: failure rate below 13.9% at 95% confidence");
         let error = cell(Verdict::Error, "QEMU failed", "");
         check_repro(vec![pass(), error], "k-x86_64-2cpu-smoke: 0 of 1 runs hit (0%); no hit: failure rate below 95.0% at 95% confidence; 1 runs could not be judged");
+        let stopped = cell(Verdict::Interrupted, "interrupted by SIGTERM after 12.3s", "");
+        check_repro(vec![hit(3.0), stopped], "k-x86_64-2cpu-smoke: 1 of 1 runs hit (100%) [1 hard-lockup]; detected 3.0s after ready (median; 3.0-3.0s); 1 runs could not be judged");
         let mut expected = cell(Verdict::Pass, "expected", "");
         expected.expect = Some(Kind::HardLockup);
         expected.reports = hit(1.0).reports;
@@ -339,6 +352,43 @@ mod tests {
         });
         let expect = "guilty frame mm_get_cid+0x1c/0x2a:\n  __mm_get_cid at kernel/sched/sched.h:3950\n  (inlined by) mm_get_cid at kernel/sched/sched.h:3972\n--- console ---\n";
         assert_eq!(excerpt(console, &reports), format!("{expect}{}", console.trim_end()));
+    }
+
+    fn interrupted(end: &str, reason: &str) -> CellResult {
+        CellResult { end: end.into(), ..cell(Verdict::Interrupted, reason, "") }
+    }
+
+    /// `check_junit(result, element)`: the testcase's verdict element in junit.xml.
+    fn check_junit(result: CellResult, element: &str) {
+        let mut xml = Vec::new();
+        junit(&[result]).write_xml(&mut xml).unwrap();
+        let xml = String::from_utf8(xml).unwrap();
+        let got = regex::Regex::new("<(failure|error|skipped)[^>]*>").unwrap().find(&xml).map_or("(none)", |m| m.as_str());
+        assert_eq!(got, element, "{xml}");
+    }
+
+    #[test]
+    fn junit_elements_by_verdict() {
+        check_junit(cell(Verdict::Pass, "ok", ""), "(none)");
+        check_junit(cell(Verdict::Fail, "hard LOCKUP", ""), r#"<failure type="other" message="hard LOCKUP"/>"#);
+        check_junit(cell(Verdict::Timeout, "too slow", ""), r#"<failure type="timeout" message="too slow"/>"#);
+        check_junit(cell(Verdict::Error, "QEMU failed", ""), r#"<error type="error" message="QEMU failed"/>"#);
+        check_junit(cell(Verdict::Skip, "no rseq", ""), r#"<skipped type="skip" message="no rseq"/>"#);
+        check_junit(interrupted(INTERRUPTED, "interrupted by SIGTERM after 12.3s"), r#"<error type="interrupted" message="interrupted by SIGTERM after 12.3s"/>"#);
+        check_junit(interrupted(NOT_STARTED, "not started: the run was interrupted by SIGHUP"), r#"<skipped type="interrupted" message="not started: the run was interrupted by SIGHUP"/>"#);
+    }
+
+    #[test]
+    fn the_tally_counts_every_verdict() {
+        let check = |verdicts: &[Verdict], want: &str| {
+            let results: Vec<CellResult> = verdicts.iter().map(|&v| cell(v, "", "")).collect();
+            let got: Vec<String> = tally(&results).iter().map(|(k, n)| format!("{n} {k}")).collect();
+            assert_eq!(got.join(", "), want);
+        };
+        check(&[], "");
+        check(&[Verdict::Pass, Verdict::Pass, Verdict::Fail], "1 failed, 2 passed");
+        check(&[Verdict::Pass, Verdict::Interrupted, Verdict::Interrupted], "2 interrupted, 1 passed");
+        check(&[Verdict::Error, Verdict::Timeout, Verdict::Skip], "1 errors, 1 skipped, 1 timed out");
     }
 
     #[test]

@@ -19,6 +19,7 @@ use crate::image::{self, Image};
 use crate::kernel::{self, BuildOptions, Kernel, Recipe};
 use crate::matrix::{self, LoadedMatrix, Timeouts, Via};
 use crate::plan::Cell;
+use crate::process::{self, Interrupted, Signal};
 use crate::report::{self, CellResult, Verdict};
 use crate::triage::{self, Kind, Missing, Report, Source};
 use crate::ui::{Event, Ui};
@@ -41,8 +42,16 @@ pub struct RunOptions {
     pub accel: AccelMode,
 }
 
-/// Every cell's result, in plan order; `Err` only for set-up problems that stop the whole run.
-pub fn run(sh: &Shell, cache: &Cache, matrix: &LoadedMatrix, recipes: &[Recipe], cells: &[Cell], opts: &RunOptions, ui: &Ui) -> Result<Vec<CellResult>> {
+/// What a run leaves: every planned run's result, in plan order, and the signal that cut it short.
+pub struct Finished {
+    pub results: Vec<CellResult>,
+    pub interrupted: Option<Signal>,
+}
+
+/// Every cell's result; `Err` only for set-up problems that stop the whole run. A signal is no
+/// such problem: the cell it stopped and those it kept from starting are results too
+/// (`Verdict::Interrupted`), and the reports hold them before the signal is passed on.
+pub fn run(sh: &Shell, cache: &Cache, matrix: &LoadedMatrix, recipes: &[Recipe], cells: &[Cell], opts: &RunOptions, ui: &Ui) -> Result<Finished> {
     fs::create_dir_all(opts.out.join("cells")).with_context(|| format!("cannot create {}", opts.out.display()))?;
     for recipe in recipes {
         ui.note(format!("kernel {}: {}", recipe.name, recipe.description.trim()));
@@ -51,19 +60,21 @@ pub fn run(sh: &Shell, cache: &Cache, matrix: &LoadedMatrix, recipes: &[Recipe],
     ui.note(format!("{} cells x {repeat} runs, results in {}", cells.len(), opts.out.display()));
     let client_key = crate::ssh_keys::client_key(sh, cache)?;
     let mut kernels: BTreeMap<(usize, Arch), Result<Kernel, String>> = BTreeMap::new();
-    for cell in cells {
+    // After a signal nothing more is prepared. The maps stay partial, but the flag never clears,
+    // so no worker starts a cell that would look in them.
+    let going = || process::interrupted().is_none();
+    for cell in cells.iter().take_while(|_| going()) {
         kernels.entry((cell.kernel, cell.arch)).or_insert_with(|| {
             kernel::build(sh, cache, &recipes[cell.kernel], cell.arch, &opts.build, ui).map_err(|e| format!("{e:#}"))
         });
-        crate::process::check_interrupted()?;
     }
     let mut base_images: BTreeMap<Arch, Result<Image, String>> = BTreeMap::new();
-    for cell in cells {
+    for cell in cells.iter().take_while(|_| going()) {
         base_images.entry(cell.arch).or_insert_with(|| image::build(sh, cache, &opts.images_dir, cell.arch, ui).map_err(|e| format!("{e:#}")));
     }
     // Each kernel's guests carry its own selftests.
     let mut images: BTreeMap<(usize, Arch), Result<Image, String>> = BTreeMap::new();
-    for (&(index, arch), kernel) in &kernels {
+    for (&(index, arch), kernel) in kernels.iter().take_while(|_| going()) {
         let image = match (&base_images[&arch], kernel) {
             (Ok(base), Ok(kernel)) => image::with_selftests(cache, base, &kernel.selftests, ui).map_err(|e| format!("{e:#}")),
             (Err(e), _) => Err(e.clone()),
@@ -81,18 +92,21 @@ pub fn run(sh: &Shell, cache: &Cache, matrix: &LoadedMatrix, recipes: &[Recipe],
     let queue = Arc::new(Mutex::new(runs));
     let hit_cells = Arc::new(Mutex::new(std::collections::BTreeSet::<String>::new()));
     let (tx, rx) = mpsc::channel::<(usize, CellResult)>();
-    let results: Vec<CellResult> = std::thread::scope(|scope| -> Result<Vec<CellResult>> {
+    let mut done: Vec<(usize, CellResult)> = Vec::new();
+    std::thread::scope(|scope| -> Result<()> {
         for _ in 0..opts.jobs.max(1) {
             let (queue, hit_cells, tx, kernels, images, client_key, accel) = (queue.clone(), hit_cells.clone(), tx.clone(), &kernels, &images, &client_key, &accel);
             scope.spawn(move || {
                 loop {
+                    // Checked before a run is taken: what is still queued after a signal is what
+                    // never started, and is recorded as such below.
+                    if process::interrupted().is_some() {
+                        break;
+                    }
                     // A statement of its own: a guard in a `while let` scrutinee would stay locked
                     // for the whole loop body and run the cells one at a time whatever --jobs says.
                     let next = queue.lock().unwrap_or_else(|e| e.into_inner()).pop_front();
                     let Some((index, cell, run)) = next else { break };
-                    if crate::process::check_interrupted().is_err() {
-                        break;
-                    }
                     if opts.until_fail && hit_cells.lock().unwrap_or_else(|e| e.into_inner()).contains(&cell.id) {
                         continue;
                     }
@@ -110,7 +124,6 @@ pub fn run(sh: &Shell, cache: &Cache, matrix: &LoadedMatrix, recipes: &[Recipe],
             });
         }
         drop(tx);
-        let mut done: Vec<(usize, CellResult)> = Vec::new();
         for (index, result) in rx {
             report::write_cell(&result)?;
             done.push((index, result));
@@ -118,10 +131,26 @@ pub fn run(sh: &Shell, cache: &Cache, matrix: &LoadedMatrix, recipes: &[Recipe],
             let ordered: Vec<CellResult> = done.iter().map(|(_, r)| r.clone()).collect();
             report::write_summary(&opts.out, &ordered, repeat > 1)?;
         }
-        Ok(done.into_iter().map(|(_, r)| r).collect())
+        Ok(())
     })?;
-    crate::process::check_interrupted()?;
-    Ok(results)
+    // Read once: the runs recorded as not started and the exit status must name the same signal.
+    let interrupted = process::interrupted();
+    if let Some(signal) = interrupted {
+        let hit_cells = hit_cells.lock().unwrap_or_else(|e| e.into_inner());
+        // A run --until-fail would have skipped was never going to start: it is no result.
+        let unstarted = queue.lock().unwrap_or_else(|e| e.into_inner()).drain(..).filter(|(_, cell, _)| !(opts.until_fail && hit_cells.contains(&cell.id))).collect::<Vec<_>>();
+        for (index, cell, run) in unstarted {
+            let mut result = planned(cell, (repeat > 1).then_some(run), opts);
+            result.verdict = Verdict::Interrupted;
+            result.reason = format!("not started: the run was interrupted by {signal}");
+            result.end = report::NOT_STARTED.to_string();
+            done.push((index, result));
+        }
+        done.sort_by_key(|(i, _)| *i);
+        let ordered: Vec<CellResult> = done.iter().map(|(_, r)| r.clone()).collect();
+        report::write_summary(&opts.out, &ordered, repeat > 1)?;
+    }
+    Ok(Finished { results: done.into_iter().map(|(_, r)| r).collect(), interrupted })
 }
 
 /// Which accelerator each cell's guest runs under: the mode asked for, each x86_64 kernel's proof
@@ -194,18 +223,13 @@ fn run_cell(cell: &Cell, run: Option<u32>, kernel: &Result<Kernel, String>, imag
     second
 }
 
-#[allow(clippy::too_many_arguments)]
-fn boot_cell(cell: &Cell, run: Option<u32>, kernel: &Result<Kernel, String>, image: &Result<Image, String>, client_key: &Path, accel: Accel, matrix: &matrix::Matrix, opts: &RunOptions, ui: &Ui) -> CellResult {
+/// A run's result before it is judged: an error until something better is known.
+fn planned(cell: &Cell, run: Option<u32>, opts: &RunOptions) -> CellResult {
     let mut dir = opts.out.join("cells").join(&cell.id);
     if let Some(n) = run {
         dir = dir.join(format!("run-{n:03}"));
     }
-    let task = match run {
-        Some(n) => format!("{} #{n}", cell.id),
-        None => cell.id.clone(),
-    };
-    let started = std::time::Instant::now();
-    let mut result = CellResult {
+    CellResult {
         id: cell.id.clone(),
         run,
         kernel: cell.kernel_name.clone(),
@@ -222,11 +246,22 @@ fn boot_cell(cell: &Cell, run: Option<u32>, kernel: &Result<Kernel, String>, ima
         end: String::new(),
         detect_s: None,
         basis: None,
-        accel,
+        accel: Accel::Tcg,
         kvm_fallback: None,
-        dir: dir.clone(),
+        dir,
         excerpt: String::new(),
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn boot_cell(cell: &Cell, run: Option<u32>, kernel: &Result<Kernel, String>, image: &Result<Image, String>, client_key: &Path, accel: Accel, matrix: &matrix::Matrix, opts: &RunOptions, ui: &Ui) -> CellResult {
+    let task = match run {
+        Some(n) => format!("{} #{n}", cell.id),
+        None => cell.id.clone(),
     };
+    let started = std::time::Instant::now();
+    let mut result = CellResult { accel, ..planned(cell, run, opts) };
+    let dir = result.dir.clone();
     ui.send(Event::Started { task: task.clone(), stage: "boot" });
     let outcome = (|| -> Result<(Boot, Option<triage::Symbols>)> {
         fs::create_dir_all(&dir)?;
@@ -248,7 +283,7 @@ fn boot_cell(cell: &Cell, run: Option<u32>, kernel: &Result<Kernel, String>, ima
         let spinning = |samples: &HostSamples| symbols.as_ref().is_none_or(|s| triage::diagnose_host(samples, s, 0).spinning());
         let watch = Watch {
             report_starts: triage::starts_report,
-            diagnosis: (opts.host_samples > 0).then(|| Diagnosis {
+            diagnosis: (opts.host_samples > 0).then_some(Diagnosis {
                 sampling: Sampling { count: opts.host_samples, interval: HOST_SAMPLE_INTERVAL },
                 ask_guest: true,
                 dump_memory: opts.dump_memory,
@@ -296,10 +331,19 @@ fn boot_cell(cell: &Cell, run: Option<u32>, kernel: &Result<Kernel, String>, ima
             result.detect_s = detection_delay(&console, &result.reports, boot.ready.as_ref().map(|r| r.at), boot.host.last());
             result.end = boot.end.name().to_string();
         }
-        Err(e) => {
-            result.reason = format!("{e:#}");
-            result.excerpt = triage::sanitize(&result.reason);
-        }
+        Err(e) => match e.downcast_ref::<Interrupted>() {
+            // Its console.log and qemu-command.sh stay; the console's tail shows how far it got.
+            Some(Interrupted(signal)) => {
+                result.verdict = Verdict::Interrupted;
+                result.reason = format!("interrupted by {signal} after {:.1}s", started.elapsed().as_secs_f64());
+                result.end = report::INTERRUPTED.to_string();
+                result.excerpt = report::excerpt(&String::from_utf8_lossy(&fs::read(dir.join("console.log")).unwrap_or_default()), &[]);
+            }
+            None => {
+                result.reason = format!("{e:#}");
+                result.excerpt = triage::sanitize(&result.reason);
+            }
+        },
     }
     result.duration_s = started.elapsed().as_secs_f64();
     ui.send(Event::Finished {

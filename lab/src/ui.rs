@@ -5,7 +5,7 @@
 //! cannot drift apart.
 
 use std::collections::HashMap;
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -131,9 +131,16 @@ impl Inner {
 
     fn plain(&self, line: &str) {
         let line = format!("[{:>7.1}s] {line}", self.start.elapsed().as_secs_f64());
+        // Not `eprintln!`, which panics when the write fails: after SIGHUP the terminal is gone and
+        // every write to it fails, yet the run must still stop its guests and write its reports.
+        let print = || {
+            let _ = writeln!(std::io::stderr(), "{line}");
+        };
         match &self.bars {
-            Some(bars) => bars.suspend(|| eprintln!("{line}")),
-            None => eprintln!("{line}"),
+            // indicatif's `suspend` panics when it cannot redraw; a hung-up terminal also stops
+            // being one (its ioctls fail), so this asks before every line.
+            Some(bars) if std::io::stderr().is_terminal() => bars.suspend(print),
+            _ => print(),
         }
     }
 }

@@ -441,35 +441,113 @@ fn a_guest_that_never_starts_under_forced_kvm_is_an_error_of_the_host() {
     }
 }
 
-#[test]
-fn ctrl_c_kills_every_qemu_and_keeps_the_results() {
-    suite();
-    let out = scratch("interrupt");
-    let mut child = lab()
-        .args(["run", "--filter", "workload=smoke", "--filter", "arch=aarch64", "--filter", "vcpus=1"])
-        .arg("--matrix")
-        .arg(matrix())
-        .arg("--out")
-        .arg(&out)
-        .spawn()
-        .unwrap();
-    let console = out.join("cells/linux-7.3-aarch64-1cpu-smoke/console.log");
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while std::fs::metadata(&console).map(|m| m.len() == 0).unwrap_or(true) {
-        assert!(Instant::now() < deadline, "the guest never started");
+/// Every process as (pid, process group, command line), from /proc.
+fn processes() -> Vec<(i32, i32, String)> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| {
+            let dir = e.ok()?.path();
+            let pid: i32 = dir.file_name()?.to_str()?.parse().ok()?;
+            // `pid (comm) state ppid pgrp ...`: comm may hold spaces and parentheses.
+            let stat = std::fs::read_to_string(dir.join("stat")).ok()?;
+            let pgid = stat.rsplit_once(") ")?.1.split_whitespace().nth(2)?.parse().ok()?;
+            let cmdline = String::from_utf8_lossy(&std::fs::read(dir.join("cmdline")).ok()?).replace('\0', " ");
+            Some((pid, pgid, cmdline))
+        })
+        .collect()
+}
+
+/// `lab run` on two aarch64 smoke cells whose workload lasts two minutes, `signal` sent to the lab
+/// once the first guest is ready: the lab exits 128+signal, its QEMU's whole process group is
+/// gone, and both reports hold both cells, the one that ran interrupted and the other not started.
+fn a_signal_mid_cell_kills_qemu_and_reports_every_cell(signal: i32, name: &str) {
+    setup();
+    let dir = scratch(&format!("signal-{name}"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let recipe = Path::new(env!("CARGO_MANIFEST_DIR")).join("../kernels/linux-7.3.yaml");
+    let matrix = dir.join("matrix.yaml");
+    std::fs::write(
+        &matrix,
+        format!(
+            "kernels:\n  - recipe: {}\narches: [aarch64]\nvcpus: [1, 2]\nworkloads:\n  - name: smoke\n    args: {{seconds: 120}}\n\
+             timeouts:\n  boot: 180\n  silence: 60\n  workload: 240\n  report_grace: 15\n",
+            recipe.display()
+        ),
+    )
+    .unwrap();
+    let out = dir.join("out");
+    let started = Instant::now();
+    let mut child = lab().arg("run").arg("--matrix").arg(&matrix).arg("--out").arg(&out).stdout(std::process::Stdio::piped()).spawn().unwrap();
+    let pid = child.id() as i32;
+    let cell = out.join("cells/linux-7.3-aarch64-1cpu-smoke");
+    // Long enough for a cold kernel build; a cached one is ready in seconds.
+    let deadline = Instant::now() + Duration::from_secs(1200);
+    while !std::fs::read_to_string(cell.join("console.log")).unwrap_or_default().contains("LAB-READY") {
+        assert!(Instant::now() < deadline, "the guest never became ready");
+        assert_eq!(child.try_wait().unwrap(), None, "lab ended before the guest was ready");
         std::thread::sleep(Duration::from_millis(50));
     }
-    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
-    let status = child.wait().unwrap();
-    assert_eq!(status.code(), Some(130));
-    let marker = out.to_string_lossy().into_owned();
-    let leftovers: Vec<String> = std::fs::read_dir("/proc")
-        .unwrap()
-        .filter_map(|e| std::fs::read(e.ok()?.path().join("cmdline")).ok())
-        .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
-        .filter(|c| c.contains("qemu-system") && c.contains(&marker))
-        .collect();
-    assert!(leftovers.is_empty(), "QEMU left behind: {leftovers:?}");
+    let ready = started.elapsed();
+    // QEMU's command line names the lab's QMP socket directory, /tmp/lab-<pid>-<n>.
+    let marker = format!("lab-{pid}-");
+    let qemu: Vec<(i32, i32, String)> = processes().into_iter().filter(|(_, _, c)| c.contains("qemu-system") && c.contains(&marker)).collect();
+    assert_eq!(qemu.len(), 1, "one QEMU runs: {qemu:?}");
+    let (qemu_pid, qemu_pgid, _) = qemu[0];
+    assert_ne!(qemu_pgid, unsafe { libc::getpgid(pid) }, "QEMU runs in a process group of its own, which a signal to the lab does not reach");
+    let signalled = Instant::now();
+    unsafe { libc::kill(pid, signal) };
+    let o = child.wait_with_output().unwrap();
+    let took = signalled.elapsed();
+    eprintln!("{name}: guest ready after {ready:.1?}, lab exited {:?} {took:.1?} after the signal", o.status.code());
+    assert_eq!(o.status.code(), Some(128 + signal), "{name}: exit status 128+signal");
+    assert!(took < Duration::from_secs(20), "{name}: {took:?} from the signal to the exit");
+    let out_dir = out.to_string_lossy().into_owned();
+    let left: Vec<(i32, i32, String)> =
+        processes().into_iter().filter(|(p, g, c)| *p == qemu_pid || *g == qemu_pgid || c.contains(&out_dir) || c.contains(&marker)).collect();
+    assert!(left.is_empty(), "{name}: QEMU's process group left behind: {left:?}");
+    let closing = String::from_utf8_lossy(&o.stdout);
+    assert!(closing.contains("2 interrupted"), "{name}: the closing line counts both cells: {closing}");
+
+    let summary: Value = serde_json::from_slice(&std::fs::read(out.join("summary.json")).expect("no summary.json")).unwrap();
+    let cells = summary["cells"].as_array().unwrap();
+    assert_eq!(cells.len(), 2, "{summary:#}");
+    let (ran, unstarted) = (&cells[0], &cells[1]);
+    assert_eq!((&ran["vcpus"], &ran["verdict"], &ran["end"]), (&Value::from(1), &Value::from("interrupted"), &Value::from("interrupted")), "{ran:#}");
+    assert!(ran["reason"].as_str().unwrap().starts_with(&format!("interrupted by {name} after ")), "{ran:#}");
+    assert_eq!((&unstarted["vcpus"], &unstarted["verdict"]), (&Value::from(2), &Value::from("interrupted")), "{unstarted:#}");
+    assert_eq!(unstarted["reason"], format!("not started: the run was interrupted by {name}"), "{unstarted:#}");
+    for kept in ["console.log", "qemu-command.sh", "result.json"] {
+        assert!(cell.join(kept).exists(), "{name}: the interrupted cell keeps its {kept}");
+    }
+    assert!(!out.join("cells/linux-7.3-aarch64-2cpu-smoke").exists(), "{name}: a cell that never started has no directory");
+
+    let junit = out.join("junit.xml");
+    let script = "import sys, xml.dom.minidom as m\n\
+        for case in m.parse(sys.argv[1]).getElementsByTagName('testcase'):\n\
+        \x20   for e in case.getElementsByTagName('error') + case.getElementsByTagName('skipped'):\n\
+        \x20       print(case.getAttribute('name'), e.tagName, e.getAttribute('type'), e.getAttribute('message'))\n";
+    let parsed = Command::new("python3").args(["-c", script]).arg(&junit).output().unwrap();
+    assert!(parsed.status.success(), "{name}: junit.xml does not parse: {}", String::from_utf8_lossy(&parsed.stderr));
+    let parsed = String::from_utf8_lossy(&parsed.stdout);
+    let lines: Vec<&str> = parsed.lines().collect();
+    assert_eq!(lines.len(), 2, "{parsed}");
+    assert!(lines[0].starts_with(&format!("1cpu-smoke error interrupted interrupted by {name} after ")), "{parsed}");
+    assert_eq!(lines[1], format!("2cpu-smoke skipped interrupted not started: the run was interrupted by {name}"), "{parsed}");
+}
+
+#[test]
+fn ctrl_c_kills_every_qemu_and_reports_every_cell() {
+    a_signal_mid_cell_kills_qemu_and_reports_every_cell(libc::SIGINT, "SIGINT");
+}
+
+#[test]
+fn sigterm_from_a_ci_runner_kills_every_qemu_and_reports_every_cell() {
+    a_signal_mid_cell_kills_qemu_and_reports_every_cell(libc::SIGTERM, "SIGTERM");
+}
+
+#[test]
+fn sighup_from_a_closed_terminal_kills_every_qemu_and_reports_every_cell() {
+    a_signal_mid_cell_kills_qemu_and_reports_every_cell(libc::SIGHUP, "SIGHUP");
 }
 
 #[test]
