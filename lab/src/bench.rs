@@ -242,7 +242,7 @@ fn symbolize_throughput(sh: &Shell, vmlinux: &Path) -> Result<ExitCode> {
     // powerpc instructions start (a real frame is never inside an instruction).
     let frames: Vec<(&str, u64, u64)> = (0..SYMBOLIZE_FRAMES)
         .map(|i| functions[i * functions.len() / SYMBOLIZE_FRAMES])
-        .map(|(name, address, size)| (name, address, size / 2 & !3))
+        .map(|(name, address, size)| (name, address, (size / 2) & !3))
         .collect();
     let lookup_all = || -> f64 {
         let start = Instant::now();

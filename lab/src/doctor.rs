@@ -133,7 +133,7 @@ pub fn checks(sh: &Shell, cache: &Cache) -> Vec<Check> {
         what: format!("free space under {}", cache.root().display()),
         ok: free.is_some_and(|f| f >= MIN_FREE_GIB),
         detail: free.map(|f| format!("{f} GiB free (needs {MIN_FREE_GIB})")).unwrap_or_else(|| "unknown".into()),
-        fix: Some(format!("free space there, or point the cache elsewhere: --cache-dir DIR or LAB_CACHE_DIR=DIR ({MIN_FREE_GIB} GiB)")).filter(|_| !free.is_some_and(|f| f >= MIN_FREE_GIB)),
+        fix: Some(format!("free space there, or point the cache elsewhere: --cache-dir DIR or LAB_CACHE_DIR=DIR ({MIN_FREE_GIB} GiB)")).filter(|_| free.is_none_or(|f| f < MIN_FREE_GIB)),
     });
     let tcg = probe_boots(cache, &["-accel", "tcg"], std::time::Duration::from_secs(30));
     checks.push(Check {
@@ -162,7 +162,7 @@ pub fn checks(sh: &Shell, cache: &Cache) -> Vec<Check> {
 fn free_gib(path: &Path) -> Option<u64> {
     let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).ok()?;
     let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
-    (unsafe { libc::statvfs(c.as_ptr(), &mut st) } == 0).then(|| st.f_bavail as u64 * st.f_frsize as u64 >> 30)
+    (unsafe { libc::statvfs(c.as_ptr(), &mut st) } == 0).then(|| (st.f_bavail as u64 * st.f_frsize as u64) >> 30)
 }
 
 pub fn setup(sh: &Shell, dry_run: bool) -> Result<String> {

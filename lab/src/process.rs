@@ -171,7 +171,7 @@ pub fn first_error(log: &str) -> String {
     let is_error = |l: &&str| {
         l.contains(": error:") || l.contains(": fatal error:") || l.contains("undefined reference") || l.starts_with("make") && l.contains("***")
     };
-    let start = lines.iter().position(|l| is_error(l)).unwrap_or(lines.len().saturating_sub(15));
+    let start = lines.iter().position(is_error).unwrap_or(lines.len().saturating_sub(15));
     lines[start..].iter().take(12).map(|l| format!("    {l}")).collect::<Vec<_>>().join("\n")
 }
 

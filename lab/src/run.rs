@@ -179,7 +179,7 @@ fn run_cell(cell: &Cell, run: Option<u32>, kernel: &Result<Kernel, String>, imag
         let spinning = |samples: &HostSamples| symbols.as_ref().is_none_or(|s| triage::diagnose_host(samples, s, 0).spinning());
         let watch = Watch {
             report_starts: triage::starts_report,
-            diagnosis: (opts.host_samples > 0).then(|| Diagnosis {
+            diagnosis: (opts.host_samples > 0).then_some(Diagnosis {
                 sampling: Sampling { count: opts.host_samples, interval: HOST_SAMPLE_INTERVAL },
                 ask_guest: true,
                 dump_memory: opts.dump_memory,
@@ -271,6 +271,7 @@ const FOREVER_S: u64 = 10 * 365 * 24 * 3600;
 
 /// Boots `cell`'s kernel and image for a person at the terminal; returns the exit status to give
 /// (the command's or the shell's, 0 for a guest that powered off).
+#[allow(clippy::too_many_arguments)]
 pub fn hold(sh: &Shell, cache: &Cache, loaded: &LoadedMatrix, recipes: &[Recipe], cell: &Cell, build: &BuildOptions, images_dir: &Path, out: &Path, what: Hold, ui: &Ui) -> Result<i32> {
     let kernel = kernel::build(sh, cache, &recipes[cell.kernel], cell.arch, build, ui)?;
     let base = image::build(sh, cache, images_dir, cell.arch, ui)?;

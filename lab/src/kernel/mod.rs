@@ -213,7 +213,7 @@ fn build_inner(sh: &Shell, cache: &Cache, recipe: &Recipe, arch: Arch, opts: &Bu
         ui.send(Event::Output { task: task.to_string(), line: line.to_string() });
         if line.starts_with("  CC") || line.starts_with("  LD") || line.starts_with("  AR") {
             compiled += 1;
-            if compiled % 50 == 0 {
+            if compiled.is_multiple_of(50) {
                 ui.send(Event::Progress { task: task.to_string(), message: format!("make {target}: {compiled} steps: {}", line.trim()) });
             }
         }
