@@ -77,7 +77,8 @@ enum Command {
     Run {
         #[command(flatten)]
         select: Select,
-        /// Output directory (must be new or empty; default: lab-out/run-<time>).
+        /// Output directory (must be new or empty; default: lab-out/<UTC start time>, e.g.
+        /// lab-out/2026-12-05T07-16-11).
         #[arg(long, value_name = "DIR")]
         out: Option<PathBuf>,
         /// Cells booted at once. Under TCG each vCPU is a host thread: on a 2-core host keep 1.
@@ -238,7 +239,7 @@ struct Select {
 struct HoldArgs {
     #[command(flatten)]
     select: Select,
-    /// Where the cell's files go (default: lab-out/run-<time>).
+    /// Where the cell's files go (default: lab-out/<UTC start time>, e.g. lab-out/2026-12-05T07-16-11).
     #[arg(long, value_name = "DIR")]
     out: Option<PathBuf>,
     #[command(flatten)]
