@@ -278,8 +278,18 @@ fn load(select: &Select) -> Result<Loaded> {
     let path = select.matrix.clone().unwrap_or_else(|| Path::new(PROJECT_DIR).join("matrix.yaml"));
     let programs = image::workload_programs(&images_dir())?;
     let matrix = matrix::load(&path, &programs)?;
-    let recipes = matrix.recipe_paths().iter().map(|p| kernel::recipe::load(p)).collect::<Result<Vec<_>>>()?;
+    let recipes = matrix
+        .recipe_paths()
+        .iter()
+        .enumerate()
+        .map(|(i, p)| kernel::recipe::load(p).with_context(|| matrix.at(&matrix::node!["kernels", i, "recipe"])))
+        .collect::<Result<Vec<_>>>()?;
     let names: Vec<String> = recipes.iter().map(|r| r.name.clone()).collect();
+    // Cells are named by recipe name: two recipes of one name would run under one cell id.
+    if let Some((i, j)) = (0..names.len()).find_map(|i| names[..i].iter().position(|n| *n == names[i]).map(|j| (i, j))) {
+        let at = matrix.at(&matrix::node!["kernels", i, "recipe"]);
+        anyhow::bail!("{at}: kernel recipe `{}` has the name of kernel {} (`{}`): give each its own `name`", names[i], j + 1, matrix.matrix.kernels[j].recipe.display());
+    }
     let cells = plan::cells(&matrix.matrix, &names, &select.filter)?;
     Ok(Loaded { matrix, recipes, cells })
 }
