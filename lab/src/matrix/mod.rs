@@ -33,6 +33,24 @@ pub struct Matrix {
     /// Extra kernel parameters for every cell.
     #[serde(default)]
     pub cmdline: Vec<String>,
+    #[serde(default)]
+    #[cfg_attr(not(test), expect(dead_code, reason = "parsed ahead of `run`, which picks the accelerator in a change of its own"))]
+    pub accel: AccelMode,
+}
+
+/// How guests are accelerated (`accel:` in the matrix, `--accel` on the command line).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum AccelMode {
+    /// KVM for x86_64 guests, but only after a Linux guest booted under it on this host (a
+    /// `/dev/kvm` that opens can still fail to run a guest); TCG otherwise and for other arches.
+    #[default]
+    Auto,
+    /// Always TCG: the same speed everywhere, e.g. to compare timings between hosts.
+    Tcg,
+    /// KVM for x86_64 guests without the boot probe (the host is known to be good); other
+    /// arches always run under TCG.
+    Kvm,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -386,5 +404,14 @@ workloads:
         check_err(&format!("{GOOD}timeouts: {{boot: -1}}\n"), "15:18", &["timeouts.boot: invalid type: integer `-1`"]);
         check_err(&format!("{GOOD}memory_mib: 64\n"), "15:13", &["memory_mib 64 is out of range"]);
         check_err(&format!("{GOOD}memory_mib: 16385\n"), "15:13", &["memory_mib 16385 is out of range"]);
+        check_err(&format!("{GOOD}accel: hvf\n"), "15:8", &["unknown variant `hvf`, expected one of `auto`, `tcg`, `kvm`"]);
+    }
+
+    #[test]
+    fn accel_is_auto_unless_set() {
+        let accel = |line: &str| parse(&format!("{GOOD}{line}"), &programs()).unwrap().accel;
+        assert_eq!(accel(""), AccelMode::Auto);
+        assert_eq!(accel("accel: tcg\n"), AccelMode::Tcg);
+        assert_eq!(accel("accel: kvm\n"), AccelMode::Kvm);
     }
 }
