@@ -81,7 +81,8 @@ enum Command {
     Run {
         #[command(flatten)]
         select: Select,
-        /// Output directory (must be new or empty; default: lab-out/run-<time>).
+        /// Output directory (must be new or empty; default: lab-out/<UTC start time>, e.g.
+        /// lab-out/2026-12-05T07-16-11).
         #[arg(long, value_name = "DIR")]
         out: Option<PathBuf>,
         /// Cells booted at once. Under TCG each vCPU is a host thread: on a 2-core host keep 1.
@@ -266,7 +267,7 @@ struct HoldArgs {
     select: Select,
     #[command(flatten)]
     accel: AccelArg,
-    /// Where the cell's files go (default: lab-out/run-<time>).
+    /// Where the cell's files go (default: lab-out/<UTC start time>, e.g. lab-out/2026-12-05T07-16-11).
     #[arg(long, value_name = "DIR")]
     out: Option<PathBuf>,
     #[command(flatten)]
@@ -305,8 +306,18 @@ fn load(select: &Select) -> Result<Loaded> {
     let path = select.matrix.clone().unwrap_or_else(|| Path::new(PROJECT_DIR).join("matrix.yaml"));
     let programs = image::workload_programs(&images_dir())?;
     let matrix = matrix::load(&path, &programs)?;
-    let recipes = matrix.recipe_paths().iter().map(|p| kernel::recipe::load(p)).collect::<Result<Vec<_>>>()?;
+    let recipes = matrix
+        .recipe_paths()
+        .iter()
+        .enumerate()
+        .map(|(i, p)| kernel::recipe::load(p).with_context(|| matrix.at(&matrix::node!["kernels", i, "recipe"])))
+        .collect::<Result<Vec<_>>>()?;
     let names: Vec<String> = recipes.iter().map(|r| r.name.clone()).collect();
+    // Cells are named by recipe name: two recipes of one name would run under one cell id.
+    if let Some((i, j)) = (0..names.len()).find_map(|i| names[..i].iter().position(|n| *n == names[i]).map(|j| (i, j))) {
+        let at = matrix.at(&matrix::node!["kernels", i, "recipe"]);
+        anyhow::bail!("{at}: kernel recipe `{}` has the name of kernel {} (`{}`): give each its own `name`", names[i], j + 1, matrix.matrix.kernels[j].recipe.display());
+    }
     let cells = plan::cells(&matrix.matrix, &names, &select.filter)?;
     Ok(Loaded { matrix, recipes, cells })
 }

@@ -554,25 +554,47 @@ fn sighup_from_a_closed_terminal_kills_every_qemu_and_reports_every_cell() {
 fn bad_input_exits_2_with_one_clear_message_and_no_output() {
     let dir = scratch("bad-input");
     std::fs::create_dir_all(&dir).unwrap();
-    let typo = dir.join("typo.yaml");
-    std::fs::write(&typo, std::fs::read_to_string(matrix()).unwrap().replace("arches:", "archs:")).unwrap();
+    // Bad matrices, each with where and what the error must say: `FILE:LINE:COLUMN: message`.
+    let base = "kernels: [{recipe: kernels/nosuch.yaml}]\narches: [x86_64]\nvcpus: [1]\nworkloads: [{name: smoke}]\n";
+    let nosuch = dir.join("kernels/nosuch.yaml");
+    let bad_matrices = [
+        ("typo", std::fs::read_to_string(matrix()).unwrap().replace("arches:", "archs:"), "6:1: unknown field `archs`".to_string()),
+        ("zero-timeouts", format!("{base}timeouts: {{boot: 0, silence: 0, workload: 0, report_grace: 0}}\n"), "5:18: timeouts.boot 0 is out of range".to_string()),
+        ("zero-vcpus", base.replace("[1]", "[1, 0]"), "3:12: vcpus 0 is out of range: use 1 to 32".to_string()),
+        ("no-program", base.replace("smoke}]", "smoke}, {name: other, program: nosuch}]"), "4:51: workload `other` runs program `nosuch`, which is not in images/workloads/".to_string()),
+        ("no-recipe", base.to_string(), format!("1:20: cannot read kernel recipe {}: No such file or directory", nosuch.display())),
+    ];
     let out_dir = dir.join("out");
     let out_arg = out_dir.to_str().unwrap();
+    let mut cases: Vec<(Vec<String>, String)> = Vec::new();
+    for (name, text, expect) in bad_matrices {
+        let file = dir.join(format!("{name}.yaml"));
+        std::fs::write(&file, text).unwrap();
+        let file = file.to_str().unwrap().to_string();
+        cases.push((vec!["run".into(), "--out".into(), out_arg.into(), "--matrix".into(), file.clone()], format!("lab: error: {file}:{expect}")));
+    }
     for (args, expect) in [
-        (vec!["run", "--out", out_arg, "--matrix", typo.to_str().unwrap()], "unknown field `archs`"),
         (vec!["run", "--out", out_arg, "--matrix", "/nonexistent.yaml"], "cannot read matrix file /nonexistent.yaml"),
         (vec!["run", "--out", out_arg, "--filter", "arch=arm64"], "unknown architecture `arm64`"),
         (vec!["run", "--out", out_arg, "--filter", "cpu=4"], "unknown filter key `cpu`"),
         (vec!["build", "--recipe", "/nonexistent.yaml"], "cannot read kernel recipe"),
     ] {
+        cases.push((args.into_iter().map(String::from).collect(), expect.to_string()));
+    }
+    for (args, expect) in cases {
         let out = lab().args(&args).output().unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
-        assert!(stderr.contains(expect), "{args:?}: {stderr}");
+        assert!(stderr.contains(&expect), "{args:?}: `{stderr}` lacks `{expect}`");
+        assert_eq!(stderr.matches("error:").count(), 1, "{args:?}: not one message: {stderr}");
         assert!(!out_dir.exists(), "{args:?} left output behind");
     }
-    let line = lab().args(["run", "--matrix"]).arg(&typo).output().unwrap();
-    assert!(String::from_utf8_lossy(&line.stderr).contains("line 6"), "YAML errors carry the line");
+    // Without --out, nothing under the default lab-out/ either.
+    let cwd = dir.join("cwd");
+    std::fs::create_dir_all(&cwd).unwrap();
+    let out = lab().current_dir(&cwd).args(["run", "--matrix"]).arg(dir.join("zero-timeouts.yaml")).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(!cwd.join("lab-out").exists(), "a bad matrix created lab-out/");
 }
 
 fn data(name: &str) -> PathBuf {
