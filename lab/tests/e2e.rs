@@ -400,7 +400,7 @@ fn doctor_says_what_kvm_proved_by_booting_linux_and_that_tcg_works() {
     assert!(text.lines().any(|l| l.starts_with("ok") && l.contains("TCG boots a test guest")), "{text}");
     let kvm = text.lines().find(|l| l.contains("accelerator for x86_64 guests")).unwrap_or_else(|| panic!("{text}"));
     // The suite built an x86_64 kernel: doctor boots it, so its answer rests on Linux, not a boot sector.
-    let proven = ["/dev/kvm does not exist", "a boot sector printed nothing", "a Linux guest (linux-7.3 x86_64) under -accel kvm -cpu host"];
+    let proven = ["/dev/kvm does not exist", "a boot sector printed nothing", "a Linux guest ("];
     assert!(proven.iter().any(|p| kvm.contains(p)), "{kvm}");
     assert!(kvm.ends_with("x86_64 runs under TCG") || kvm.contains("reached its ready line"), "{kvm}");
 }
