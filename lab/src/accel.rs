@@ -98,6 +98,8 @@ pub fn prove_kvm(cache: &Cache, guest: &ProbeGuest) -> Result<KvmProof> {
         return Ok(proof);
     }
     let proof = match crate::doctor::probe_boots(cache, &["-accel", "kvm", "-cpu", "host"], PROBE_DEADLINE) {
+        // A signal is no answer: it must neither be cached nor read as a broken KVM.
+        Err(e) if e.downcast_ref::<crate::process::Interrupted>().is_some() => return Err(e),
         Err(e) => KvmProof::refused(format!("a boot sector printed nothing under -accel kvm -cpu host: {e:#}")),
         Ok(()) => boot_linux(guest)?,
     };
