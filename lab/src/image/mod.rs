@@ -48,7 +48,7 @@ pub struct Image {
     pub key: String,
     pub initramfs: PathBuf,
     pub programs: Vec<String>,
-    pub ssh: GuestSsh,
+    pub ssh: SshIdentity,
     #[serde(skip)]
     pub cached: bool,
 }
@@ -56,7 +56,7 @@ pub struct Image {
 /// How to log into a guest booted from the image (with a NIC: `vm::Machine::ssh_port`): as `user`,
 /// with the lab's client key (`ssh_keys::client_key`), to a server that must present `host_key`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct GuestSsh {
+pub struct SshIdentity {
     /// The server's public host key, type and base64 as in an OpenSSH public key line
     /// (`ssh-ed25519 AAAAC3...`): a known_hosts line is `[127.0.0.1]:PORT <host_key>`.
     pub host_key: String,
@@ -168,7 +168,7 @@ fn build_inner(sh: &Shell, cache: &Cache, images_dir: &Path, arch: Arch) -> Resu
         key,
         initramfs: dir.join("initramfs.cpio"),
         programs: workloads.into_iter().map(|(n, _)| n).collect(),
-        ssh: GuestSsh { host_key: host_key_public, user: "root".into() },
+        ssh: SshIdentity { host_key: host_key_public, user: "root".into() },
         cached: false,
     };
     fs::write(tmp.join("image.json"), serde_json::to_string_pretty(&image)?)?;

@@ -68,8 +68,9 @@ struct TarballSource {
     path: PathBuf,
 }
 
+/// Where a recipe's kernel tree comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Source {
+pub enum TreeSource {
     /// A Debian `linux-source-X.Y` package, fetched with a private apt configuration.
     Debian {
         package: String,
@@ -94,7 +95,7 @@ fn default_mirror() -> String {
 pub struct Recipe {
     pub name: String,
     pub description: String,
-    pub source: Source,
+    pub source: TreeSource,
     pub patches: Vec<Patch>,
     pub base_config: String,
     fragments: Vec<Fragment>,
@@ -162,10 +163,10 @@ fn resolve(file: RecipeFile, path: &Path, depth: usize) -> Result<Recipe> {
     };
     let source = match source_file {
         SourceFile { debian: Some(d), git: None, tarball: None } => {
-            Source::Debian { package: d.package, suite: d.suite, mirror: d.mirror, version: d.version }
+            TreeSource::Debian { package: d.package, suite: d.suite, mirror: d.mirror, version: d.version }
         }
-        SourceFile { debian: None, git: Some(g), tarball: None } => Source::Git { repo: existing(dir, &g.repo)?, git_ref: g.git_ref },
-        SourceFile { debian: None, git: None, tarball: Some(t) } => Source::Tarball { path: existing(dir, &t.path)? },
+        SourceFile { debian: None, git: Some(g), tarball: None } => TreeSource::Git { repo: existing(dir, &g.repo)?, git_ref: g.git_ref },
+        SourceFile { debian: None, git: None, tarball: Some(t) } => TreeSource::Tarball { path: existing(dir, &t.path)? },
         _ => bail!("`source` must name exactly one of `debian`, `git`, `tarball`"),
     };
     let read_fragments = |paths: &[PathBuf]| -> Result<Vec<Fragment>> {

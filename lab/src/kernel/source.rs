@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use xshell::{cmd, Shell};
 
-use super::recipe::Source;
+use super::recipe::TreeSource;
 use crate::apt;
 use crate::cache::{self, Cache};
 
@@ -25,10 +25,10 @@ enum Unpack {
     Tarball(PathBuf),
 }
 
-pub fn fetch(sh: &Shell, cache: &Cache, source: &Source) -> Result<Fetched> {
+pub fn fetch(sh: &Shell, cache: &Cache, source: &TreeSource) -> Result<Fetched> {
     match source {
-        Source::Debian { package, suite, mirror, version } => debian(sh, cache, package, suite, mirror, version.as_deref()),
-        Source::Git { repo, git_ref } => {
+        TreeSource::Debian { package, suite, mirror, version } => debian(sh, cache, package, suite, mirror, version.as_deref()),
+        TreeSource::Git { repo, git_ref } => {
             let spec = format!("{git_ref}^{{commit}}");
             let commit = cmd!(sh, "git -C {repo} rev-parse --verify --quiet {spec}")
                 .quiet()
@@ -36,7 +36,7 @@ pub fn fetch(sh: &Shell, cache: &Cache, source: &Source) -> Result<Fetched> {
                 .with_context(|| format!("`{git_ref}` is not a commit in the git repository {}", repo.display()))?;
             Ok(Fetched { id: format!("git:{commit}"), what: Unpack::Git { repo: repo.clone(), commit } })
         }
-        Source::Tarball { path } => {
+        TreeSource::Tarball { path } => {
             let digest = cache::sha256_file(path)?;
             Ok(Fetched { id: format!("tarball:sha256:{digest}"), what: Unpack::Tarball(path.clone()) })
         }
