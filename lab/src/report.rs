@@ -34,6 +34,26 @@ pub enum Verdict {
     Interrupted,
 }
 
+impl Verdict {
+    /// Its name in `result.json` and `summary.json`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Verdict::Pass => "pass",
+            Verdict::Fail => "fail",
+            Verdict::Error => "error",
+            Verdict::Timeout => "timeout",
+            Verdict::Skip => "skip",
+            Verdict::Interrupted => "interrupted",
+        }
+    }
+}
+
+impl std::fmt::Display for Verdict {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 /// The `end` of a cell that a signal kept from starting (it has no directory), and of one that a
 /// signal stopped.
 pub const NOT_STARTED: &str = "not-started";
@@ -285,6 +305,14 @@ pub fn tally(results: &[CellResult]) -> BTreeMap<&'static str, usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_verdict_is_named_as_the_reports_name_it() {
+        use Verdict::*;
+        for verdict in [Pass, Fail, Error, Timeout, Skip, Interrupted] {
+            assert_eq!(serde_json::to_value(verdict).unwrap(), verdict.to_string(), "{verdict:?}");
+        }
+    }
 
     fn cell(verdict: Verdict, reason: &str, excerpt: &str) -> CellResult {
         CellResult {
