@@ -27,6 +27,7 @@ use crate::arch::Arch;
 use crate::cache::Cache;
 use crate::kernel::{self, BuildOptions};
 use crate::process::Group;
+use crate::run::guest::{self, Detectors, Guest, Init};
 use crate::ui::Ui;
 use crate::vm::{self, Accel, Deadlines, Machine};
 
@@ -62,6 +63,7 @@ pub struct BenchArgs {
 }
 
 const VCPUS: [u32; 3] = [1, 2, 4];
+const MEMORY_MIB: u32 = 512;
 
 pub fn run(sh: &Shell, cache: &Cache, args: &BenchArgs, ui: &Ui, project: &Path) -> Result<ExitCode> {
     if args.stuck {
@@ -106,15 +108,15 @@ pub fn run(sh: &Shell, cache: &Cache, args: &BenchArgs, ui: &Ui, project: &Path)
     for k in &kernels {
         let image = crate::image::build(sh, cache, &project.join("images"), k.arch, ui)?;
         let accel = bench_accel(cache, args, k, &image)?;
-        let credentials = crate::run::credentials(&image, &client_key.private);
         for vcpus in VCPUS {
             // The init holds; the lab logs in, runs the smoke workload for a second and powers off.
-            let cmdline = format!("console={} panic=-1 {} lab.hold=1", k.arch.console(), k.arch.kernel_params().join(" "));
-            let machine = Machine { arch: k.arch, accel, vcpus, memory_mib: 512, kernel: &k.image, initramfs: Some(&image.initramfs), cmdline: &cmdline, ssh_port: None };
+            let cmdline = guest::cmdline(k.arch, Detectors::Default, Init::Hold, &[]);
+            let guest = Guest { kernel: k, image: &image, vcpus, memory_mib: MEMORY_MIB, cmdline };
+            let machine = guest.machine(accel);
             let (mut bare, mut lab, mut login) = (Vec::new(), Vec::new(), Vec::new());
             for _ in 0..args.runs {
                 bare.push(bare_boot(&Machine { ssh_port: Some(vm::qemu::free_local_port()?), ..machine.clone() })?);
-                let (ready, ssh) = lab_boot(&machine, &credentials, cache)?;
+                let (ready, ssh) = lab_boot(&machine, &image, &client_key.private, cache)?;
                 lab.push(ready);
                 login.push(ssh);
             }
@@ -130,7 +132,7 @@ pub fn run(sh: &Shell, cache: &Cache, args: &BenchArgs, ui: &Ui, project: &Path)
 /// What `kernel`'s guests run under (`--accel`, default auto), said on stderr beside the tables.
 fn bench_accel(cache: &Cache, args: &BenchArgs, kernel: &kernel::Kernel, image: &crate::image::Image) -> Result<Accel> {
     let mode = args.accel.resolve(crate::accel::AccelMode::Auto)?;
-    let (accel, proof) = crate::accel::for_guest(cache, mode, kernel.arch, &crate::run::probe_guest(kernel, image))?;
+    let (accel, proof) = crate::accel::for_guest(cache, mode, kernel.arch, &guest::probe_guest(kernel, image))?;
     eprintln!("lab bench: {} guests under {accel:?}{}", kernel.arch, proof.map(|p| format!(" ({})", p.verdict())).unwrap_or_default());
     Ok(accel)
 }
@@ -160,18 +162,20 @@ fn bare_boot(machine: &Machine) -> Result<f64> {
     Ok(start.elapsed().as_secs_f64())
 }
 
+/// The lab's deadlines for a guest that only boots, logs in and runs the smoke workload.
+const BOOT_DEADLINES: Deadlines = Deadlines { boot: 300, silence: 120, workload: 120, report_grace: 5 };
+
 /// The lab's VM stage, timed from the call to the moment it hands over the ready line, and to its
 /// first login over SSH.
-fn lab_boot(machine: &Machine, credentials: &vm::ssh::Credentials, cache: &Cache) -> Result<(f64, f64)> {
+fn lab_boot(machine: &Machine, image: &crate::image::Image, client_key: &Path, cache: &Cache) -> Result<(f64, f64)> {
     let dir = cache.dir("bench")?.join(format!("boot-{}-{}", machine.arch, machine.vcpus));
     std::fs::create_dir_all(&dir)?;
-    let deadlines = Deadlines { boot: 300, silence: 120, workload: 120, report_grace: 5 };
+    let smoke = guest::workload_command("smoke", &[("seconds".into(), "1".into())]);
+    let ssh = guest::ssh(image, client_key, guest::command("smoke", smoke, false));
+    let watch = guest::watch(None);
     let start = Instant::now();
     let (mut ready, mut login) = (None, None);
-    let watch = vm::Watch { report_starts: crate::triage::starts_report, diagnosis: None };
-    let smoke = vm::SshWorkload { name: "smoke".into(), command: "LAB_CPUS=$(nproc) /lab/workloads/smoke --seconds=1".into(), interactive: false, fetch: Vec::new() };
-    let ssh = vm::GuestSsh { credentials: credentials.clone(), task: vm::SshTask::Run(smoke) };
-    vm::boot(machine, &dir, deadlines, &watch, Some(&ssh), |seen| match seen {
+    vm::boot(machine, &dir, BOOT_DEADLINES, &watch, Some(&ssh), |seen| match seen {
         vm::Seen::Console(line) if ready.is_none() && line.contains("LAB-READY") => ready = Some(start.elapsed().as_secs_f64()),
         vm::Seen::SshReady { .. } => login = Some(start.elapsed().as_secs_f64()),
         _ => {}
@@ -307,6 +311,9 @@ fn symbolize_throughput(sh: &Shell, vmlinux: &Path) -> Result<ExitCode> {
 
 /// Seconds of console silence after which the stuck bench diagnoses (or kills) the guest.
 const STUCK_SILENCE: u64 = 20;
+const STUCK_DEADLINES: Deadlines = Deadlines { boot: 300, silence: STUCK_SILENCE, workload: 300, report_grace: 15 };
+/// Host samples of the hung guest before the NMI.
+const STUCK_SAMPLES: u32 = 8;
 
 fn stuck(sh: &Shell, cache: &Cache, args: &BenchArgs, ui: &Ui, project: &Path) -> Result<ExitCode> {
     let (recipe, arches, opts) = subject(args, project, "kernels/linux-7.3-mmcid-no-transit.yaml")?;
@@ -320,12 +327,10 @@ fn stuck(sh: &Shell, cache: &Cache, args: &BenchArgs, ui: &Ui, project: &Path) -
         let image = crate::image::build(sh, cache, &project.join("images"), arch, ui)?;
         let symbols = crate::triage::Symbols::load(&k.system_map())?;
         let accel = bench_accel(cache, args, &k, &image)?;
-        let cmdline = format!(
-            "console={} panic=-1 {} nowatchdog rcupdate.rcu_cpu_stall_suppress=1 lab.workload=mmcid-churn lab.arg.seconds=60",
-            arch.console(),
-            arch.kernel_params().join(" ")
-        );
-        let machine = Machine { arch, accel, vcpus: 4, memory_mib: 512, kernel: &k.image, initramfs: Some(&image.initramfs), cmdline: &cmdline, ssh_port: None };
+        let churn = Init::Run("mmcid-churn", vec![("seconds".into(), "60".into())]);
+        let cmdline = guest::cmdline(arch, Detectors::Off, churn, &[]);
+        let guest = Guest { kernel: &k, image: &image, vcpus: 4, memory_mib: MEMORY_MIB, cmdline };
+        let machine = guest.machine(accel);
         let hangs: Vec<Hang> = (0..args.runs).map(|run| stuck_boot(&machine, cache, &symbols, run)).collect::<Result<Vec<_>>>()?.into_iter().flatten().collect();
         let column = |f: fn(&Hang) -> f64, digits: usize| {
             let mut v: Vec<f64> = hangs.iter().map(f).collect();
@@ -372,13 +377,10 @@ struct Hang {
 fn stuck_boot(machine: &Machine, cache: &Cache, symbols: &crate::triage::Symbols, run: usize) -> Result<Option<Hang>> {
     let dir = cache.dir("bench")?.join(format!("stuck-{}-{run}", machine.arch));
     std::fs::create_dir_all(&dir)?;
-    let deadlines = Deadlines { boot: 300, silence: STUCK_SILENCE, workload: 300, report_grace: 15 };
-    let spinning = |samples: &vm::HostSamples| crate::triage::diagnose_host(samples, symbols, 0).spinning();
-    let sampling = vm::Sampling { count: 8, interval: Duration::from_millis(500) };
-    let diagnosis = vm::Diagnosis { sampling, ask_guest: true, dump_memory: false, spinning: &spinning };
-    let watch = vm::Watch { report_starts: crate::triage::starts_report, diagnosis: Some(diagnosis) };
+    let spinning = |samples: &_| guest::spinning(Some(symbols), samples);
+    let watch = guest::watch(guest::diagnosis(STUCK_SAMPLES, false, &spinning));
     let start = Instant::now();
-    let boot = vm::boot(machine, &dir, deadlines, &watch, None, |_| {})?;
+    let boot = vm::boot(machine, &dir, STUCK_DEADLINES, &watch, None, |_| {})?;
     let total = start.elapsed().as_secs_f64();
     let Some(samples) = boot.host.last().filter(|_| boot.end == vm::End::Silent) else {
         return Ok(None);

@@ -265,7 +265,7 @@ fn kvm_proof(sh: &Shell, cache: &Cache, images_dir: &Path, ui: &Ui) -> Result<St
         });
     };
     let image = crate::image::build(sh, cache, images_dir, Arch::X86_64, ui)?;
-    let proof = crate::accel::prove_kvm(cache, &crate::run::probe_guest(&kernel, &image))?;
+    let proof = crate::accel::prove_kvm(cache, &crate::run::guest::probe_guest(&kernel, &image))?;
     Ok(proof.verdict())
 }
 

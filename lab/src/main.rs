@@ -339,7 +339,33 @@ fn hold_cell(sh: &Shell, cache: &Cache, ui: &Ui, cell: &str, args: HoldArgs, wha
         }
         None => run::default_out(Path::new("lab-out")),
     };
-    let code = run::hold(sh, cache, &loaded.matrix, &loaded.recipes, found, &args.build.options(), &images_dir(), &out, what, accel, ui)?;
+    let images = images_dir();
+    let setup = run::HoldSetup {
+        matrix: &loaded.matrix.matrix,
+        recipes: &loaded.recipes,
+        cell: found,
+        build: args.build.options(),
+        images_dir: &images,
+        out: &out,
+        accel,
+    };
+    // Console text reaches the terminal sanitized; the command's own output as it wrote it.
+    let code = run::hold(sh, cache, &setup, what, ui, |event| match event {
+        run::HoldEvent::KvmVerdict(verdict) => eprintln!("lab: {verdict}"),
+        run::HoldEvent::Booting { console, qmp } => {
+            eprintln!("lab: booting {} (console: {}; QMP: {})", found.id, console.display(), qmp.display())
+        }
+        run::HoldEvent::Console(line) => println!("{}", triage::sanitize(line)),
+        run::HoldEvent::SshReady { machine, cpus, after_s, ssh_command } => {
+            let cpus = cpus.map_or("?".to_string(), |n| n.to_string());
+            let ssh = ssh_command.display();
+            eprintln!("lab: {machine} guest with {cpus} CPUs, SSH ready after {after_s:.1}s: {ssh}; Ctrl-C stops it");
+        }
+        run::HoldEvent::Workload(line) => println!("{line}"),
+        run::HoldEvent::Stderr(bytes) => {
+            let _ = std::io::stderr().write_all(bytes);
+        }
+    })?;
     Ok(ExitCode::from(code.clamp(0, 255) as u8))
 }
 
