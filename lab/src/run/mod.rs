@@ -274,6 +274,7 @@ fn planned(cell: &Cell, run: Option<u32>, opts: &RunOptions) -> CellResult {
     }
 }
 
+/// One boot of `cell` under `accel`: a result whatever happens, its files in the cell's directory.
 fn boot_cell(ctx: &Prepared, cell: &Cell, run: Option<u32>, accel: Accel) -> CellResult {
     let (matrix, opts, ui) = (ctx.matrix, ctx.opts, ctx.ui);
     let kernel = &ctx.kernels[&(cell.kernel, cell.arch)];
