@@ -373,7 +373,7 @@ fn stuck_boot(machine: &Machine, cache: &Cache, symbols: &crate::triage::Symbols
     let dir = cache.dir("bench")?.join(format!("stuck-{}-{run}", machine.arch));
     std::fs::create_dir_all(&dir)?;
     let deadlines = Deadlines { boot: 300, silence: STUCK_SILENCE, workload: 300, report_grace: 15 };
-    let spinning = |samples: &vm::HostSamples| crate::triage::diagnose_host(samples, symbols, 0).spinning();
+    let spinning = |samples: &crate::triage::HostSamples| crate::triage::diagnose_host(samples, symbols, 0).spinning();
     let sampling = vm::Sampling { count: 8, interval: Duration::from_millis(500) };
     let diagnosis = vm::Diagnosis { sampling, ask_guest: true, dump_memory: false, spinning: &spinning };
     let watch = vm::Watch { report_starts: crate::triage::starts_report, diagnosis: Some(diagnosis) };

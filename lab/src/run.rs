@@ -21,9 +21,9 @@ use crate::matrix::{self, LoadedMatrix, Timeouts, Via};
 use crate::plan::Cell;
 use crate::process::{self, Interrupted, Signal};
 use crate::report::{self, CellResult, Verdict};
-use crate::triage::{self, Kind, Missing, Report, Source};
+use crate::triage::{self, HostSamples, Kind, Missing, Report, Source};
 use crate::ui::{Event, Ui};
-use crate::vm::{self, Accel, Boot, Deadlines, Diagnosis, End, Fetch, GuestSsh, HostSamples, Machine, Sampling, Seen, SshTask, SshWorkload, Watch};
+use crate::vm::{self, Accel, Boot, Deadlines, Diagnosis, End, Fetch, GuestSsh, Machine, Sampling, Seen, SshTask, SshWorkload, Watch};
 
 pub struct RunOptions {
     pub out: PathBuf,

@@ -22,8 +22,8 @@
 
 mod console;
 pub mod qemu;
-pub mod qmp;
-pub mod sample;
+mod qmp;
+mod sample;
 pub mod ssh;
 
 use std::collections::BTreeMap;
@@ -39,7 +39,8 @@ use anyhow::{Context, Result};
 use crate::process::{self, Group};
 pub use qemu::{Accel, Machine};
 use qmp::Qmp;
-pub use sample::{HostSamples, Sampling};
+pub use sample::Sampling;
+use crate::triage::HostSamples;
 
 /// Seconds.
 #[derive(Debug, Clone, Copy)]
