@@ -531,7 +531,7 @@ fn triage_host_samples(files: &[PathBuf], system_map: &Path, json: bool, debug: 
     let mut out = Vec::new();
     for file in files {
         let text = std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
-        let rounds: Vec<vm::HostSamples> = serde_json::from_str(&text).with_context(|| format!("{} is not a host-samples.json", file.display()))?;
+        let rounds: Vec<triage::HostSamples> = serde_json::from_str(&text).with_context(|| format!("{} is not a host-samples.json", file.display()))?;
         let last = rounds.last().with_context(|| format!("{} holds no sampling round", file.display()))?;
         let mut diagnosis = triage::diagnose_host(last, &symbols, last.console_line);
         if let Some(debug) = debug {

@@ -12,7 +12,8 @@ use crate::kernel::Kernel;
 use crate::matrix::{self, Matrix, Timeouts, Via};
 use crate::plan::Cell;
 use crate::triage;
-use crate::vm::{self, Accel, Deadlines, Diagnosis, Fetch, GuestSsh, HostSamples, Machine};
+use crate::triage::HostSamples;
+use crate::vm::{self, Accel, Deadlines, Diagnosis, Fetch, GuestSsh, Machine};
 use crate::vm::{Sampling, SshTask, SshWorkload, Watch};
 
 /// Between host samples the VM runs: long enough apart that a vCPU making progress shows it.

@@ -4,7 +4,8 @@
 use crate::plan::Cell;
 use crate::report::Verdict;
 use crate::triage::{self, Kind, Missing, Report, Source};
-use crate::vm::{self, Boot, End, HostSamples};
+use crate::triage::HostSamples;
+use crate::vm::{self, Boot, End};
 
 /// The verdict of one boot: what the console shows, what the host's samples show, what the
 /// workload said, how the VM ended. Reports come in the order things happened: the console's up to

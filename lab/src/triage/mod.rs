@@ -9,6 +9,7 @@ mod console;
 mod debuginfo;
 mod header;
 mod host;
+mod samples;
 mod sanitize;
 mod signature;
 mod stack;
@@ -20,6 +21,8 @@ use std::fmt;
 
 pub use debuginfo::{DebugInfo, SourceLine};
 pub use host::{diagnose as diagnose_host, HostDiagnosis};
+/// The input of host diagnosis, filled by the VM stage.
+pub use samples::{Frame, HostSamples, Irqs, Sample, VcpuSamples};
 pub use sanitize::sanitize;
 pub use signature::signature;
 pub use symbols::Symbols;

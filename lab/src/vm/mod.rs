@@ -13,33 +13,40 @@
 //!
 //! Every guest gets a user-mode NIC whose SSH port QEMU forwards to a free port on 127.0.0.1
 //! (`ssh-command.sh` in the cell logs in by hand while it runs). A workload that runs over SSH
-//! (`SshTask::Run`) runs on a thread of its own (`ssh`), which feeds its output, its exit
-//! and a lost guest back into the same loop that watches the console.
+//! (`SshTask::Run`) runs on a thread of its own (`job`, over `ssh`), which feeds its output, its
+//! exit and a lost guest back into the same loop that watches the console.
+//!
+//! The loop here only does the I/O: what each line, SSH event and tick means, and when and how
+//! the boot ends, is decided by `watch::Watcher`, which never reads the clock.
 //!
 //! Invariant: `console.log` holds every console byte QEMU wrote, line by line as it arrived, each
 //! line prefixed with the host time since QEMU started (`    1.234s| `), and is written through
 //! (no buffering), so a crash of the lab loses nothing the guest said.
 
 mod console;
+mod job;
 pub mod qemu;
-pub mod qmp;
-pub mod sample;
+mod qmp;
+mod sample;
 pub mod ssh;
+mod watch;
 
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{mpsc, Arc};
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use crate::process::{self, Group};
+use crate::triage::HostSamples;
+use job::{SshEvent, SshJob, SshThread};
 pub use qemu::{Accel, Machine};
 use qmp::Qmp;
-pub use sample::{HostSamples, Sampling};
+pub use sample::Sampling;
+use watch::{Diagnosed, Due, Next, Rules, Watcher};
 
 /// Seconds.
 #[derive(Debug, Clone, Copy)]
@@ -202,19 +209,12 @@ const QMP_LINK: &str = "qmp.sock";
 const SSH_COMMAND: &str = "ssh-command.sh";
 const SSH_KNOWN_HOSTS: &str = "known_hosts";
 const SSH_OUTCOME: &str = "ssh.json";
-const WORKLOAD_STDOUT: &str = "workload.stdout";
-const WORKLOAD_STDERR: &str = "workload.stderr";
 /// How often QEMU may fail to bind a port another process took after the lab picked it.
 const PORT_ATTEMPTS: u32 = 3;
-const FETCH_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// How long the guest gets to answer an NMI, and how long a pause in its answer ends it.
-const ANSWER_WAIT: Duration = Duration::from_secs(15);
-const ANSWER_QUIET: Duration = Duration::from_secs(3);
 const QMP_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// After the result line the guest powers off by itself; under TCG that takes a second or two.
-const POWER_OFF_GRACE: Duration = Duration::from_secs(30);
+/// How long the loop waits for a console line before it looks at the time.
+const POLL: Duration = Duration::from_millis(100);
 
 pub fn boot(machine: &Machine, dir: &Path, deadlines: Deadlines, watch: &Watch, ssh: Option<&GuestSsh>, mut on_line: impl FnMut(Seen)) -> Result<Boot> {
     let mut attempt = 1;
@@ -232,200 +232,145 @@ pub fn boot(machine: &Machine, dir: &Path, deadlines: Deadlines, watch: &Watch, 
 }
 
 fn boot_once(machine: &Machine, dir: &Path, deadlines: Deadlines, watch: &Watch, ssh: Option<&GuestSsh>, on_line: &mut impl FnMut(Seen)) -> Result<Boot> {
-    let mut command = machine.command();
-    if let (Some(port), Some(ssh)) = (machine.ssh_port, ssh) {
-        write_ssh_command(dir, port, &ssh.credentials)?;
-    }
-    std::fs::write(dir.join(QEMU_COMMAND), format!("#!/bin/sh\n{}\n", qemu::shell_line(&command)))?;
-    let sockets = Sockets::create(dir)?;
-    for socket in [&sockets.lab, &sockets.people] {
-        command.arg("-qmp").arg(format!("unix:{},server=on,wait=off", socket.display()));
-    }
-    let stderr_path = dir.join("qemu.stderr");
-    command
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(File::create(&stderr_path).with_context(|| format!("cannot create {}", stderr_path.display()))?);
-    let console_log = dir.join(CONSOLE_LOG);
-    let mut log = File::create(&console_log).with_context(|| format!("cannot create {}", console_log.display()))?;
-    let start = Instant::now();
-    let mut group = Group::spawn(command)?;
-    let stdout = group.child_mut().stdout.take().context("QEMU has no stdout pipe")?;
-    let lines = console::read_lines(stdout, start);
+    let mut guest = Guest::start(machine, dir, deadlines, watch, ssh)?;
+    let ssh_job = ssh.is_some_and(|s| !matches!(s.task, SshTask::None));
+    let rules = Rules {
+        deadlines,
+        report_starts: watch.report_starts,
+        diagnoses: watch.diagnosis.is_some(),
+        ssh_port: machine.ssh_port,
+        ssh_job: ssh_job && machine.ssh_port.is_some(),
+    };
+    let mut cell = Watcher::new(rules, guest.start);
+    let end = guest.watch(&mut cell, on_line)?;
+    guest.finish(cell, end)
+}
 
-    let mut ready = None;
-    let mut result = None;
-    let mut last_output = start;
-    let mut report_seen: Option<Instant> = None;
-    let mut result_seen: Option<Instant> = None;
-    let mut host: Vec<HostSamples> = Vec::new();
-    let mut host_error = None;
-    let mut console_lines = 0;
-    // Set once the guest has been diagnosed: how it will end, after listening until `until`.
-    let mut ending: Option<(End, Instant)> = None;
-    let cancel = Arc::new(AtomicBool::new(false));
-    let (ssh_tx, ssh_events) = mpsc::channel::<SshEvent>();
-    let mut ssh_worker: Option<std::thread::JoinHandle<()>> = None;
-    let mut ssh_outcome = machine.ssh_port.map(|port| SshOutcome { port, ..SshOutcome::default() });
-    let mut ssh_end: Option<End> = None;
-    let end = loop {
-        while let Ok(event) = ssh_events.try_recv() {
-            let outcome = ssh_outcome.as_mut().expect("SSH events come only from a guest with SSH");
-            match event {
-                SshEvent::Ready { machine, cpus } => {
-                    let after_s = start.elapsed().as_secs_f64();
-                    on_line(Seen::SshReady { machine: &machine, cpus, after_s });
-                    outcome.ready_s = Some(after_s);
-                    (outcome.machine, outcome.cpus) = (Some(machine), cpus);
-                }
-                SshEvent::Heard => last_output = Instant::now(),
-                SshEvent::Line(text) => {
-                    last_output = Instant::now();
-                    on_line(Seen::Workload(&text));
-                }
-                SshEvent::Finished { fields } => {
-                    result.get_or_insert(ProtocolLine { at: start.elapsed().as_secs_f64(), fields });
-                    result_seen.get_or_insert_with(Instant::now);
-                }
-                SshEvent::Fetched(note) => outcome.fetched.push(note),
-                SshEvent::Failed(error) => {
-                    let text = error.to_string();
-                    outcome.error = Some(text.clone());
-                    ssh_end = match error {
-                        ssh::Error::Lost { silent_s, .. } => Some(End::LostConnection(format!("no reply over SSH for {silent_s}s"))),
-                        ssh::Error::Deadline { .. } => Some(End::WorkloadTimeout),
-                        ssh::Error::Interrupted => None,
-                        _ if result.is_some() => None,
-                        _ => Some(End::SshFailed(text)),
-                    };
-                }
-            }
+/// One boot's I/O: QEMU, the files the cell keeps of it, the SSH job; `Watcher` decides.
+struct Guest<'a> {
+    machine: &'a Machine<'a>,
+    dir: &'a Path,
+    deadlines: Deadlines,
+    watch: &'a Watch<'a>,
+    ssh: Option<&'a GuestSsh>,
+    qemu: Group,
+    /// When QEMU started.
+    start: Instant,
+    lines: mpsc::Receiver<(f64, String)>,
+    log: File,
+    console_log: PathBuf,
+    stderr: PathBuf,
+    sockets: Sockets,
+    job: SshThread,
+}
+
+impl<'a> Guest<'a> {
+    fn start(machine: &'a Machine, dir: &'a Path, deadlines: Deadlines, watch: &'a Watch, ssh: Option<&'a GuestSsh>) -> Result<Guest<'a>> {
+        let mut command = machine.command();
+        if let (Some(port), Some(ssh)) = (machine.ssh_port, ssh) {
+            write_ssh_command(dir, port, &ssh.credentials)?;
         }
-        match lines.recv_timeout(Duration::from_millis(100)) {
-            Ok((at, text)) => {
-                last_output = Instant::now();
-                console_lines += 1;
-                writeln!(log, "{at:>9.3}s| {text}").with_context(|| format!("cannot write {}", console_log.display()))?;
-                on_line(Seen::Console(&text));
-                if let Some(fields) = protocol_fields(&text, "LAB-READY") {
-                    let line = ready.get_or_insert(ProtocolLine { at, fields });
-                    let wanted = ssh.filter(|s| !matches!(s.task, SshTask::None));
-                    if let (Some(port), Some(ssh), None) = (machine.ssh_port, wanted, &ssh_worker) {
-                        if line.get("ssh").is_none_or(|s| s == "none") {
-                            ssh_end = Some(End::SshFailed(format!("the guest has no SSH server (its ready line says ssh={})", line.get("ssh").unwrap_or("nothing"))));
-                        } else {
-                            let now = Instant::now();
-                            let job = SshJob {
-                                port,
-                                credentials: ssh.credentials.clone(),
-                                workload: match &ssh.task {
-                                    SshTask::Run(workload) => Some(workload.clone()),
-                                    _ => None,
-                                },
-                                dir: dir.to_path_buf(),
-                                ready_deadline: now + Duration::from_secs(deadlines.boot),
-                                workload_deadline: now + Duration::from_secs(deadlines.workload.saturating_add(5)),
-                            };
-                            ssh_worker = Some(job.spawn(cancel.clone(), ssh_tx.clone()));
-                        }
-                    }
-                } else if let Some(fields) = protocol_fields(&text, "LAB-RESULT") {
-                    result.get_or_insert(ProtocolLine { at, fields });
-                    result_seen.get_or_insert_with(Instant::now);
-                } else if report_seen.is_none() && (watch.report_starts)(&text) {
-                    report_seen = Some(Instant::now());
-                }
-                continue;
-            }
-            Err(mpsc::RecvTimeoutError::Disconnected) => {
-                // stdout closed: QEMU is exiting; wait for its status below.
-                let status = group.wait()?;
-                if let Some((end, _)) = ending {
-                    break end;
-                }
-                break match status.success() {
-                    true => End::Exited,
-                    false => End::QemuFailed(qemu_error(&stderr_path, status)),
-                };
-            }
-            Err(mpsc::RecvTimeoutError::Timeout) => {}
+        std::fs::write(dir.join(QEMU_COMMAND), format!("#!/bin/sh\n{}\n", qemu::shell_line(&command)))?;
+        let sockets = Sockets::create(dir)?;
+        for socket in [&sockets.lab, &sockets.people] {
+            command.arg("-qmp").arg(format!("unix:{},server=on,wait=off", socket.display()));
         }
-        process::check_interrupted()?;
-        let now = Instant::now();
-        if let Some((end, until)) = &ending {
-            if now > *until || now - last_output > ANSWER_QUIET {
-                break end.clone();
+        let stderr = dir.join("qemu.stderr");
+        command
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(File::create(&stderr).with_context(|| format!("cannot create {}", stderr.display()))?);
+        let console_log = dir.join(CONSOLE_LOG);
+        let log = File::create(&console_log).with_context(|| format!("cannot create {}", console_log.display()))?;
+        let start = Instant::now();
+        let mut qemu = Group::spawn(command)?;
+        let stdout = qemu.child_mut().stdout.take().context("QEMU has no stdout pipe")?;
+        let lines = console::read_lines(stdout, start);
+        let job = SshThread::new();
+        Ok(Guest { machine, dir, deadlines, watch, ssh, qemu, start, lines, log, console_log, stderr, sockets, job })
+    }
+
+    /// Feeds what happens to `cell` and does what it says, until the boot ends. The time is
+    /// looked at only after a poll without a console line.
+    fn watch(&mut self, cell: &mut Watcher, on_line: &mut impl FnMut(Seen)) -> Result<End> {
+        loop {
+            for event in self.job.events() {
+                hear(cell, event, on_line);
             }
-            continue;
-        }
-        let secs = |d: u64| Duration::from_secs(d);
-        let due = if let Some(at) = result_seen {
-            (now - at > POWER_OFF_GRACE).then_some(End::Exited)
-        } else if let Some(end) = ssh_end.take() {
-            Some(end)
-        } else if report_seen.is_some_and(|at| now - at > secs(deadlines.report_grace)) {
-            Some(End::StoppedAfterReport)
-        } else if now - last_output > secs(deadlines.silence) {
-            Some(End::Silent)
-        } else if ready.is_none() && now - start > secs(deadlines.boot) {
-            Some(End::BootTimeout)
-        } else {
-            ready.as_ref().filter(|r| (now - start).as_secs_f64() - r.at > deadlines.workload as f64).map(|_| End::WorkloadTimeout)
-        };
-        let Some(end) = due else { continue };
-        // After a report's grace period QEMU is still up when the guest could not even panic (its
-        // CPUs stuck, as on pseries under TCG): the host sees the other side the report lacks.
-        let diagnosis = watch.diagnosis.as_ref().filter(|_| matches!(end, End::Silent | End::WorkloadTimeout | End::StoppedAfterReport | End::LostConnection(_)));
-        if let Some(diagnosis) = diagnosis {
-            match diagnose(&sockets, machine, dir, diagnosis, console_lines, || start.elapsed().as_secs_f64()) {
-                Ok(samples) => {
-                    // Paused from outside and running normally now: its silence was not the kernel's.
-                    // A lost SSH connection stays lost: the workload's session is gone.
-                    let resume = samples.resumed && !(diagnosis.spinning)(&samples) && !matches!(end, End::LostConnection(_));
-                    let listen = if samples.asked.as_deref() == Some(sample::NMI_INJECTED) { ANSWER_WAIT } else { Duration::ZERO };
-                    host.push(samples);
-                    crate::cache::write_atomic(&dir.join(HOST_SAMPLES), serde_json::to_string_pretty(&host)?.as_bytes())?;
-                    last_output = Instant::now();
-                    if !resume {
-                        ending = Some((end, last_output + listen));
-                    }
+            match self.lines.recv_timeout(POLL) {
+                Ok((at, text)) => {
+                    self.console(cell, at, &text, on_line)?;
                     continue;
                 }
-                Err(e) => host_error = Some(format!("{e:#}")),
+                // stdout closed: QEMU is exiting; its status says how.
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    let status = self.qemu.wait()?;
+                    let failure = (!status.success()).then(|| qemu_error(&self.stderr, status));
+                    return Ok(cell.closed(failure));
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+            }
+            match cell.tick(Instant::now(), process::interrupted()) {
+                None => {}
+                Some(Due::Interrupted(signal)) => bail!(process::Interrupted(signal)),
+                Some(Due::End(end)) => return Ok(end),
+                Some(Due::Diagnose(end)) => {
+                    if let Some(end) = self.diagnose(cell, end)? {
+                        return Ok(end);
+                    }
+                }
             }
         }
-        break end;
-    };
-    group.kill();
-    cancel.store(true, Ordering::SeqCst);
-    if let Some(worker) = ssh_worker {
-        // With QEMU gone and the flag set, every SSH wait ends within one poll.
-        let _ = worker.join();
     }
-    // What the SSH job said after the loop's last look: QEMU can exit before its events are read.
-    for event in ssh_events.try_iter() {
-        match event {
-            SshEvent::Fetched(note) => ssh_outcome.as_mut().expect("a guest with SSH").fetched.push(note),
-            SshEvent::Finished { fields } => {
-                result.get_or_insert(ProtocolLine { at: start.elapsed().as_secs_f64(), fields });
-            }
-            _ => {}
+
+    fn console(&mut self, cell: &mut Watcher, at: f64, text: &str, on_line: &mut impl FnMut(Seen)) -> Result<()> {
+        let now = Instant::now();
+        writeln!(self.log, "{at:>9.3}s| {text}").with_context(|| format!("cannot write {}", self.console_log.display()))?;
+        on_line(Seen::Console(text));
+        let next = cell.console(at, text, now);
+        if let (Next::StartSsh, Some(port), Some(ssh)) = (next, self.machine.ssh_port, self.ssh) {
+            self.job.start(SshJob::new(port, ssh, self.dir, self.deadlines, Instant::now()));
         }
+        Ok(())
     }
-    if let Some(outcome) = &ssh_outcome {
-        crate::cache::write_atomic(&dir.join(SSH_OUTCOME), serde_json::to_string_pretty(outcome)?.as_bytes())?;
+
+    /// Diagnoses the guest for `end`, keeping the samples in the cell: the end due now, if any.
+    fn diagnose(&mut self, cell: &mut Watcher, end: End) -> Result<Option<End>> {
+        let diagnosis = self.watch.diagnosis.as_ref().expect("the watcher diagnoses only with a diagnosis");
+        let start = self.start;
+        let clock = || start.elapsed().as_secs_f64();
+        let found = diagnose(&self.sockets, self.machine, self.dir, diagnosis, cell.console_lines(), clock);
+        if let Ok(found) = &found {
+            let host: Vec<&HostSamples> = cell.host().iter().chain([&found.samples]).collect();
+            crate::cache::write_atomic(&self.dir.join(HOST_SAMPLES), serde_json::to_string_pretty(&host)?.as_bytes())?;
+        }
+        Ok(cell.diagnosed(end, found.map_err(|e| format!("{e:#}")), Instant::now()))
     }
-    log.flush()?;
-    Ok(Boot {
-        end,
-        ready,
-        result,
-        console_log,
-        console_lines,
-        host,
-        host_error,
-        ssh: ssh_outcome,
-    })
+
+    /// Kills QEMU, stops the SSH job, and keeps what the cell keeps of the boot.
+    fn finish(mut self, mut cell: Watcher, end: End) -> Result<Boot> {
+        self.qemu.kill();
+        for event in self.job.stop() {
+            cell.late(event, Instant::now());
+        }
+        let boot = cell.into_boot(end, self.console_log);
+        if let Some(outcome) = &boot.ssh {
+            crate::cache::write_atomic(&self.dir.join(SSH_OUTCOME), serde_json::to_string_pretty(outcome)?.as_bytes())?;
+        }
+        self.log.flush()?;
+        Ok(boot)
+    }
+}
+
+/// Passes on what the SSH job said, and tells `cell`.
+fn hear(cell: &mut Watcher, event: SshEvent, on_line: &mut impl FnMut(Seen)) {
+    let now = Instant::now();
+    match &event {
+        SshEvent::Ready { machine, cpus } => on_line(Seen::SshReady { machine, cpus: *cpus, after_s: cell.secs(now) }),
+        SshEvent::Line(text) => on_line(Seen::Workload(text)),
+        _ => {}
+    }
+    cell.ssh(event, now);
 }
 
 /// For people: log into the running guest by hand, with the lab's key and the image's host key.
@@ -447,178 +392,23 @@ fn write_ssh_command(dir: &Path, port: u16, credentials: &ssh::Credentials) -> R
     Ok(())
 }
 
-enum SshEvent {
-    Ready { machine: String, cpus: Option<u32> },
-    /// The guest answered (output, or a probe while the workload was quiet).
-    Heard,
-    /// A line of the workload's stdout.
-    Line(String),
-    /// The workload exited: the fields of the result line the init would have printed.
-    Finished { fields: BTreeMap<String, String> },
-    Fetched(String),
-    Failed(ssh::Error),
-}
-
-/// The SSH side of one boot, on a thread of its own.
-struct SshJob {
-    port: u16,
-    credentials: ssh::Credentials,
-    workload: Option<SshWorkload>,
-    dir: PathBuf,
-    ready_deadline: Instant,
-    workload_deadline: Instant,
-}
-
-impl SshJob {
-    fn spawn(self, cancel: Arc<AtomicBool>, events: mpsc::Sender<SshEvent>) -> std::thread::JoinHandle<()> {
-        std::thread::spawn(move || {
-            let interrupted: ssh::Interrupted = Arc::new(move || cancel.load(Ordering::SeqCst) || process::check_interrupted().is_err());
-            if let Err(error) = self.run(interrupted, &events) {
-                let _ = events.send(SshEvent::Failed(error));
-            }
-        })
-    }
-
-    fn run(&self, interrupted: ssh::Interrupted, events: &mpsc::Sender<SshEvent>) -> Result<(), ssh::Error> {
-        let connection = ssh::Connection::connect(self.port, &self.credentials, self.ready_deadline, interrupted)?;
-        let facts = connection.output("uname -m; nproc", Instant::now() + Duration::from_secs(30))?;
-        let facts = String::from_utf8_lossy(&facts);
-        let mut facts = facts.lines();
-        let machine = facts.next().unwrap_or_default().trim().to_owned();
-        let cpus = facts.next().and_then(|n| n.trim().parse().ok());
-        let _ = events.send(SshEvent::Ready { machine, cpus });
-        let Some(workload) = &self.workload else { return Ok(()) };
-        let started = Instant::now();
-        let exit = match workload.interactive {
-            true => self.in_terminal(&workload.command)?,
-            false => self.captured(&connection, &workload.command, events)?,
-        };
-        let _ = events.send(SshEvent::Finished { fields: result_fields(&workload.name, &exit, started.elapsed()) });
-        for fetch in &workload.fetch {
-            let _ = events.send(SshEvent::Fetched(self.fetch(&connection, fetch)));
-        }
-        // The guest goes down with the command: no answer will come.
-        let _ = connection.run("poweroff -f", Instant::now() + Duration::from_secs(5), &mut std::io::sink(), &mut std::io::sink(), &mut || {});
-        Ok(())
-    }
-
-    /// The workload's stdout and stderr into the cell, its stdout also line by line to the loop.
-    fn captured(&self, connection: &ssh::Connection, command: &str, events: &mpsc::Sender<SshEvent>) -> Result<ssh::Exit, ssh::Error> {
-        let create = |name: &str| File::create(self.dir.join(name)).map_err(|e| ssh::Error::Failed { what: format!("creating {name}"), detail: e.to_string() });
-        let mut stdout = LineSink { file: create(WORKLOAD_STDOUT)?, pending: Vec::new(), events: events.clone() };
-        let mut stderr = create(WORKLOAD_STDERR)?;
-        let exit = connection.run(command, self.workload_deadline, &mut stdout, &mut stderr, &mut || {
-            let _ = events.send(SshEvent::Heard);
-        })?;
-        stdout.finish();
-        Ok(exit)
-    }
-
-    /// A person's session: OpenSSH in the lab's terminal, with the lab's key and the image's host
-    /// key (`ssh-command.sh`), so line editing, job control and window size just work.
-    fn in_terminal(&self, command: &str) -> Result<ssh::Exit, ssh::Error> {
-        let script = self.dir.join(SSH_COMMAND);
-        let mut terminal = std::process::Command::new(&script);
-        if !command.is_empty() {
-            terminal.args(["-t", command]);
-        }
-        let status = terminal.status().map_err(|e| ssh::Error::Failed { what: format!("running {}", script.display()), detail: e.to_string() })?;
-        Ok(ssh::Exit { code: status.code(), signal: std::os::unix::process::ExitStatusExt::signal(&status).map(|s| s.to_string()) })
-    }
-
-    /// Saves what `fetch.command` prints; says what was saved, or why nothing was.
-    fn fetch(&self, connection: &ssh::Connection, fetch: &Fetch) -> String {
-        let path = self.dir.join(&fetch.file);
-        let outcome = std::fs::File::create(&path)
-            .map_err(|e| e.to_string())
-            .and_then(|mut file| {
-                let mut stderr = Vec::new();
-                let exit = connection.run(&fetch.command, Instant::now() + FETCH_TIMEOUT, &mut file, &mut stderr, &mut || {}).map_err(|e| e.to_string())?;
-                match exit.code {
-                    Some(0) => Ok(file.metadata().map(|m| m.len()).unwrap_or(0)),
-                    _ => Err(ssh::describe_failure(&exit, &stderr)),
-                }
-            });
-        match outcome {
-            Ok(bytes) => format!("{}: {bytes} bytes from `{}`", fetch.file, fetch.command),
-            Err(why) => {
-                let _ = std::fs::remove_file(&path);
-                format!("{}: not saved: `{}`: {why}", fetch.file, fetch.command)
-            }
-        }
-    }
-}
-
-/// The workload's stdout, to its file and line by line to the watch loop (progress, liveness).
-struct LineSink {
-    file: File,
-    pending: Vec<u8>,
-    events: mpsc::Sender<SshEvent>,
-}
-
-impl LineSink {
-    fn finish(&mut self) {
-        if !self.pending.is_empty() {
-            let _ = self.events.send(SshEvent::Line(String::from_utf8_lossy(&std::mem::take(&mut self.pending)).into_owned()));
-        }
-    }
-}
-
-impl Write for LineSink {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.file.write_all(buf)?;
-        for &byte in buf {
-            if byte == b'\n' {
-                let line = String::from_utf8_lossy(&std::mem::take(&mut self.pending)).trim_end_matches('\r').to_owned();
-                let _ = self.events.send(SshEvent::Line(line));
-            } else {
-                self.pending.push(byte);
-            }
-        }
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        self.file.flush()
-    }
-}
-
-/// The result line's fields for a workload that ran over SSH, by the rules the init applies to
-/// one it ran itself (images/workloads/README.md): 0 pass, 77 skip, 2 usage error, else fail.
-fn result_fields(name: &str, exit: &ssh::Exit, elapsed: Duration) -> BTreeMap<String, String> {
-    let (status, code, signal, detail) = match (exit.code, &exit.signal) {
-        (Some(0), _) => ("pass", 0, "0".to_owned(), "ok".to_owned()),
-        (Some(77), _) => ("skip", 77, "0".to_owned(), "skip".to_owned()),
-        (Some(2), _) => ("error", 2, "0".to_owned(), "usage".to_owned()),
-        (Some(code), _) => ("fail", code, "0".to_owned(), format!("exit-{code}")),
-        (None, signal) => {
-            let signal = signal.clone().unwrap_or_else(|| "unknown".into());
-            ("fail", -1, signal.clone(), format!("killed-by-signal-{signal}"))
-        }
-    };
-    [("workload", name.to_owned()), ("status", status.to_owned()), ("exit", code.to_string()), ("signal", signal), ("elapsed_ms", elapsed.as_millis().to_string()), ("detail", detail), ("via", "ssh".to_owned())]
-        .into_iter()
-        .map(|(k, v)| (k.to_owned(), v))
-        .collect()
-}
-
 /// Samples the vCPUs over the lab's QMP socket, then asks the guest for its own report.
-fn diagnose(sockets: &Sockets, machine: &Machine, dir: &Path, diagnosis: &Diagnosis, console_lines: usize, clock: impl Fn() -> f64) -> Result<HostSamples> {
+fn diagnose(sockets: &Sockets, machine: &Machine, dir: &Path, diagnosis: &Diagnosis, console_lines: usize, clock: impl Fn() -> f64) -> Result<Diagnosed> {
     let mut qmp = Qmp::connect(&sockets.lab, QMP_TIMEOUT)?;
     let mut samples = sample::sample(&mut qmp, machine.arch, &diagnosis.sampling, &sockets.dir, clock)?;
     samples.console_line = console_lines;
-    let resumed_healthy = samples.resumed && !(diagnosis.spinning)(&samples);
-    if diagnosis.dump_memory && !resumed_healthy {
+    let running_normally = samples.resumed && !(diagnosis.spinning)(&samples);
+    if diagnosis.dump_memory && !running_normally {
         let file = dir.join(GUEST_MEMORY);
         match sample::dump_memory(&mut qmp, &file) {
             Ok(bytes) => samples.memory_dump = Some(format!("{GUEST_MEMORY}: {bytes} bytes")),
             Err(e) => samples.errors.push(format!("no memory dump: {e:#}")),
         }
     }
-    if diagnosis.ask_guest && !resumed_healthy && samples.status_before == "running" {
+    if diagnosis.ask_guest && !running_normally && samples.status_before == "running" {
         samples.asked = Some(sample::ask_guest(&mut qmp, machine.arch));
     }
-    Ok(samples)
+    Ok(Diagnosed { samples, running_normally })
 }
 
 /// QMP sockets live in a short directory of their own (a unix socket path must fit in 108 bytes,

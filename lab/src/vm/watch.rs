@@ -1,0 +1,468 @@
+//! The watch loop's rules without its I/O: what a console line, an SSH event, the passing of time
+//! or QEMU's exit mean for a boot, and when and how it ends. The clock is an argument (`now`), so
+//! the rules are tested case by case with a fake one; `mod.rs` reads the clock, the console and
+//! QMP, and does what these transitions say.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use super::job::SshEvent;
+use super::sample::NMI_INJECTED;
+use super::{protocol_fields, ssh, Boot, Deadlines, End, ProtocolLine, SshOutcome};
+use crate::process::Signal;
+use crate::triage::HostSamples;
+
+/// How long the guest gets to answer an NMI, and how long a pause in its answer ends it.
+const ANSWER_WAIT: Duration = Duration::from_secs(15);
+const ANSWER_QUIET: Duration = Duration::from_secs(3);
+/// After the result line the guest powers off by itself; under TCG that takes a second or two.
+const POWER_OFF_GRACE: Duration = Duration::from_secs(30);
+
+/// What a boot is watched for, fixed before it starts.
+pub(super) struct Rules {
+    pub deadlines: Deadlines,
+    /// Does this console line open a kernel report?
+    pub report_starts: fn(&str) -> bool,
+    /// A silent or overdue guest is diagnosed before it ends (`Watch::diagnosis`).
+    pub diagnoses: bool,
+    /// The forwarded SSH port: its outcome goes into `ssh.json`.
+    pub ssh_port: Option<u16>,
+    /// The SSH job is to start with the ready line (the lab logs in, not only people).
+    pub ssh_job: bool,
+}
+
+/// What to do about a console line.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Next {
+    Wait,
+    /// The guest is ready and has an SSH server: start the SSH job now.
+    StartSsh,
+}
+
+/// What is due at a tick.
+#[derive(Debug)]
+pub(super) enum Due {
+    End(End),
+    /// Diagnose the guest (`Watcher::diagnosed`), then end with this, unless it runs on.
+    Diagnose(End),
+    /// A signal came: stop at once.
+    Interrupted(Signal),
+}
+
+/// What diagnosing the guest found.
+pub(super) struct Diagnosed {
+    pub samples: HostSamples,
+    /// It had been paused from outside, and runs with no vCPU spinning now that it was resumed.
+    pub running_normally: bool,
+}
+
+/// The state of one boot as the watch loop sees it.
+pub(super) struct Watcher {
+    rules: Rules,
+    start: Instant,
+    ready: Option<ProtocolLine>,
+    result: Option<ProtocolLine>,
+    last_output: Instant,
+    report_seen: Option<Instant>,
+    result_seen: Option<Instant>,
+    /// How the SSH job says the boot ends, for the next tick.
+    ssh_end: Option<End>,
+    /// Set once the guest has been diagnosed: how it will end, after listening until the instant.
+    ending: Option<(End, Instant)>,
+    console_lines: usize,
+    host: Vec<HostSamples>,
+    host_error: Option<String>,
+    ssh: Option<SshOutcome>,
+}
+
+impl Watcher {
+    /// `start`: when QEMU started.
+    pub(super) fn new(rules: Rules, start: Instant) -> Watcher {
+        let ssh = rules.ssh_port.map(|port| SshOutcome { port, ..SshOutcome::default() });
+        Watcher {
+            rules,
+            start,
+            ready: None,
+            result: None,
+            last_output: start,
+            report_seen: None,
+            result_seen: None,
+            ssh_end: None,
+            ending: None,
+            console_lines: 0,
+            host: Vec::new(),
+            host_error: None,
+            ssh,
+        }
+    }
+
+    /// Host seconds since QEMU started.
+    pub(super) fn secs(&self, now: Instant) -> f64 {
+        (now - self.start).as_secs_f64()
+    }
+
+    pub(super) fn console_lines(&self) -> usize {
+        self.console_lines
+    }
+
+    /// Every round of samples so far (`host-samples.json`).
+    pub(super) fn host(&self) -> &[HostSamples] {
+        &self.host
+    }
+
+    /// A console line came at `now`; `at` is its time stamp (host seconds since QEMU started).
+    pub(super) fn console(&mut self, at: f64, text: &str, now: Instant) -> Next {
+        self.last_output = now;
+        self.console_lines += 1;
+        if let Some(fields) = protocol_fields(text, "LAB-READY") {
+            self.ready.get_or_insert(ProtocolLine { at, fields });
+            return self.ready_for_ssh();
+        }
+        if let Some(fields) = protocol_fields(text, "LAB-RESULT") {
+            self.result.get_or_insert(ProtocolLine { at, fields });
+            self.result_seen.get_or_insert(now);
+        } else if self.report_seen.is_none() && (self.rules.report_starts)(text) {
+            self.report_seen = Some(now);
+        }
+        Next::Wait
+    }
+
+    /// The first ready line says whether the guest has an SSH server for the job.
+    fn ready_for_ssh(&mut self) -> Next {
+        let server = self.ready.as_ref().and_then(|line| line.get("ssh"));
+        match server {
+            _ if !self.rules.ssh_job => Next::Wait,
+            None | Some("none") => {
+                let says = server.unwrap_or("nothing");
+                let why = format!("the guest has no SSH server (its ready line says ssh={says})");
+                self.ssh_end = Some(End::SshFailed(why));
+                Next::Wait
+            }
+            Some(_) => {
+                self.rules.ssh_job = false;
+                Next::StartSsh
+            }
+        }
+    }
+
+    /// The SSH job said something at `now`.
+    pub(super) fn ssh(&mut self, event: SshEvent, now: Instant) {
+        let at = self.secs(now);
+        let outcome = self.ssh.as_mut().expect("SSH events come only from a guest with SSH");
+        match event {
+            SshEvent::Ready { machine, cpus } => {
+                outcome.ready_s = Some(at);
+                (outcome.machine, outcome.cpus) = (Some(machine), cpus);
+            }
+            SshEvent::Heard | SshEvent::Line(_) => self.last_output = now,
+            SshEvent::Finished { fields } => {
+                self.result.get_or_insert(ProtocolLine { at, fields });
+                self.result_seen.get_or_insert(now);
+            }
+            SshEvent::Fetched(note) => outcome.fetched.push(note),
+            SshEvent::Failed(error) => {
+                let text = error.to_string();
+                outcome.error = Some(text.clone());
+                self.ssh_end = match error {
+                    ssh::Error::Lost { silent_s, .. } => {
+                        Some(End::LostConnection(format!("no reply over SSH for {silent_s}s")))
+                    }
+                    ssh::Error::Deadline { .. } => Some(End::WorkloadTimeout),
+                    ssh::Error::Interrupted => None,
+                    _ if self.result.is_some() => None,
+                    _ => Some(End::SshFailed(text)),
+                };
+            }
+        }
+    }
+
+    /// What the SSH job said after the end (QEMU can exit before its events are read): only the
+    /// files it fetched and its result still count.
+    pub(super) fn late(&mut self, event: SshEvent, now: Instant) {
+        match event {
+            SshEvent::Fetched(note) => self.ssh.as_mut().expect("a guest with SSH").fetched.push(note),
+            SshEvent::Finished { fields } => {
+                let at = self.secs(now);
+                self.result.get_or_insert(ProtocolLine { at, fields });
+            }
+            _ => {}
+        }
+    }
+
+    /// The loop looks at the time (when the console was quiet for a poll); `interrupted`: the
+    /// signal that came, if one did.
+    pub(super) fn tick(&mut self, now: Instant, interrupted: Option<Signal>) -> Option<Due> {
+        if let Some(signal) = interrupted {
+            return Some(Due::Interrupted(signal));
+        }
+        if let Some((end, until)) = &self.ending {
+            let over = now > *until || now - self.last_output > ANSWER_QUIET;
+            return over.then(|| Due::End(end.clone()));
+        }
+        let end = self.due(now)?;
+        // After a report's grace period QEMU is still up when the guest could not even panic
+        // (its CPUs stuck, as on pseries under TCG): the host sees the other side the report lacks.
+        let looked_at = matches!(end, End::Silent | End::WorkloadTimeout | End::StoppedAfterReport | End::LostConnection(_));
+        Some(if self.rules.diagnoses && looked_at { Due::Diagnose(end) } else { Due::End(end) })
+    }
+
+    /// The end that is due, first things first.
+    fn due(&mut self, now: Instant) -> Option<End> {
+        let secs = Duration::from_secs;
+        let deadlines = self.rules.deadlines;
+        if let Some(at) = self.result_seen {
+            return (now - at > POWER_OFF_GRACE).then_some(End::Exited);
+        }
+        if let Some(end) = self.ssh_end.take() {
+            return Some(end);
+        }
+        if self.report_seen.is_some_and(|at| now - at > secs(deadlines.report_grace)) {
+            Some(End::StoppedAfterReport)
+        } else if now - self.last_output > secs(deadlines.silence) {
+            Some(End::Silent)
+        } else if self.ready.is_none() && now - self.start > secs(deadlines.boot) {
+            Some(End::BootTimeout)
+        } else {
+            let overdue = |ready: &&ProtocolLine| self.secs(now) - ready.at > deadlines.workload as f64;
+            self.ready.as_ref().filter(overdue).map(|_| End::WorkloadTimeout)
+        }
+    }
+
+    /// What diagnosing the guest for `end` found (`Err`: why the host could not look), at `now`:
+    /// the end due at once, or `None` to watch on (listening to its answer first, unless it runs
+    /// normally).
+    pub(super) fn diagnosed(&mut self, end: End, found: Result<Diagnosed, String>, now: Instant) -> Option<End> {
+        let found = match found {
+            Ok(found) => found,
+            Err(why) => {
+                self.host_error = Some(why);
+                return Some(end);
+            }
+        };
+        // Paused from outside and running normally now: its silence was not the kernel's.
+        // A lost SSH connection stays lost: the workload's session is gone.
+        let resume = found.running_normally && !matches!(end, End::LostConnection(_));
+        let nmi = found.samples.asked.as_deref() == Some(NMI_INJECTED);
+        let listen = if nmi { ANSWER_WAIT } else { Duration::ZERO };
+        self.host.push(found.samples);
+        self.last_output = now;
+        if !resume {
+            self.ending = Some((end, now + listen));
+        }
+        None
+    }
+
+    /// QEMU closed its stdout: it exited, by itself or with `failure`. A guest diagnosed before
+    /// ends as the diagnosis said.
+    pub(super) fn closed(&mut self, failure: Option<String>) -> End {
+        match self.ending.take() {
+            Some((end, _)) => end,
+            None => failure.map_or(End::Exited, End::QemuFailed),
+        }
+    }
+
+    pub(super) fn into_boot(self, end: End, console_log: PathBuf) -> Boot {
+        Boot {
+            end,
+            ready: self.ready,
+            result: self.result,
+            console_log,
+            console_lines: self.console_lines,
+            host: self.host,
+            host_error: self.host_error,
+            ssh: self.ssh,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DEADLINES: Deadlines = Deadlines { boot: 20, silence: 30, workload: 60, report_grace: 5 };
+    /// The loop looks at the time after a poll without a console line.
+    const POLL: Duration = Duration::from_millis(100);
+
+    fn rules(setup: &str) -> Rules {
+        Rules {
+            deadlines: DEADLINES,
+            report_starts: |line| line.starts_with("BUG:"),
+            diagnoses: setup.contains("look="),
+            ssh_port: Some(2222),
+            ssh_job: setup.split_whitespace().any(|word| word == "ssh"),
+        }
+    }
+
+    /// What the host finds when it looks: `healthy` (paused from outside, runs normally once
+    /// resumed), `stuck`, `nmi` (stuck, and an NMI injected), `failed`.
+    fn look(word: &str) -> Result<Diagnosed, String> {
+        let (samples, running_normally) = match word {
+            "healthy" => (HostSamples { resumed: true, ..HostSamples::default() }, true),
+            "stuck" => (HostSamples::default(), false),
+            "nmi" => (HostSamples { asked: Some(NMI_INJECTED.into()), ..HostSamples::default() }, false),
+            "failed" => return Err("QMP: connection refused".into()),
+            _ => panic!("no such look: {word}"),
+        };
+        Ok(Diagnosed { samples, running_normally })
+    }
+
+    fn ssh_event(word: &str) -> SshEvent {
+        let error = |e| SshEvent::Failed(e);
+        let what = || "smoke".to_owned();
+        match word {
+            "ready" => SshEvent::Ready { machine: "x86_64".into(), cpus: Some(4) },
+            "heard" => SshEvent::Heard,
+            "line" => SshEvent::Line("tick".into()),
+            "fetched" => SshEvent::Fetched("dmesg.txt: 10 bytes from `dmesg`".into()),
+            "lost" => error(ssh::Error::Lost { what: what(), silent_s: 15 }),
+            "deadline" => error(ssh::Error::Deadline { what: what(), limit_s: 65 }),
+            "refused" => error(ssh::Error::Failed { what: what(), detail: "refused".into() }),
+            "cancelled" => error(ssh::Error::Interrupted),
+            _ => {
+                let code = word.strip_prefix("exit=").expect("an SSH event");
+                SshEvent::Finished { fields: [("exit".to_owned(), code.to_owned())].into() }
+            }
+        }
+    }
+
+    /// Plays `script` against a watcher set up by `setup` and says what happened (`what@seconds`).
+    /// `setup`: `ssh` (the SSH job is wanted), `look=A,B` (a diagnosis is configured, and finds
+    /// A, then B: see `look`). `script`: `;`-separated `SECONDS WHAT`, WHAT a console line,
+    /// `ssh:EVENT` (see `ssh_event`), `qemu:ok` or `qemu:fail` (its stdout closes), `signal`.
+    /// Between steps the watcher ticks every poll, as the loop does while the console is quiet.
+    fn play(setup: &str, script: &str) -> (String, Watcher) {
+        let base = Instant::now();
+        let mut looks = setup.split_whitespace().filter_map(|w| w.strip_prefix("look=")).flat_map(|l| l.split(','));
+        let mut cell = Watcher::new(rules(setup), base);
+        let mut steps = script.split(';').map(str::trim).filter(|s| !s.is_empty()).map(|step| {
+            let (at, what) = step.split_once(' ').unwrap_or((step, ""));
+            (Duration::from_secs_f64(at.parse().expect("seconds")), what)
+        });
+        let (mut trace, mut clock, mut signal) = (Vec::new(), Duration::ZERO, None);
+        let note = |trace: &mut Vec<String>, what: &str, clock: Duration| {
+            trace.push(format!("{what}@{:.1}", clock.as_secs_f64()));
+        };
+        let horizon = (Duration::from_secs(1000), "");
+        loop {
+            let (at, what) = steps.next().unwrap_or(horizon);
+            while clock + POLL < at {
+                clock += POLL;
+                let now = base + clock;
+                match cell.tick(now, signal) {
+                    None => continue,
+                    Some(Due::Interrupted(_)) => note(&mut trace, "interrupted", clock),
+                    Some(Due::End(end)) => note(&mut trace, end.name(), clock),
+                    Some(Due::Diagnose(end)) => {
+                        note(&mut trace, &format!("diagnose({})", end.name()), clock);
+                        let found = look(looks.next().expect("a look for every diagnosis"));
+                        match cell.diagnosed(end, found, now) {
+                            Some(end) => note(&mut trace, end.name(), clock),
+                            None => continue,
+                        }
+                    }
+                }
+                return (trace.join(" "), cell);
+            }
+            if (at, what) == horizon {
+                note(&mut trace, "waiting", clock);
+                return (trace.join(" "), cell);
+            }
+            clock = at;
+            let now = base + clock;
+            match what.split_once(':') {
+                Some(("ssh", event)) => cell.ssh(ssh_event(event), now),
+                Some(("qemu", how)) => {
+                    let failure = (how == "fail").then(|| "QEMU exited with exit status: 1".to_owned());
+                    note(&mut trace, cell.closed(failure).name(), clock);
+                    return (trace.join(" "), cell);
+                }
+                _ if what == "signal" => signal = Some(Signal::Int),
+                _ => {
+                    if cell.console(clock.as_secs_f64(), what, now) == Next::StartSsh {
+                        note(&mut trace, "start-ssh", clock);
+                    }
+                }
+            }
+        }
+    }
+
+    fn check(setup: &str, script: &str, expect: &str) {
+        assert_eq!(play(setup, script).0, expect, "setup {setup:?}, script {script:?}");
+    }
+
+    #[test]
+    fn ends() {
+        // Deadlines: boot 20 s, silence 30 s, workload 60 s, report grace 5 s.
+        check("", "", "boot-timeout@20.1");
+        check("", "5 Linux version 7.3.4; 15 Freeing unused kernel memory", "boot-timeout@20.1");
+        check("look=stuck", "5 Linux version 7.3.4", "boot-timeout@20.1");
+        check("", "1 LAB-READY arch=x86_64", "silent@31.1");
+        check("look=stuck", "1 LAB-READY", "diagnose(silent)@31.1 silent@31.2");
+        check("look=failed", "1 LAB-READY", "diagnose(silent)@31.1 silent@31.1");
+        check("", "1 LAB-READY; 25 tick; 50 tick", "workload-timeout@61.1");
+        check("look=stuck", "1 LAB-READY; 25 tick; 50 tick", "diagnose(workload-timeout)@61.1 workload-timeout@61.2");
+        check("", "1 LAB-READY; 3 BUG: soft lockup - CPU#0 stuck for 22s!", "stopped-after-report@8.1");
+        check("look=stuck", "1 LAB-READY; 3 BUG: soft lockup", "diagnose(stopped-after-report)@8.1 stopped-after-report@8.2");
+        check("", "1 LAB-READY; 3 BUG: soft lockup; 4 Kernel panic - not syncing; 5 qemu:ok", "exited@5.0");
+        check("", "0.5 qemu:fail", "qemu-failed@0.5");
+        check("", "1 LAB-READY; 5 LAB-RESULT workload=smoke status=pass; 6 qemu:ok", "exited@6.0");
+        // The result line comes first: neither silence nor a report ends a guest powering off.
+        check("look=stuck", "1 LAB-READY; 5 LAB-RESULT status=fail; 6 BUG: oops", "exited@35.1");
+        // Diagnosed, then listening to the answer to the NMI: a pause of 3 s or 15 s in all.
+        check("look=nmi", "1 LAB-READY", "diagnose(silent)@31.1 silent@34.2");
+        check("look=nmi", "1 LAB-READY; 32 NMI backtrace; 34 CPU: 1", "diagnose(silent)@31.1 silent@37.1");
+        let talking = "1 LAB-READY; 33 x; 35 x; 37 x; 39 x; 41 x; 43 x; 45 x; 47 x";
+        check("look=nmi", talking, "diagnose(silent)@31.1 silent@46.2");
+        check("look=nmi", "1 LAB-READY; 33 Kernel panic; 34 qemu:ok", "diagnose(silent)@31.1 silent@34.0");
+        check("look=nmi", "1 LAB-READY; 33 qemu:fail", "diagnose(silent)@31.1 silent@33.0");
+        // Paused from outside: resumed, it runs on, to its end or to the next deadline.
+        check("look=healthy", "1 LAB-READY; 40 LAB-RESULT status=pass; 41 qemu:ok", "diagnose(silent)@31.1 exited@41.0");
+        check("look=healthy,stuck", "1 LAB-READY", "diagnose(silent)@31.1 diagnose(workload-timeout)@61.1 workload-timeout@61.2");
+        check("", "1 LAB-READY; 5 signal", "interrupted@5.1");
+        check("look=nmi", "1 LAB-READY; 32 signal", "diagnose(silent)@31.1 interrupted@32.1");
+    }
+
+    #[test]
+    fn ends_over_ssh() {
+        let ready = "1 LAB-READY arch=x86_64 ssh=dropbear; 4 ssh:ready";
+        check("ssh", &format!("{ready}; 6 ssh:line; 10 ssh:exit=0; 11 qemu:ok"), "start-ssh@1.0 exited@11.0");
+        check("ssh", &format!("{ready}; 10 ssh:exit=0; 12 ssh:refused"), "start-ssh@1.0 exited@40.1");
+        check("ssh", &format!("{ready}; 6 ssh:heard; 21 ssh:lost"), "start-ssh@1.0 lost-connection@21.1");
+        let lost = "start-ssh@1.0 diagnose(lost-connection)@21.1 lost-connection@21.2";
+        check("ssh look=healthy", &format!("{ready}; 6 ssh:heard; 21 ssh:lost"), lost);
+        check("ssh", &format!("{ready}; 10 ssh:deadline"), "start-ssh@1.0 workload-timeout@10.1");
+        check("ssh", &format!("{ready}; 10 ssh:refused"), "start-ssh@1.0 ssh-failed@10.1");
+        check("ssh", &format!("{ready}; 10 ssh:cancelled"), "start-ssh@1.0 silent@31.1");
+        check("ssh", "1 LAB-READY arch=x86_64 ssh=none", "ssh-failed@1.1");
+        check("ssh", "1 LAB-READY arch=x86_64", "ssh-failed@1.1");
+        // SSH for people only: the lab does not log in, and a guest without a server is no error.
+        check("", "1 LAB-READY arch=x86_64 ssh=none", "silent@31.1");
+        check("", "1 LAB-READY arch=x86_64 ssh=dropbear; 40 qemu:ok", "silent@31.1");
+    }
+
+    #[test]
+    fn what_a_boot_keeps() {
+        let script = "1 LAB-READY ssh=dropbear; 4 ssh:ready; 10 ssh:exit=0; 11 ssh:fetched; 12 qemu:ok";
+        let (_, mut cell) = play("ssh", script);
+        let later = cell.start + Duration::from_secs(13);
+        for word in ["fetched", "lost", "ready", "exit=1"] {
+            cell.late(ssh_event(word), later);
+        }
+        let boot = cell.into_boot(End::Exited, PathBuf::from("console.log"));
+        let ssh = boot.ssh.expect("an SSH outcome");
+        assert_eq!((ssh.port, ssh.ready_s, ssh.error, ssh.fetched.len()), (2222, Some(4.0), None, 2));
+        let result = boot.result.expect("the result the SSH job made");
+        assert_eq!((result.at, result.get("exit")), (10.0, Some("0")));
+        assert_eq!((boot.ready.map(|r| r.at), boot.console_lines), (Some(1.0), 1));
+        let base = Instant::now();
+        let mut cell = Watcher::new(rules("ssh"), base);
+        assert_eq!(cell.console(1.0, "LAB-READY ssh=none", base + Duration::from_secs(1)), Next::Wait);
+        let why = "the guest has no SSH server (its ready line says ssh=none)".to_owned();
+        let due = cell.tick(base + Duration::from_millis(1100), None);
+        assert!(matches!(&due, Some(Due::End(End::SshFailed(got))) if *got == why), "{due:?}");
+        cell.ssh(ssh_event("lost"), base + Duration::from_secs(2));
+        let due = cell.tick(base + Duration::from_millis(2100), None);
+        let lost = End::LostConnection("no reply over SSH for 15s".into());
+        assert!(matches!(&due, Some(Due::End(end)) if *end == lost), "{due:?}");
+    }
+}
