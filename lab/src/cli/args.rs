@@ -105,12 +105,17 @@ pub enum Command {
     },
     /// Judge saved console logs ("-" reads stdin), or a cell's host samples.
     ///
-    /// Prints one line per report, or with --json:
+    /// Prints one line per report, or with --json (each report as in summary.json):
     /// {"files": [{"file", "reports": [{"kind", "title", "signature", "frame", "frame_site",
-    ///   "cpu", "stuck_cpu", "line", "missing": ["lock-holder" | "truncated"],
+    ///   "cpu", "stuck_cpu", "line", "lines", "source": "console" | "host",
+    ///   "missing": ["lock-holder" | "truncated"],
     ///   "stacks": [{"cpu", "frames", "sites", "waits_on_lock", "idle"}]}]}]}
-    /// ("frame_site", "missing" and "stacks" only when there are any). A site is a frame as printed:
+    /// "line" is where the report starts, "lines" its text; "frame", "cpu" and "stuck_cpu" are
+    /// null when the report names none; "frame_site", "lines", "missing", "stacks" and "sites"
+    /// are there only when there are any. With --system-map each file also has "vcpus": a line
+    /// per vCPU, then how the samples were taken. A site is a frame as printed:
     /// {"printed": "mm_get_cid+0x5c/0x60", "return_address", "source": [{"function", "file", "line"}]}
+    /// ("return_address" only when true: a caller's frame; "source" only once symbolized).
     ///
     /// With --vmlinux (a kernel built with CONFIG_DEBUG_INFO, e.g. the cell's
     /// ~/.cache/lab/kernels/<kernel>/vmlinux) every printed frame gets its source lines, inlined

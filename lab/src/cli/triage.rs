@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
+use serde::Serialize;
 
 use super::args::TriageArgs;
 use crate::triage::{sanitize, DebugInfo, FrameSite, Missing, Report, Symbols};
@@ -30,6 +31,27 @@ fn load_debug_info(vmlinux: &Path) -> Result<DebugInfo> {
     })
 }
 
+/// `--json`: one document for all the files. A report is `triage::Report` as summary.json
+/// has it, so its fields and when each is left out are said once, there.
+#[derive(Serialize)]
+struct Files<F> {
+    files: Vec<F>,
+}
+
+#[derive(Serialize)]
+struct ConsoleLogFile<'a> {
+    file: &'a str,
+    reports: &'a [Report],
+}
+
+#[derive(Serialize)]
+struct HostSamplesFile<'a> {
+    file: &'a str,
+    /// A line per vCPU, then how the samples were taken: what the text output prints first.
+    vcpus: &'a [String],
+    reports: &'a [Report],
+}
+
 fn host_samples(files: &[PathBuf], system_map: &Path, json: bool, debug: Option<&DebugInfo>) -> Result<ExitCode> {
     let symbols = Symbols::load(system_map)?;
     let mut out = Vec::new();
@@ -46,11 +68,9 @@ fn host_samples(files: &[PathBuf], system_map: &Path, json: bool, debug: Option<
         out.push((what.to_string(), diagnosis));
     }
     if json {
-        let files: Vec<serde_json::Value> = out
-            .iter()
-            .map(|(file, d)| serde_json::json!({"file": file, "vcpus": d.summary, "reports": d.reports}))
-            .collect();
-        println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "files": files }))?);
+        let files: Vec<HostSamplesFile> =
+            out.iter().map(|(file, d)| HostSamplesFile { file, vcpus: &d.summary, reports: &d.reports }).collect();
+        println!("{}", serde_json::to_string_pretty(&Files { files })?);
         return Ok(ExitCode::SUCCESS);
     }
     for (file, diagnosis) in &out {
@@ -85,29 +105,8 @@ fn console_logs(files: &[PathBuf], json: bool, debug: Option<&DebugInfo>) -> Res
         out.push((file.display().to_string(), reports));
     }
     if json {
-        let files: Vec<serde_json::Value> = out
-            .iter()
-            .map(|(file, reports)| {
-                let reports: Vec<serde_json::Value> = reports
-                    .iter()
-                    .map(|r| {
-                        let mut v = serde_json::json!({"kind": r.kind, "title": r.title, "signature": r.signature, "frame": r.frame, "cpu": r.cpu, "stuck_cpu": r.stuck_cpu, "line": r.line});
-                        if let Some(site) = &r.frame_site {
-                            v["frame_site"] = serde_json::json!(site);
-                        }
-                        if !r.missing.is_empty() {
-                            v["missing"] = serde_json::json!(r.missing);
-                        }
-                        if !r.stacks.is_empty() {
-                            v["stacks"] = serde_json::json!(r.stacks);
-                        }
-                        v
-                    })
-                    .collect();
-                serde_json::json!({"file": file, "reports": reports})
-            })
-            .collect();
-        println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "files": files }))?);
+        let files: Vec<ConsoleLogFile> = out.iter().map(|(file, reports)| ConsoleLogFile { file, reports }).collect();
+        println!("{}", serde_json::to_string_pretty(&Files { files })?);
         return Ok(ExitCode::SUCCESS);
     }
     for (file, reports) in &out {
@@ -172,5 +171,23 @@ mod tests {
             "console.log:12: soft-lockup cpu 3: soft lockup (no dumped stack shows the lock holder) (cut short: the log ends inside it)",
         );
         check(report(Kind::Panic, "panic: \u{1b}[31mred\u{1b}[0m", None, &[]), "console.log:12: panic: panic: red");
+    }
+
+    #[test]
+    fn the_json_is_each_file_with_its_reports_as_summary_json_has_them() {
+        let reports = [report(Kind::Silent, "silent", None, &[Missing::Truncated])];
+        let check = |json: serde_json::Result<String>, want: &str| assert_eq!(json.unwrap(), want);
+        check(
+            serde_json::to_string(&Files { files: vec![ConsoleLogFile { file: "console.log", reports: &reports }] }),
+            concat!(
+                r#"{"files":[{"file":"console.log","reports":[{"kind":"silent","title":"silent","signature":"silent:silent","#,
+                r#""frame":null,"cpu":null,"stuck_cpu":null,"line":12,"source":"console","missing":["truncated"]}]}]}"#
+            ),
+        );
+        let vcpus = ["vCPU 0: 8 of 8 samples in mm_get_cid".to_string()];
+        check(
+            serde_json::to_string(&Files { files: vec![HostSamplesFile { file: "h.json", vcpus: &vcpus, reports: &[] }] }),
+            r#"{"files":[{"file":"h.json","vcpus":["vCPU 0: 8 of 8 samples in mm_get_cid"],"reports":[]}]}"#,
+        );
     }
 }
