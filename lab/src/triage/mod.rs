@@ -110,8 +110,9 @@ pub struct Report {
     /// made about itself, that CPU.
     pub cpu: Option<u32>,
     /// The CPU found stuck, where the report names it: a hard lockup's victim ("on cpu N"), a soft
-    /// lockup's CPU, the vCPU the host saw spinning.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// lockup's CPU, the vCPU the host saw spinning. Null when the report names none, like
+    /// `frame` and `cpu`: a reader finds the three always there.
+    #[serde(default)]
     pub stuck_cpu: Option<u32>,
     pub line: usize,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

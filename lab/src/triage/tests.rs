@@ -248,7 +248,7 @@ fn report_json_omits_what_is_empty() {
     let json = serde_json::to_string(&report).expect("serialize");
     assert_eq!(
         json,
-        r#"{"kind":"silent","title":"silent","signature":"silent","frame":null,"cpu":null,"line":1,"source":"console"}"#
+        r#"{"kind":"silent","title":"silent","signature":"silent","frame":null,"cpu":null,"stuck_cpu":null,"line":1,"source":"console"}"#
     );
     assert_eq!(
         serde_json::from_str::<Report>(&json).expect("deserialize"),

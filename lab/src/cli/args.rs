@@ -1,0 +1,281 @@
+//! The command line: clap's types for every command and the argument groups they share.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+use crate::accel;
+use crate::arch::Arch;
+use crate::bench;
+use crate::kernel::BuildOptions;
+use crate::plan::Filter;
+
+#[derive(Parser)]
+#[command(
+    name = "lab",
+    version,
+    about = "A QEMU regression lab for Linux scheduler patches on x86_64, aarch64 and ppc64le",
+    long_about = "A QEMU regression lab for Linux scheduler patches on x86_64, aarch64 and ppc64le.\n\n\
+        It builds kernels from recipes (source + patch series + config fragments), boots each under QEMU \
+        at several vCPU counts, runs a workload in the guest, judges the console (hard and soft lockups, \
+        RCU stalls, hung tasks, BUG/Oops/WARNING/panic, silence) and writes JUnit and JSON reports.\n\n\
+        Start with `lab doctor`, then `lab run --setup`. Kernels, images and downloads are cached under \
+        ~/.cache/lab (or --cache-dir / LAB_CACHE_DIR).",
+    after_help = "Exit status: 0 all cells passed, 1 a cell failed, 2 bad input or set-up error, 128+N stopped by \
+        signal N: 130 SIGINT (Ctrl-C), 143 SIGTERM (a CI runner's cancel), 129 SIGHUP (the terminal closed). \
+        On any of the three the lab kills every QEMU and build it started, and `lab run` writes junit.xml \
+        and summary.json before it exits, with each cell it did not finish as `interrupted`."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+    /// Where kernels, images and downloads are cached (default: $LAB_CACHE_DIR, else ~/.cache/lab).
+    #[arg(long, global = true, value_name = "DIR")]
+    pub cache_dir: Option<PathBuf>,
+    /// Stream build output and guest consoles live.
+    #[arg(long, short, global = true)]
+    pub verbose: bool,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Run a matrix: build its kernels, boot every cell, judge, write reports.
+    ///
+    /// A cell is kernel x arch x vcpus x workload. Results go to DIR/junit.xml, DIR/summary.json
+    /// and DIR/cells/<cell>/ (console.log, result.json, qemu-command.sh to boot it again by hand).
+    ///
+    /// Examples:
+    ///   lab run --setup                                   the default matrix
+    ///   lab run --filter arch=ppc64le --filter vcpus=4    one architecture, 4 vCPUs
+    ///   lab run --matrix nightly.yaml --out /srv/lab/n42 --jobs 2
+    ///   lab run --matrix bad.yaml --filter arch=aarch64 --repeat 20
+    ///                                                     reproducer: hit rate, time to
+    ///                                                     detection, 95% bound when clean
+    #[command(verbatim_doc_comment)]
+    Run(RunArgs),
+    /// Boot a cell's guest and keep it up for debugging by hand, until it powers off or Ctrl-C.
+    ///
+    /// The guest boots the cell's kernel, image and kernel parameters, but its init holds instead
+    /// of running the workload. The console streams here; DIR/cells/<cell>/ssh-command.sh logs in
+    /// over SSH (the lab's key, the image's host key, a port on 127.0.0.1), qmp.sock beside it
+    /// talks to QEMU. Start a workload by hand: /lab/workloads/NAME --KEY=VALUE ...
+    ///   lab run --list                                   the cells
+    ///   lab boot linux-7.3-ppc64le-4cpu-mmcid-churn
+    #[command(verbatim_doc_comment)]
+    Boot {
+        /// The cell, as `lab run --list` names it.
+        cell: String,
+        #[command(flatten)]
+        hold: HoldArgs,
+    },
+    /// Open a shell, or run one command, over SSH in a guest booted the way a cell boots.
+    ///
+    /// Boots the cell's kernel and image (its init holding instead of running the workload),
+    /// waits for the guest's SSH server, then gives you a shell in this terminal, or runs
+    /// CMD, prints its output and exits with its status. The guest goes down afterwards.
+    ///   lab ssh linux-7.3-aarch64-4cpu-smoke
+    ///   lab ssh linux-7.3-x86_64-2cpu-smoke -- cat /proc/self/status
+    #[command(verbatim_doc_comment)]
+    Ssh {
+        /// The cell, as `lab run --list` names it.
+        cell: String,
+        #[command(flatten)]
+        hold: HoldArgs,
+        /// The command to run instead of a shell (after `--`).
+        #[arg(last = true)]
+        command: Vec<String>,
+    },
+    /// Build (or find in the cache) the kernels of a matrix or of one recipe.
+    ///
+    /// Prints where each kernel is. A second build with nothing changed says "cached".
+    ///   lab build                                  every kernel x arch of the default matrix
+    ///   lab build --recipe kernels/linux-7.3.yaml --arch aarch64
+    #[command(verbatim_doc_comment)]
+    Build(KernelArgs),
+    /// Build (or find in the cache) the guest initramfs for each architecture.
+    ///
+    /// It holds images/init/init.c as /init and every images/workloads/NAME.c as
+    /// /lab/workloads/NAME, compiled static with the Debian cross compilers.
+    #[command(verbatim_doc_comment)]
+    Image {
+        /// Architectures (default: all three).
+        #[arg(long)]
+        arch: Vec<Arch>,
+    },
+    /// Judge saved console logs ("-" reads stdin), or a cell's host samples.
+    ///
+    /// Prints one line per report, or with --json (each report as in summary.json):
+    /// {"files": [{"file", "reports": [{"kind", "title", "signature", "frame", "frame_site",
+    ///   "cpu", "stuck_cpu", "line", "lines", "source": "console" | "host",
+    ///   "missing": ["lock-holder" | "truncated"],
+    ///   "stacks": [{"cpu", "frames", "sites", "waits_on_lock", "idle"}]}]}]}
+    /// "line" is where the report starts, "lines" its text; "frame", "cpu" and "stuck_cpu" are
+    /// null when the report names none; "frame_site", "lines", "missing", "stacks" and "sites"
+    /// are there only when there are any. With --system-map each file also has "vcpus": a line
+    /// per vCPU, then how the samples were taken. A site is a frame as printed:
+    /// {"printed": "mm_get_cid+0x5c/0x60", "return_address", "source": [{"function", "file", "line"}]}
+    /// ("return_address" only when true: a caller's frame; "source" only once symbolized).
+    ///
+    /// With --vmlinux (a kernel built with CONFIG_DEBUG_INFO, e.g. the cell's
+    /// ~/.cache/lab/kernels/<kernel>/vmlinux) every printed frame gets its source lines, inlined
+    /// functions first, and the text output shows the guilty frame as scripts/faddr2line would:
+    ///   lab triage --vmlinux ~/.cache/lab/kernels/<kernel>/vmlinux cells/<cell>/console.log
+    /// It also names the caller behind a frame that arm64 and powerpc print under the next
+    /// function's name (`next_function+0x0/...`, after a call to panic() or another noreturn
+    /// function), so the guilty frame and signature are the ones x86 gives; `lab run` does the same.
+    ///
+    /// With --system-map, each FILE is a cell's host-samples.json, judged again against the
+    /// cell kernel's System.map (one line per vCPU, then the report):
+    ///   lab triage --system-map ~/.cache/lab/kernels/<kernel>/System.map cells/<cell>/host-samples.json
+    #[command(verbatim_doc_comment)]
+    Triage(TriageArgs),
+    /// Check every host requirement and print the command that fixes each missing one.
+    Doctor,
+    /// Install missing host packages (Debian, as root; QEMU from bookworm-backports on bookworm).
+    Setup {
+        /// Print what would be installed.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Measure build and boot times and the lab's overhead over bare QEMU, host-side diagnosis
+    /// (--stuck) or triage throughput (--triage) (see BENCHMARKS.md).
+    Bench(bench::BenchArgs),
+}
+
+#[derive(clap::Args)]
+pub struct Select {
+    /// The matrix file (default: matrix.yaml of the lab's checkout).
+    #[arg(long, value_name = "FILE")]
+    pub matrix: Option<PathBuf>,
+    /// Select cells: KEY=VALUE with KEY one of kernel, arch, vcpus, workload. Repeat a key for
+    /// alternatives; different keys must all match.
+    #[arg(long, value_name = "KEY=VALUE")]
+    pub filter: Vec<Filter>,
+}
+
+#[derive(clap::Args)]
+pub struct AccelArg {
+    /// What x86_64 guests run under: auto (KVM only once a Linux guest booted to its ready line
+    /// under it on this host, else TCG), tcg, or kvm (unproven). Default: the matrix's `accel:`,
+    /// else auto. aarch64 and ppc64le guests always run under TCG.
+    #[arg(long, value_enum, value_name = "MODE")]
+    accel: Option<accel::AccelMode>,
+}
+
+impl AccelArg {
+    /// The flag, else `default` (a matrix's choice). KVM asked for on a host without it is bad input.
+    pub fn resolve(&self, default: accel::AccelMode) -> Result<accel::AccelMode> {
+        let mode = self.accel.unwrap_or(default);
+        if mode == accel::AccelMode::Kvm && !Path::new("/dev/kvm").exists() {
+            anyhow::bail!("accel kvm was asked for, but /dev/kvm does not exist on this host: use --accel auto or tcg");
+        }
+        Ok(mode)
+    }
+}
+
+#[derive(clap::Args)]
+pub struct HoldArgs {
+    #[command(flatten)]
+    pub select: Select,
+    #[command(flatten)]
+    pub accel: AccelArg,
+    /// Where the cell's files go (default: lab-out/<UTC start time>, e.g. lab-out/2026-12-05T07-16-11).
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+    #[command(flatten)]
+    pub build: BuildArgs,
+}
+
+#[derive(clap::Args)]
+pub struct BuildArgs {
+    /// Parallel compile jobs for kernel builds (default: all cores).
+    #[arg(long, value_name = "N")]
+    build_jobs: Option<usize>,
+    /// Ask the Debian mirror again for the source package instead of the cached index.
+    #[arg(long)]
+    refresh: bool,
+}
+
+impl BuildArgs {
+    pub fn options(&self) -> BuildOptions {
+        let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
+        BuildOptions { jobs: self.build_jobs.unwrap_or(cores), refresh: self.refresh, ccache: true }
+    }
+}
+
+#[derive(clap::Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub select: Select,
+    /// Output directory (must be new or empty; default: lab-out/<UTC start time>, e.g.
+    /// lab-out/2026-12-05T07-16-11).
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+    /// Cells booted at once. Under TCG each vCPU is a host thread: on a 2-core host keep 1.
+    #[arg(long, default_value_t = 1)]
+    pub jobs: usize,
+    /// Run every selected cell N times (reproducer mode): summary.json gains a `repro`
+    /// section per cell with the hit rate and time to detection.
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=10000))]
+    pub repeat: u32,
+    /// With --repeat: stop repeating a cell at its first hit.
+    #[arg(long, requires = "repeat")]
+    pub until_fail: bool,
+    /// When a guest goes silent, overruns its workload deadline or outlives a kernel report, sample every vCPU this
+    /// many times (0.5 s apart, through QMP) before killing it, name what each one is stuck
+    /// in from the kernel's System.map, then send it an NMI (x86_64, ppc64le) and read its
+    /// answer. The verdict says whether it rests on the guest's reports, the host's samples or
+    /// both; DIR/cells/<cell>/host-samples.json keeps the raw samples. 0 kills without looking.
+    #[arg(long, value_name = "N", default_value_t = 8, value_parser = clap::value_parser!(u32).range(0..=1000))]
+    pub host_samples: u32,
+    /// With host samples, also keep the stuck guest's memory in its cell as an ELF core,
+    /// guest-memory.elf, for crash(8) with the kernel's vmlinux. It is about as large as the
+    /// guest's memory (512 MiB by default); host-samples.json records its size.
+    #[arg(long)]
+    pub dump_memory: bool,
+    #[command(flatten)]
+    pub build: BuildArgs,
+    #[command(flatten)]
+    pub accel: AccelArg,
+    /// Install missing host packages first (as `lab setup`).
+    #[arg(long)]
+    pub setup: bool,
+    /// Only print the cells the filters select.
+    #[arg(long)]
+    pub list: bool,
+}
+
+#[derive(clap::Args)]
+pub struct KernelArgs {
+    #[command(flatten)]
+    pub select: Select,
+    /// Build this recipe instead of the matrix's kernels.
+    #[arg(long, value_name = "FILE")]
+    pub recipe: Option<PathBuf>,
+    /// Architectures (default: the matrix's).
+    #[arg(long)]
+    pub arch: Vec<Arch>,
+    #[command(flatten)]
+    pub build: BuildArgs,
+    /// Print the kernels as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(clap::Args)]
+pub struct TriageArgs {
+    /// Console logs (a cell's console.log, a log pasted from e-mail; "-" reads stdin), or
+    /// host-samples.json files with --system-map.
+    #[arg(required = true)]
+    pub files: Vec<PathBuf>,
+    /// One JSON document on stdout, in the shape above.
+    #[arg(long)]
+    pub json: bool,
+    /// The files are host-samples.json files; name their addresses from this System.map.
+    #[arg(long, value_name = "FILE")]
+    pub system_map: Option<PathBuf>,
+    /// The kernel the logs came from, with debug info: source lines for every frame.
+    #[arg(long, value_name = "FILE")]
+    pub vmlinux: Option<PathBuf>,
+}
