@@ -10,10 +10,10 @@
 
 use std::io::Read;
 use std::path::Path;
-use std::process::Stdio;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::Result;
+use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
 
 use crate::arch::Arch;
@@ -97,7 +97,7 @@ pub fn prove_kvm(cache: &Cache, guest: &ProbeGuest) -> Result<KvmProof> {
     if let Some(proof) = std::fs::read(&file).ok().and_then(|b| serde_json::from_slice::<KvmProof>(&b).ok()) {
         return Ok(proof);
     }
-    let proof = match crate::doctor::probe_boots(cache, &["-accel", "kvm", "-cpu", "host"], PROBE_DEADLINE) {
+    let proof = match probe_boots(cache, &["-accel", "kvm", "-cpu", "host"], PROBE_DEADLINE) {
         // A signal is no answer: it must neither be cached nor read as a broken KVM.
         Err(e) if e.downcast_ref::<crate::process::Interrupted>().is_some() => return Err(e),
         Err(e) => KvmProof::refused(format!("a boot sector printed nothing under -accel kvm -cpu host: {e:#}")),
@@ -110,15 +110,35 @@ pub fn prove_kvm(cache: &Cache, guest: &ProbeGuest) -> Result<KvmProof> {
 /// Proofs are cached per host boot (a reboot may bring another KVM module), QEMU version and kernel.
 fn proof_key(kernel_key: &str) -> String {
     let boot_id = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap_or_default();
-    let qemu = std::process::Command::new(Arch::X86_64.qemu_binary()).arg("--version").output().map(|o| o.stdout).unwrap_or_default();
-    KeyBuilder::default().part("boot", boot_id.trim().as_bytes()).part("qemu", &qemu).part("kernel", kernel_key.as_bytes()).finish()
+    let qemu = std::process::Command::new(Arch::X86_64.qemu_binary())
+        .arg("--version")
+        .output()
+        .map(|o| o.stdout)
+        .unwrap_or_default();
+    KeyBuilder::default()
+        .part("boot", boot_id.trim().as_bytes())
+        .part("qemu", &qemu)
+        .part("kernel", kernel_key.as_bytes())
+        .finish()
 }
 
 fn boot_linux(guest: &ProbeGuest) -> Result<KvmProof> {
     let arch = Arch::X86_64;
     // No workload: the init prints its ready line, then a result line, and powers off.
-    let cmdline = std::iter::once(format!("console={} panic=-1", arch.console())).chain(arch.kernel_params().iter().map(|p| p.to_string())).collect::<Vec<_>>().join(" ");
-    let machine = Machine { arch, accel: Accel::Kvm, vcpus: 2, memory_mib: 256, kernel: guest.kernel, initramfs: Some(guest.initramfs), cmdline: &cmdline, ssh_port: None };
+    let cmdline = std::iter::once(format!("console={} panic=-1", arch.console()))
+        .chain(arch.kernel_params().iter().map(|p| p.to_string()))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let machine = Machine {
+        arch,
+        accel: Accel::Kvm,
+        vcpus: 2,
+        memory_mib: 256,
+        kernel: guest.kernel,
+        initramfs: Some(guest.initramfs),
+        cmdline: &cmdline,
+        ssh_port: None,
+    };
     let mut command = machine.command();
     command.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
     let start = Instant::now();
@@ -130,7 +150,9 @@ fn boot_linux(guest: &ProbeGuest) -> Result<KvmProof> {
     Ok(match waited {
         Waited::Found => KvmProof { works: true, how: format!("{what} reached its ready line in {secs:.1} s") },
         Waited::TimedOut { printed: 0 } => KvmProof::refused(format!("{what} printed nothing in {secs:.0} s")),
-        Waited::TimedOut { printed } => KvmProof::refused(format!("{what} printed {printed} bytes but no ready line in {secs:.0} s")),
+        Waited::TimedOut { printed } => {
+            KvmProof::refused(format!("{what} printed {printed} bytes but no ready line in {secs:.0} s"))
+        }
         Waited::Ended { printed } => {
             let mut stderr = String::new();
             if let Some(mut pipe) = group.child_mut().stderr.take() {
@@ -140,6 +162,61 @@ fn boot_linux(guest: &ProbeGuest) -> Result<KvmProof> {
             KvmProof::refused(format!("{what} ended after {printed} bytes without a ready line: {why}"))
         }
     })
+}
+
+/// A 512-byte x86 boot sector that prints a marker on COM1 and halts: SeaBIOS boots it in
+/// milliseconds, so seeing the marker proves KVM runs guest code here.
+fn probe_boot_sector() -> Vec<u8> {
+    const MARKER_OFFSET: u16 = 23;
+    let mut code = vec![
+        0xFC, // cld
+        0x31, 0xC0, // xor ax, ax
+        0x8E, 0xD8, // mov ds, ax
+        0xBA, 0xF8, 0x03, // mov dx, 0x3f8
+        0xBE, 0, 0,    // mov si, marker
+        0xAC, // next: lodsb
+        0x84, 0xC0, // test al, al
+        0x74, 0x03, // jz done
+        0xEE, // out dx, al
+        0xEB, 0xF8, // jmp next
+        0xFA, // done: cli
+        0xF4, // halt: hlt
+        0xEB, 0xFD, // jmp halt
+    ];
+    let marker_addr = 0x7C00 + MARKER_OFFSET;
+    code[9..11].copy_from_slice(&marker_addr.to_le_bytes());
+    assert_eq!(code.len(), MARKER_OFFSET as usize);
+    code.extend_from_slice(KVM_MARKER.as_bytes());
+    code.extend_from_slice(b"\r\n\0");
+    code.resize(510, 0);
+    code.extend_from_slice(&[0x55, 0xAA]);
+    code
+}
+
+const KVM_MARKER: &str = "LAB-KVM-OK";
+
+/// Boots the probe sector under the given accelerator and waits for the marker.
+pub fn probe_boots(cache: &Cache, accel: &[&str], timeout: Duration) -> Result<()> {
+    let disk = cache.dir("probe")?.join("kvm-probe.img");
+    std::fs::write(&disk, probe_boot_sector())?;
+    let mut command = Command::new(Arch::X86_64.qemu_binary());
+    // i440fx: SeaBIOS boots its IDE disk directly (q35's AHCI path did not boot the sector here).
+    command.args(["-M", "pc", "-display", "none", "-nodefaults", "-no-user-config", "-serial", "stdio", "-no-reboot"]);
+    command.args(accel).arg("-drive").arg(format!("file={},format=raw,if=ide", disk.display()));
+    command.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut group = crate::process::Group::spawn(command)?;
+    let start = Instant::now();
+    let waited = group.wait_for_output(KVM_MARKER.as_bytes(), timeout)?;
+    group.kill();
+    if waited == crate::process::Waited::Found {
+        return Ok(());
+    }
+    let mut err = String::new();
+    if let Some(mut stderr) = group.child_mut().stderr.take() {
+        let _ = std::io::Read::read_to_string(&mut stderr, &mut err);
+    }
+    let err = err.lines().find(|l| !l.trim().is_empty()).unwrap_or("no output").to_string();
+    bail!("a test guest printed nothing in {:.0}s ({err})", start.elapsed().as_secs_f64())
 }
 
 #[cfg(test)]
@@ -186,9 +263,18 @@ mod tests {
 
     #[test]
     fn verdicts_say_what_x86_64_runs_under() {
-        let no = KvmProof::refused("a Linux guest (linux-7.3 x86_64) under -accel kvm -cpu host printed nothing in 15 s");
+        let no =
+            KvmProof::refused("a Linux guest (linux-7.3 x86_64) under -accel kvm -cpu host printed nothing in 15 s");
         assert_eq!(no.verdict(), "KVM: a Linux guest (linux-7.3 x86_64) under -accel kvm -cpu host printed nothing in 15 s; x86_64 runs under TCG");
         let yes = KvmProof { works: true, how: "a Linux guest reached its ready line in 0.9 s".into() };
         assert_eq!(yes.verdict(), "KVM: a Linux guest reached its ready line in 0.9 s; x86_64 runs under KVM");
+    }
+
+    #[test]
+    fn boot_sector_is_bootable() {
+        let sector = probe_boot_sector();
+        assert_eq!(sector.len(), 512);
+        assert_eq!(&sector[510..], &[0x55, 0xAA]);
+        assert_eq!(&sector[23..33], KVM_MARKER.as_bytes());
     }
 }

@@ -57,7 +57,8 @@ impl Apt {
         }
         let options = repo.arch.map(|a| format!("[arch={a}] ")).unwrap_or_default();
         fs::write(dir.join("sources.list"), format!("deb {options}{} {} main\n", repo.mirror, repo.suite))?;
-        let repo_line = format!("{} {}{}", repo.mirror, repo.suite, repo.arch.map(|a| format!(" ({a})")).unwrap_or_default());
+        let repo_line =
+            format!("{} {}{}", repo.mirror, repo.suite, repo.arch.map(|a| format!(" ({a})")).unwrap_or_default());
         Ok(Apt { dir, repo_line, arch: repo.arch.map(str::to_string), _lock: lock })
     }
 
@@ -95,7 +96,11 @@ impl Apt {
                 .with_context(|| format!("apt-get download {} left no .deb", package.name))?;
             let digest = cache::sha256_file(&got)?;
             if digest != package.sha256 {
-                bail!("{} has SHA256 {digest}, but the signed index says {}: removed it, try again", got.display(), package.sha256);
+                bail!(
+                    "{} has SHA256 {digest}, but the signed index says {}: removed it, try again",
+                    got.display(),
+                    package.sha256
+                );
             }
             fs::rename(&got, &deb)?;
             Ok(digest)
@@ -137,11 +142,12 @@ impl Apt {
     fn update(&self, sh: &Shell) -> Result<()> {
         fs::write(self.dir.join("status"), "")?;
         let opts = self.options();
-        cmd!(sh, "apt-get {opts...} -q update")
-            .quiet()
-            .ignore_stdout()
-            .run()
-            .with_context(|| format!("apt-get update of the private index of {} failed: check the network and the mirror", self.repo_line))
+        cmd!(sh, "apt-get {opts...} -q update").quiet().ignore_stdout().run().with_context(|| {
+            format!(
+                "apt-get update of the private index of {} failed: check the network and the mirror",
+                self.repo_line
+            )
+        })
     }
 
     fn show(&self, sh: &Shell, specs: &[&str]) -> Result<Vec<Package>> {
@@ -150,7 +156,11 @@ impl Apt {
         }
         let opts = self.options();
         // Exits non-zero when a package is missing, after listing the others: judged below.
-        let text = cmd!(sh, "apt-cache {opts...} show --no-all-versions {specs...}").quiet().ignore_stderr().ignore_status().read()?;
+        let text = cmd!(sh, "apt-cache {opts...} show --no-all-versions {specs...}")
+            .quiet()
+            .ignore_stderr()
+            .ignore_status()
+            .read()?;
         let stanzas: Vec<&str> = text.split("\n\n").filter(|s| !s.trim().is_empty()).collect();
         specs
             .iter()
@@ -166,7 +176,12 @@ impl Apt {
                         .find_map(|l| l.strip_prefix(field)?.strip_prefix(": ").map(str::to_string))
                         .with_context(|| format!("apt-cache show {spec} has no {field} field"))
                 };
-                Ok(Package { name: name.to_string(), version: field("Version")?, sha256: field("SHA256")?, filename: field("Filename")? })
+                Ok(Package {
+                    name: name.to_string(),
+                    version: field("Version")?,
+                    sha256: field("SHA256")?,
+                    filename: field("Filename")?,
+                })
             })
             .collect()
     }
@@ -174,7 +189,11 @@ impl Apt {
     fn download(&self, sh: &Shell, spec: &str, into: &Path) -> Result<()> {
         let opts = self.options();
         let _dir = sh.push_dir(into);
-        cmd!(sh, "apt-get {opts...} -q download {spec}").quiet().ignore_stdout().run().with_context(|| format!("apt-get download {spec} failed"))
+        cmd!(sh, "apt-get {opts...} -q download {spec}")
+            .quiet()
+            .ignore_stdout()
+            .run()
+            .with_context(|| format!("apt-get download {spec} failed"))
     }
 }
 

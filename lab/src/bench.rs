@@ -133,12 +133,20 @@ pub fn run(sh: &Shell, cache: &Cache, args: &BenchArgs, ui: &Ui, project: &Path)
 fn bench_accel(cache: &Cache, args: &BenchArgs, kernel: &kernel::Kernel, image: &crate::image::Image) -> Result<Accel> {
     let mode = args.accel.resolve(crate::accel::AccelMode::Auto)?;
     let (accel, proof) = crate::accel::for_guest(cache, mode, kernel.arch, &guest::probe_guest(kernel, image))?;
-    eprintln!("lab bench: {} guests under {accel:?}{}", kernel.arch, proof.map(|p| format!(" ({})", p.verdict())).unwrap_or_default());
+    eprintln!(
+        "lab bench: {} guests under {accel:?}{}",
+        kernel.arch,
+        proof.map(|p| format!(" ({})", p.verdict())).unwrap_or_default()
+    );
     Ok(accel)
 }
 
 /// The recipe (`--recipe`, else `default_recipe`), the architectures and the build options.
-fn subject(args: &BenchArgs, project: &Path, default_recipe: &str) -> Result<(kernel::Recipe, Vec<Arch>, BuildOptions)> {
+fn subject(
+    args: &BenchArgs,
+    project: &Path,
+    default_recipe: &str,
+) -> Result<(kernel::Recipe, Vec<Arch>, BuildOptions)> {
     let recipe = kernel::recipe::load(&args.recipe.clone().unwrap_or_else(|| project.join(default_recipe)))?;
     let arches = if args.arch.is_empty() { Arch::ALL.to_vec() } else { args.arch.clone() };
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
@@ -176,11 +184,14 @@ fn lab_boot(machine: &Machine, image: &crate::image::Image, client_key: &Path, c
     let start = Instant::now();
     let (mut ready, mut login) = (None, None);
     vm::boot(machine, &dir, BOOT_DEADLINES, &watch, Some(&ssh), |seen| match seen {
-        vm::Seen::Console(line) if ready.is_none() && line.contains("LAB-READY") => ready = Some(start.elapsed().as_secs_f64()),
+        vm::Seen::Console(line) if ready.is_none() && line.contains("LAB-READY") => {
+            ready = Some(start.elapsed().as_secs_f64())
+        }
         vm::Seen::SshReady { .. } => login = Some(start.elapsed().as_secs_f64()),
         _ => {}
     })?;
-    let ready = ready.with_context(|| format!("lab {} boot printed no ready line; see {}", machine.arch, dir.display()))?;
+    let ready =
+        ready.with_context(|| format!("lab {} boot printed no ready line; see {}", machine.arch, dir.display()))?;
     let login = login.with_context(|| format!("lab {} boot: no SSH login; see {}", machine.arch, dir.display()))?;
     Ok((ready, login))
 }
@@ -192,7 +203,10 @@ const TRIAGE_BENCH_BYTES: usize = 50_000_000;
 /// MB/s of `triage::triage` and `triage::sanitize` over `file`, or over the golden logs repeated.
 fn triage_throughput(file: Option<&Path>, project: &Path) -> Result<ExitCode> {
     let (log, source) = match file {
-        Some(file) => (std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?, file.display().to_string()),
+        Some(file) => (
+            std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?,
+            file.display().to_string(),
+        ),
         None => {
             let dir = project.join("lab/src/triage/testdata");
             let mut logs = Vec::new();
@@ -230,12 +244,18 @@ fn triage_throughput(file: Option<&Path>, project: &Path) -> Result<ExitCode> {
     };
     println!("# lab bench --triage: {megabytes:.2} MB ({source}), {reports} reports, median of 5 runs\n");
     println!("| function | MB/s |\n| --- | --- |");
-    println!("| triage::triage | {:.1} |", rate(&|| {
-        std::hint::black_box(crate::triage::triage(&log, None));
-    }));
-    println!("| triage::sanitize | {:.1} |", rate(&|| {
-        std::hint::black_box(crate::triage::sanitize(&text));
-    }));
+    println!(
+        "| triage::triage | {:.1} |",
+        rate(&|| {
+            std::hint::black_box(crate::triage::triage(&log, None));
+        })
+    );
+    println!(
+        "| triage::sanitize | {:.1} |",
+        rate(&|| {
+            std::hint::black_box(crate::triage::sanitize(&text));
+        })
+    );
     Ok(ExitCode::SUCCESS)
 }
 
@@ -247,7 +267,8 @@ const ADDR2LINE_FRAMES: usize = 100;
 
 fn symbolize_throughput(sh: &Shell, vmlinux: &Path) -> Result<ExitCode> {
     let start = Instant::now();
-    let debug = crate::triage::DebugInfo::load(vmlinux)?.with_context(|| format!("{} has no debug info", vmlinux.display()))?;
+    let debug =
+        crate::triage::DebugInfo::load(vmlinux)?.with_context(|| format!("{} has no debug info", vmlinux.display()))?;
     let load = start.elapsed().as_secs_f64();
     let mut functions: Vec<(&str, u64, u64)> = debug.functions().filter(|&(_, _, size)| size > 1).collect();
     functions.sort_by_key(|&(_, address, _)| address);
@@ -274,15 +295,26 @@ fn symbolize_throughput(sh: &Shell, vmlinux: &Path) -> Result<ExitCode> {
     let start = Instant::now();
     for &(name, address, offset) in sample {
         let hex = format!("{:#x}", address + offset);
-        let out = xshell::cmd!(sh, "addr2line -f -i -e {vmlinux} {hex}").read().context("cannot run addr2line (binutils)")?;
+        let out =
+            xshell::cmd!(sh, "addr2line -f -i -e {vmlinux} {hex}").read().context("cannot run addr2line (binutils)")?;
         // addr2line: "function\nfile:line (discriminator N)" per function, innermost first.
         let theirs: Vec<String> = out
             .lines()
             .collect::<Vec<_>>()
             .chunks(2)
-            .map(|pair| format!("{} {}", pair[0], pair.get(1).and_then(|l| l.split(' ').next()).and_then(|l| l.rsplit_once(':')).map_or("", |(_, line)| line)))
+            .map(|pair| {
+                format!(
+                    "{} {}",
+                    pair[0],
+                    pair.get(1)
+                        .and_then(|l| l.split(' ').next())
+                        .and_then(|l| l.rsplit_once(':'))
+                        .map_or("", |(_, line)| line)
+                )
+            })
             .collect();
-        let ours: Vec<String> = debug.locate_address(address + offset, name).iter().map(|l| format!("{} {}", l.function, l.line)).collect();
+        let ours: Vec<String> =
+            debug.locate_address(address + offset, name).iter().map(|l| format!("{} {}", l.function, l.line)).collect();
         if ours != theirs {
             disagree.push(format!("{name}+{offset:#x} ({hex}): lab {ours:?}, addr2line {theirs:?}"));
         }
@@ -302,7 +334,11 @@ fn symbolize_throughput(sh: &Shell, vmlinux: &Path) -> Result<ExitCode> {
     println!("| in process, warm | {warm:.0} frames/s |");
     println!("| one addr2line run per frame ({} frames) | {spawned:.1} frames/s |", sample.len());
     println!("| in process / addr2line, first round and warm | {:.0}x, {:.0}x |", cold / spawned, warm / spawned);
-    println!("| frames where both name the same functions and lines | {} of {} |", sample.len() - disagree.len(), sample.len());
+    println!(
+        "| frames where both name the same functions and lines | {} of {} |",
+        sample.len() - disagree.len(),
+        sample.len()
+    );
     for frame in &disagree {
         println!("\n- {frame}");
     }
@@ -331,7 +367,12 @@ fn stuck(sh: &Shell, cache: &Cache, args: &BenchArgs, ui: &Ui, project: &Path) -
         let cmdline = guest::cmdline(arch, Detectors::Off, churn, &[]);
         let guest = Guest { kernel: &k, image: &image, vcpus: 4, memory_mib: MEMORY_MIB, cmdline };
         let machine = guest.machine(accel);
-        let hangs: Vec<Hang> = (0..args.runs).map(|run| stuck_boot(&machine, cache, &symbols, run)).collect::<Result<Vec<_>>>()?.into_iter().flatten().collect();
+        let hangs: Vec<Hang> = (0..args.runs)
+            .map(|run| stuck_boot(&machine, cache, &symbols, run))
+            .collect::<Result<Vec<_>>>()?
+            .into_iter()
+            .flatten()
+            .collect();
         let column = |f: fn(&Hang) -> f64, digits: usize| {
             let mut v: Vec<f64> = hangs.iter().map(f).collect();
             if v.is_empty() {
@@ -387,7 +428,10 @@ fn stuck_boot(machine: &Machine, cache: &Cache, symbols: &crate::triage::Symbols
     };
     let console = std::fs::read_to_string(&boot.console_log).unwrap_or_default();
     let silent_since = vm::console_time(&console, samples.console_line).unwrap_or(0.0);
-    let title = crate::triage::diagnose_host(samples, symbols, 0).reports.first().map_or("no spinning vCPU".to_string(), |r| r.title.clone());
+    let title = crate::triage::diagnose_host(samples, symbols, 0)
+        .reports
+        .first()
+        .map_or("no spinning vCPU".to_string(), |r| r.title.clone());
     Ok(Some(Hang {
         to_diagnosis: samples.finished_s - silent_since,
         sampling: samples.finished_s - samples.started_s,
@@ -397,4 +441,3 @@ fn stuck_boot(machine: &Machine, cache: &Cache, symbols: &crate::triage::Symbols
         title,
     }))
 }
-

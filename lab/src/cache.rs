@@ -65,7 +65,9 @@ impl Lock {
             match file.try_lock() {
                 Ok(()) => return Ok(Lock { _file: file }),
                 Err(fs::TryLockError::WouldBlock) => {}
-                Err(fs::TryLockError::Error(e)) => return Err(e).with_context(|| format!("cannot lock {}", path.display())),
+                Err(fs::TryLockError::Error(e)) => {
+                    return Err(e).with_context(|| format!("cannot lock {}", path.display()))
+                }
             }
             crate::process::check_interrupted()?;
             std::thread::sleep(std::time::Duration::from_millis(100));
@@ -119,7 +121,9 @@ pub fn sha256_file(path: &Path) -> Result<String> {
 pub fn write_atomic(path: &Path, contents: &[u8]) -> Result<()> {
     let tmp = temp_sibling(path);
     let mut file = File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
-    file.write_all(contents).and_then(|()| file.sync_all()).with_context(|| format!("cannot write {}", tmp.display()))?;
+    file.write_all(contents)
+        .and_then(|()| file.sync_all())
+        .with_context(|| format!("cannot write {}", tmp.display()))?;
     fs::rename(&tmp, path).with_context(|| format!("cannot rename {} to {}", tmp.display(), path.display()))
 }
 

@@ -4,8 +4,7 @@
 //! the preinstalled qemu-utils there is the backports build and breaks the plain bookworm QEMU.
 
 use std::path::Path;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use xshell::{cmd, Shell};
@@ -18,8 +17,22 @@ use crate::ui::Ui;
 /// SSH into guests: readelf (binutils) to find dropbear's libraries, dropbearkey for each image's
 /// host key, ssh-keygen and ssh for the lab's client key and logging in by hand.
 const BUILD_PACKAGES: &[&str] = &[
-    "make", "flex", "bison", "bc", "libelf-dev", "libssl-dev", "perl", "xz-utils", "patch", "cpio", "dpkg-dev", "git", "ccache",
-    "binutils", "dropbear-bin", "openssh-client",
+    "make",
+    "flex",
+    "bison",
+    "bc",
+    "libelf-dev",
+    "libssl-dev",
+    "perl",
+    "xz-utils",
+    "patch",
+    "cpio",
+    "dpkg-dev",
+    "git",
+    "ccache",
+    "binutils",
+    "dropbear-bin",
+    "openssh-client",
 ];
 
 const BACKPORTS_LIST: &str = "/etc/apt/sources.list.d/lab-bookworm-backports.list";
@@ -47,7 +60,12 @@ pub fn required_packages() -> Vec<(&'static str, bool)> {
 /// Installed state of each package, in one dpkg-query call.
 fn installed(sh: &Shell, packages: &[&str]) -> std::collections::BTreeSet<String> {
     let format = "${Package}\t${db:Status-Abbrev}\n";
-    let out = cmd!(sh, "dpkg-query -W -f={format} {packages...}").quiet().ignore_status().ignore_stderr().read().unwrap_or_default();
+    let out = cmd!(sh, "dpkg-query -W -f={format} {packages...}")
+        .quiet()
+        .ignore_status()
+        .ignore_stderr()
+        .read()
+        .unwrap_or_default();
     out.lines()
         .filter_map(|l| l.split_once('\t'))
         .filter(|(_, status)| status.starts_with("ii"))
@@ -73,7 +91,11 @@ pub fn missing(sh: &Shell) -> (Vec<&'static str>, Vec<&'static str>) {
     let mut backports = Vec::new();
     for (p, wants_backports) in packages {
         if !have.contains(p) {
-            if wants_backports && use_backports { backports.push(p) } else { plain.push(p) }
+            if wants_backports && use_backports {
+                backports.push(p)
+            } else {
+                plain.push(p)
+            }
         }
     }
     (plain, backports)
@@ -114,14 +136,25 @@ pub fn checks(sh: &Shell, cache: &Cache, images_dir: &Path, ui: &Ui) -> Vec<Chec
     for (p, _) in required_packages() {
         let absent = plain.contains(&p) || backports.contains(&p);
         let fix = absent.then(|| {
-            let (pl, bp): (Vec<&str>, Vec<&str>) = if backports.contains(&p) { (vec![], vec![p]) } else { (vec![p], vec![]) };
+            let (pl, bp): (Vec<&str>, Vec<&str>) =
+                if backports.contains(&p) { (vec![], vec![p]) } else { (vec![p], vec![]) };
             install_command(&pl, &bp)
         });
-        checks.push(Check { what: format!("package {p}"), ok: !absent, detail: if absent { "missing".into() } else { "installed".into() }, fix });
+        checks.push(Check {
+            what: format!("package {p}"),
+            ok: !absent,
+            detail: if absent { "missing".into() } else { "installed".into() },
+            fix,
+        });
     }
     for arch in Arch::ALL {
         let bin = arch.qemu_binary();
-        let version = cmd!(sh, "{bin} --version").quiet().ignore_stderr().read().ok().and_then(|v| v.lines().next().map(str::to_string));
+        let version = cmd!(sh, "{bin} --version")
+            .quiet()
+            .ignore_stderr()
+            .read()
+            .ok()
+            .and_then(|v| v.lines().next().map(str::to_string));
         checks.push(Check {
             what: format!("{bin} runs"),
             ok: version.is_some(),
@@ -134,9 +167,12 @@ pub fn checks(sh: &Shell, cache: &Cache, images_dir: &Path, ui: &Ui) -> Vec<Chec
         what: format!("free space under {}", cache.root().display()),
         ok: free.is_some_and(|f| f >= MIN_FREE_GIB),
         detail: free.map(|f| format!("{f} GiB free (needs {MIN_FREE_GIB})")).unwrap_or_else(|| "unknown".into()),
-        fix: Some(format!("free space there, or point the cache elsewhere: --cache-dir DIR or LAB_CACHE_DIR=DIR ({MIN_FREE_GIB} GiB)")).filter(|_| free.is_none_or(|f| f < MIN_FREE_GIB)),
+        fix: Some(format!(
+            "free space there, or point the cache elsewhere: --cache-dir DIR or LAB_CACHE_DIR=DIR ({MIN_FREE_GIB} GiB)"
+        ))
+        .filter(|_| free.is_none_or(|f| f < MIN_FREE_GIB)),
     });
-    let tcg = probe_boots(cache, &["-accel", "tcg"], std::time::Duration::from_secs(30));
+    let tcg = crate::accel::probe_boots(cache, &["-accel", "tcg"], std::time::Duration::from_secs(30));
     checks.push(Check {
         what: "TCG boots a test guest".into(),
         ok: tcg.is_ok(),
@@ -150,7 +186,8 @@ pub fn checks(sh: &Shell, cache: &Cache, images_dir: &Path, ui: &Ui) -> Vec<Chec
         what: "accelerator for x86_64 guests".into(),
         // TCG is a complete fallback: a broken KVM is information, not a failure.
         ok: true,
-        detail: kvm_proof(sh, cache, images_dir, ui).unwrap_or_else(|e| format!("KVM: not proven ({e:#}); x86_64 runs under TCG")),
+        detail: kvm_proof(sh, cache, images_dir, ui)
+            .unwrap_or_else(|e| format!("KVM: not proven ({e:#}); x86_64 runs under TCG")),
         fix: None,
     });
     checks
@@ -175,14 +212,21 @@ pub fn setup(sh: &Shell, dry_run: bool) -> Result<String> {
         bail!("installing packages needs root; run as root:\n    {command}");
     }
     if !backports.is_empty() {
-        std::fs::write(BACKPORTS_LIST, "deb http://deb.debian.org/debian bookworm-backports main\n").with_context(|| format!("cannot write {BACKPORTS_LIST}"))?;
+        std::fs::write(BACKPORTS_LIST, "deb http://deb.debian.org/debian bookworm-backports main\n")
+            .with_context(|| format!("cannot write {BACKPORTS_LIST}"))?;
     }
     // A third-party source in the host's list that cannot be reached must not stop us: apt-get
     // update then only warns, and the Debian indexes it needs are still refreshed.
     let _ = cmd!(sh, "apt-get update -q").quiet().ignore_stdout().ignore_stderr().run();
     // One retry: dpkg on this machine kind has been seen to fail transiently on its temp files.
     let install = |args: &[&str]| -> Result<()> {
-        let attempt = || cmd!(sh, "apt-get install -y -q {args...}").env("DEBIAN_FRONTEND", "noninteractive").quiet().ignore_stdout().run();
+        let attempt = || {
+            cmd!(sh, "apt-get install -y -q {args...}")
+                .env("DEBIAN_FRONTEND", "noninteractive")
+                .quiet()
+                .ignore_stdout()
+                .run()
+        };
         attempt().or_else(|_| attempt()).with_context(|| format!("apt-get install {} failed", args.join(" ")))
     };
     if !plain.is_empty() {
@@ -194,61 +238,6 @@ pub fn setup(sh: &Shell, dry_run: bool) -> Result<String> {
     Ok(format!("installed: {}", plain.iter().chain(&backports).copied().collect::<Vec<_>>().join(" ")))
 }
 
-/// A 512-byte x86 boot sector that prints a marker on COM1 and halts: SeaBIOS boots it in
-/// milliseconds, so seeing the marker proves KVM runs guest code here.
-fn probe_boot_sector() -> Vec<u8> {
-    const MARKER_OFFSET: u16 = 23;
-    let mut code = vec![
-        0xFC, // cld
-        0x31, 0xC0, // xor ax, ax
-        0x8E, 0xD8, // mov ds, ax
-        0xBA, 0xF8, 0x03, // mov dx, 0x3f8
-        0xBE, 0, 0, // mov si, marker
-        0xAC, // next: lodsb
-        0x84, 0xC0, // test al, al
-        0x74, 0x03, // jz done
-        0xEE, // out dx, al
-        0xEB, 0xF8, // jmp next
-        0xFA, // done: cli
-        0xF4, // halt: hlt
-        0xEB, 0xFD, // jmp halt
-    ];
-    let marker_addr = 0x7C00 + MARKER_OFFSET;
-    code[9..11].copy_from_slice(&marker_addr.to_le_bytes());
-    assert_eq!(code.len(), MARKER_OFFSET as usize);
-    code.extend_from_slice(KVM_MARKER.as_bytes());
-    code.extend_from_slice(b"\r\n\0");
-    code.resize(510, 0);
-    code.extend_from_slice(&[0x55, 0xAA]);
-    code
-}
-
-const KVM_MARKER: &str = "LAB-KVM-OK";
-
-/// Boots the probe sector under the given accelerator and waits for the marker.
-pub fn probe_boots(cache: &Cache, accel: &[&str], timeout: Duration) -> Result<()> {
-    let disk = cache.dir("probe")?.join("kvm-probe.img");
-    std::fs::write(&disk, probe_boot_sector())?;
-    let mut command = Command::new(Arch::X86_64.qemu_binary());
-    // i440fx: SeaBIOS boots its IDE disk directly (q35's AHCI path did not boot the sector here).
-    command.args(["-M", "pc", "-display", "none", "-nodefaults", "-no-user-config", "-serial", "stdio", "-no-reboot"]);
-    command.args(accel).arg("-drive").arg(format!("file={},format=raw,if=ide", disk.display()));
-    command.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
-    let mut group = crate::process::Group::spawn(command)?;
-    let start = Instant::now();
-    let waited = group.wait_for_output(KVM_MARKER.as_bytes(), timeout)?;
-    group.kill();
-    if waited == crate::process::Waited::Found {
-        return Ok(());
-    }
-    let mut err = String::new();
-    if let Some(mut stderr) = group.child_mut().stderr.take() {
-        let _ = std::io::Read::read_to_string(&mut stderr, &mut err);
-    }
-    let err = err.lines().find(|l| !l.trim().is_empty()).unwrap_or("no output").to_string();
-    bail!("a test guest printed nothing in {:.0}s ({err})", start.elapsed().as_secs_f64())
-}
-
 /// What KVM proved here, in one line. Only a Linux guest booted to its ready line proves it (on
 /// this machine kind a boot sector runs under KVM and Linux hangs): the newest x86_64 lab kernel
 /// in the cache is booted, or the proof a run already made is reused.
@@ -257,7 +246,7 @@ fn kvm_proof(sh: &Shell, cache: &Cache, images_dir: &Path, ui: &Ui) -> Result<St
         return Ok("KVM: /dev/kvm does not exist; x86_64 runs under TCG".into());
     }
     let Some(kernel) = crate::kernel::newest_built(cache, Arch::X86_64) else {
-        return Ok(match probe_boots(cache, &["-accel", "kvm", "-cpu", "host"], Duration::from_secs(15)) {
+        return Ok(match crate::accel::probe_boots(cache, &["-accel", "kvm", "-cpu", "host"], Duration::from_secs(15)) {
             Err(e) => format!("KVM: a boot sector printed nothing under -accel kvm -cpu host ({e:#}); x86_64 runs under TCG"),
             Ok(()) => "KVM: a boot sector runs under it, but only a Linux guest proves it and no x86_64 lab kernel is built yet \
                        (`lab build --arch x86_64`; every run proves it first); until then x86_64 runs under TCG"
@@ -280,13 +269,5 @@ mod tests {
             format!("echo 'deb http://deb.debian.org/debian bookworm-backports main' > {BACKPORTS_LIST} && apt-get update && apt-get install -y flex && apt-get install -y -t bookworm-backports qemu-system-ppc")
         );
         assert_eq!(install_command(&["bc"], &[]), "apt-get update && apt-get install -y bc");
-    }
-
-    #[test]
-    fn boot_sector_is_bootable() {
-        let sector = probe_boot_sector();
-        assert_eq!(sector.len(), 512);
-        assert_eq!(&sector[510..], &[0x55, 0xAA]);
-        assert_eq!(&sector[23..33], KVM_MARKER.as_bytes());
     }
 }

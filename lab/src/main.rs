@@ -39,7 +39,10 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(e) => match e.downcast_ref::<process::Interrupted>() {
             Some(interrupted) => {
-                let _ = writeln!(std::io::stderr(), "lab: {interrupted}; every QEMU and make started was killed, finished results are kept");
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "lab: {interrupted}; every QEMU and make started was killed, finished results are kept"
+                );
                 ExitCode::from(interrupted.0.exit_code())
             }
             None => {

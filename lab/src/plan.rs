@@ -88,7 +88,8 @@ pub fn cells(matrix: &Matrix, kernel_names: &[String], filters: &[Filter]) -> Re
                     if !ids.insert(id.clone()) {
                         bail!("cell `{id}` appears twice: two kernel recipes share a name, or vcpus repeats");
                     }
-                    let cell = Cell { id, kernel, kernel_name: kernel_name.clone(), arch, vcpus, workload: workload.clone() };
+                    let cell =
+                        Cell { id, kernel, kernel_name: kernel_name.clone(), arch, vcpus, workload: workload.clone() };
                     if cell.selected_by(filters) {
                         cells.push(cell);
                     }
@@ -137,8 +138,14 @@ workloads:
             &["kernel=stock", "arch=aarch64", "workload=smoke"],
             &["stock-aarch64-1cpu-smoke", "stock-aarch64-2cpu-smoke", "stock-aarch64-4cpu-smoke"],
         );
-        check(&["kernel=stock", "vcpus=4", "arch=x86_64", "arch=aarch64"], &["stock-x86_64-4cpu-smoke", "stock-aarch64-4cpu-smoke"]);
-        check(&["vcpus=4", "workload=hl"], &["error: no cell of the matrix matches the filters; `lab run --list` shows the cells"]);
+        check(
+            &["kernel=stock", "vcpus=4", "arch=x86_64", "arch=aarch64"],
+            &["stock-x86_64-4cpu-smoke", "stock-aarch64-4cpu-smoke"],
+        );
+        check(
+            &["vcpus=4", "workload=hl"],
+            &["error: no cell of the matrix matches the filters; `lab run --list` shows the cells"],
+        );
     }
 
     #[test]

@@ -11,8 +11,8 @@ use std::fs::File;
 use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::mpsc;
 use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::mpsc;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
@@ -73,7 +73,8 @@ pub fn install_signal_handlers() -> Result<()> {
         let record = move || {
             let _ = FIRST_SIGNAL.compare_exchange(0, number, Ordering::SeqCst, Ordering::SeqCst);
         };
-        unsafe { signal_hook::low_level::register(number, record) }.with_context(|| format!("cannot install the {signal} handler"))?;
+        unsafe { signal_hook::low_level::register(number, record) }
+            .with_context(|| format!("cannot install the {signal} handler"))?;
     }
     Ok(())
 }
@@ -101,9 +102,13 @@ pub fn check_interrupted() -> Result<()> {
 pub enum Waited {
     Found,
     /// Its stdout closed first (it exited), after this many bytes.
-    Ended { printed: usize },
+    Ended {
+        printed: usize,
+    },
     /// The timeout came first, after this many bytes.
-    TimedOut { printed: usize },
+    TimedOut {
+        printed: usize,
+    },
 }
 
 pub struct Group {
@@ -116,7 +121,8 @@ impl Group {
         use std::os::unix::process::CommandExt;
         command.process_group(0);
         let program = command.get_program().to_string_lossy().into_owned();
-        let child = command.spawn().with_context(|| format!("cannot start `{program}`: is it installed? (`lab doctor`)"))?;
+        let child =
+            command.spawn().with_context(|| format!("cannot start `{program}`: is it installed? (`lab doctor`)"))?;
         Ok(Group { child, reaped: None })
     }
 
@@ -166,7 +172,9 @@ impl Group {
         while std::time::Instant::now() < deadline {
             match rx.recv_timeout(Duration::from_millis(100)) {
                 Ok(()) => return Ok(Waited::Found),
-                Err(mpsc::RecvTimeoutError::Disconnected) => return Ok(Waited::Ended { printed: printed.load(Ordering::SeqCst) }),
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    return Ok(Waited::Ended { printed: printed.load(Ordering::SeqCst) })
+                }
                 Err(mpsc::RecvTimeoutError::Timeout) => check_interrupted()?,
             }
         }
@@ -217,7 +225,9 @@ pub fn run_logged(mut command: Command, log: &Path, mut on_line: impl FnMut(&str
     loop {
         match rx.recv_timeout(Duration::from_millis(100)) {
             Ok(line) => {
-                file.write_all(&line).and_then(|()| file.write_all(b"\n")).with_context(|| format!("cannot write {}", log.display()))?;
+                file.write_all(&line)
+                    .and_then(|()| file.write_all(b"\n"))
+                    .with_context(|| format!("cannot write {}", log.display()))?;
                 on_line(&String::from_utf8_lossy(&line));
             }
             Err(mpsc::RecvTimeoutError::Disconnected) => break,
@@ -243,7 +253,10 @@ pub fn run_logged(mut command: Command, log: &Path, mut on_line: impl FnMut(&str
 pub fn first_error(log: &str) -> String {
     let lines: Vec<&str> = log.lines().collect();
     let is_error = |l: &&str| {
-        l.contains(": error:") || l.contains(": fatal error:") || l.contains("undefined reference") || l.starts_with("make") && l.contains("***")
+        l.contains(": error:")
+            || l.contains(": fatal error:")
+            || l.contains("undefined reference")
+            || l.starts_with("make") && l.contains("***")
     };
     let start = lines.iter().position(is_error).unwrap_or(lines.len().saturating_sub(15));
     lines[start..].iter().take(12).map(|l| format!("    {l}")).collect::<Vec<_>>().join("\n")
@@ -274,7 +287,9 @@ mod tests {
             cmd.args(["-c", script]).stdout(Stdio::piped());
             Group::spawn(cmd).unwrap()
         };
-        let wait = |script: &str, timeout_ms| spawn(script).wait_for_output(b"LAB-READY", Duration::from_millis(timeout_ms)).unwrap();
+        let wait = |script: &str, timeout_ms| {
+            spawn(script).wait_for_output(b"LAB-READY", Duration::from_millis(timeout_ms)).unwrap()
+        };
         assert_eq!(wait("echo boot; sleep 0.2; echo LAB-READY arch=x", 10_000), Waited::Found);
         assert_eq!(wait("echo nothing; exit 0", 10_000), Waited::Ended { printed: 8 });
         // A child that never prints and never exits: the timeout, not the read, decides.

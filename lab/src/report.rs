@@ -150,12 +150,17 @@ pub fn repro(results: &[CellResult]) -> Vec<Repro> {
     by_cell
         .into_iter()
         .map(|(id, runs)| {
-            let judged: Vec<&&CellResult> = runs.iter().filter(|r| !matches!(r.verdict, Verdict::Error | Verdict::Skip | Verdict::Interrupted)).collect();
+            let judged: Vec<&&CellResult> = runs
+                .iter()
+                .filter(|r| !matches!(r.verdict, Verdict::Error | Verdict::Skip | Verdict::Interrupted))
+                .collect();
             let hits: Vec<&&&CellResult> = judged.iter().filter(|r| r.is_hit()).collect();
             let mut hits_by_kind = BTreeMap::new();
             for r in &hits {
                 let kind = r.reports.iter().find(|rep| Some(rep.kind) == r.expect).or(r.reports.first());
-                *hits_by_kind.entry(kind.map(|k| k.kind.to_string()).unwrap_or_else(|| "timeout".into())).or_insert(0) += 1;
+                *hits_by_kind
+                    .entry(kind.map(|k| k.kind.to_string()).unwrap_or_else(|| "timeout".into()))
+                    .or_insert(0) += 1;
             }
             let detect_s: Vec<f64> = hits.iter().filter_map(|r| r.detect_s).collect();
             let mut sorted = detect_s.clone();
@@ -248,8 +253,15 @@ fn junit(results: &[CellResult]) -> junit_report::Report {
                 Verdict::Fail => TestCaseBuilder::failure(&name, time, &kind, &message),
                 Verdict::Timeout => TestCaseBuilder::failure(&name, time, "timeout", &message),
                 // The lab's own kinds (boot-hang, infra) say what kept it from judging the kernel.
-                Verdict::Error => TestCaseBuilder::error(&name, time, r.reports.first().map_or("error", |rep| rep.kind.name()), &message),
-                Verdict::Interrupted if r.end == NOT_STARTED => TestCaseBuilder::skipped_with_cause(&name, "interrupted", &message),
+                Verdict::Error => TestCaseBuilder::error(
+                    &name,
+                    time,
+                    r.reports.first().map_or("error", |rep| rep.kind.name()),
+                    &message,
+                ),
+                Verdict::Interrupted if r.end == NOT_STARTED => {
+                    TestCaseBuilder::skipped_with_cause(&name, "interrupted", &message)
+                }
                 Verdict::Interrupted => TestCaseBuilder::error(&name, time, "interrupted", &message),
             };
             case.set_classname(&format!("{kernel}.{arch}"));
@@ -272,7 +284,12 @@ pub fn excerpt(console: &str, reports: &[Report]) -> String {
         _ => (lines.len().saturating_sub(60), lines.len()),
     };
     let mut text = String::new();
-    if let Some(source) = reports.first().and_then(|r| r.frame_site.as_ref()).map(triage::FrameSite::faddr2line).filter(|lines| !lines.is_empty()) {
+    if let Some(source) = reports
+        .first()
+        .and_then(|r| r.frame_site.as_ref())
+        .map(triage::FrameSite::faddr2line)
+        .filter(|lines| !lines.is_empty())
+    {
         text = format!("guilty frame {}\n", source.join("\n  "));
     }
     if let Some(host) = reports.first().filter(|r| r.source == triage::Source::Host) {
@@ -341,7 +358,20 @@ mod tests {
 
     fn hit(detect: f64) -> CellResult {
         let mut c = cell(Verdict::Fail, "hard LOCKUP in mm_get_cid", "");
-        c.reports = vec![Report { kind: Kind::HardLockup, title: c.reason.clone(), signature: "hard-lockup:mm_get_cid".into(), frame: None, frame_site: None, cpu: None, stuck_cpu: None, line: 1, lines: vec![], source: Default::default(), missing: Vec::new(), stacks: Vec::new() }];
+        c.reports = vec![Report {
+            kind: Kind::HardLockup,
+            title: c.reason.clone(),
+            signature: "hard-lockup:mm_get_cid".into(),
+            frame: None,
+            frame_site: None,
+            cpu: None,
+            stuck_cpu: None,
+            line: 1,
+            lines: vec![],
+            source: Default::default(),
+            missing: Vec::new(),
+            stacks: Vec::new(),
+        }];
         c.detect_s = Some(detect);
         c
     }
@@ -355,8 +385,14 @@ mod tests {
     fn reproducer_statistics() {
         let pass = || cell(Verdict::Pass, "ok", "");
         check_repro(vec![hit(12.0), pass(), hit(5.0), hit(30.0)], "k-x86_64-2cpu-smoke: 3 of 4 runs hit (75%) [3 hard-lockup]; detected 12.0s after ready (median; 5.0-30.0s)");
-        check_repro(vec![hit(4.0), hit(6.0)], "k-x86_64-2cpu-smoke: 2 of 2 runs hit (100%) [2 hard-lockup]; detected 5.0s after ready (median; 4.0-6.0s)");
-        check_repro((0..20).map(|_| pass()).collect(), "k-x86_64-2cpu-smoke: 0 of 20 runs hit (0%); no hit: failure rate below 13.9% at 95% confidence");
+        check_repro(
+            vec![hit(4.0), hit(6.0)],
+            "k-x86_64-2cpu-smoke: 2 of 2 runs hit (100%) [2 hard-lockup]; detected 5.0s after ready (median; 4.0-6.0s)",
+        );
+        check_repro(
+            (0..20).map(|_| pass()).collect(),
+            "k-x86_64-2cpu-smoke: 0 of 20 runs hit (0%); no hit: failure rate below 13.9% at 95% confidence",
+        );
         let error = cell(Verdict::Error, "QEMU failed", "");
         check_repro(vec![pass(), error], "k-x86_64-2cpu-smoke: 0 of 1 runs hit (0%); no hit: failure rate below 95.0% at 95% confidence; 1 runs could not be judged");
         let stopped = cell(Verdict::Interrupted, "interrupted by SIGTERM after 12.3s", "");
@@ -373,7 +409,11 @@ mod tests {
         let console = "boot\nwatchdog: CPU1: Watchdog detected hard LOCKUP on cpu 1\nRIP: 0010:mm_get_cid+0x1c/0x2a\n";
         let mut reports = hit(1.0).reports;
         assert_eq!(excerpt(console, &reports), console.trim_end(), "no site, no header");
-        let line = |function: &str, line| triage::SourceLine { function: function.into(), file: "kernel/sched/sched.h".into(), line };
+        let line = |function: &str, line| triage::SourceLine {
+            function: function.into(),
+            file: "kernel/sched/sched.h".into(),
+            line,
+        };
         reports[0].frame_site = Some(triage::FrameSite {
             source: vec![line("__mm_get_cid", 3950), line("mm_get_cid", 3972)],
             ..triage::FrameSite::new("mm_get_cid+0x1c/0x2a".into(), false)
@@ -391,7 +431,8 @@ mod tests {
         let mut xml = Vec::new();
         junit(&[result]).write_xml(&mut xml).unwrap();
         let xml = String::from_utf8(xml).unwrap();
-        let got = regex::Regex::new("<(failure|error|skipped)[^>]*>").unwrap().find(&xml).map_or("(none)", |m| m.as_str());
+        let got =
+            regex::Regex::new("<(failure|error|skipped)[^>]*>").unwrap().find(&xml).map_or("(none)", |m| m.as_str());
         assert_eq!(got, element, "{xml}");
     }
 
@@ -402,8 +443,14 @@ mod tests {
         check_junit(cell(Verdict::Timeout, "too slow", ""), r#"<failure type="timeout" message="too slow"/>"#);
         check_junit(cell(Verdict::Error, "QEMU failed", ""), r#"<error type="error" message="QEMU failed"/>"#);
         check_junit(cell(Verdict::Skip, "no rseq", ""), r#"<skipped type="skip" message="no rseq"/>"#);
-        check_junit(interrupted(INTERRUPTED, "interrupted by SIGTERM after 12.3s"), r#"<error type="interrupted" message="interrupted by SIGTERM after 12.3s"/>"#);
-        check_junit(interrupted(NOT_STARTED, "not started: the run was interrupted by SIGHUP"), r#"<skipped type="interrupted" message="not started: the run was interrupted by SIGHUP"/>"#);
+        check_junit(
+            interrupted(INTERRUPTED, "interrupted by SIGTERM after 12.3s"),
+            r#"<error type="interrupted" message="interrupted by SIGTERM after 12.3s"/>"#,
+        );
+        check_junit(
+            interrupted(NOT_STARTED, "not started: the run was interrupted by SIGHUP"),
+            r#"<skipped type="interrupted" message="not started: the run was interrupted by SIGHUP"/>"#,
+        );
     }
 
     #[test]
@@ -422,7 +469,8 @@ mod tests {
     #[test]
     fn junit_is_valid_xml_whatever_the_console_held() {
         let nasty = triage::sanitize("]]> <tag> & \u{1b}[31mred\u{1b}[0m \u{0} \u{7} \u{fffe} done");
-        let results = [cell(Verdict::Pass, "ok", ""), cell(Verdict::Fail, "hard LOCKUP in <mm_get_cid> & \u{1}", &nasty)];
+        let results =
+            [cell(Verdict::Pass, "ok", ""), cell(Verdict::Fail, "hard LOCKUP in <mm_get_cid> & \u{1}", &nasty)];
         let mut xml = Vec::new();
         junit(&results).write_xml(&mut xml).unwrap();
         let xml = String::from_utf8(xml).unwrap();
@@ -433,7 +481,11 @@ mod tests {
         // A real XML parser must accept it, when one is installed.
         let path = std::env::temp_dir().join(format!("lab-junit-{}.xml", std::process::id()));
         std::fs::write(&path, &xml).unwrap();
-        if let Ok(out) = std::process::Command::new("python3").args(["-c", "import sys, xml.dom.minidom as m; m.parse(sys.argv[1])"]).arg(&path).output() {
+        if let Ok(out) = std::process::Command::new("python3")
+            .args(["-c", "import sys, xml.dom.minidom as m; m.parse(sys.argv[1])"])
+            .arg(&path)
+            .output()
+        {
             assert!(out.status.success(), "python rejects the XML: {}", String::from_utf8_lossy(&out.stderr));
         }
         std::fs::remove_file(path).unwrap();

@@ -61,11 +61,19 @@ fn read(dir: &Path) -> Result<Option<ClientKey>> {
     if !public.exists() {
         return Ok(None);
     }
-    let mode = fs::metadata(&private).with_context(|| format!("{} exists, but not {}", public.display(), private.display()))?.permissions().mode() & 0o777;
+    let mode = fs::metadata(&private)
+        .with_context(|| format!("{} exists, but not {}", public.display(), private.display()))?
+        .permissions()
+        .mode()
+        & 0o777;
     if mode != 0o600 {
-        bail!("{} has mode {mode:03o}, expected 600 (only its owner may read a private key): chmod 600 it", private.display());
+        bail!(
+            "{} has mode {mode:03o}, expected 600 (only its owner may read a private key): chmod 600 it",
+            private.display()
+        );
     }
-    let public_line = fs::read_to_string(&public).with_context(|| format!("cannot read {}", public.display()))?.trim().to_string();
+    let public_line =
+        fs::read_to_string(&public).with_context(|| format!("cannot read {}", public.display()))?.trim().to_string();
     if !public_line.starts_with("ssh-ed25519 ") || public_line.lines().count() != 1 {
         bail!("{} is not one ssh-ed25519 public key line", public.display());
     }
@@ -82,7 +90,11 @@ mod tests {
         let cache = Cache::new(Some(root.clone())).unwrap();
         let sh = Shell::new().unwrap();
         let first = client_key(&sh, &cache).unwrap();
-        assert!(first.public_line.starts_with("ssh-ed25519 ") && first.public_line.ends_with(" lab"), "{}", first.public_line);
+        assert!(
+            first.public_line.starts_with("ssh-ed25519 ") && first.public_line.ends_with(" lab"),
+            "{}",
+            first.public_line
+        );
         assert_eq!(fs::metadata(&first.private).unwrap().permissions().mode() & 0o777, 0o600);
         assert!(fs::read_to_string(&first.private).unwrap().starts_with("-----BEGIN OPENSSH PRIVATE KEY-----"));
         assert_eq!(client_key(&sh, &cache).unwrap().public_line, first.public_line, "the pair is made once");

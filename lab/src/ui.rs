@@ -13,12 +13,25 @@ use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 
 pub enum Event {
     /// A task (`build linux-7.3 x86_64`, a cell id) begins a stage.
-    Started { task: String, stage: &'static str },
+    Started {
+        task: String,
+        stage: &'static str,
+    },
     /// The task's latest state, for the spinner; plain output shows it at most every few seconds.
-    Progress { task: String, message: String },
+    Progress {
+        task: String,
+        message: String,
+    },
     /// Raw build output or console text: shown only with `--verbose`.
-    Output { task: String, line: String },
-    Finished { task: String, ok: bool, summary: String },
+    Output {
+        task: String,
+        line: String,
+    },
+    Finished {
+        task: String,
+        ok: bool,
+        summary: String,
+    },
     /// A one-off message for the user.
     Note(String),
 }
@@ -62,7 +75,13 @@ impl Ui {
 
     /// Runs one stage of a task between its `Started` and `Finished` events. The summary is
     /// `describe(value)` on success, the error's first line on failure.
-    pub fn stage<T>(&self, task: &str, stage: &'static str, work: impl FnOnce() -> anyhow::Result<T>, describe: impl FnOnce(&T) -> String) -> anyhow::Result<T> {
+    pub fn stage<T>(
+        &self,
+        task: &str,
+        stage: &'static str,
+        work: impl FnOnce() -> anyhow::Result<T>,
+        describe: impl FnOnce(&T) -> String,
+    ) -> anyhow::Result<T> {
         self.send(Event::Started { task: task.to_string(), stage });
         let result = work();
         let summary = match &result {

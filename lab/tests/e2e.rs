@@ -21,7 +21,11 @@ fn matrix() -> PathBuf {
 /// The cache the lab under test uses, found as its `cache.rs` finds it: `LAB_CACHE_DIR`, else
 /// `$XDG_CACHE_HOME/lab`, else `~/.cache/lab`.
 fn cache_root() -> PathBuf {
-    let base = || std::env::var_os("XDG_CACHE_HOME").map(PathBuf::from).unwrap_or_else(|| Path::new(&std::env::var_os("HOME").unwrap()).join(".cache"));
+    let base = || {
+        std::env::var_os("XDG_CACHE_HOME")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| Path::new(&std::env::var_os("HOME").unwrap()).join(".cache"))
+    };
     std::env::var_os("LAB_CACHE_DIR").map(PathBuf::from).unwrap_or_else(|| base().join("lab"))
 }
 
@@ -67,7 +71,8 @@ fn suite() -> &'static Run {
         let out = scratch("suite");
         let o = run(lab().arg("run").arg("--matrix").arg(matrix()).arg("--out").arg(&out));
         println!("{}", String::from_utf8_lossy(&o.stdout));
-        let summary: Value = serde_json::from_slice(&std::fs::read(out.join("summary.json")).expect("no summary.json")).unwrap();
+        let summary: Value =
+            serde_json::from_slice(&std::fs::read(out.join("summary.json")).expect("no summary.json")).unwrap();
         Run { out, code: o.status.code(), cells: summary["cells"].as_array().unwrap().clone() }
     })
 }
@@ -83,10 +88,14 @@ fn every_architecture_boots_and_passes_smoke_including_more_vcpus_than_host_core
             assert_eq!(cell["verdict"], "pass", "{cell:#}");
             assert!(cell["ready_s"].as_f64().unwrap() > 0.0, "{cell:#}");
             assert!(cell["reports"].as_array().unwrap().is_empty(), "{cell:#}");
-            let console = std::fs::read_to_string(Path::new(cell["dir"].as_str().unwrap()).join("console.log")).unwrap();
+            let console =
+                std::fs::read_to_string(Path::new(cell["dir"].as_str().unwrap()).join("console.log")).unwrap();
             let ready = console.lines().find(|l| l.contains("LAB-READY")).expect("no ready line in console.log");
             assert!(ready.contains(&format!("arch={arch}")) && ready.contains(&format!("cpus={vcpus}")), "{ready}");
-            assert!(console.lines().all(|l| l.len() > 11 && &l[9..11] == "s|"), "every console line carries the host time");
+            assert!(
+                console.lines().all(|l| l.len() > 11 && &l[9..11] == "s|"),
+                "every console line carries the host time"
+            );
         }
     }
 }
@@ -99,7 +108,8 @@ fn a_workload_runs_over_ssh_on_every_architecture() {
             let cell = run.cell("smoke-over-ssh", arch, vcpus);
             assert_eq!(cell["verdict"], "pass", "{cell:#}");
             let dir = Path::new(cell["dir"].as_str().unwrap());
-            let ssh: Value = serde_json::from_slice(&std::fs::read(dir.join("ssh.json")).expect("no ssh.json")).unwrap();
+            let ssh: Value =
+                serde_json::from_slice(&std::fs::read(dir.join("ssh.json")).expect("no ssh.json")).unwrap();
             assert_eq!(ssh["machine"], arch, "`uname -m` over SSH: {ssh:#}");
             assert_eq!(ssh["cpus"], vcpus, "`nproc` over SSH: {ssh:#}");
             assert!(ssh["ready_s"].as_f64().unwrap() >= cell["ready_s"].as_f64().unwrap(), "{ssh:#}");
@@ -108,7 +118,10 @@ fn a_workload_runs_over_ssh_on_every_architecture() {
             let console = std::fs::read_to_string(dir.join("console.log")).unwrap();
             assert!(!console.contains("LAB-PROGRESS"), "over SSH the workload does not print on the console");
             assert!(std::fs::read_to_string(dir.join("dmesg.txt")).unwrap().contains("Linux version"), "dmesg saved");
-            assert!(std::fs::read_to_string(dir.join("version")).unwrap().starts_with("Linux version"), "fetched file saved");
+            assert!(
+                std::fs::read_to_string(dir.join("version")).unwrap().starts_with("Linux version"),
+                "fetched file saved"
+            );
             let known_hosts = std::fs::read_to_string(dir.join("known_hosts")).unwrap();
             assert!(known_hosts.starts_with("[127.0.0.1]:"), "{known_hosts}");
         }
@@ -155,11 +168,17 @@ fn mm_cid_churn_passes_on_the_stock_kernel_on_every_architecture() {
 fn messaging_and_the_kernels_own_rseq_selftests_pass_on_the_stock_kernel_on_every_architecture() {
     let run = suite();
     for arch in ARCHES {
-        for (workload, program) in [("messaging", "messaging"), ("messaging-sockets", "messaging"), ("rseq-selftests", "rseq-selftests")] {
+        for (workload, program) in
+            [("messaging", "messaging"), ("messaging-sockets", "messaging"), ("rseq-selftests", "rseq-selftests")]
+        {
             let cell = run.cell(workload, arch, 4);
             assert_eq!(cell["verdict"], "pass", "{cell:#}");
-            let console = std::fs::read_to_string(Path::new(cell["dir"].as_str().unwrap()).join("console.log")).unwrap();
-            assert!(console.contains(&format!("LAB-PROGRESS workload={program}")), "no progress from {workload} on {arch}");
+            let console =
+                std::fs::read_to_string(Path::new(cell["dir"].as_str().unwrap()).join("console.log")).unwrap();
+            assert!(
+                console.contains(&format!("LAB-PROGRESS workload={program}")),
+                "no progress from {workload} on {arch}"
+            );
         }
     }
 }
@@ -169,7 +188,12 @@ fn a_known_bad_mm_cid_kernel_is_caught_and_a_lockup_report_names_mm_get_cid() {
     suite();
     let out = scratch("known-bad");
     let matrix = Path::new(env!("CARGO_MANIFEST_DIR")).join("../kernels/known-bad-matrix.yaml");
-    let o = run(lab().arg("run").arg("--matrix").arg(matrix).args(["--filter", "kernel=linux-7.3-mmcid-fork-stale", "--filter", "arch=x86_64", "--out"]).arg(&out));
+    let o = run(lab()
+        .arg("run")
+        .arg("--matrix")
+        .arg(matrix)
+        .args(["--filter", "kernel=linux-7.3-mmcid-fork-stale", "--filter", "arch=x86_64", "--out"])
+        .arg(&out));
     assert_eq!(o.status.code(), Some(1), "the known-bad kernel must fail its cell");
     let summary: Value = serde_json::from_slice(&std::fs::read(out.join("summary.json")).unwrap()).unwrap();
     let cell = &summary["cells"][0];
@@ -185,7 +209,10 @@ fn a_known_bad_mm_cid_kernel_is_caught_and_a_lockup_report_names_mm_get_cid() {
         assert!(reports.iter().any(|r| r["source"] == "host"), "a silent hang the host did not name: {reports:#?}");
     }
     for lockup in reports.iter().filter(|r| r["kind"] == "hard-lockup") {
-        assert!(lockup["frame"].as_str().is_some_and(|f| f.contains("mm_get_cid")), "a hard lockup not named after mm_get_cid: {lockup:#}");
+        assert!(
+            lockup["frame"].as_str().is_some_and(|f| f.contains("mm_get_cid")),
+            "a hard lockup not named after mm_get_cid: {lockup:#}"
+        );
         let source = guilty_source(lockup);
         assert!(source.iter().any(|line| line.starts_with("mm_get_cid at kernel/sched/")), "{source:?}");
     }
@@ -212,13 +239,21 @@ fn a_provoked_hard_lockup_is_reported_on_every_architecture() {
     for arch in ARCHES {
         let cell = run.cell("selftest-hardlockup", arch, 2);
         assert_eq!(cell["verdict"], "pass", "{cell:#}");
-        let lockup = cell["reports"].as_array().unwrap().iter().find(|r| r["kind"] == "hard-lockup").expect("no hard-lockup report");
+        let lockup = cell["reports"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["kind"] == "hard-lockup")
+            .expect("no hard-lockup report");
         assert!(lockup["title"].as_str().unwrap().starts_with("hard LOCKUP"), "{lockup:#}");
         assert!(lockup["cpu"].is_u64(), "the reporting CPU is known: {lockup:#}");
         // x86_64 always dumps the stuck CPU's stack; the others when its answer to the IPI came.
         if arch == "x86_64" || lockup["frame"] == "lkdtm_HARDLOCKUP" {
             let source = guilty_source(lockup);
-            assert!(source.last().unwrap().starts_with("lkdtm_HARDLOCKUP at drivers/misc/lkdtm/bugs.c:"), "{arch}: {source:?}");
+            assert!(
+                source.last().unwrap().starts_with("lkdtm_HARDLOCKUP at drivers/misc/lkdtm/bugs.c:"),
+                "{arch}: {source:?}"
+            );
         }
     }
 }
@@ -247,7 +282,11 @@ fn junit_is_valid_xml_with_a_suite_per_kernel_and_arch() {
         print(len(suites), sum(len(s.getElementsByTagName('testcase')) for s in suites), len(d.getElementsByTagName('failure')))\n";
     let out = Command::new("python3").args(["-c", check]).arg(&junit).output().unwrap();
     assert!(out.status.success(), "junit.xml does not parse: {}", String::from_utf8_lossy(&out.stderr));
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), format!("3 {} 3", run.cells.len()), "suites, cases, failures");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        format!("3 {} 3", run.cells.len()),
+        "suites, cases, failures"
+    );
     let xml = std::fs::read_to_string(&junit).unwrap();
     assert!(xml.contains("name=\"linux-7.3.ppc64le\"") && xml.contains("type=\"panic\""), "{xml}");
     for cell in &run.cells {
@@ -289,7 +328,8 @@ fn triage_reads_a_saved_console_log() {
 
 #[test]
 fn triage_names_source_lines_from_the_cells_vmlinux() {
-    let console = Path::new(suite().cell("selftest-hardlockup", "x86_64", 2)["dir"].as_str().unwrap()).join("console.log");
+    let console =
+        Path::new(suite().cell("selftest-hardlockup", "x86_64", 2)["dir"].as_str().unwrap()).join("console.log");
     let built = run_ok(lab().args(["build", "--arch", "x86_64", "--json", "--matrix"]).arg(matrix()));
     let kernels: Value = serde_json::from_slice(&built.stdout).unwrap();
     let vmlinux = kernels[0]["kernel"]["vmlinux"].as_str().unwrap();
@@ -300,7 +340,11 @@ fn triage_names_source_lines_from_the_cells_vmlinux() {
     assert!(text.contains("lkdtm_HARDLOCKUP at drivers/misc/lkdtm/bugs.c:"), "{text}");
     let bare = run(lab().args(["triage", "--vmlinux"]).arg(&console).arg(&console));
     assert_eq!(bare.status.code(), Some(2), "a console log is no vmlinux");
-    assert!(String::from_utf8_lossy(&bare.stderr).contains("is not an ELF file"), "{}", String::from_utf8_lossy(&bare.stderr));
+    assert!(
+        String::from_utf8_lossy(&bare.stderr).contains("is not an ELF file"),
+        "{}",
+        String::from_utf8_lossy(&bare.stderr)
+    );
 }
 
 /// The 7.3 rows of triage's headline formats table (lab/src/triage/testdata/formats.tsv) quote the
@@ -324,7 +368,8 @@ fn the_triage_formats_table_is_verbatim_in_the_stock_7_3_tree() {
             continue;
         }
         let in_file = literals.entry(file).or_insert_with(|| {
-            let bytes = std::fs::read(tree.join(file)).unwrap_or_else(|error| panic!("formats.tsv:{}: {file} in {}: {error}", index + 1, tree.display()));
+            let bytes = std::fs::read(tree.join(file))
+                .unwrap_or_else(|error| panic!("formats.tsv:{}: {file} in {}: {error}", index + 1, tree.display()));
             c_string_literals(&String::from_utf8_lossy(&bytes))
         });
         let literal = format.strip_prefix('"').and_then(|f| f.strip_suffix('"')).unwrap_or(format);
@@ -334,7 +379,13 @@ fn the_triage_formats_table_is_verbatim_in_the_stock_7_3_tree() {
         }
     }
     assert!(checked > 100, "only {checked} 7.3 rows in {}", table_path.display());
-    assert!(missing.is_empty(), "{} of {checked} 7.3 formats are not string literals of their files in {}:\n{}", missing.len(), tree.display(), missing.join("\n"));
+    assert!(
+        missing.is_empty(),
+        "{} of {checked} 7.3 formats are not string literals of their files in {}:\n{}",
+        missing.len(),
+        tree.display(),
+        missing.join("\n")
+    );
 }
 
 /// The finished tree without patches (tree.json `"patches": []`) made from `source`, under the
@@ -342,9 +393,11 @@ fn the_triage_formats_table_is_verbatim_in_the_stock_7_3_tree() {
 fn stock_tree(cache: &Path, source: &str) -> PathBuf {
     let trees = cache.join("trees");
     let entries = std::fs::read_dir(&trees).unwrap_or_else(|error| panic!("{}: {error}", trees.display()));
-    let finished = entries.filter_map(|entry| entry.ok()).filter(|entry| !entry.file_name().to_string_lossy().contains(".tmp-"));
+    let finished =
+        entries.filter_map(|entry| entry.ok()).filter(|entry| !entry.file_name().to_string_lossy().contains(".tmp-"));
     let stock = finished.map(|entry| entry.path()).find(|tree| {
-        let info = std::fs::read(tree.join("tree.json")).ok().and_then(|json| serde_json::from_slice::<Value>(&json).ok());
+        let info =
+            std::fs::read(tree.join("tree.json")).ok().and_then(|json| serde_json::from_slice::<Value>(&json).ok());
         info.is_some_and(|info| info["source"] == source && info["patches"] == serde_json::json!([]))
     });
     stock.unwrap_or_else(|| panic!("no tree of {source} without patches in {}", trees.display())).join("src")
@@ -354,7 +407,8 @@ fn stock_tree(cache: &Path, source: &str) -> PathBuf {
 /// joined as the compiler joins them; a macro between two literals (`KERN_CRIT "..."`) separates them.
 fn c_string_literals(source: &str) -> Vec<String> {
     let bytes = source.as_bytes();
-    let find = |from: usize, needle: &[u8]| bytes[from..].windows(needle.len()).position(|w| w == needle).map(|at| from + at);
+    let find =
+        |from: usize, needle: &[u8]| bytes[from..].windows(needle.len()).position(|w| w == needle).map(|at| from + at);
     let (mut literals, mut joining, mut at) = (Vec::<String>::new(), false, 0);
     while at < bytes.len() {
         if bytes[at..].starts_with(b"//") {
@@ -414,11 +468,27 @@ fn a_guest_that_never_starts_under_forced_kvm_is_an_error_of_the_host() {
     let dir = scratch("forced-kvm");
     std::fs::create_dir_all(&dir).unwrap();
     let quick = dir.join("matrix.yaml");
-    let text = std::fs::read_to_string(matrix()).unwrap().replace("../../../kernels/", &format!("{}/", Path::new(env!("CARGO_MANIFEST_DIR")).join("../kernels").display()));
+    let text = std::fs::read_to_string(matrix()).unwrap().replace(
+        "../../../kernels/",
+        &format!("{}/", Path::new(env!("CARGO_MANIFEST_DIR")).join("../kernels").display()),
+    );
     std::fs::write(&quick, text.replace("silence: 60", "silence: 10")).unwrap();
     let out_dir = dir.join("out");
     let out = run(lab()
-        .args(["run", "--accel", "kvm", "--host-samples", "4", "--filter", "arch=x86_64", "--filter", "vcpus=1", "--filter", "workload=smoke", "--matrix"])
+        .args([
+            "run",
+            "--accel",
+            "kvm",
+            "--host-samples",
+            "4",
+            "--filter",
+            "arch=x86_64",
+            "--filter",
+            "vcpus=1",
+            "--filter",
+            "workload=smoke",
+            "--matrix",
+        ])
         .arg(&quick)
         .arg("--out")
         .arg(&out_dir));
@@ -433,7 +503,11 @@ fn a_guest_that_never_starts_under_forced_kvm_is_an_error_of_the_host() {
     match cell["verdict"].as_str() {
         Some("pass") => assert_eq!(out.status.code(), Some(0)),
         _ => {
-            assert_eq!((cell["verdict"].as_str(), cell["reports"][0]["kind"].as_str()), (Some("error"), Some("boot-hang")), "{cell}");
+            assert_eq!(
+                (cell["verdict"].as_str(), cell["reports"][0]["kind"].as_str()),
+                (Some("error"), Some("boot-hang")),
+                "{cell}"
+            );
             assert!(!cell["reason"].as_str().unwrap().contains("LOCKUP"), "{cell}");
             let junit = std::fs::read_to_string(out_dir.join("junit.xml")).unwrap();
             assert!(junit.contains("<error") && junit.contains("boot-hang") && !junit.contains("<failure"), "{junit}");
@@ -477,7 +551,15 @@ fn a_signal_mid_cell_kills_qemu_and_reports_every_cell(signal: i32, name: &str) 
     .unwrap();
     let out = dir.join("out");
     let started = Instant::now();
-    let mut child = lab().arg("run").arg("--matrix").arg(&matrix).arg("--out").arg(&out).stdout(std::process::Stdio::piped()).spawn().unwrap();
+    let mut child = lab()
+        .arg("run")
+        .arg("--matrix")
+        .arg(&matrix)
+        .arg("--out")
+        .arg(&out)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
     let pid = child.id() as i32;
     let cell = out.join("cells/linux-7.3-aarch64-1cpu-smoke");
     // Long enough for a cold kernel build; a cached one is ready in seconds.
@@ -490,10 +572,15 @@ fn a_signal_mid_cell_kills_qemu_and_reports_every_cell(signal: i32, name: &str) 
     let ready = started.elapsed();
     // QEMU's command line names the lab's QMP socket directory, /tmp/lab-<pid>-<n>.
     let marker = format!("lab-{pid}-");
-    let qemu: Vec<(i32, i32, String)> = processes().into_iter().filter(|(_, _, c)| c.contains("qemu-system") && c.contains(&marker)).collect();
+    let qemu: Vec<(i32, i32, String)> =
+        processes().into_iter().filter(|(_, _, c)| c.contains("qemu-system") && c.contains(&marker)).collect();
     assert_eq!(qemu.len(), 1, "one QEMU runs: {qemu:?}");
     let (qemu_pid, qemu_pgid, _) = qemu[0];
-    assert_ne!(qemu_pgid, unsafe { libc::getpgid(pid) }, "QEMU runs in a process group of its own, which a signal to the lab does not reach");
+    assert_ne!(
+        qemu_pgid,
+        unsafe { libc::getpgid(pid) },
+        "QEMU runs in a process group of its own, which a signal to the lab does not reach"
+    );
     let signalled = Instant::now();
     unsafe { libc::kill(pid, signal) };
     let o = child.wait_with_output().unwrap();
@@ -502,24 +589,38 @@ fn a_signal_mid_cell_kills_qemu_and_reports_every_cell(signal: i32, name: &str) 
     assert_eq!(o.status.code(), Some(128 + signal), "{name}: exit status 128+signal");
     assert!(took < Duration::from_secs(20), "{name}: {took:?} from the signal to the exit");
     let out_dir = out.to_string_lossy().into_owned();
-    let left: Vec<(i32, i32, String)> =
-        processes().into_iter().filter(|(p, g, c)| *p == qemu_pid || *g == qemu_pgid || c.contains(&out_dir) || c.contains(&marker)).collect();
+    let left: Vec<(i32, i32, String)> = processes()
+        .into_iter()
+        .filter(|(p, g, c)| *p == qemu_pid || *g == qemu_pgid || c.contains(&out_dir) || c.contains(&marker))
+        .collect();
     assert!(left.is_empty(), "{name}: QEMU's process group left behind: {left:?}");
     let closing = String::from_utf8_lossy(&o.stdout);
     assert!(closing.contains("2 interrupted"), "{name}: the closing line counts both cells: {closing}");
 
-    let summary: Value = serde_json::from_slice(&std::fs::read(out.join("summary.json")).expect("no summary.json")).unwrap();
+    let summary: Value =
+        serde_json::from_slice(&std::fs::read(out.join("summary.json")).expect("no summary.json")).unwrap();
     let cells = summary["cells"].as_array().unwrap();
     assert_eq!(cells.len(), 2, "{summary:#}");
     let (ran, unstarted) = (&cells[0], &cells[1]);
-    assert_eq!((&ran["vcpus"], &ran["verdict"], &ran["end"]), (&Value::from(1), &Value::from("interrupted"), &Value::from("interrupted")), "{ran:#}");
+    assert_eq!(
+        (&ran["vcpus"], &ran["verdict"], &ran["end"]),
+        (&Value::from(1), &Value::from("interrupted"), &Value::from("interrupted")),
+        "{ran:#}"
+    );
     assert!(ran["reason"].as_str().unwrap().starts_with(&format!("interrupted by {name} after ")), "{ran:#}");
-    assert_eq!((&unstarted["vcpus"], &unstarted["verdict"]), (&Value::from(2), &Value::from("interrupted")), "{unstarted:#}");
+    assert_eq!(
+        (&unstarted["vcpus"], &unstarted["verdict"]),
+        (&Value::from(2), &Value::from("interrupted")),
+        "{unstarted:#}"
+    );
     assert_eq!(unstarted["reason"], format!("not started: the run was interrupted by {name}"), "{unstarted:#}");
     for kept in ["console.log", "qemu-command.sh", "result.json"] {
         assert!(cell.join(kept).exists(), "{name}: the interrupted cell keeps its {kept}");
     }
-    assert!(!out.join("cells/linux-7.3-aarch64-2cpu-smoke").exists(), "{name}: a cell that never started has no directory");
+    assert!(
+        !out.join("cells/linux-7.3-aarch64-2cpu-smoke").exists(),
+        "{name}: a cell that never started has no directory"
+    );
 
     let junit = out.join("junit.xml");
     let script = "import sys, xml.dom.minidom as m\n\
@@ -532,7 +633,11 @@ fn a_signal_mid_cell_kills_qemu_and_reports_every_cell(signal: i32, name: &str) 
     let lines: Vec<&str> = parsed.lines().collect();
     assert_eq!(lines.len(), 2, "{parsed}");
     assert!(lines[0].starts_with(&format!("1cpu-smoke error interrupted interrupted by {name} after ")), "{parsed}");
-    assert_eq!(lines[1], format!("2cpu-smoke skipped interrupted not started: the run was interrupted by {name}"), "{parsed}");
+    assert_eq!(
+        lines[1],
+        format!("2cpu-smoke skipped interrupted not started: the run was interrupted by {name}"),
+        "{parsed}"
+    );
 }
 
 #[test]
@@ -558,11 +663,27 @@ fn bad_input_exits_2_with_one_clear_message_and_no_output() {
     let base = "kernels: [{recipe: kernels/nosuch.yaml}]\narches: [x86_64]\nvcpus: [1]\nworkloads: [{name: smoke}]\n";
     let nosuch = dir.join("kernels/nosuch.yaml");
     let bad_matrices = [
-        ("typo", std::fs::read_to_string(matrix()).unwrap().replace("arches:", "archs:"), "6:1: unknown field `archs`".to_string()),
-        ("zero-timeouts", format!("{base}timeouts: {{boot: 0, silence: 0, workload: 0, report_grace: 0}}\n"), "5:18: timeouts.boot 0 is out of range".to_string()),
+        (
+            "typo",
+            std::fs::read_to_string(matrix()).unwrap().replace("arches:", "archs:"),
+            "6:1: unknown field `archs`".to_string(),
+        ),
+        (
+            "zero-timeouts",
+            format!("{base}timeouts: {{boot: 0, silence: 0, workload: 0, report_grace: 0}}\n"),
+            "5:18: timeouts.boot 0 is out of range".to_string(),
+        ),
         ("zero-vcpus", base.replace("[1]", "[1, 0]"), "3:12: vcpus 0 is out of range: use 1 to 32".to_string()),
-        ("no-program", base.replace("smoke}]", "smoke}, {name: other, program: nosuch}]"), "4:51: workload `other` runs program `nosuch`, which is not in images/workloads/".to_string()),
-        ("no-recipe", base.to_string(), format!("1:20: cannot read kernel recipe {}: No such file or directory", nosuch.display())),
+        (
+            "no-program",
+            base.replace("smoke}]", "smoke}, {name: other, program: nosuch}]"),
+            "4:51: workload `other` runs program `nosuch`, which is not in images/workloads/".to_string(),
+        ),
+        (
+            "no-recipe",
+            base.to_string(),
+            format!("1:20: cannot read kernel recipe {}: No such file or directory", nosuch.display()),
+        ),
     ];
     let out_dir = dir.join("out");
     let out_arg = out_dir.to_str().unwrap();
@@ -571,7 +692,10 @@ fn bad_input_exits_2_with_one_clear_message_and_no_output() {
         let file = dir.join(format!("{name}.yaml"));
         std::fs::write(&file, text).unwrap();
         let file = file.to_str().unwrap().to_string();
-        cases.push((vec!["run".into(), "--out".into(), out_arg.into(), "--matrix".into(), file.clone()], format!("lab: error: {file}:{expect}")));
+        cases.push((
+            vec!["run".into(), "--out".into(), out_arg.into(), "--matrix".into(), file.clone()],
+            format!("lab: error: {file}:{expect}"),
+        ));
     }
     for (args, expect) in [
         (vec!["run", "--out", out_arg, "--matrix", "/nonexistent.yaml"], "cannot read matrix file /nonexistent.yaml"),
@@ -622,7 +746,12 @@ fn a_patched_variant_rebuilds_incrementally_from_the_stock_build() {
 #[test]
 fn a_patch_that_does_not_apply_names_patch_file_and_hunk_and_leaves_no_tree() {
     suite();
-    let child = lab().args(["build", "--arch", "x86_64", "--recipe"]).arg(data("variant-bad.yaml")).stderr(std::process::Stdio::piped()).spawn().unwrap();
+    let child = lab()
+        .args(["build", "--arch", "x86_64", "--recipe"])
+        .arg(data("variant-bad.yaml"))
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
     let pid = child.id();
     let out = child.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -632,7 +761,11 @@ fn a_patch_that_does_not_apply_names_patch_file_and_hunk_and_leaves_no_tree() {
     let cache = cache_root();
     // Other tests build trees at the same time: only this process's temporary tree counts.
     let own = format!(".tmp-{pid}");
-    let debris: Vec<_> = std::fs::read_dir(cache.join("trees")).unwrap().filter_map(|e| e.ok()).filter(|e| e.file_name().to_string_lossy().ends_with(&own)).collect();
+    let debris: Vec<_> = std::fs::read_dir(cache.join("trees"))
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().ends_with(&own))
+        .collect();
     assert!(debris.is_empty(), "half-made trees left behind: {debris:?}");
 }
 
@@ -644,23 +777,38 @@ fn a_silent_live_lock_is_named_from_the_host_on_every_architecture() {
     // The race is missed now and then, and a hit is diagnosed as "hard LOCKUP in mm_get_cid" in
     // 9 runs of 10 or more per arch (BENCHMARKS.md); up to three runs per arch keep this test
     // from flaking while every diagnosis it sees must be right.
-    let o = run(lab().arg("run").arg("--matrix").arg(matrix).args(["--repeat", "3", "--until-fail", "--jobs", "2", "--out"]).arg(&out));
+    let o = run(lab()
+        .arg("run")
+        .arg("--matrix")
+        .arg(matrix)
+        .args(["--repeat", "3", "--until-fail", "--jobs", "2", "--out"])
+        .arg(&out));
     assert_eq!(o.status.code(), Some(1), "the known-bad kernel must fail");
     let summary: Value = serde_json::from_slice(&std::fs::read(out.join("summary.json")).unwrap()).unwrap();
     for arch in ARCHES {
         let runs: Vec<&Value> = summary["cells"].as_array().unwrap().iter().filter(|c| c["arch"] == arch).collect();
-        let hit = runs.iter().find(|c| c["verdict"] == "fail").unwrap_or_else(|| panic!("{arch}: no run hung: {runs:#?}"));
+        let hit =
+            runs.iter().find(|c| c["verdict"] == "fail").unwrap_or_else(|| panic!("{arch}: no run hung: {runs:#?}"));
         assert_eq!(hit["end"], "silent", "{arch}: the guest's detectors are off, it must go silent: {hit:#}");
         let reports = hit["reports"].as_array().unwrap();
-        let lockup = reports.iter().find(|r| r["source"] == "host").unwrap_or_else(|| panic!("{arch}: no report from the host's samples: {reports:#?}"));
+        let lockup = reports
+            .iter()
+            .find(|r| r["source"] == "host")
+            .unwrap_or_else(|| panic!("{arch}: no report from the host's samples: {reports:#?}"));
         assert_eq!(lockup["kind"], "hard-lockup", "{arch}: {lockup:#}");
         assert!(lockup["title"].as_str().unwrap().contains("mm_get_cid"), "{arch}: {lockup:#}");
         let lines = lockup["lines"].as_array().unwrap();
         let side = |needle: &str| lines.iter().any(|l| l.as_str().unwrap().contains(needle));
-        assert!(side("samples in mm_get_cid") || side("samples in __mm_get_cid"), "{arch}: the spinning side: {lines:#?}");
+        assert!(
+            side("samples in mm_get_cid") || side("samples in __mm_get_cid"),
+            "{arch}: the spinning side: {lines:#?}"
+        );
         assert!(side("sched_mm_cid_fork") || side("queued_spin_lock_slowpath"), "{arch}: the waiting side: {lines:#?}");
         assert!(hit["basis"].as_str().unwrap().contains("host"), "{arch}: {hit:#}");
-        let samples: Value = serde_json::from_slice(&std::fs::read(Path::new(hit["dir"].as_str().unwrap()).join("host-samples.json")).unwrap()).unwrap();
+        let samples: Value = serde_json::from_slice(
+            &std::fs::read(Path::new(hit["dir"].as_str().unwrap()).join("host-samples.json")).unwrap(),
+        )
+        .unwrap();
         assert_eq!(samples[0]["vcpus"].as_array().unwrap().len(), 4, "{arch}: every vCPU sampled");
     }
 }
@@ -668,7 +816,8 @@ fn a_silent_live_lock_is_named_from_the_host_on_every_architecture() {
 /// One QMP command on a fresh connection (the greeting and capabilities negotiation first).
 fn qmp(socket: &Path, command: &str) {
     use std::io::{BufRead, BufReader, Write};
-    let stream = std::os::unix::net::UnixStream::connect(socket).unwrap_or_else(|e| panic!("{}: {e}", socket.display()));
+    let stream =
+        std::os::unix::net::UnixStream::connect(socket).unwrap_or_else(|e| panic!("{}: {e}", socket.display()));
     let mut reader = BufReader::new(stream.try_clone().unwrap());
     let mut writer = stream;
     let mut line = String::new();
@@ -759,8 +908,18 @@ fn a_guest_presenting_another_host_key_is_refused() {
         std::fs::write(&path, serde_json::to_vec(&image).unwrap()).unwrap();
     }
     let out = scratch("hostkey");
-    let o = run(lab().arg("--cache-dir").arg(&cache).arg("run").arg("--matrix").arg(matrix()).args(["--filter", "arch=x86_64", "--filter", "vcpus=1", "--filter", "workload=smoke-over-ssh", "--out"]).arg(&out));
-    let result: Value = serde_json::from_slice(&std::fs::read(out.join("cells/linux-7.3-x86_64-1cpu-smoke-over-ssh/result.json")).unwrap()).unwrap();
+    let o = run(lab()
+        .arg("--cache-dir")
+        .arg(&cache)
+        .arg("run")
+        .arg("--matrix")
+        .arg(matrix())
+        .args(["--filter", "arch=x86_64", "--filter", "vcpus=1", "--filter", "workload=smoke-over-ssh", "--out"])
+        .arg(&out));
+    let result: Value = serde_json::from_slice(
+        &std::fs::read(out.join("cells/linux-7.3-x86_64-1cpu-smoke-over-ssh/result.json")).unwrap(),
+    )
+    .unwrap();
     assert_eq!(o.status.code(), Some(1), "{result:#}");
     assert_eq!(result["verdict"], "error", "{result:#}");
     assert!(result["reason"].as_str().unwrap().contains("not the key its image was built with"), "{result:#}");

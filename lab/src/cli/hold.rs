@@ -83,8 +83,14 @@ mod tests {
         let ids = ["k-x86_64-1cpu-smoke", "k-x86_64-2cpu-smoke", "k-aarch64-2cpu-smoke", "k-x86_64-2cpu-churn"];
         let check = |cell: &str, want: &str| assert_eq!(unknown_cell(cell, &ids), want, "{cell}");
         check("nosuch", "no cell `nosuch` in the matrix (4 cells): `lab run --list` prints them");
-        check("x86_64-2cpu", "no cell `x86_64-2cpu` in the matrix (4 cells): did you mean k-x86_64-2cpu-smoke, k-x86_64-2cpu-churn?");
-        check("k-x86_64-1cpu-smoke2", "no cell `k-x86_64-1cpu-smoke2` in the matrix (4 cells): did you mean k-x86_64-1cpu-smoke?");
+        check(
+            "x86_64-2cpu",
+            "no cell `x86_64-2cpu` in the matrix (4 cells): did you mean k-x86_64-2cpu-smoke, k-x86_64-2cpu-churn?",
+        );
+        check(
+            "k-x86_64-1cpu-smoke2",
+            "no cell `k-x86_64-1cpu-smoke2` in the matrix (4 cells): did you mean k-x86_64-1cpu-smoke?",
+        );
         check("k-", "no cell `k-` in the matrix (4 cells): did you mean k-x86_64-1cpu-smoke, k-x86_64-2cpu-smoke, k-aarch64-2cpu-smoke, k-x86_64-2cpu-churn?");
         let many = ["a1", "a2", "a3", "a4", "a5", "a6"];
         assert_eq!(unknown_cell("a", &many), "no cell `a` in the matrix (6 cells): did you mean a1, a2, a3, a4, a5?");

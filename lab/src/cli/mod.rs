@@ -65,10 +65,15 @@ pub fn load(select: &Select) -> Result<Loaded> {
         .collect::<Result<Vec<_>>>()?;
     let names: Vec<String> = recipes.iter().map(|r| r.name.clone()).collect();
     // Cells are named by recipe name: two recipes of one name would run under one cell id.
-    if let Some((i, j)) = (0..names.len()).find_map(|i| names[..i].iter().position(|n| *n == names[i]).map(|j| (i, j))) {
+    if let Some((i, j)) = (0..names.len()).find_map(|i| names[..i].iter().position(|n| *n == names[i]).map(|j| (i, j)))
+    {
         let at = matrix.at(&matrix::node!["kernels", i, "recipe"]);
         let other = matrix.matrix.kernels[j].recipe.display();
-        anyhow::bail!("{at}: kernel recipe `{}` has the name of kernel {} (`{other}`): give each its own `name`", names[i], j + 1);
+        anyhow::bail!(
+            "{at}: kernel recipe `{}` has the name of kernel {} (`{other}`): give each its own `name`",
+            names[i],
+            j + 1
+        );
     }
     let cells = plan::cells(&matrix.matrix, &names, &select.filter)?;
     Ok(Loaded { matrix, recipes, cells })

@@ -158,13 +158,19 @@ mod tests {
         let check = |r: Report, want: &str| assert_eq!(report_line("console.log", &r), want);
         use Missing::*;
         let lockup = "hard LOCKUP in mm_get_cid";
-        check(report(Kind::HardLockup, lockup, Some(1), &[]), "console.log:12: hard-lockup cpu 1: hard LOCKUP in mm_get_cid");
+        check(
+            report(Kind::HardLockup, lockup, Some(1), &[]),
+            "console.log:12: hard-lockup cpu 1: hard LOCKUP in mm_get_cid",
+        );
         check(report(Kind::Silent, "silent for 30s", None, &[]), "console.log:12: silent: silent for 30s");
         check(
             report(Kind::HardLockup, lockup, Some(0), &[LockHolder]),
             "console.log:12: hard-lockup cpu 0: hard LOCKUP in mm_get_cid (no dumped stack shows the lock holder)",
         );
-        check(report(Kind::Bug, "BUG: x", None, &[Truncated]), "console.log:12: bug: BUG: x (cut short: the log ends inside it)");
+        check(
+            report(Kind::Bug, "BUG: x", None, &[Truncated]),
+            "console.log:12: bug: BUG: x (cut short: the log ends inside it)",
+        );
         check(
             report(Kind::SoftLockup, "soft lockup", Some(3), &[LockHolder, Truncated]),
             "console.log:12: soft-lockup cpu 3: soft lockup (no dumped stack shows the lock holder) (cut short: the log ends inside it)",
@@ -185,7 +191,9 @@ mod tests {
         );
         let vcpus = ["vCPU 0: 8 of 8 samples in mm_get_cid".to_string()];
         check(
-            serde_json::to_string(&Files { files: vec![HostSamplesFile { file: "h.json", vcpus: &vcpus, reports: &[] }] }),
+            serde_json::to_string(&Files {
+                files: vec![HostSamplesFile { file: "h.json", vcpus: &vcpus, reports: &[] }],
+            }),
             r#"{"files":[{"file":"h.json","vcpus":["vCPU 0: 8 of 8 samples in mm_get_cid"],"reports":[]}]}"#,
         );
     }

@@ -77,20 +77,30 @@ mod tests {
         a.symlink("/bin/sh", "busybox");
         let bytes = a.finish();
         let header = |ino: &str, mode: &str, nlink: &str, size: &str, rdev: (&str, &str), namesize: &str| {
-            format!("070701{ino}{mode}0000000000000000{nlink}00000000{size}0000000000000000{}{}{namesize}00000000", rdev.0, rdev.1)
+            format!(
+                "070701{ino}{mode}0000000000000000{nlink}00000000{size}0000000000000000{}{}{namesize}00000000",
+                rdev.0, rdev.1
+            )
         };
-        let mut expect = header("00000001", "000081ed", "00000001", "00000002", ("00000000", "00000000"), "00000005").into_bytes();
+        let mut expect =
+            header("00000001", "000081ed", "00000001", "00000002", ("00000000", "00000000"), "00000005").into_bytes();
         expect.extend_from_slice(b"init\0"); // 110 + 5 = 115: pad to 116
         expect.push(0);
         expect.extend_from_slice(b"hi\0\0");
-        expect.extend(header("00000002", "00002180", "00000001", "00000000", ("00000005", "00000001"), "0000000c").into_bytes());
+        expect.extend(
+            header("00000002", "00002180", "00000001", "00000000", ("00000005", "00000001"), "0000000c").into_bytes(),
+        );
         expect.extend_from_slice(b"dev/console\0"); // 110 + 12 = 122: pad to 124
         expect.extend_from_slice(b"\0\0");
-        expect.extend(header("00000003", "0000a1ff", "00000001", "00000007", ("00000000", "00000000"), "00000007").into_bytes());
+        expect.extend(
+            header("00000003", "0000a1ff", "00000001", "00000007", ("00000000", "00000000"), "00000007").into_bytes(),
+        );
         expect.extend_from_slice(b"bin/sh\0"); // 110 + 7 = 117: pad to 120
         expect.extend_from_slice(b"\0\0\0");
         expect.extend_from_slice(b"busybox\0"); // the target, 7 bytes: pad to 8
-        expect.extend(header("00000004", "00000000", "00000001", "00000000", ("00000000", "00000000"), "0000000b").into_bytes());
+        expect.extend(
+            header("00000004", "00000000", "00000001", "00000000", ("00000000", "00000000"), "0000000b").into_bytes(),
+        );
         expect.extend_from_slice(b"TRAILER!!!\0"); // 110 + 11 = 121: pad to 124
         expect.extend_from_slice(b"\0\0\0");
         assert_eq!(String::from_utf8_lossy(&bytes), String::from_utf8_lossy(&expect));

@@ -81,10 +81,15 @@ fn sources(dir: &Path) -> Result<Vec<(String, PathBuf)>> {
 }
 
 pub fn build(sh: &Shell, cache: &Cache, images_dir: &Path, arch: Arch, ui: &Ui) -> Result<Image> {
-    ui.stage(&format!("image {arch}"), "initramfs", || build_inner(sh, cache, images_dir, arch), |i| match i.cached {
-        true => "cached".to_string(),
-        false => format!("{} programs, {}", i.programs.len(), i.initramfs.display()),
-    })
+    ui.stage(
+        &format!("image {arch}"),
+        "initramfs",
+        || build_inner(sh, cache, images_dir, arch),
+        |i| match i.cached {
+            true => "cached".to_string(),
+            false => format!("{} programs, {}", i.programs.len(), i.initramfs.display()),
+        },
+    )
     .with_context(|| format!("guest image for {arch}"))
 }
 
@@ -95,7 +100,10 @@ fn build_inner(sh: &Shell, cache: &Cache, images_dir: &Path, arch: Arch) -> Resu
         bail!("{} holds no workload (*.c)", images_dir.join("workloads").display());
     }
     let gcc = arch.gcc();
-    let toolchain = cmd!(sh, "{gcc} --version").quiet().read().with_context(|| format!("{gcc} is not installed: run `lab setup`"))?;
+    let toolchain = cmd!(sh, "{gcc} --version")
+        .quiet()
+        .read()
+        .with_context(|| format!("{gcc} is not installed: run `lab setup`"))?;
     let include = images_dir.join("workloads/include");
     let headers: Vec<(String, PathBuf)> = match fs::read_dir(&include) {
         Ok(entries) => {
@@ -117,7 +125,8 @@ fn build_inner(sh: &Shell, cache: &Cache, images_dir: &Path, arch: Arch) -> Resu
         .part("arch", arch.name().as_bytes())
         .part("userland", userland.key.as_bytes())
         .part("authorized_keys", client_key.public_line.as_bytes());
-    let sources_and_headers = std::iter::once(("init".to_string(), init.clone())).chain(workloads.iter().cloned()).chain(headers);
+    let sources_and_headers =
+        std::iter::once(("init".to_string(), init.clone())).chain(workloads.iter().cloned()).chain(headers);
     for (name, path) in sources_and_headers {
         let text = fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
         key = key.part("name", name.as_bytes()).part("source", &text);
@@ -135,7 +144,11 @@ fn build_inner(sh: &Shell, cache: &Cache, images_dir: &Path, arch: Arch) -> Resu
     let compile = |source: &Path, name: &str| -> Result<Vec<u8>> {
         let out = tmp.join("bin").join(name);
         let include_flag = format!("-I{}", include.display());
-        let output = cmd!(sh, "{gcc} -std=gnu11 -O2 -Wall -Wextra -Werror -static -pthread {include_flag} -o {out} {source}").quiet().ignore_status().output()?;
+        let output =
+            cmd!(sh, "{gcc} -std=gnu11 -O2 -Wall -Wextra -Werror -static -pthread {include_flag} -o {out} {source}")
+                .quiet()
+                .ignore_status()
+                .output()?;
         if !output.status.success() {
             bail!("{gcc} cannot compile {}:\n{}", source.display(), String::from_utf8_lossy(&output.stderr).trim_end());
         }
@@ -182,7 +195,12 @@ fn build_inner(sh: &Shell, cache: &Cache, images_dir: &Path, arch: Arch) -> Resu
 fn write_initramfs(path: &Path, bytes: &[u8]) -> Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
-    let mut file = fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path).with_context(|| format!("cannot create {}", path.display()))?;
+    let mut file = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("cannot create {}", path.display()))?;
     file.write_all(bytes).with_context(|| format!("cannot write {}", path.display()))
 }
 
@@ -218,15 +236,24 @@ pub fn with_selftests(cache: &Cache, base: &Image, selftests: &Selftests, ui: &U
         return Ok(base.clone());
     }
     let task = format!("image {} +selftests", base.arch);
-    ui.stage(&task, "initramfs", || with_selftests_inner(cache, base, selftests), |i| match i.cached {
-        true => "cached".to_string(),
-        false => format!("{} rseq selftests, {}", selftests.programs.len(), i.initramfs.display()),
-    })
+    ui.stage(
+        &task,
+        "initramfs",
+        || with_selftests_inner(cache, base, selftests),
+        |i| match i.cached {
+            true => "cached".to_string(),
+            false => format!("{} rseq selftests, {}", selftests.programs.len(), i.initramfs.display()),
+        },
+    )
     .with_context(|| format!("guest image for {} with the rseq selftests of {}", base.arch, selftests.dir.display()))
 }
 
 fn with_selftests_inner(cache: &Cache, base: &Image, selftests: &Selftests) -> Result<Image> {
-    let key = KeyBuilder::default().part("version", IMAGE_VERSION.as_bytes()).part("base", base.key.as_bytes()).part("selftests", selftests.key.as_bytes()).finish();
+    let key = KeyBuilder::default()
+        .part("version", IMAGE_VERSION.as_bytes())
+        .part("base", base.key.as_bytes())
+        .part("selftests", selftests.key.as_bytes())
+        .finish();
     let dir = cache.dir("images")?.join(format!("{}-{key}", base.arch));
     if let Ok(mut image) = serde_json::from_slice::<Image>(&fs::read(dir.join("image.json")).unwrap_or_default()) {
         image.cached = true;
@@ -241,7 +268,8 @@ fn with_selftests_inner(cache: &Cache, base: &Image, selftests: &Selftests) -> R
         let bytes = fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
         archive.file(&format!("{RSEQ_SELFTESTS_DIR}/{name}"), 0o755, &bytes);
     }
-    let mut initramfs = fs::read(&base.initramfs).with_context(|| format!("cannot read {}", base.initramfs.display()))?;
+    let mut initramfs =
+        fs::read(&base.initramfs).with_context(|| format!("cannot read {}", base.initramfs.display()))?;
     initramfs.extend(archive.finish());
     let tmp = cache::temp_sibling(&dir);
     cache::remove_dir_if_present(&tmp)?;

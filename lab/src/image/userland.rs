@@ -26,7 +26,8 @@ const SUITE: &str = "bookworm";
 
 /// busybox-static and dropbear-bin, and the packages of every library dropbear needs
 /// (`readelf -d`, followed to the end). A library none of them has fails the build by name.
-const PACKAGES: &[&str] = &["busybox-static", "dropbear-bin", "libc6", "libcrypt1", "zlib1g", "libtomcrypt1", "libtommath1", "libgmp10"];
+const PACKAGES: &[&str] =
+    &["busybox-static", "dropbear-bin", "libc6", "libcrypt1", "zlib1g", "libtomcrypt1", "libtommath1", "libgmp10"];
 
 /// Where images/init/init.c starts the SSH server.
 const DROPBEAR: &str = "/usr/sbin/dropbear";
@@ -36,14 +37,113 @@ const BUSYBOX: &str = "/bin/busybox";
 /// Debian's busybox-static (one configuration for every architecture); `busybox NAME` reaches the
 /// others.
 const APPLETS: &[&str] = &[
-    "sh", "ash", "cat", "cp", "mv", "rm", "ln", "ls", "mkdir", "rmdir", "touch", "chmod", "chown", "stat", "readlink", "realpath",
-    "find", "xargs", "grep", "egrep", "fgrep", "sed", "awk", "head", "tail", "wc", "sort", "uniq", "cut", "tr", "tee", "diff",
-    "cmp", "od", "hexdump", "xxd", "strings", "echo", "printf", "test", "[", "true", "false", "sleep", "usleep", "timeout",
-    "time", "watch", "env", "id", "whoami", "uname", "nproc", "hostname", "date", "uptime", "free", "top", "ps", "pidof",
-    "kill", "killall", "taskset", "ionice", "renice", "dmesg", "sync", "poweroff", "reboot", "halt", "mount", "umount", "df",
-    "du", "ip", "ifconfig", "route", "ping", "netstat", "nc", "sysctl", "tar", "gzip", "gunzip", "zcat", "vi", "less", "more",
-    "clear", "reset", "stty", "tty", "seq", "yes", "which", "basename", "dirname", "mktemp", "md5sum", "sha256sum", "setsid",
-    "nsenter", "unshare", "dd", "truncate", "mkfifo", "mknod",
+    "sh",
+    "ash",
+    "cat",
+    "cp",
+    "mv",
+    "rm",
+    "ln",
+    "ls",
+    "mkdir",
+    "rmdir",
+    "touch",
+    "chmod",
+    "chown",
+    "stat",
+    "readlink",
+    "realpath",
+    "find",
+    "xargs",
+    "grep",
+    "egrep",
+    "fgrep",
+    "sed",
+    "awk",
+    "head",
+    "tail",
+    "wc",
+    "sort",
+    "uniq",
+    "cut",
+    "tr",
+    "tee",
+    "diff",
+    "cmp",
+    "od",
+    "hexdump",
+    "xxd",
+    "strings",
+    "echo",
+    "printf",
+    "test",
+    "[",
+    "true",
+    "false",
+    "sleep",
+    "usleep",
+    "timeout",
+    "time",
+    "watch",
+    "env",
+    "id",
+    "whoami",
+    "uname",
+    "nproc",
+    "hostname",
+    "date",
+    "uptime",
+    "free",
+    "top",
+    "ps",
+    "pidof",
+    "kill",
+    "killall",
+    "taskset",
+    "ionice",
+    "renice",
+    "dmesg",
+    "sync",
+    "poweroff",
+    "reboot",
+    "halt",
+    "mount",
+    "umount",
+    "df",
+    "du",
+    "ip",
+    "ifconfig",
+    "route",
+    "ping",
+    "netstat",
+    "nc",
+    "sysctl",
+    "tar",
+    "gzip",
+    "gunzip",
+    "zcat",
+    "vi",
+    "less",
+    "more",
+    "clear",
+    "reset",
+    "stty",
+    "tty",
+    "seq",
+    "yes",
+    "which",
+    "basename",
+    "dirname",
+    "mktemp",
+    "md5sum",
+    "sha256sum",
+    "setsid",
+    "nsenter",
+    "unshare",
+    "dd",
+    "truncate",
+    "mkfifo",
+    "mknod",
 ];
 
 /// Bump when the selection or the layout changes in a way the packages do not show.
@@ -74,7 +174,11 @@ impl Userland {
                 Entry::Dir { path } => archive.dir(path, 0o755),
                 Entry::File { path, mode } => {
                     let file = self.root.join(relative(path));
-                    archive.file(path, *mode, &fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?);
+                    archive.file(
+                        path,
+                        *mode,
+                        &fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?,
+                    );
                 }
                 Entry::Symlink { path, target } => archive.symlink(path, target),
             }
@@ -89,7 +193,8 @@ pub fn get(sh: &Shell, cache: &Cache, arch: Arch) -> Result<Userland> {
     let apt = Apt::open(cache, &Repo { mirror: MIRROR, suite: SUITE, arch: Some(arch.debian_arch()) })?;
     let packages = apt.resolve(sh, PACKAGES)?;
     let ids: Vec<String> = packages.iter().map(|p| p.id()).collect();
-    let mut key = KeyBuilder::default().part("version", USERLAND_VERSION.as_bytes()).part("arch", arch.name().as_bytes());
+    let mut key =
+        KeyBuilder::default().part("version", USERLAND_VERSION.as_bytes()).part("arch", arch.name().as_bytes());
     for id in &ids {
         key = key.part("package", id.as_bytes());
     }
@@ -109,14 +214,18 @@ pub fn get(sh: &Shell, cache: &Cache, arch: Arch) -> Result<Userland> {
         fs::create_dir_all(&unpacked)?;
         for package in &packages {
             let deb = apt.fetch(sh, cache, package)?;
-            cmd!(sh, "dpkg-deb -x {deb} {unpacked}").quiet().run().with_context(|| format!("dpkg-deb cannot unpack {}", deb.display()))?;
+            cmd!(sh, "dpkg-deb -x {deb} {unpacked}")
+                .quiet()
+                .run()
+                .with_context(|| format!("dpkg-deb cannot unpack {}", deb.display()))?;
         }
         let entries = select(sh, &unpacked, arch)?;
         for entry in &entries {
             if let Entry::File { path, .. } = entry {
                 let to = tmp.join("root").join(relative(path));
                 fs::create_dir_all(to.parent().unwrap_or(&tmp))?;
-                fs::copy(unpacked.join(relative(path)), &to).with_context(|| format!("cannot copy {path} out of the packages"))?;
+                fs::copy(unpacked.join(relative(path)), &to)
+                    .with_context(|| format!("cannot copy {path} out of the packages"))?;
             }
         }
         cache::remove_dir_if_present(&unpacked)?;
@@ -150,7 +259,13 @@ fn select(sh: &Shell, unpacked: &Path, arch: Arch) -> Result<Vec<Entry>> {
                 .iter()
                 .map(|dir| format!("{dir}/{library}"))
                 .find(|candidate| unpacked.join(relative(candidate)).symlink_metadata().is_ok())
-                .with_context(|| format!("{file} needs {library}, which none of {} has in {}", PACKAGES.join(" "), lib_dirs.join(" or ")))?;
+                .with_context(|| {
+                    format!(
+                        "{file} needs {library}, which none of {} has in {}",
+                        PACKAGES.join(" "),
+                        lib_dirs.join(" or ")
+                    )
+                })?;
             queue.push(found);
         }
     }
@@ -176,7 +291,10 @@ fn take(unpacked: &Path, path: &str, taken: &mut BTreeMap<String, Entry>) -> Res
         if !meta.is_symlink() {
             bail!("{path} is neither a file nor a symlink in the packages");
         }
-        let target = fs::read_link(&on_host)?.to_str().with_context(|| format!("{path} links to a name that is not UTF-8"))?.to_string();
+        let target = fs::read_link(&on_host)?
+            .to_str()
+            .with_context(|| format!("{path} links to a name that is not UTF-8"))?
+            .to_string();
         let next = resolve(&path, &target);
         taken.insert(path.clone(), Entry::Symlink { path, target });
         path = next;
@@ -187,8 +305,14 @@ fn take(unpacked: &Path, path: &str, taken: &mut BTreeMap<String, Entry>) -> Res
 /// The program interpreter and the NEEDED libraries of an ELF file, as `readelf` lists them (it
 /// reads every architecture's ELF). A static program has neither.
 fn elf_dependencies(sh: &Shell, file: &Path) -> Result<(Option<String>, Vec<String>)> {
-    let text = cmd!(sh, "readelf -W --program-headers --dynamic {file}").quiet().read().with_context(|| format!("readelf cannot read {}", file.display()))?;
-    let interpreter = text.lines().find_map(|l| l.trim().strip_prefix("[Requesting program interpreter: ")?.strip_suffix(']')).map(str::to_string);
+    let text = cmd!(sh, "readelf -W --program-headers --dynamic {file}")
+        .quiet()
+        .read()
+        .with_context(|| format!("readelf cannot read {}", file.display()))?;
+    let interpreter = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("[Requesting program interpreter: ")?.strip_suffix(']'))
+        .map(str::to_string);
     let needed = text
         .lines()
         .filter(|l| l.contains("(NEEDED)"))
@@ -201,7 +325,8 @@ fn elf_dependencies(sh: &Shell, file: &Path) -> Result<(Option<String>, Vec<Stri
 /// Where the symlink at `link` points, as an absolute guest path, worked out by name only (the
 /// unpacked tree is not the guest's root, so the host must not follow the link).
 fn resolve(link: &str, target: &str) -> String {
-    let mut parts: Vec<&str> = if target.starts_with('/') { Vec::new() } else { link.split('/').filter(|p| !p.is_empty()).collect() };
+    let mut parts: Vec<&str> =
+        if target.starts_with('/') { Vec::new() } else { link.split('/').filter(|p| !p.is_empty()).collect() };
     if !target.starts_with('/') {
         parts.pop();
     }
@@ -233,9 +358,18 @@ mod tests {
 
     #[test]
     fn symlinks_resolve_by_name() {
-        let check = |link: &str, target: &str, expect: &str| assert_eq!(resolve(link, target), expect, "{link} -> {target}");
-        check("/lib64/ld-linux-x86-64.so.2", "/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2", "/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2");
-        check("/lib/ld-linux-aarch64.so.1", "aarch64-linux-gnu/ld-linux-aarch64.so.1", "/lib/aarch64-linux-gnu/ld-linux-aarch64.so.1");
+        let check =
+            |link: &str, target: &str, expect: &str| assert_eq!(resolve(link, target), expect, "{link} -> {target}");
+        check(
+            "/lib64/ld-linux-x86-64.so.2",
+            "/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2",
+            "/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2",
+        );
+        check(
+            "/lib/ld-linux-aarch64.so.1",
+            "aarch64-linux-gnu/ld-linux-aarch64.so.1",
+            "/lib/aarch64-linux-gnu/ld-linux-aarch64.so.1",
+        );
         check("/lib/x/libz.so.1", "libz.so.1.2.13", "/lib/x/libz.so.1.2.13");
         check("/usr/lib/dropbear/dropbearconvert", "../../bin/dropbearconvert", "/usr/bin/dropbearconvert");
         check("/a/b", "./c/../d", "/a/d");
@@ -253,7 +387,8 @@ mod tests {
         let _ = fs::remove_dir_all(&root);
         fs::create_dir_all(root.join("lib/x")).unwrap();
         fs::write(root.join("lib/x/libz.so.1.2.13"), "z").unwrap();
-        fs::set_permissions(root.join("lib/x/libz.so.1.2.13"), std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+        fs::set_permissions(root.join("lib/x/libz.so.1.2.13"), std::os::unix::fs::PermissionsExt::from_mode(0o644))
+            .unwrap();
         std::os::unix::fs::symlink("libz.so.1.2.13", root.join("lib/x/libz.so.1")).unwrap();
         let mut taken = BTreeMap::new();
         assert_eq!(take(&root, "/lib/x/libz.so.1", &mut taken).unwrap(), "/lib/x/libz.so.1.2.13");

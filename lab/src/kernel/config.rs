@@ -69,7 +69,11 @@ mod tests {
     #[test]
     fn requested_symbols_must_stick() {
         check("CONFIG_A=y\n", "CONFIG_A=y\n", &[]);
-        check("CONFIG_SCHED_MM_CID=y\n", "# CONFIG_SCHED_MM_CID is not set\n", &["CONFIG_SCHED_MM_CID wanted y got not set"]);
+        check(
+            "CONFIG_SCHED_MM_CID=y\n",
+            "# CONFIG_SCHED_MM_CID is not set\n",
+            &["CONFIG_SCHED_MM_CID wanted y got not set"],
+        );
         check("CONFIG_LKDTM=y\n", "CONFIG_DEBUG_FS=y\n", &["CONFIG_LKDTM wanted y got not set"]);
         check("# CONFIG_A is not set\n", "", &[]);
         check("# CONFIG_A is not set\n", "CONFIG_A=y\n", &["CONFIG_A wanted not set got y"]);

@@ -89,24 +89,43 @@ pub struct BuildOptions {
 
 pub fn build(sh: &Shell, cache: &Cache, recipe: &Recipe, arch: Arch, opts: &BuildOptions, ui: &Ui) -> Result<Kernel> {
     let task = format!("{} {arch}", recipe.name);
-    ui.stage(&task, "kernel", || build_inner(sh, cache, recipe, arch, opts, ui, &task), |k| {
-        let selftests = if k.selftests.cached { String::new() } else { format!(", {} rseq selftests built", k.selftests.programs.len()) };
-        match k.cached {
-            true => format!("cached ({}){selftests}", k.dir.display()),
-            false => format!("built in {:.0}s ({}){selftests}", k.build_seconds, k.dir.display()),
-        }
-    })
+    ui.stage(
+        &task,
+        "kernel",
+        || build_inner(sh, cache, recipe, arch, opts, ui, &task),
+        |k| {
+            let selftests = if k.selftests.cached {
+                String::new()
+            } else {
+                format!(", {} rseq selftests built", k.selftests.programs.len())
+            };
+            match k.cached {
+                true => format!("cached ({}){selftests}", k.dir.display()),
+                false => format!("built in {:.0}s ({}){selftests}", k.build_seconds, k.dir.display()),
+            }
+        },
+    )
     .with_context(|| format!("kernel {} for {arch}", recipe.name))
 }
 
-fn build_inner(sh: &Shell, cache: &Cache, recipe: &Recipe, arch: Arch, opts: &BuildOptions, ui: &Ui, task: &str) -> Result<Kernel> {
+fn build_inner(
+    sh: &Shell,
+    cache: &Cache,
+    recipe: &Recipe,
+    arch: Arch,
+    opts: &BuildOptions,
+    ui: &Ui,
+    task: &str,
+) -> Result<Kernel> {
     let gcc = arch.gcc();
     let toolchain = cmd!(sh, "{gcc} --version")
         .quiet()
         .read()
         .ok()
         .and_then(|v| v.lines().next().map(str::to_string))
-        .with_context(|| format!("{gcc} is not installed: run `lab setup` (or install {})", arch.toolchain_packages().join(" ")))?;
+        .with_context(|| {
+            format!("{gcc} is not installed: run `lab setup` (or install {})", arch.toolchain_packages().join(" "))
+        })?;
     if opts.refresh {
         apt::forget_indexes(cache)?;
     }
@@ -117,7 +136,10 @@ fn build_inner(sh: &Shell, cache: &Cache, recipe: &Recipe, arch: Arch, opts: &Bu
         .iter()
         .map(|p| KeyBuilder::default().part("patch", &p.contents).part("strip", &p.strip.to_le_bytes()).finish())
         .collect();
-    let tree_key = patch_keys.iter().fold(KeyBuilder::default().part("source", fetched.id.as_bytes()), |k, p| k.part("patch", p.as_bytes())).finish();
+    let tree_key = patch_keys
+        .iter()
+        .fold(KeyBuilder::default().part("source", fetched.id.as_bytes()), |k, p| k.part("patch", p.as_bytes()))
+        .finish();
     let mut requested = config::Symbols::new();
     let mut config_key = KeyBuilder::default()
         .part("base", recipe.base_config.as_bytes())
@@ -129,7 +151,8 @@ fn build_inner(sh: &Shell, cache: &Cache, recipe: &Recipe, arch: Arch, opts: &Bu
         requested.extend(config::parse_fragment(&fragment.text)?);
     }
     let config_key = config_key.finish();
-    let kernel_key = KeyBuilder::default().part("tree", tree_key.as_bytes()).part("config", config_key.as_bytes()).finish();
+    let kernel_key =
+        KeyBuilder::default().part("tree", tree_key.as_bytes()).part("config", config_key.as_bytes()).finish();
     let dir = cache.dir("kernels")?.join(format!("{}-{arch}-{kernel_key}", recipe.name));
     let selftests_key = selftests::key(&tree_key, arch, &toolchain);
     let trees = cache.dir("trees")?;
@@ -163,14 +186,22 @@ fn build_inner(sh: &Shell, cache: &Cache, recipe: &Recipe, arch: Arch, opts: &Bu
     // patches reapplied after the copy (so they are newer than the copied objects): an incremental
     // build instead of a cold one after every change of the config fragments.
     let donor_built = |donor: &Path| donor.join("src").join(&out_name).join("vmlinux").exists();
-    if !out.join(".lab-config-ok").exists() && best_donor(&trees, &fetched.id, &patch_keys, &tree).is_some_and(|(donor, _)| donor_built(&donor)) {
-        ui.send(Event::Progress { task: task.to_string(), message: "copying the tree of fewer patches, built with this config".into() });
+    if !out.join(".lab-config-ok").exists()
+        && best_donor(&trees, &fetched.id, &patch_keys, &tree).is_some_and(|(donor, _)| donor_built(&donor))
+    {
+        ui.send(Event::Progress {
+            task: task.to_string(),
+            message: "copying the tree of fewer patches, built with this config".into(),
+        });
         prepare_tree(sh, &trees, &tree, &fetched, recipe, &patch_keys)?;
     }
     let started = Instant::now();
     let (kernel_arch, cross, jobs) = (arch.kernel_arch(), arch.cross_compile(), opts.jobs.to_string());
     let make = |target: &str| -> Command {
-        let mut c = Command::from(cmd!(sh, "make -C {src} O={out_name} ARCH={kernel_arch} CROSS_COMPILE={cross} -j{jobs} {target}"));
+        let mut c = Command::from(cmd!(
+            sh,
+            "make -C {src} O={out_name} ARCH={kernel_arch} CROSS_COMPILE={cross} -j{jobs} {target}"
+        ));
         if opts.ccache && which("ccache") {
             c.arg(format!("CC=ccache {gcc}"));
             c.env("CCACHE_DIR", cache.root().join("ccache")).env("CCACHE_NOHASHDIR", "1");
@@ -194,7 +225,8 @@ fn build_inner(sh: &Shell, cache: &Cache, recipe: &Recipe, arch: Arch, opts: &Bu
         let final_config = fs::read_to_string(out.join(".config"))?;
         let missing = config::mismatches(&requested, &final_config);
         if !missing.is_empty() {
-            let list: Vec<String> = missing.iter().map(|(n, w, g)| format!("    {n}: requested {w}, got {g}")).collect();
+            let list: Vec<String> =
+                missing.iter().map(|(n, w, g)| format!("    {n}: requested {w}, got {g}")).collect();
             bail!(
                 "{} requested config symbol(s) did not stick after olddefconfig (a dependency is off; \
                  `make menuconfig`, then `/` and the symbol, shows what it depends on):\n{}\nconfig: {}",
@@ -214,7 +246,10 @@ fn build_inner(sh: &Shell, cache: &Cache, recipe: &Recipe, arch: Arch, opts: &Bu
         if line.starts_with("  CC") || line.starts_with("  LD") || line.starts_with("  AR") {
             compiled += 1;
             if compiled.is_multiple_of(50) {
-                ui.send(Event::Progress { task: task.to_string(), message: format!("make {target}: {compiled} steps: {}", line.trim()) });
+                ui.send(Event::Progress {
+                    task: task.to_string(),
+                    message: format!("make {target}: {compiled} steps: {}", line.trim()),
+                });
             }
         }
     })
@@ -223,7 +258,9 @@ fn build_inner(sh: &Shell, cache: &Cache, recipe: &Recipe, arch: Arch, opts: &Bu
     let tmp = cache::temp_sibling(&dir);
     cache::remove_dir_if_present(&tmp)?;
     fs::create_dir_all(&tmp)?;
-    for (from, to) in [(image_rel, "image"), ("vmlinux", "vmlinux"), (".config", "config"), ("System.map", "System.map")] {
+    for (from, to) in
+        [(image_rel, "image"), ("vmlinux", "vmlinux"), (".config", "config"), ("System.map", "System.map")]
+    {
         fs::copy(out.join(from), tmp.join(to)).with_context(|| format!("the build made no {from}"))?;
     }
     fs::copy(&build_log, tmp.join("build.log"))?;
@@ -252,7 +289,8 @@ fn build_inner(sh: &Shell, cache: &Cache, recipe: &Recipe, arch: Arch, opts: &Bu
 /// to prove KVM without building one).
 pub fn newest_built(cache: &Cache, arch: Arch) -> Option<Kernel> {
     let entries = fs::read_dir(cache.dir("kernels").ok()?).ok()?;
-    let kernels = entries.flatten().filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, read_kernel(&e.path())?)));
+    let kernels =
+        entries.flatten().filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, read_kernel(&e.path())?)));
     kernels.filter(|(_, k)| k.arch == arch).max_by_key(|(modified, _)| *modified).map(|(_, k)| k)
 }
 
@@ -263,7 +301,14 @@ fn read_kernel(dir: &Path) -> Option<Kernel> {
 
 /// Creates `tree` (source plus patches) in a temporary directory and renames it into place, so a
 /// patch that does not apply leaves no tree behind.
-fn prepare_tree(sh: &Shell, trees: &Path, tree: &Path, fetched: &source::Fetched, recipe: &Recipe, patch_keys: &[String]) -> Result<()> {
+fn prepare_tree(
+    sh: &Shell,
+    trees: &Path,
+    tree: &Path,
+    fetched: &source::Fetched,
+    recipe: &Recipe,
+    patch_keys: &[String],
+) -> Result<()> {
     let tmp = cache::temp_sibling(tree);
     cache::remove_dir_if_present(&tmp)?;
     fs::create_dir_all(&tmp)?;
@@ -354,7 +399,8 @@ fn best_donor(trees: &Path, source: &str, patches: &[String], tree: &Path) -> Op
         .filter(|dir| dir != tree)
         .filter_map(|dir| {
             let info: TreeInfo = serde_json::from_slice(&fs::read(dir.join("tree.json")).ok()?).ok()?;
-            let prefix = info.source == source && info.patches.len() <= patches.len() && patches.starts_with(&info.patches);
+            let prefix =
+                info.source == source && info.patches.len() <= patches.len() && patches.starts_with(&info.patches);
             prefix.then_some((dir, info.patches.len()))
         })
         .max_by_key(|(_, n)| *n)
@@ -364,7 +410,10 @@ fn apply_patch(sh: &Shell, src: &Path, patch: &recipe::Patch) -> Result<()> {
     let file = cache::temp_sibling(&src.with_extension("patch"));
     fs::write(&file, &patch.contents)?;
     let strip = format!("-p{}", patch.strip);
-    let output = cmd!(sh, "patch -d {src} {strip} --batch --forward --no-backup-if-mismatch -i {file}").quiet().ignore_status().output();
+    let output = cmd!(sh, "patch -d {src} {strip} --batch --forward --no-backup-if-mismatch -i {file}")
+        .quiet()
+        .ignore_status()
+        .output();
     let _ = fs::remove_file(&file);
     let output = output.context("cannot run `patch`: install it (`lab setup`)")?;
     if output.status.success() {
@@ -383,12 +432,17 @@ fn explain_patch_failure(output: &str) -> String {
             file = f.trim_matches(|c| c == '\'' || c == '`');
         } else if line.starts_with("Hunk #") && line.contains("FAILED") {
             failures.push(format!("    {file}: {}", line.trim_end_matches('.').to_lowercase()));
-        } else if line.contains("can't find file") || line.contains("Reversed (or previously applied)") || line.contains("malformed") || line.contains("Only garbage") {
+        } else if line.contains("can't find file")
+            || line.contains("Reversed (or previously applied)")
+            || line.contains("malformed")
+            || line.contains("Only garbage")
+        {
             failures.push(format!("    {}{line}", if file.is_empty() { String::new() } else { format!("{file}: ") }));
         }
     }
     if failures.is_empty() {
-        failures.push(output.lines().rev().take(5).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n"));
+        failures
+            .push(output.lines().rev().take(5).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n"));
     }
     failures.join("\n")
 }
@@ -404,14 +458,20 @@ mod tests {
     #[test]
     fn the_donor_is_the_tree_with_the_longest_prefix_of_our_patches_never_the_tree_itself() {
         let trees = std::env::temp_dir().join(format!("lab-donor-{}", std::process::id()));
-        for (name, source, patches) in [("stock", "s", vec![]), ("one", "s", vec!["p1"]), ("other", "t", vec!["p1"]), ("both", "s", vec!["p1", "p2"])] {
+        for (name, source, patches) in [
+            ("stock", "s", vec![]),
+            ("one", "s", vec!["p1"]),
+            ("other", "t", vec!["p1"]),
+            ("both", "s", vec!["p1", "p2"]),
+        ] {
             fs::create_dir_all(trees.join(name)).unwrap();
             let info = TreeInfo { source: source.into(), patches: patches.into_iter().map(String::from).collect() };
             fs::write(trees.join(name).join("tree.json"), serde_json::to_string(&info).unwrap()).unwrap();
         }
         let donor = |patches: &[&str], tree: &str| {
             let patches: Vec<String> = patches.iter().map(|p| p.to_string()).collect();
-            best_donor(&trees, "s", &patches, &trees.join(tree)).map(|(dir, n)| format!("{}+{n}", dir.file_name().unwrap().to_string_lossy()))
+            best_donor(&trees, "s", &patches, &trees.join(tree))
+                .map(|(dir, n)| format!("{}+{n}", dir.file_name().unwrap().to_string_lossy()))
         };
         assert_eq!(donor(&["p1", "p2"], "new").as_deref(), Some("both+2"));
         assert_eq!(donor(&["p1", "p2"], "both").as_deref(), Some("one+1"));
@@ -426,13 +486,18 @@ mod tests {
         let root = std::env::temp_dir().join(format!("lab-rebase-{}", std::process::id()));
         let cmd_file = root.join("new/src/o-x86_64-k/tools/objtool/.check.o.cmd");
         fs::create_dir_all(cmd_file.parent().unwrap()).unwrap();
-        fs::write(&cmd_file, "cmd := gcc -I/c/trees/aaaa/src/tools/include /c/trees/aaaa/src/tools/objtool/check.c\n").unwrap();
+        fs::write(&cmd_file, "cmd := gcc -I/c/trees/aaaa/src/tools/include /c/trees/aaaa/src/tools/objtool/check.c\n")
+            .unwrap();
         let binary = cmd_file.with_file_name("objtool");
         fs::write(&binary, b"\x7fELF\0/c/trees/aaaa/src").unwrap();
         let old = std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_000_000);
         File::options().write(true).open(&cmd_file).unwrap().set_modified(old).unwrap();
-        rebase_tool_paths(&root.join("new/src"), Path::new("/c/trees/aaaa/src"), Path::new("/c/trees/bbbb/src")).unwrap();
-        assert_eq!(fs::read_to_string(&cmd_file).unwrap(), "cmd := gcc -I/c/trees/bbbb/src/tools/include /c/trees/bbbb/src/tools/objtool/check.c\n");
+        rebase_tool_paths(&root.join("new/src"), Path::new("/c/trees/aaaa/src"), Path::new("/c/trees/bbbb/src"))
+            .unwrap();
+        assert_eq!(
+            fs::read_to_string(&cmd_file).unwrap(),
+            "cmd := gcc -I/c/trees/bbbb/src/tools/include /c/trees/bbbb/src/tools/objtool/check.c\n"
+        );
         assert_eq!(fs::metadata(&cmd_file).unwrap().modified().unwrap(), old, "mtime kept");
         assert_eq!(fs::read(&binary).unwrap(), b"\x7fELF\0/c/trees/aaaa/src", "binaries untouched");
         fs::remove_dir_all(root).unwrap();

@@ -134,7 +134,8 @@ fn load_nested(path: &Path, depth: usize) -> Result<Recipe> {
     if depth > MAX_EXTENDS_DEPTH {
         bail!("`extends` goes more than {MAX_EXTENDS_DEPTH} recipes deep at {}: is there a cycle?", path.display());
     }
-    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read kernel recipe {}", path.display()))?;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read kernel recipe {}", path.display()))?;
     let file: RecipeFile =
         serde_yaml::from_str(&text).with_context(|| format!("invalid kernel recipe {}", path.display()))?;
     resolve(file, path, depth).with_context(|| format!("kernel recipe {}", path.display()))
@@ -157,7 +158,9 @@ fn resolve(file: RecipeFile, path: &Path, depth: usize) -> Result<Recipe> {
             recipe.patches.extend(own_patches);
             return Ok(recipe);
         }
-        (Some(_), _, _) => bail!("a recipe that `extends` another takes `source` and `config` from it: remove them here"),
+        (Some(_), _, _) => {
+            bail!("a recipe that `extends` another takes `source` and `config` from it: remove them here")
+        }
         (None, Some(source), Some(config)) => (source, config),
         (None, _, _) => bail!("a recipe needs `source` and `config` (or `extends` another recipe)"),
     };
@@ -165,8 +168,12 @@ fn resolve(file: RecipeFile, path: &Path, depth: usize) -> Result<Recipe> {
         SourceFile { debian: Some(d), git: None, tarball: None } => {
             TreeSource::Debian { package: d.package, suite: d.suite, mirror: d.mirror, version: d.version }
         }
-        SourceFile { debian: None, git: Some(g), tarball: None } => TreeSource::Git { repo: existing(dir, &g.repo)?, git_ref: g.git_ref },
-        SourceFile { debian: None, git: None, tarball: Some(t) } => TreeSource::Tarball { path: existing(dir, &t.path)? },
+        SourceFile { debian: None, git: Some(g), tarball: None } => {
+            TreeSource::Git { repo: existing(dir, &g.repo)?, git_ref: g.git_ref }
+        }
+        SourceFile { debian: None, git: None, tarball: Some(t) } => {
+            TreeSource::Tarball { path: existing(dir, &t.path)? }
+        }
         _ => bail!("`source` must name exactly one of `debian`, `git`, `tarball`"),
     };
     let read_fragments = |paths: &[PathBuf]| -> Result<Vec<Fragment>> {
@@ -263,13 +270,16 @@ mod tests {
 
     #[test]
     fn recipe_errors_name_the_problem() {
-        let bad = "name: x\nsource: {debian: {package: p, suite: s}}\nconfig: {base: tinyconfig, fragments: []}\nextra: 1\n";
+        let bad =
+            "name: x\nsource: {debian: {package: p, suite: s}}\nconfig: {base: tinyconfig, fragments: []}\nextra: 1\n";
         let err = serde_yaml::from_str::<RecipeFile>(bad).unwrap_err().to_string();
         assert!(err.contains("unknown field `extra`") && err.contains("line 4"), "{err}");
-        let two = "name: x\nsource: {git: {repo: ., ref: HEAD}, tarball: {path: x.tar}}\nconfig: {base: t, fragments: []}\n";
+        let two =
+            "name: x\nsource: {git: {repo: ., ref: HEAD}, tarball: {path: x.tar}}\nconfig: {base: t, fragments: []}\n";
         let err = format!("{:#}", resolve(serde_yaml::from_str(two).unwrap(), Path::new("r.yaml"), 0).unwrap_err());
         assert!(err.contains("exactly one of"), "{err}");
-        let bad_arch = "name: x\nsource: {git: {repo: ., ref: HEAD}}\nconfig: {base: t, fragments: [], arch: {arm64: []}}\n";
+        let bad_arch =
+            "name: x\nsource: {git: {repo: ., ref: HEAD}}\nconfig: {base: t, fragments: [], arch: {arm64: []}}\n";
         let err = serde_yaml::from_str::<RecipeFile>(bad_arch).unwrap_err().to_string();
         assert!(err.contains("arm64"), "{err}");
     }

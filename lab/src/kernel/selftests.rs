@@ -64,7 +64,10 @@ pub(super) fn key(tree_key: &str, arch: Arch, toolchain: &str) -> String {
         .part("arch", arch.name().as_bytes())
         .part("toolchain", toolchain.as_bytes());
     for (name, source, flags) in PROGRAMS {
-        key = key.part("program", name.as_bytes()).part("source", source.as_bytes()).part("flags", flags.join(" ").as_bytes());
+        key = key
+            .part("program", name.as_bytes())
+            .part("source", source.as_bytes())
+            .part("flags", flags.join(" ").as_bytes());
     }
     key.finish()
 }
@@ -80,7 +83,15 @@ pub(super) fn cached(cache: &Cache, arch: Arch, key: &str) -> Result<Option<Self
 }
 
 /// Builds the selftests of the tree at `src` (the caller holds its lock) unless they are cached.
-pub(super) fn build(sh: &Shell, cache: &Cache, src: &Path, arch: Arch, key: &str, ui: &Ui, task: &str) -> Result<Selftests> {
+pub(super) fn build(
+    sh: &Shell,
+    cache: &Cache,
+    src: &Path,
+    arch: Arch,
+    key: &str,
+    ui: &Ui,
+    task: &str,
+) -> Result<Selftests> {
     if let Some(selftests) = cached(cache, arch, key)? {
         return Ok(selftests);
     }
@@ -90,7 +101,8 @@ pub(super) fn build(sh: &Shell, cache: &Cache, src: &Path, arch: Arch, key: &str
         Ok(makefile) => listed_programs(&makefile),
         Err(_) => BTreeSet::new(),
     };
-    let programs: Vec<&(&str, &str, &[&str])> = PROGRAMS.iter().filter(|(name, source, _)| listed.contains(*name) && rseq.join(source).exists()).collect();
+    let programs: Vec<&(&str, &str, &[&str])> =
+        PROGRAMS.iter().filter(|(name, source, _)| listed.contains(*name) && rseq.join(source).exists()).collect();
     let tmp = cache::temp_sibling(&dir);
     cache::remove_dir_if_present(&tmp)?;
     fs::create_dir_all(&tmp)?;
@@ -100,8 +112,13 @@ pub(super) fn build(sh: &Shell, cache: &Cache, src: &Path, arch: Arch, key: &str
         ui.send(Event::Progress { task: task.to_string(), message: "rseq selftests: uapi headers".into() });
         let mut make = Command::new("make");
         make.arg("-C").arg(src).arg(format!("O={}", scratch.display()));
-        make.args([format!("ARCH={}", arch.kernel_arch()), format!("CROSS_COMPILE={}", arch.cross_compile()), "headers".to_string()]);
-        process::run_logged(make, &log, |_| ()).with_context(|| format!("the uapi headers of {} for {arch}", src.display()))?;
+        make.args([
+            format!("ARCH={}", arch.kernel_arch()),
+            format!("CROSS_COMPILE={}", arch.cross_compile()),
+            "headers".to_string(),
+        ]);
+        process::run_logged(make, &log, |_| ())
+            .with_context(|| format!("the uapi headers of {} for {arch}", src.display()))?;
         let gcc = arch.gcc();
         let flags = [
             "-O2".to_string(),
@@ -118,19 +135,35 @@ pub(super) fn build(sh: &Shell, cache: &Cache, src: &Path, arch: Arch, key: &str
         fs::create_dir_all(tmp.join("bin"))?;
         for (name, source, defines) in &programs {
             ui.send(Event::Progress { task: task.to_string(), message: format!("rseq selftests: {name}") });
-            let (out, source, librseq, defines) = (tmp.join("bin").join(name), rseq.join(source), rseq.join("rseq.c"), defines.iter());
+            let (out, source, librseq, defines) =
+                (tmp.join("bin").join(name), rseq.join(source), rseq.join("rseq.c"), defines.iter());
             let flags = flags.iter();
-            let output = cmd!(sh, "{gcc} {flags...} {defines...} -o {out} {source} {librseq} -lpthread -ldl").quiet().ignore_status().output()?;
+            let output = cmd!(sh, "{gcc} {flags...} {defines...} -o {out} {source} {librseq} -lpthread -ldl")
+                .quiet()
+                .ignore_status()
+                .output()?;
             let text = String::from_utf8_lossy(&output.stderr);
-            let mut log = fs::OpenOptions::new().append(true).open(&log).with_context(|| format!("cannot append to {}", log.display()))?;
+            let mut log = fs::OpenOptions::new()
+                .append(true)
+                .open(&log)
+                .with_context(|| format!("cannot append to {}", log.display()))?;
             write!(log, "== {name}\n{text}")?;
             if !output.status.success() {
-                bail!("{gcc} cannot build the rseq selftest {name} of {}:\n{}", src.display(), process::first_error(&text));
+                bail!(
+                    "{gcc} cannot build the rseq selftest {name} of {}:\n{}",
+                    src.display(),
+                    process::first_error(&text)
+                );
             }
         }
         cache::remove_dir_if_present(&scratch)?;
     }
-    let selftests = Selftests { key: key.to_string(), dir: dir.join("bin"), programs: programs.iter().map(|(name, _, _)| name.to_string()).collect(), cached: false };
+    let selftests = Selftests {
+        key: key.to_string(),
+        dir: dir.join("bin"),
+        programs: programs.iter().map(|(name, _, _)| name.to_string()).collect(),
+        cached: false,
+    };
     fs::write(tmp.join("selftests.json"), serde_json::to_string_pretty(&selftests)?)?;
     cache::remove_dir_if_present(&dir)?;
     fs::rename(&tmp, &dir).with_context(|| format!("cannot move the selftests to {}", dir.display()))?;
@@ -158,13 +191,20 @@ mod tests {
     use super::*;
 
     fn check(makefile: &str, expect: &[&str]) {
-        assert_eq!(listed_programs(makefile), expect.iter().map(|s| s.to_string()).collect::<BTreeSet<_>>(), "{makefile:?}");
+        assert_eq!(
+            listed_programs(makefile),
+            expect.iter().map(|s| s.to_string()).collect::<BTreeSet<_>>(),
+            "{makefile:?}"
+        );
     }
 
     #[test]
     fn programs_come_from_the_makefiles_lists() {
         check("TEST_GEN_PROGS = basic_test param_test\n", &["basic_test", "param_test"]);
-        check("TEST_GEN_PROGS = a \\\n\t\t b\nTEST_GEN_PROGS_EXTENDED = librseq.so \\\n\tc\n", &["a", "b", "librseq.so", "c"]);
+        check(
+            "TEST_GEN_PROGS = a \\\n\t\t b\nTEST_GEN_PROGS_EXTENDED = librseq.so \\\n\tc\n",
+            &["a", "b", "librseq.so", "c"],
+        );
         check("TEST_GEN_PROGS := a\nTEST_GEN_PROGS += b\n", &["a", "b"]);
         check("TEST_PROGS = run_param_test.sh\nCFLAGS += -O2\n", &[]);
         check("$(OUTPUT)/param_test: param_test.c\n\t$(CC) -DX=1 $< -o $@\n", &[]);

@@ -27,7 +27,9 @@ enum Unpack {
 
 pub fn fetch(sh: &Shell, cache: &Cache, source: &TreeSource) -> Result<Fetched> {
     match source {
-        TreeSource::Debian { package, suite, mirror, version } => debian(sh, cache, package, suite, mirror, version.as_deref()),
+        TreeSource::Debian { package, suite, mirror, version } => {
+            debian(sh, cache, package, suite, mirror, version.as_deref())
+        }
         TreeSource::Git { repo, git_ref } => {
             let spec = format!("{git_ref}^{{commit}}");
             let commit = cmd!(sh, "git -C {repo} rev-parse --verify --quiet {spec}")
@@ -53,7 +55,10 @@ pub fn unpack(sh: &Shell, fetched: &Fetched, dest: &Path) -> Result<()> {
         let tarball = match &fetched.what {
             Unpack::Tarball(path) => path.clone(),
             Unpack::Deb(deb) => {
-                cmd!(sh, "dpkg-deb -x {deb} {scratch}").quiet().run().context("dpkg-deb cannot unpack the source package")?;
+                cmd!(sh, "dpkg-deb -x {deb} {scratch}")
+                    .quiet()
+                    .run()
+                    .context("dpkg-deb cannot unpack the source package")?;
                 find_tarball(&scratch.join("usr/src"))?
             }
             Unpack::Git { repo, commit } => {
@@ -79,11 +84,20 @@ fn find_tarball(dir: &Path) -> Result<PathBuf> {
     fs::read_dir(dir)
         .with_context(|| format!("the package has no {}", dir.display()))?
         .filter_map(|e| e.ok().map(|e| e.path()))
-        .find(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("linux-source") && n.contains(".tar")))
+        .find(|p| {
+            p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("linux-source") && n.contains(".tar"))
+        })
         .with_context(|| format!("no linux-source-*.tar.* in {}", dir.display()))
 }
 
-fn debian(sh: &Shell, cache: &Cache, package: &str, suite: &str, mirror: &str, version: Option<&str>) -> Result<Fetched> {
+fn debian(
+    sh: &Shell,
+    cache: &Cache,
+    package: &str,
+    suite: &str,
+    mirror: &str,
+    version: Option<&str>,
+) -> Result<Fetched> {
     let apt = apt::Apt::open(cache, &apt::Repo { mirror, suite, arch: None })?;
     let spec = match version {
         Some(v) => format!("{package}={v}"),

@@ -46,8 +46,15 @@ pub struct Positions(BTreeMap<Vec<Seg>, Pos>);
 
 enum Frame {
     /// `None`: inside a mapping key that is itself a mapping or sequence, which no path reaches.
-    Seq { path: Option<Vec<Seg>>, next: usize },
-    Map { path: Option<Vec<Seg>>, key: Option<Seg>, at_key: bool },
+    Seq {
+        path: Option<Vec<Seg>>,
+        next: usize,
+    },
+    Map {
+        path: Option<Vec<Seg>>,
+        key: Option<Seg>,
+        at_key: bool,
+    },
 }
 
 impl Positions {
@@ -57,7 +64,10 @@ impl Positions {
         let mut found = BTreeMap::new();
         let mut stack: Vec<Frame> = Vec::new();
         for (event, span) in Parser::new_from_str(text).map_while(Result::ok) {
-            let starts_node = matches!(event, Event::Scalar(..) | Event::Alias(_) | Event::SequenceStart(..) | Event::MappingStart(..));
+            let starts_node = matches!(
+                event,
+                Event::Scalar(..) | Event::Alias(_) | Event::SequenceStart(..) | Event::MappingStart(..)
+            );
             if !starts_node {
                 if matches!(event, Event::SequenceEnd | Event::MappingEnd) {
                     stack.pop();

@@ -246,7 +246,10 @@ fn validate(m: &Matrix, known_programs: &BTreeSet<String>) -> Result<(), Invalid
             ));
         }
         if !w.name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
-            return Err(Invalid::new(name_at(), format!("workload name `{}` may only hold letters, digits, `-` and `_`", w.name)));
+            return Err(Invalid::new(
+                name_at(),
+                format!("workload name `{}` may only hold letters, digits, `-` and `_`", w.name),
+            ));
         }
         if !known_programs.contains(w.program()) {
             let known: Vec<_> = known_programs.iter().map(String::as_str).collect();
@@ -263,7 +266,10 @@ fn validate(m: &Matrix, known_programs: &BTreeSet<String>) -> Result<(), Invalid
         if w.via == Via::Console && !w.fetch.is_empty() {
             return Err(Invalid::new(
                 node!["workloads", i, "fetch"],
-                format!("workload `{}`: `fetch` needs `via: ssh` (the init powers the guest off after the workload)", w.name),
+                format!(
+                    "workload `{}`: `fetch` needs `via: ssh` (the init powers the guest off after the workload)",
+                    w.name
+                ),
             ));
         }
         let mut files = BTreeSet::new();
@@ -300,7 +306,9 @@ fn validate(m: &Matrix, known_programs: &BTreeSet<String>) -> Result<(), Invalid
         }
     }
     let t = &m.timeouts;
-    for (what, secs) in [("boot", t.boot), ("silence", t.silence), ("workload", t.workload), ("report_grace", t.report_grace)] {
+    for (what, secs) in
+        [("boot", t.boot), ("silence", t.silence), ("workload", t.workload), ("report_grace", t.report_grace)]
+    {
         if secs == 0 || secs > MAX_TIMEOUT_SECS {
             return Err(Invalid::new(
                 node!["timeouts", what],
@@ -397,13 +405,25 @@ workloads:
         check_err(&GOOD.replace("via: ssh", "via: telnet"), "8:10", &["unknown variant `telnet`"]);
         check_err(&GOOD.replace("via: ssh", "via: console"), "9:12", &["`fetch` needs `via: ssh`"]);
         check_err(&GOOD.replace("/tmp/out.txt", "out.txt"), "9:13", &["must be an absolute file path"]);
-        check_err(&GOOD.replace("/tmp/out.txt", "/tmp/out.txt, /var/out.txt"), "9:27", &["saved as `out.txt`, like another one"]);
-        check_err(&format!("{GOOD}timeouts: {{boot: 0}}\n"), "15:18", &["timeouts.boot 0 is out of range: use 1 to 86400 seconds"]);
+        check_err(
+            &GOOD.replace("/tmp/out.txt", "/tmp/out.txt, /var/out.txt"),
+            "9:27",
+            &["saved as `out.txt`, like another one"],
+        );
+        check_err(
+            &format!("{GOOD}timeouts: {{boot: 0}}\n"),
+            "15:18",
+            &["timeouts.boot 0 is out of range: use 1 to 86400 seconds"],
+        );
         check_err(&format!("{GOOD}timeouts:\n  silence: 86401\n"), "16:12", &["timeouts.silence 86401"]);
         check_err(&format!("{GOOD}timeouts: {{boot: -1}}\n"), "15:18", &["timeouts.boot: invalid type: integer `-1`"]);
         check_err(&format!("{GOOD}memory_mib: 64\n"), "15:13", &["memory_mib 64 is out of range"]);
         check_err(&format!("{GOOD}memory_mib: 16385\n"), "15:13", &["memory_mib 16385 is out of range"]);
-        check_err(&format!("{GOOD}accel: hvf\n"), "15:8", &["unknown variant `hvf`, expected one of `auto`, `tcg`, `kvm`"]);
+        check_err(
+            &format!("{GOOD}accel: hvf\n"),
+            "15:8",
+            &["unknown variant `hvf`, expected one of `auto`, `tcg`, `kvm`"],
+        );
     }
 
     #[test]

@@ -54,7 +54,8 @@ mod tests {
     use super::*;
 
     fn check_run_dir(unix_secs: u64, existing: &[&str], expect: &str) {
-        let dir = run_dir(Path::new("lab-out"), unix_secs, |p| existing.iter().any(|e| Path::new("lab-out").join(e) == p));
+        let dir =
+            run_dir(Path::new("lab-out"), unix_secs, |p| existing.iter().any(|e| Path::new("lab-out").join(e) == p));
         assert_eq!(dir, Path::new("lab-out").join(expect), "{unix_secs} {existing:?}");
     }
 

@@ -279,6 +279,9 @@ mod tests {
              out.json <- cat -- /tmp/out.json",
         );
         let args = [("note".to_string(), "a b".to_string())];
-        assert_eq!(workload_command("smoke", &args), "export LAB_CPUS=$(nproc); exec /lab/workloads/smoke '--note=a b'");
+        assert_eq!(
+            workload_command("smoke", &args),
+            "export LAB_CPUS=$(nproc); exec /lab/workloads/smoke '--note=a b'"
+        );
     }
 }

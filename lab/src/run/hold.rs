@@ -59,7 +59,14 @@ pub enum HoldEvent<'a> {
 
 /// Boots the cell's kernel and image for a person; returns the exit status to give (the command's
 /// or the shell's, 0 for a guest that powered off).
-pub fn hold(sh: &Shell, cache: &Cache, setup: &HoldSetup, what: Hold, ui: &Ui, mut on: impl FnMut(HoldEvent)) -> Result<i32> {
+pub fn hold(
+    sh: &Shell,
+    cache: &Cache,
+    setup: &HoldSetup,
+    what: Hold,
+    ui: &Ui,
+    mut on: impl FnMut(HoldEvent),
+) -> Result<i32> {
     let cell = setup.cell;
     let kernel = kernel::build(sh, cache, &setup.recipes[cell.kernel], cell.arch, &setup.build, ui)?;
     let base = image::build(sh, cache, setup.images_dir, cell.arch, ui)?;
@@ -80,13 +87,15 @@ pub fn hold(sh: &Shell, cache: &Cache, setup: &HoldSetup, what: Hold, ui: &Ui, m
     let ssh = guest::ssh(&image, &client_key.private, task);
     let deadlines = guest::held(setup.matrix.timeouts.boot);
     on(HoldEvent::Booting { console: dir.join("console.log"), qmp: dir.join("qmp.sock") });
-    let boot = vm::boot(&guest.machine(accel), &dir, deadlines, &guest::watch(None), Some(&ssh), |seen| match (&what, seen) {
-        (Hold::Boot, Seen::Console(line)) => on(HoldEvent::Console(line)),
-        (Hold::Boot, Seen::SshReady { machine, cpus, after_s }) => {
-            on(HoldEvent::SshReady { machine, cpus, after_s, ssh_command: dir.join("ssh-command.sh") })
+    let boot = vm::boot(&guest.machine(accel), &dir, deadlines, &guest::watch(None), Some(&ssh), |seen| {
+        match (&what, seen) {
+            (Hold::Boot, Seen::Console(line)) => on(HoldEvent::Console(line)),
+            (Hold::Boot, Seen::SshReady { machine, cpus, after_s }) => {
+                on(HoldEvent::SshReady { machine, cpus, after_s, ssh_command: dir.join("ssh-command.sh") })
+            }
+            (Hold::Command(_), Seen::Workload(line)) => on(HoldEvent::Workload(line)),
+            _ => {}
         }
-        (Hold::Command(_), Seen::Workload(line)) => on(HoldEvent::Workload(line)),
-        _ => {}
     })?;
     if let Ok(stderr) = fs::read(dir.join("workload.stderr")) {
         on(HoldEvent::Stderr(&stderr));
@@ -100,7 +109,11 @@ pub fn hold(sh: &Shell, cache: &Cache, setup: &HoldSetup, what: Hold, ui: &Ui, m
                 End::QemuFailed(why) | End::SshFailed(why) | End::LostConnection(why) => why.clone(),
                 other => other.name().to_string(),
             };
-            bail!("the guest of {} ended before the session did: {why} (console: {})", cell.id, boot.console_log.display())
+            bail!(
+                "the guest of {} ended before the session did: {why} (console: {})",
+                cell.id,
+                boot.console_log.display()
+            )
         }
     }
 }

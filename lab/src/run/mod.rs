@@ -63,7 +63,15 @@ pub struct Finished {
 /// Every cell's result; `Err` only for set-up problems that stop the whole run. A signal is no
 /// such problem: the cell it stopped and those it kept from starting are results too
 /// (`Verdict::Interrupted`), and the reports hold them before the signal is passed on.
-pub fn run(sh: &Shell, cache: &Cache, matrix: &LoadedMatrix, recipes: &[Recipe], cells: &[Cell], opts: &RunOptions, ui: &Ui) -> Result<Finished> {
+pub fn run(
+    sh: &Shell,
+    cache: &Cache,
+    matrix: &LoadedMatrix,
+    recipes: &[Recipe],
+    cells: &[Cell],
+    opts: &RunOptions,
+    ui: &Ui,
+) -> Result<Finished> {
     fs::create_dir_all(opts.out.join("cells")).with_context(|| format!("cannot create {}", opts.out.display()))?;
     for recipe in recipes {
         ui.note(format!("kernel {}: {}", recipe.name, recipe.description.trim()));
@@ -82,13 +90,17 @@ pub fn run(sh: &Shell, cache: &Cache, matrix: &LoadedMatrix, recipes: &[Recipe],
     }
     let mut base_images: BTreeMap<Arch, Result<Image, String>> = BTreeMap::new();
     for cell in cells.iter().take_while(|_| going()) {
-        base_images.entry(cell.arch).or_insert_with(|| image::build(sh, cache, &opts.images_dir, cell.arch, ui).map_err(|e| format!("{e:#}")));
+        base_images
+            .entry(cell.arch)
+            .or_insert_with(|| image::build(sh, cache, &opts.images_dir, cell.arch, ui).map_err(|e| format!("{e:#}")));
     }
     // Each kernel's guests carry its own selftests.
     let mut images: BTreeMap<(usize, Arch), Result<Image, String>> = BTreeMap::new();
     for (&(index, arch), kernel) in kernels.iter().take_while(|_| going()) {
         let image = match (&base_images[&arch], kernel) {
-            (Ok(base), Ok(kernel)) => image::with_selftests(cache, base, &kernel.selftests, ui).map_err(|e| format!("{e:#}")),
+            (Ok(base), Ok(kernel)) => {
+                image::with_selftests(cache, base, &kernel.selftests, ui).map_err(|e| format!("{e:#}"))
+            }
             (Err(e), _) => Err(e.clone()),
             // The cell reports the kernel's failure; any image would do.
             (Ok(base), Err(_)) => Ok(base.clone()),
@@ -149,7 +161,12 @@ pub fn run(sh: &Shell, cache: &Cache, matrix: &LoadedMatrix, recipes: &[Recipe],
     if let Some(signal) = interrupted {
         let hit_cells = hit_cells.lock().unwrap_or_else(|e| e.into_inner());
         // A run --until-fail would have skipped was never going to start: it is no result.
-        let unstarted = queue.lock().unwrap_or_else(|e| e.into_inner()).drain(..).filter(|(_, cell, _)| !(opts.until_fail && hit_cells.contains(&cell.id))).collect::<Vec<_>>();
+        let unstarted = queue
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain(..)
+            .filter(|(_, cell, _)| !(opts.until_fail && hit_cells.contains(&cell.id)))
+            .collect::<Vec<_>>();
         for (index, cell, run) in unstarted {
             let mut result = planned(cell, (repeat > 1).then_some(run), opts);
             result.verdict = Verdict::Interrupted;
@@ -189,7 +206,13 @@ struct AccelPlan {
 impl AccelPlan {
     /// Under `auto`, boots each x86_64 kernel of the run under KVM (or finds the answer cached) and
     /// says what it proved.
-    fn prove(cache: &Cache, mode: AccelMode, kernels: &BTreeMap<(usize, Arch), Result<Kernel, String>>, images: &BTreeMap<(usize, Arch), Result<Image, String>>, ui: &Ui) -> Result<AccelPlan> {
+    fn prove(
+        cache: &Cache,
+        mode: AccelMode,
+        kernels: &BTreeMap<(usize, Arch), Result<Kernel, String>>,
+        images: &BTreeMap<(usize, Arch), Result<Image, String>>,
+        ui: &Ui,
+    ) -> Result<AccelPlan> {
         let mut proofs = BTreeMap::new();
         match mode {
             AccelMode::Tcg => ui.note("accel tcg: every guest runs under TCG"),
@@ -223,12 +246,16 @@ fn run_cell(ctx: &Prepared, cell: &Cell, run: Option<u32>) -> CellResult {
     let (plan, ui) = (&ctx.accel, ctx.ui);
     let used = plan.for_cell(cell);
     let first = boot_cell(ctx, cell, run, used);
-    let never_started = first.verdict == Verdict::Error && first.reports.first().is_some_and(|r| r.kind == Kind::BootHang);
+    let never_started =
+        first.verdict == Verdict::Error && first.reports.first().is_some_and(|r| r.kind == Kind::BootHang);
     if !accel::retry_under_tcg(plan.mode, used, never_started) {
         return first;
     }
     plan.demoted.store(true, Ordering::SeqCst);
-    ui.note(format!("{}: under KVM {}; running it again under TCG, and every later x86_64 cell of this run", cell.id, first.reason));
+    ui.note(format!(
+        "{}: under KVM {}; running it again under TCG, and every later x86_64 cell of this run",
+        cell.id, first.reason
+    ));
     let kept = first.dir.join("kvm");
     let moved = fs::read_dir(&first.dir).and_then(|entries| {
         fs::create_dir_all(&kept)?;
@@ -306,7 +333,9 @@ fn boot_cell(ctx: &Prepared, cell: &Cell, run: Option<u32>, accel: Accel) -> Cel
                     ui.send(Event::Progress { task: task.clone(), message: line.trim().to_string() });
                 }
             }
-            Seen::SshReady { after_s, .. } => ui.send(Event::Progress { task: task.clone(), message: format!("SSH ready after {after_s:.1}s") }),
+            Seen::SshReady { after_s, .. } => {
+                ui.send(Event::Progress { task: task.clone(), message: format!("SSH ready after {after_s:.1}s") })
+            }
         })?;
         Ok((boot, symbols))
     })();
@@ -314,17 +343,24 @@ fn boot_cell(ctx: &Prepared, cell: &Cell, run: Option<u32>, accel: Accel) -> Cel
         Ok((boot, symbols)) => {
             let console = String::from_utf8_lossy(&fs::read(&boot.console_log).unwrap_or_default()).into_owned();
             let last_line = console.lines().count().max(1);
-            let host = boot.host.last().zip(symbols.as_ref()).map(|(samples, s)| triage::diagnose_host(samples, s, samples.console_line.max(1)));
+            let host = boot
+                .host
+                .last()
+                .zip(symbols.as_ref())
+                .map(|(samples, s)| triage::diagnose_host(samples, s, samples.console_line.max(1)));
             let mut console_reports = triage::triage(console.as_bytes(), None);
             let printed_frames = has_frames(&console_reports) || host.as_ref().is_some_and(|h| has_frames(&h.reports));
             let debug = match kernel {
-                Ok(kernel) if printed_frames => debug_info(&kernel.vmlinux, |e| ui.note(format!("{}: no source lines: {e:#}", cell.id))),
+                Ok(kernel) if printed_frames => {
+                    debug_info(&kernel.vmlinux, |e| ui.note(format!("{}: no source lines: {e:#}", cell.id)))
+                }
                 _ => None,
             };
             if let Some(debug) = &debug {
                 console_reports = triage::triage(console.as_bytes(), Some(debug));
             }
-            let (verdict, reason, mut reports) = judge(cell, &boot, console_reports, host.as_ref(), matrix.timeouts.silence, last_line);
+            let (verdict, reason, mut reports) =
+                judge(cell, &boot, console_reports, host.as_ref(), matrix.timeouts.silence, last_line);
             if let Some(debug) = &debug {
                 debug.symbolize(&mut reports);
             }
@@ -335,7 +371,8 @@ fn boot_cell(ctx: &Prepared, cell: &Cell, run: Option<u32>, accel: Accel) -> Cel
             result.reports = reports;
             result.ready_s = boot.ready.as_ref().map(|r| r.at);
             result.ssh_ready_s = boot.ssh.as_ref().and_then(|s| s.ready_s);
-            result.detect_s = detection_delay(&console, &result.reports, boot.ready.as_ref().map(|r| r.at), boot.host.last());
+            result.detect_s =
+                detection_delay(&console, &result.reports, boot.ready.as_ref().map(|r| r.at), boot.host.last());
             result.end = boot.end.name().to_string();
         }
         Err(e) => match e.downcast_ref::<Interrupted>() {
@@ -344,7 +381,10 @@ fn boot_cell(ctx: &Prepared, cell: &Cell, run: Option<u32>, accel: Accel) -> Cel
                 result.verdict = Verdict::Interrupted;
                 result.reason = format!("interrupted by {signal} after {:.1}s", started.elapsed().as_secs_f64());
                 result.end = report::INTERRUPTED.to_string();
-                result.excerpt = report::excerpt(&String::from_utf8_lossy(&fs::read(dir.join("console.log")).unwrap_or_default()), &[]);
+                result.excerpt = report::excerpt(
+                    &String::from_utf8_lossy(&fs::read(dir.join("console.log")).unwrap_or_default()),
+                    &[],
+                );
             }
             None => {
                 result.reason = format!("{e:#}");

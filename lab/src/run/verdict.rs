@@ -3,22 +3,31 @@
 
 use crate::plan::Cell;
 use crate::report::Verdict;
-use crate::triage::{self, Kind, Missing, Report, Source};
 use crate::triage::HostSamples;
+use crate::triage::{self, Kind, Missing, Report, Source};
 use crate::vm::{self, Boot, End};
 
 /// The verdict of one boot: what the console shows, what the host's samples show, what the
 /// workload said, how the VM ended. Reports come in the order things happened: the console's up to
 /// the host's sampling, the host's, then what the guest printed when asked (after the NMI). Reports
 /// the lab adds itself (silence, no ready line, ...) point at the console's last line.
-pub fn judge(cell: &Cell, boot: &Boot, console: Vec<Report>, host: Option<&triage::HostDiagnosis>, silence_s: u64, last_line: usize) -> (Verdict, String, Vec<Report>) {
+pub fn judge(
+    cell: &Cell,
+    boot: &Boot,
+    console: Vec<Report>,
+    host: Option<&triage::HostDiagnosis>,
+    silence_s: u64,
+    last_line: usize,
+) -> (Verdict, String, Vec<Report>) {
     let sampled_at = boot.host.last().map_or(usize::MAX, |s| s.console_line);
     let (mut reports, answers): (Vec<Report>, Vec<Report>) = console.into_iter().partition(|r| r.line <= sampled_at);
     // A guest report that tells only the victim's side (its stuck CPU waits for a lock whose holder
     // no CPU dumped: powerpc under TCG ignores the backtrace IPI), or is titled after a vCPU the
     // host saw waiting for a lock: the host's report, which names the holder, leads.
     let victim_first = |h: &triage::HostDiagnosis| {
-        reports.first().is_some_and(|r| r.missing.contains(&Missing::LockHolder) || r.frame.as_ref().is_some_and(|f| h.waiters.contains(f)))
+        reports.first().is_some_and(|r| {
+            r.missing.contains(&Missing::LockHolder) || r.frame.as_ref().is_some_and(|f| h.waiters.contains(f))
+        })
     };
     let at = if host.is_some_and(victim_first) { 0 } else { reports.len() };
     reports.splice(at..at, host.iter().flat_map(|h| h.reports.iter().cloned()));
@@ -30,12 +39,19 @@ pub fn judge(cell: &Cell, boot: &Boot, console: Vec<Report>, host: Option<&triag
         // The host's summary goes with the silence only when it found no spinning vCPU to report.
         let mut lines: Vec<String> = host.filter(|h| !h.spinning()).map(|h| h.summary.clone()).unwrap_or_default();
         lines.extend(boot.host_error.iter().map(|e| format!("host sampling failed: {e}")));
-        let what = format!("no console output for {silence_s}s{}", if boot.ready.is_none() { " during boot" } else { "" });
+        let what =
+            format!("no console output for {silence_s}s{}", if boot.ready.is_none() { " during boot" } else { "" });
         reports.push(Report::from_lab(Kind::Silent, format!("silent: {what}"), &what, last_line, lines));
     }
     if let End::LostConnection(why) = &boot.end {
         let lines = host.filter(|h| !h.spinning()).map(|h| h.summary.clone()).unwrap_or_default();
-        reports.push(Report::from_lab(Kind::LostConnection, format!("lost connection: {}: {why}", cell.workload.name), "", last_line, lines));
+        reports.push(Report::from_lab(
+            Kind::LostConnection,
+            format!("lost connection: {}: {why}", cell.workload.name),
+            "",
+            last_line,
+            lines,
+        ));
     }
     let other = |title: String| Report::from_lab(Kind::Other, title.clone(), &title, last_line, Vec::new());
     if let End::QemuFailed(why) | End::SshFailed(why) = &boot.end {
@@ -70,7 +86,8 @@ pub fn judge(cell: &Cell, boot: &Boot, console: Vec<Report>, host: Option<&triag
         .into_iter()
         .find(|(key, want)| ready.get(key) != Some(want.as_str()));
     if let Some((key, want)) = mismatch {
-        let reason = format!("the guest reports {key}={}, the cell asked for {want}", ready.get(key).unwrap_or("nothing"));
+        let reason =
+            format!("the guest reports {key}={}, the cell asked for {want}", ready.get(key).unwrap_or("nothing"));
         reports.push(other(reason.clone()));
         return (Verdict::Fail, reason, reports);
     }
@@ -85,9 +102,17 @@ pub fn judge(cell: &Cell, boot: &Boot, console: Vec<Report>, host: Option<&triag
     };
     let detail = result.get("detail").unwrap_or("");
     // Sampled and resumed, and the guest went on to finish: it had been paused from outside.
-    let paused = if boot.host.iter().any(|s| s.resumed) { "; the VM had been paused from outside (host samples: no vCPU spinning)" } else { "" };
+    let paused = if boot.host.iter().any(|s| s.resumed) {
+        "; the VM had been paused from outside (host samples: no vCPU spinning)"
+    } else {
+        ""
+    };
     match result.get("status") {
-        Some("pass") => (Verdict::Pass, format!("{} passed in {} ms{paused}", cell.workload.name, result.get("elapsed_ms").unwrap_or("?")), reports),
+        Some("pass") => (
+            Verdict::Pass,
+            format!("{} passed in {} ms{paused}", cell.workload.name, result.get("elapsed_ms").unwrap_or("?")),
+            reports,
+        ),
         Some("skip") => (Verdict::Skip, format!("{} skipped: {detail}", cell.workload.name), reports),
         Some("error") => (Verdict::Error, format!("{} could not run: {detail}", cell.workload.name), reports),
         status => {
@@ -101,24 +126,36 @@ pub fn judge(cell: &Cell, boot: &Boot, console: Vec<Report>, host: Option<&triag
 /// A guest that never got going, or whose vCPUs all sat outside the kernel image, with no report
 /// from the kernel or the host to say otherwise: the host's fault until shown otherwise (a KVM that
 /// runs a boot sector but hangs Linux in its decompressor), never a kernel verdict.
-pub fn never_started(boot: &Boot, host: Option<&triage::HostDiagnosis>, silence_s: u64, last_line: usize) -> Option<Report> {
+pub fn never_started(
+    boot: &Boot,
+    host: Option<&triage::HostDiagnosis>,
+    silence_s: u64,
+    last_line: usize,
+) -> Option<Report> {
     if !matches!(boot.end, End::Silent | End::BootTimeout) {
         return None;
     }
     let outside = host.is_some_and(|h| h.outside_kernel);
     let lines = host.map(|h| h.summary.clone()).unwrap_or_default();
     let (kind, what) = match (boot.console_lines, outside, &boot.ready) {
-        (0, true, _) => (Kind::BootHang, format!("the guest printed nothing in {silence_s}s and every vCPU is outside the kernel image")),
+        (0, true, _) => (
+            Kind::BootHang,
+            format!("the guest printed nothing in {silence_s}s and every vCPU is outside the kernel image"),
+        ),
         (0, false, _) => (Kind::BootHang, format!("the guest printed nothing in {silence_s}s")),
         (_, true, None) => (Kind::BootHang, "every vCPU is outside the kernel image before the ready line".to_string()),
-        (_, true, Some(_)) => (Kind::Infra, format!("every vCPU is outside the kernel image and the console was silent for {silence_s}s")),
+        (_, true, Some(_)) => {
+            (Kind::Infra, format!("every vCPU is outside the kernel image and the console was silent for {silence_s}s"))
+        }
         (_, false, _) => return None,
     };
     Some(Report::from_lab(kind, format!("{kind}: {what}"), &what, last_line, lines))
 }
 
 pub fn basis(reports: &[Report]) -> Option<String> {
-    let guest = reports.iter().any(|r| r.source == Source::Console && !matches!(r.kind, Kind::Silent | Kind::LostConnection | Kind::Other));
+    let guest = reports
+        .iter()
+        .any(|r| r.source == Source::Console && !matches!(r.kind, Kind::Silent | Kind::LostConnection | Kind::Other));
     let host = reports.iter().any(|r| r.source == Source::Host);
     match (guest, host) {
         (true, true) => Some("guest+host".into()),
@@ -131,7 +168,12 @@ pub fn basis(reports: &[Report]) -> Option<String> {
 /// Seconds from the ready line to the first report: the host time that prefixes its console line,
 /// or, for a report from host samples, the time sampling began. Runs that failed during boot have
 /// no ready line and no delay.
-pub fn detection_delay(console: &str, reports: &[Report], ready_at: Option<f64>, host: Option<&HostSamples>) -> Option<f64> {
+pub fn detection_delay(
+    console: &str,
+    reports: &[Report],
+    ready_at: Option<f64>,
+    host: Option<&HostSamples>,
+) -> Option<f64> {
     let first = reports.first()?;
     if first.source == Source::Host {
         return Some(host?.started_s - ready_at?);
@@ -150,14 +192,32 @@ mod tests {
 
     fn cell(expect: Option<Kind>) -> Cell {
         let programs = ["smoke", "lkdtm"].into_iter().map(String::from).collect();
-        let m = matrix::parse("kernels: [{recipe: k.yaml}]\narches: [aarch64]\nvcpus: [2]\nworkloads: [{name: smoke}]\n", &programs).unwrap();
+        let m = matrix::parse(
+            "kernels: [{recipe: k.yaml}]\narches: [aarch64]\nvcpus: [2]\nworkloads: [{name: smoke}]\n",
+            &programs,
+        )
+        .unwrap();
         let mut workload = m.workloads[0].clone();
         workload.expect = expect;
-        Cell { id: "k-aarch64-2cpu-smoke".into(), kernel: 0, kernel_name: "k".into(), arch: Arch::Aarch64, vcpus: 2, workload }
+        Cell {
+            id: "k-aarch64-2cpu-smoke".into(),
+            kernel: 0,
+            kernel_name: "k".into(),
+            arch: Arch::Aarch64,
+            vcpus: 2,
+            workload,
+        }
     }
 
     fn line(text: &str) -> Option<ProtocolLine> {
-        Some(ProtocolLine { at: 1.0, fields: text.split_whitespace().filter_map(|w| w.split_once('=')).map(|(k, v)| (k.into(), v.into())).collect() })
+        Some(ProtocolLine {
+            at: 1.0,
+            fields: text
+                .split_whitespace()
+                .filter_map(|w| w.split_once('='))
+                .map(|(k, v)| (k.into(), v.into()))
+                .collect(),
+        })
     }
 
     fn boot(end: End, ready: &str, result: &str) -> Boot {
@@ -178,7 +238,20 @@ mod tests {
     }
 
     fn lockup() -> Report {
-        Report { kind: Kind::HardLockup, title: "hard LOCKUP in mm_get_cid".into(), signature: "hard-lockup:mm_get_cid".into(), frame: Some("mm_get_cid".into()), frame_site: None, cpu: Some(1), stuck_cpu: None, line: 7, lines: vec![], source: Source::Console, missing: Vec::new(), stacks: Vec::new() }
+        Report {
+            kind: Kind::HardLockup,
+            title: "hard LOCKUP in mm_get_cid".into(),
+            signature: "hard-lockup:mm_get_cid".into(),
+            frame: Some("mm_get_cid".into()),
+            frame_site: None,
+            cpu: Some(1),
+            stuck_cpu: None,
+            line: 7,
+            lines: vec![],
+            source: Source::Console,
+            missing: Vec::new(),
+            stacks: Vec::new(),
+        }
     }
 
     const READY: &str = "arch=aarch64 cpus=2";
@@ -196,38 +269,121 @@ mod tests {
         check(None, boot(End::Exited, READY, "status=pass"), vec![lockup()], "Fail: hard LOCKUP in mm_get_cid");
         check(None, boot(End::Silent, READY, ""), vec![], "Fail: silent: no console output for 60s");
         check(None, boot(End::Silent, "", ""), vec![], "Fail: silent: no console output for 60s during boot");
-        check(None, boot(End::BootTimeout, "", ""), vec![], "Timeout: no ready line: boot did not finish before the boot deadline");
-        check(None, boot(End::Exited, "", ""), vec![], "Fail: no ready line: the guest stopped before its init started");
-        check(None, boot(End::Exited, "arch=aarch64 cpus=1", "status=pass"), vec![], "Fail: the guest reports cpus=1, the cell asked for 2");
-        check(None, boot(End::Exited, "arch=x86_64 cpus=2", "status=pass"), vec![], "Fail: the guest reports arch=x86_64, the cell asked for aarch64");
-        check(None, boot(End::WorkloadTimeout, READY, ""), vec![], "Timeout: timeout: workload smoke gave no result line in time");
+        check(
+            None,
+            boot(End::BootTimeout, "", ""),
+            vec![],
+            "Timeout: no ready line: boot did not finish before the boot deadline",
+        );
+        check(
+            None,
+            boot(End::Exited, "", ""),
+            vec![],
+            "Fail: no ready line: the guest stopped before its init started",
+        );
+        check(
+            None,
+            boot(End::Exited, "arch=aarch64 cpus=1", "status=pass"),
+            vec![],
+            "Fail: the guest reports cpus=1, the cell asked for 2",
+        );
+        check(
+            None,
+            boot(End::Exited, "arch=x86_64 cpus=2", "status=pass"),
+            vec![],
+            "Fail: the guest reports arch=x86_64, the cell asked for aarch64",
+        );
+        check(
+            None,
+            boot(End::WorkloadTimeout, READY, ""),
+            vec![],
+            "Timeout: timeout: workload smoke gave no result line in time",
+        );
         check(None, boot(End::Exited, READY, "status=skip detail=no-rseq"), vec![], "Skip: smoke skipped: no-rseq");
-        check(None, boot(End::Exited, READY, "status=fail detail=exit-1"), vec![], "Fail: smoke failed: status=fail exit-1");
+        check(
+            None,
+            boot(End::Exited, READY, "status=fail detail=exit-1"),
+            vec![],
+            "Fail: smoke failed: status=fail exit-1",
+        );
         check(None, boot(End::Exited, READY, "status=error detail=usage"), vec![], "Error: smoke could not run: usage");
-        check(None, boot(End::QemuFailed("QEMU exited with exit status: 1: bad -M".into()), "", ""), vec![], "Error: QEMU exited with exit status: 1: bad -M");
+        check(
+            None,
+            boot(End::QemuFailed("QEMU exited with exit status: 1: bad -M".into()), "", ""),
+            vec![],
+            "Error: QEMU exited with exit status: 1: bad -M",
+        );
         // Not one byte: the host's fault until shown otherwise, whatever the cell expected.
         check(None, mute(End::Silent), vec![], "Error: boot-hang: the guest printed nothing in 60s");
         check(None, mute(End::BootTimeout), vec![], "Error: boot-hang: the guest printed nothing in 60s");
         check(Some(Kind::HardLockup), mute(End::Silent), vec![], "Error: boot-hang: the guest printed nothing in 60s");
         check(None, mute(End::Exited), vec![], "Fail: no ready line: the guest stopped before its init started");
         let hl = Some(Kind::HardLockup);
-        check(hl, boot(End::StoppedAfterReport, READY, ""), vec![lockup()], "Pass: expected hard-lockup reported: hard LOCKUP in mm_get_cid");
-        check(hl, boot(End::Exited, READY, "status=skip"), vec![], "Fail: expected a hard-lockup report, got: no report");
-        check(hl, boot(End::Silent, READY, ""), vec![], "Fail: expected a hard-lockup report, got: silent: no console output for 60s");
+        check(
+            hl,
+            boot(End::StoppedAfterReport, READY, ""),
+            vec![lockup()],
+            "Pass: expected hard-lockup reported: hard LOCKUP in mm_get_cid",
+        );
+        check(
+            hl,
+            boot(End::Exited, READY, "status=skip"),
+            vec![],
+            "Fail: expected a hard-lockup report, got: no report",
+        );
+        check(
+            hl,
+            boot(End::Silent, READY, ""),
+            vec![],
+            "Fail: expected a hard-lockup report, got: silent: no console output for 60s",
+        );
         // LKDTM EXCEPTION: an Oops on arm64, a BUG on x86_64 and powerpc; either passes either.
         let null = |kind| Report { title: "NULL deref in lkdtm_EXCEPTION".into(), ..at(kind, 5, Source::Console) };
         let exited = || boot(End::StoppedAfterReport, READY, "");
-        check(Some(Kind::Oops), exited(), vec![null(Kind::Bug)], "Pass: expected oops reported: NULL deref in lkdtm_EXCEPTION");
-        check(Some(Kind::Bug), exited(), vec![null(Kind::Oops)], "Pass: expected bug reported: NULL deref in lkdtm_EXCEPTION");
-        check(Some(Kind::Warning), exited(), vec![null(Kind::Oops)], "Fail: expected a warning report, got: NULL deref in lkdtm_EXCEPTION");
+        check(
+            Some(Kind::Oops),
+            exited(),
+            vec![null(Kind::Bug)],
+            "Pass: expected oops reported: NULL deref in lkdtm_EXCEPTION",
+        );
+        check(
+            Some(Kind::Bug),
+            exited(),
+            vec![null(Kind::Oops)],
+            "Pass: expected bug reported: NULL deref in lkdtm_EXCEPTION",
+        );
+        check(
+            Some(Kind::Warning),
+            exited(),
+            vec![null(Kind::Oops)],
+            "Fail: expected a warning report, got: NULL deref in lkdtm_EXCEPTION",
+        );
     }
 
     fn at(kind: Kind, line: usize, source: Source) -> Report {
-        Report { kind, title: format!("{kind}@{line}"), signature: kind.to_string(), frame: None, frame_site: None, cpu: None, stuck_cpu: None, line, lines: vec![], source, missing: Vec::new(), stacks: Vec::new() }
+        Report {
+            kind,
+            title: format!("{kind}@{line}"),
+            signature: kind.to_string(),
+            frame: None,
+            frame_site: None,
+            cpu: None,
+            stuck_cpu: None,
+            line,
+            lines: vec![],
+            source,
+            missing: Vec::new(),
+            stacks: Vec::new(),
+        }
     }
 
     fn quiet_host() -> triage::HostDiagnosis {
-        triage::HostDiagnosis { reports: vec![], summary: vec!["vCPU 0: idle (default_idle) in every kernel sample".into()], waiters: vec![], outside_kernel: false }
+        triage::HostDiagnosis {
+            reports: vec![],
+            summary: vec!["vCPU 0: idle (default_idle) in every kernel sample".into()],
+            waiters: vec![],
+            outside_kernel: false,
+        }
     }
 
     /// Reports in the order things happened: the console's before the host sampled, the host's,
@@ -236,11 +392,24 @@ mod tests {
     fn host_reports_take_their_place_in_time_and_set_the_basis() {
         let mut silent = boot(End::Silent, READY, "");
         silent.host = vec![HostSamples { console_line: 5, started_s: 30.0, ..HostSamples::default() }];
-        let host = triage::HostDiagnosis { reports: vec![at(Kind::HardLockup, 5, Source::Host)], summary: vec!["vCPU 0: ...".into()], waiters: vec![], outside_kernel: false };
+        let host = triage::HostDiagnosis {
+            reports: vec![at(Kind::HardLockup, 5, Source::Host)],
+            summary: vec!["vCPU 0: ...".into()],
+            waiters: vec![],
+            outside_kernel: false,
+        };
         let console = vec![at(Kind::RcuStall, 3, Source::Console), at(Kind::Oops, 8, Source::Console)];
         let (verdict, reason, reports) = judge(&cell(None), &silent, console, Some(&host), 60, 9);
         let order: Vec<String> = reports.iter().map(|r| format!("{}/{:?}", r.title, r.source)).collect();
-        assert_eq!(order, ["rcu-stall@3/Console", "hard-lockup@5/Host", "oops@8/Console", "silent: no console output for 60s/Console"]);
+        assert_eq!(
+            order,
+            [
+                "rcu-stall@3/Console",
+                "hard-lockup@5/Host",
+                "oops@8/Console",
+                "silent: no console output for 60s/Console"
+            ]
+        );
         assert_eq!((verdict, reason.as_str()), (Verdict::Fail, "rcu-stall@3"));
         assert_eq!(basis(&reports).as_deref(), Some("guest+host"));
         let (_, reason, reports) = judge(&cell(None), &silent, vec![], Some(&host), 60, 9);
@@ -270,27 +439,44 @@ mod tests {
         let mut resumed = boot(End::Exited, READY, "status=pass elapsed_ms=20000");
         resumed.host = vec![HostSamples { resumed: true, ..HostSamples::default() }];
         let (verdict, reason, _) = judge(&cell(None), &resumed, vec![], Some(&quiet), 60, 9);
-        assert_eq!(format!("{verdict:?}: {reason}"), "Pass: smoke passed in 20000 ms; the VM had been paused from outside (host samples: no vCPU spinning)");
+        assert_eq!(
+            format!("{verdict:?}: {reason}"),
+            "Pass: smoke passed in 20000 ms; the VM had been paused from outside (host samples: no vCPU spinning)"
+        );
     }
 
     /// vCPUs outside the kernel image (the bzImage decompressor under a KVM that hangs Linux) are
     /// the host's; a vCPU the host could name spinning in the kernel is the kernel's, printed or not.
     #[test]
     fn a_guest_outside_its_kernel_is_an_error_and_a_named_spin_is_a_failure() {
-        let outside = triage::HostDiagnosis { outside_kernel: true, summary: vec!["vCPU 0: outside the kernel image in 8 of 8 samples".into()], ..quiet_host() };
+        let outside = triage::HostDiagnosis {
+            outside_kernel: true,
+            summary: vec!["vCPU 0: outside the kernel image in 8 of 8 samples".into()],
+            ..quiet_host()
+        };
         let judge_host = |boot: &Boot, host: &triage::HostDiagnosis| {
             let (verdict, reason, reports) = judge(&cell(None), boot, vec![], Some(host), 60, 9);
             (format!("{verdict:?}: {reason}"), reports)
         };
         let (got, reports) = judge_host(&mute(End::Silent), &outside);
-        assert_eq!(got, "Error: boot-hang: the guest printed nothing in 60s and every vCPU is outside the kernel image");
+        assert_eq!(
+            got,
+            "Error: boot-hang: the guest printed nothing in 60s and every vCPU is outside the kernel image"
+        );
         assert_eq!((reports.len(), reports[0].kind, &reports[0].lines), (1, Kind::BootHang, &outside.summary));
-        assert_eq!(judge_host(&boot(End::Silent, "", ""), &outside).0, "Error: boot-hang: every vCPU is outside the kernel image before the ready line");
-        assert_eq!(judge_host(&boot(End::Silent, READY, ""), &outside).0, "Error: infra: every vCPU is outside the kernel image and the console was silent for 60s");
+        assert_eq!(
+            judge_host(&boot(End::Silent, "", ""), &outside).0,
+            "Error: boot-hang: every vCPU is outside the kernel image before the ready line"
+        );
+        assert_eq!(
+            judge_host(&boot(End::Silent, READY, ""), &outside).0,
+            "Error: infra: every vCPU is outside the kernel image and the console was silent for 60s"
+        );
         let spinning = triage::HostDiagnosis { reports: vec![lockup()], ..quiet_host() };
         assert_eq!(judge_host(&mute(End::Silent), &spinning).0, "Fail: hard LOCKUP in mm_get_cid");
         // The kernel's own report stands even when the vCPUs left its image afterwards.
-        let (verdict, reason, _) = judge(&cell(None), &boot(End::Silent, READY, ""), vec![lockup()], Some(&outside), 60, 9);
+        let (verdict, reason, _) =
+            judge(&cell(None), &boot(End::Silent, READY, ""), vec![lockup()], Some(&outside), 60, 9);
         assert_eq!(format!("{verdict:?}: {reason}"), "Fail: hard LOCKUP in mm_get_cid");
     }
 

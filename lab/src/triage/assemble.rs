@@ -130,39 +130,24 @@ impl Draft {
 
     /// Whether this report, still open when the log ended at `last_line`, owed more lines.
     fn was_cut(&self, last_line: usize, cut_mid_line: bool) -> bool {
-        let owes_marker = self.expects_end_marker()
-            && !self.has_panic
-            && last_line - self.line < END_MARKER_WINDOW;
+        let owes_marker = self.expects_end_marker() && !self.has_panic && last_line - self.line < END_MARKER_WINDOW;
         // The stuck CPU answers the backtrace NMI, or the sender says it did not (after 10 s).
         let owes_stuck_cpu = self.kind == Kind::HardLockup
             && !self.has_panic
             && self.stacks.nmi_pending
             && self.stuck_cpu.is_some_and(|cpu| !self.stacks.dumped(cpu));
-        (cut_mid_line && self.last_line == last_line)
-            || owes_marker
-            || owes_stuck_cpu
-            || self.stacks.awaits_frames()
+        (cut_mid_line && self.last_line == last_line) || owes_marker || owes_stuck_cpu || self.stacks.awaits_frames()
     }
 
     fn into_report(mut self, truncated: bool, caller_of: &dyn Fn(&FrameSite) -> Option<String>) -> Report {
         self.stacks.name_callers(caller_of);
-        let preferred_cpu = if self.kind == Kind::HardLockup {
-            self.stuck_cpu
-        } else {
-            None
-        };
-        let frame = self
-            .stacks
-            .culprit(preferred_cpu)
-            .map(str::to_owned)
-            .or(self.named_frame);
-        let missing = [
-            (self.stacks.holder_unseen(preferred_cpu), Missing::LockHolder),
-            (truncated, Missing::Truncated),
-        ]
-        .into_iter()
-        .filter_map(|(lacking, what)| lacking.then_some(what))
-        .collect();
+        let preferred_cpu = if self.kind == Kind::HardLockup { self.stuck_cpu } else { None };
+        let frame = self.stacks.culprit(preferred_cpu).map(str::to_owned).or(self.named_frame);
+        let missing =
+            [(self.stacks.holder_unseen(preferred_cpu), Missing::LockHolder), (truncated, Missing::Truncated)]
+                .into_iter()
+                .filter_map(|(lacking, what)| lacking.then_some(what))
+                .collect();
         let cpu = self.cpu.or(self.stacks.reporter_cpu).or(self.stacks.first_dump_cpu);
         let frame_site = frame.as_deref().and_then(|frame| self.stacks.site_of(frame, preferred_cpu));
         Report {
@@ -203,9 +188,7 @@ pub(super) fn title(kind: Kind, subject: &str, frame: Option<&str>) -> String {
         Kind::Lockdep => return format!("lockdep: {subject}"),
     };
     // Without a stack, a soft lockup or a hung task still names the task it caught.
-    let task = matches!(kind, Kind::SoftLockup | Kind::HungTask)
-        .then_some(subject)
-        .filter(|task| !task.is_empty());
+    let task = matches!(kind, Kind::SoftLockup | Kind::HungTask).then_some(subject).filter(|task| !task.is_empty());
     match frame.or(task) {
         Some(culprit) => format!("{label} in {culprit}"),
         None => label.to_owned(),
@@ -253,13 +236,8 @@ impl Assembler {
     /// The open report a line from `caller` belongs to: the one that caller opened, else the most
     /// recently active one (NMI backtraces are printed by the CPUs they are about, not by the reporter).
     fn route(&self, caller: Option<Caller>) -> Option<usize> {
-        let owned = caller.and_then(|caller| {
-            self.open
-                .iter()
-                .rev()
-                .copied()
-                .find(|&i| self.drafts[i].owner == Some(caller))
-        });
+        let owned =
+            caller.and_then(|caller| self.open.iter().rev().copied().find(|&i| self.drafts[i].owner == Some(caller)));
         owned.or_else(|| self.open.last().copied())
     }
 
@@ -283,12 +261,7 @@ impl Assembler {
     }
 
     /// The report this headline belongs to, if it does not open one of its own.
-    fn continued_report(
-        &self,
-        number: usize,
-        caller: Option<Caller>,
-        header: &Header,
-    ) -> Option<usize> {
+    fn continued_report(&self, number: usize, caller: Option<Caller>, header: &Header) -> Option<usize> {
         if header.role == Role::Panic {
             return self.report_concluded_by_panic(number, caller, header.kind);
         }
@@ -296,17 +269,10 @@ impl Assembler {
         let draft = &self.drafts[index];
         let continues = match header.role {
             _ if draft.is_waiting_for_headline() => header.role != Role::CutHere,
-            Role::Die => {
-                matches!(
-                    draft.kind,
-                    Kind::Bug | Kind::Kasan | Kind::Oops | Kind::Other
-                ) && !draft.has_die
-            }
+            Role::Die => matches!(draft.kind, Kind::Bug | Kind::Kasan | Kind::Oops | Kind::Other) && !draft.has_die,
             Role::StuckCpuDump => draft.expects_other_cpus(),
             // One watchdog pass prints one line per stuck pool.
-            Role::Opens => {
-                header.kind == Kind::WorkqueueLockup && draft.kind == Kind::WorkqueueLockup
-            }
+            Role::Opens => header.kind == Kind::WorkqueueLockup && draft.kind == Kind::WorkqueueLockup,
             Role::CutHere | Role::Panic => false,
         };
         continues.then_some(index)
@@ -314,12 +280,7 @@ impl Assembler {
 
     /// A panic whose reason names a kind concludes the latest report of that kind; any other panic
     /// concludes the report in progress, or one whose end marker was just printed.
-    fn report_concluded_by_panic(
-        &self,
-        number: usize,
-        caller: Option<Caller>,
-        kind: Kind,
-    ) -> Option<usize> {
+    fn report_concluded_by_panic(&self, number: usize, caller: Option<Caller>, kind: Kind) -> Option<usize> {
         let candidate = if kind == Kind::Panic {
             self.route(caller).or_else(|| {
                 let last = self.drafts.len().checked_sub(1)?;
@@ -374,10 +335,8 @@ mod tests {
     /// `expect`: "kind@line title" per report, joined by "; ".
     fn check(log: &str, expect: &str) {
         let reports = triage(log.as_bytes(), None);
-        let actual: Vec<String> = reports
-            .iter()
-            .map(|report| format!("{}@{} {}", report.kind, report.line, report.title))
-            .collect();
+        let actual: Vec<String> =
+            reports.iter().map(|report| format!("{}@{} {}", report.kind, report.line, report.title)).collect();
         assert_eq!(actual.join("; "), expect, "log:\n{log}");
     }
 
@@ -387,18 +346,12 @@ mod tests {
             "watchdog: CPU 11 self-detected hard LOCKUP @ plpar_hcall_norets_notrace+0x18/0x2c\n",
             "hard-lockup@1 hard LOCKUP in plpar_hcall_norets_notrace",
         );
-        check(
-            "watchdog: CPU2: Watchdog detected hard LOCKUP on cpu 3\n",
-            "hard-lockup@1 hard LOCKUP",
-        );
+        check("watchdog: CPU2: Watchdog detected hard LOCKUP on cpu 3\n", "hard-lockup@1 hard LOCKUP");
     }
 
     #[test]
     fn cut_here_takes_the_headline_that_follows() {
-        check(
-            "------------[ cut here ]------------\n",
-            "warning@1 WARNING",
-        );
+        check("------------[ cut here ]------------\n", "warning@1 WARNING");
         check(
             "------------[ cut here ]------------\nmessage\nWARNING: at f+0x1/0x2, CPU#0: sh/1\n",
             "warning@1 WARNING in f",
@@ -407,19 +360,13 @@ mod tests {
             "------------[ cut here ]------------\n------------[ cut here ]------------\nkernel BUG at x.c:1!\n",
             "warning@1 WARNING; bug@2 kernel BUG",
         );
-        let far = format!(
-            "------------[ cut here ]------------\n{}kernel BUG at x.c:1!\n",
-            "text\n".repeat(10)
-        );
+        let far = format!("------------[ cut here ]------------\n{}kernel BUG at x.c:1!\n", "text\n".repeat(10));
         check(&far, "warning@1 WARNING; bug@12 kernel BUG");
     }
 
     #[test]
     fn panics_conclude_the_report_they_belong_to() {
-        check(
-            "Kernel panic - not syncing: Hard LOCKUP\n",
-            "hard-lockup@1 hard LOCKUP",
-        );
+        check("Kernel panic - not syncing: Hard LOCKUP\n", "hard-lockup@1 hard LOCKUP");
         check(
             "BUG: soft lockup - CPU#0 stuck for 22s! [sh:1]\n f+0x1/0x2\nKernel panic - not syncing: softlockup: hung tasks\n",
             "soft-lockup@1 soft lockup in f",
@@ -449,10 +396,7 @@ mod tests {
             "BUG: kernel NULL pointer dereference, address: 0\nOops: Oops: 0000 [#1] SMP\n",
             "bug@1 BUG: kernel NULL pointer dereference",
         );
-        check(
-            "Oops: 0000 [#1] SMP\nOops: 0000 [#2] SMP\n",
-            "oops@1 Oops; oops@2 Oops",
-        );
+        check("Oops: 0000 [#1] SMP\nOops: 0000 [#2] SMP\n", "oops@1 Oops; oops@2 Oops");
         check(
             "BUG: soft lockup - CPU#0 stuck for 22s! [sh:1]\nOops: 0000 [#1] SMP\n",
             "soft-lockup@1 soft lockup in sh; oops@2 Oops",
@@ -488,7 +432,8 @@ mod tests {
     fn reports_the_log_cut_short_say_so() {
         const WARN: &str = "WARNING: at f+0x1/0x2, CPU#0: sh/1\n f+0x1/0x2\n";
         const LOCKUP: &str = "watchdog: CPU2: Watchdog detected hard LOCKUP on cpu 3\n";
-        const SENT: &str = "watchdog: CPU2: Watchdog detected hard LOCKUP on cpu 3\nSending NMI from CPU 2 to CPUs 3:\n";
+        const SENT: &str =
+            "watchdog: CPU2: Watchdog detected hard LOCKUP on cpu 3\nSending NMI from CPU 2 to CPUs 3:\n";
         const SOFT: &str = "BUG: soft lockup - CPU#0 stuck for 22s! [sh:1]\n";
         check_cut(WARN, "cut");
         check_cut(&format!("{WARN}---[ end trace 0000000000000000 ]---\n"), "whole");
@@ -516,9 +461,6 @@ mod tests {
     fn guest_and_empty_input_make_no_reports() {
         check("", "");
         check("\n\n\n", "");
-        check(
-            "LAB-RESULT fail: saw BUG: soft lockup - CPU#0 stuck for 22s! [sh:1]\n",
-            "",
-        );
+        check("LAB-RESULT fail: saw BUG: soft lockup - CPU#0 stuck for 22s! [sh:1]\n", "");
     }
 }

@@ -28,15 +28,8 @@ impl<'a> ConsoleLine<'a> {
         };
         // printk separates its prefix from the message with one space; without a prefix, leading
         // blanks are the message's own (call trace indentation).
-        let text = if stamped || caller.is_some() {
-            rest.strip_prefix(' ').unwrap_or(rest)
-        } else {
-            rest
-        };
-        ConsoleLine {
-            caller,
-            text: up_to_printk_maximum(text),
-        }
+        let text = if stamped || caller.is_some() { rest.strip_prefix(' ').unwrap_or(rest) } else { rest };
+        ConsoleLine { caller, text: up_to_printk_maximum(text) }
     }
 
     /// The guest's init reports through `LAB-*` lines; they are never kernel reports and they mean the
@@ -53,10 +46,7 @@ fn up_to_printk_maximum(text: &str) -> &str {
     if text.len() <= PRINTK_MESSAGE_MAX {
         return text;
     }
-    let end = (0..=PRINTK_MESSAGE_MAX)
-        .rev()
-        .find(|&end| text.is_char_boundary(end))
-        .unwrap_or(0);
+    let end = (0..=PRINTK_MESSAGE_MAX).rev().find(|&end| text.is_char_boundary(end)).unwrap_or(0);
     &text[..end]
 }
 
@@ -76,19 +66,14 @@ fn strip_host_time(line: &str) -> Option<&str> {
 fn strip_printk_time(line: &str) -> Option<&str> {
     let (inside, rest) = bracketed(line)?;
     let (seconds, fraction) = inside.trim_start_matches(' ').split_once('.')?;
-    (!seconds.is_empty() && !fraction.is_empty() && is_digits(seconds) && is_digits(fraction))
-        .then_some(rest)
+    (!seconds.is_empty() && !fraction.is_empty() && is_digits(seconds) && is_digits(fraction)).then_some(rest)
 }
 
 /// "[    C3]" or "[T1234]"
 fn strip_caller(line: &str) -> Option<(Caller, &str)> {
     let (inside, rest) = bracketed(line)?;
     let inside = inside.trim_start_matches(' ');
-    let id = inside
-        .get(1..)
-        .filter(|id| !id.is_empty() && is_digits(id))?
-        .parse()
-        .ok()?;
+    let id = inside.get(1..).filter(|id| !id.is_empty() && is_digits(id))?.parse().ok()?;
     let caller = match inside.as_bytes()[0] {
         b'C' => Caller::Cpu(id),
         b'T' => Caller::Task(id),
@@ -101,10 +86,7 @@ fn strip_caller(line: &str) -> Option<(Caller, &str)> {
 fn bracketed(line: &str) -> Option<(&str, &str)> {
     const LONGEST_FIELD: usize = 24;
     let rest = line.strip_prefix('[')?;
-    let close = rest
-        .bytes()
-        .take(LONGEST_FIELD)
-        .position(|byte| byte == b']')?;
+    let close = rest.bytes().take(LONGEST_FIELD).position(|byte| byte == b']')?;
     Some((&rest[..close], &rest[close + 1..]))
 }
 
@@ -117,38 +99,18 @@ mod tests {
     use super::{Caller, ConsoleLine};
 
     fn check(line: &str, caller: Option<Caller>, text: &str) {
-        assert_eq!(
-            ConsoleLine::parse(line),
-            ConsoleLine { caller, text },
-            "line {line:?}"
-        );
+        assert_eq!(ConsoleLine::parse(line), ConsoleLine { caller, text }, "line {line:?}");
     }
 
     #[test]
     fn prefixes_come_off() {
-        check(
-            "    1.234s| [    0.000000] Linux version 7.3.4",
-            None,
-            "Linux version 7.3.4",
-        );
+        check("    1.234s| [    0.000000] Linux version 7.3.4", None, "Linux version 7.3.4");
         check("12345.678s| raw guest text", None, "raw guest text");
         check("    1.234s|", None, "");
         check("[   12.345678] watchdog: foo", None, "watchdog: foo");
-        check(
-            "[   12.345678][    C3] NMI backtrace for cpu 3",
-            Some(Caller::Cpu(3)),
-            "NMI backtrace for cpu 3",
-        );
-        check(
-            "[   12.345678][ T1234] INFO: task",
-            Some(Caller::Task(1234)),
-            "INFO: task",
-        );
-        check(
-            "[    C3] caller without time",
-            Some(Caller::Cpu(3)),
-            "caller without time",
-        );
+        check("[   12.345678][    C3] NMI backtrace for cpu 3", Some(Caller::Cpu(3)), "NMI backtrace for cpu 3");
+        check("[   12.345678][ T1234] INFO: task", Some(Caller::Task(1234)), "INFO: task");
+        check("[    C3] caller without time", Some(Caller::Cpu(3)), "caller without time");
         check(
             "    0.100s| [   12.345678][    C3]  ? __schedule+0x3a4/0x9c0",
             Some(Caller::Cpu(3)),
@@ -164,11 +126,7 @@ mod tests {
             None,
             "[c00000000a1b3c40] [c000000000123456] f+0x1/0x2",
         );
-        check(
-            "[ BUG: Invalid wait context ]",
-            None,
-            "[ BUG: Invalid wait context ]",
-        );
+        check("[ BUG: Invalid wait context ]", None, "[ BUG: Invalid wait context ]");
         check("1.5s| not the lab prefix", None, "1.5s| not the lab prefix");
         check("[12.3] [C3] spaced", None, "[C3] spaced");
         check("[Tx] [C] []", None, "[Tx] [C] []");

@@ -48,12 +48,15 @@ impl DebugInfo {
         let file = std::fs::File::open(vmlinux).with_context(|| format!("cannot open {}", vmlinux.display()))?;
         // SAFETY: the lab's kernel cache is written once and renamed into place; a vmlinux that a
         // user rewrites while it is read gives wrong lines, never unsoundness beyond that file.
-        let map = Arc::new(unsafe { memmap2::Mmap::map(&file) }.with_context(|| format!("cannot map {}", vmlinux.display()))?);
+        let map = Arc::new(
+            unsafe { memmap2::Mmap::map(&file) }.with_context(|| format!("cannot map {}", vmlinux.display()))?,
+        );
         let elf = object::File::parse(&**map).with_context(|| format!("{} is not an ELF file", vmlinux.display()))?;
         let Some(debug_info) = elf.section_by_name(".debug_info") else {
             return Ok(None);
         };
-        let compressed = debug_info.compressed_file_range().map(|range| range.format != object::CompressionFormat::None);
+        let compressed =
+            debug_info.compressed_file_range().map(|range| range.format != object::CompressionFormat::None);
         anyhow::ensure!(
             compressed == Ok(false),
             "{} has compressed debug info (CONFIG_DEBUG_INFO_COMPRESSED_*), which the lab reads in place only \
@@ -74,9 +77,11 @@ impl DebugInfo {
                 .unwrap_or(0..0);
             Ok(Reader::new(Section { map: Arc::clone(&map), range }, endian))
         };
-        let dwarf = gimli::Dwarf::load(section).with_context(|| format!("cannot read the DWARF sections of {}", vmlinux.display()))?;
+        let dwarf = gimli::Dwarf::load(section)
+            .with_context(|| format!("cannot read the DWARF sections of {}", vmlinux.display()))?;
         let roots = source_roots(&dwarf);
-        let context = addr2line::Context::from_dwarf(dwarf).with_context(|| format!("cannot index the DWARF of {}", vmlinux.display()))?;
+        let context = addr2line::Context::from_dwarf(dwarf)
+            .with_context(|| format!("cannot index the DWARF of {}", vmlinux.display()))?;
         let mut functions: HashMap<String, Vec<(u64, u64)>> = HashMap::new();
         for symbol in elf.symbols().filter(|symbol| symbol.kind() == object::SymbolKind::Text) {
             if let Ok(name) = symbol.name() {
@@ -88,14 +93,16 @@ impl DebugInfo {
 
     /// Every text symbol with its address and size (for the bench).
     pub fn functions(&self) -> impl Iterator<Item = (&str, u64, u64)> {
-        self.functions.iter().flat_map(|(name, places)| places.iter().map(move |&(address, size)| (name.as_str(), address, size)))
+        self.functions
+            .iter()
+            .flat_map(|(name, places)| places.iter().map(move |&(address, size)| (name.as_str(), address, size)))
     }
 
     /// Fills in the source lines of every printed frame: each report's guilty frame and its stacks.
     pub fn symbolize(&self, reports: &mut [Report]) {
-        let sites = reports
-            .iter_mut()
-            .flat_map(|report| report.frame_site.iter_mut().chain(report.stacks.iter_mut().flat_map(|stack| &mut stack.sites)));
+        let sites = reports.iter_mut().flat_map(|report| {
+            report.frame_site.iter_mut().chain(report.stacks.iter_mut().flat_map(|stack| &mut stack.sites))
+        });
         for site in sites {
             site.source = self.locate_site(site);
         }
@@ -112,7 +119,9 @@ impl DebugInfo {
 
     fn locate_site(&self, site: &FrameSite) -> Vec<SourceLine> {
         match (site.address, parse_printed(&site.printed)) {
-            (Some(address), Some((function, _, _))) => self.locate_address(call_site(address, site.return_address), function),
+            (Some(address), Some((function, _, _))) => {
+                self.locate_address(call_site(address, site.return_address), function)
+            }
             (None, Some((function, offset, size))) => self.locate(function, offset, size, site.return_address),
             (_, None) => Vec::new(),
         }
@@ -169,12 +178,7 @@ impl DebugInfo {
 
     fn relative(&self, file: &str) -> String {
         let path = normalize(Path::new(file));
-        self.roots
-            .iter()
-            .find_map(|root| path.strip_prefix(root).ok())
-            .unwrap_or(&path)
-            .to_string_lossy()
-            .into_owned()
+        self.roots.iter().find_map(|root| path.strip_prefix(root).ok()).unwrap_or(&path).to_string_lossy().into_owned()
     }
 }
 
@@ -208,7 +212,9 @@ fn source_roots(dwarf: &gimli::Dwarf<Reader>) -> Vec<PathBuf> {
     let mut units = dwarf.units();
     while let Ok(Some(header)) = units.next() {
         let Ok(unit) = dwarf.unit(header) else { continue };
-        let text = |attribute: &Option<Reader>| attribute.as_ref().and_then(|r| r.to_string_lossy().ok()).map(|s| s.into_owned());
+        let text = |attribute: &Option<Reader>| {
+            attribute.as_ref().and_then(|r| r.to_string_lossy().ok()).map(|s| s.into_owned())
+        };
         let (Some(name), Some(comp_dir)) = (text(&unit.name), text(&unit.comp_dir)) else { continue };
         let (name, comp_dir) = (Path::new(&name), normalize(Path::new(&comp_dir)));
         if name.is_relative() {
@@ -320,7 +326,18 @@ __attribute__((noinline)) void next_door(void)
         std::fs::write(dir.join("inlined.c"), INLINED).unwrap();
         let status = std::process::Command::new("cc")
             .current_dir(&dir)
-            .args(["-O2", dwarf, "-fno-align-functions", "-nostdlib", "-static", "-fno-pie", "-no-pie", "-o", "inlined", "inlined.c"])
+            .args([
+                "-O2",
+                dwarf,
+                "-fno-align-functions",
+                "-nostdlib",
+                "-static",
+                "-fno-pie",
+                "-no-pie",
+                "-o",
+                "inlined",
+                "inlined.c",
+            ])
             .status()
             .expect("the host C compiler (cc) runs");
         assert!(status.success(), "cc failed on inlined.c");
@@ -389,7 +406,10 @@ __attribute__((noinline)) void next_door(void)
         assert_eq!(judged("", Some(&debug)), ("panic:gives_up".to_owned(), Some(printed.clone())));
         // Without the debug info the neighbour's name is passed over, never taken for the caller.
         assert_eq!(judged("", None).0, "panic:_start");
-        assert_eq!(super::super::triage(log("").as_bytes(), None)[0].stacks[0].frames, ["show_stack", "vpanic", "_start"]);
+        assert_eq!(
+            super::super::triage(log("").as_bytes(), None)[0].stacks[0].frames,
+            ["show_stack", "vpanic", "_start"]
+        );
         // arm64's "(P)" is the interrupted pc itself: at offset 0 it is the function's first instruction.
         assert_eq!(judged(" (P)", Some(&debug)), ("panic:next_door".to_owned(), Some(printed)));
         let mut reports = super::super::triage(log("").as_bytes(), Some(&debug));
@@ -412,7 +432,12 @@ __attribute__((noinline)) void next_door(void)
     fn compressed_debug_info_is_refused_with_the_fix() {
         let (dir, exe, _) = build("-g");
         let squeezed = dir.join("squeezed");
-        let status = std::process::Command::new("objcopy").arg("--compress-debug-sections=zlib").arg(&exe).arg(&squeezed).status().unwrap();
+        let status = std::process::Command::new("objcopy")
+            .arg("--compress-debug-sections=zlib")
+            .arg(&exe)
+            .arg(&squeezed)
+            .status()
+            .unwrap();
         assert!(status.success());
         let err = DebugInfo::load(&squeezed).err().expect("compressed DWARF is refused");
         assert!(format!("{err:#}").contains("objcopy --decompress-debug-sections"), "{err:#}");

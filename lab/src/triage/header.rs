@@ -47,41 +47,17 @@ const SUBSYSTEM_PREFIX: &str = r"^(?:(?:NMI )?watchdog: |rcu: |traps: )?";
 /// Named groups: `cpu`, `stuck`, `frame` (a `%pS`), `subject`. Earlier rows win over later ones.
 const HEADLINES: &[(Kind, Role, &str)] = &[
     // kernel/watchdog.c: "CPU%u: Watchdog detected hard LOCKUP on cpu %u\n"
-    (
-        Kind::HardLockup,
-        Role::Opens,
-        r"CPU(?P<cpu>\d+): Watchdog detected hard LOCKUP on cpu (?P<stuck>\d+)",
-    ),
+    (Kind::HardLockup, Role::Opens, r"CPU(?P<cpu>\d+): Watchdog detected hard LOCKUP on cpu (?P<stuck>\d+)"),
     // before 6.x: "Watchdog detected hard LOCKUP on cpu %d", printed by the stuck CPU itself.
-    (
-        Kind::HardLockup,
-        Role::Opens,
-        r"Watchdog detected hard LOCKUP on cpu (?P<cpu>\d+)",
-    ),
+    (Kind::HardLockup, Role::Opens, r"Watchdog detected hard LOCKUP on cpu (?P<cpu>\d+)"),
     // arch/powerpc/kernel/watchdog.c: "CPU %d self-detected hard LOCKUP @ %pS\n"
-    (
-        Kind::HardLockup,
-        Role::Opens,
-        r"CPU (?P<cpu>\d+) self-detected hard LOCKUP @ (?P<frame>\S+)",
-    ),
+    (Kind::HardLockup, Role::Opens, r"CPU (?P<cpu>\d+) self-detected hard LOCKUP @ (?P<frame>\S+)"),
     // arch/powerpc/kernel/watchdog.c: "CPU %d detected hard LOCKUP on other CPUs %*pbl\n"
-    (
-        Kind::HardLockup,
-        Role::Opens,
-        r"CPU (?P<cpu>\d+) detected hard LOCKUP on other CPUs (?P<stuck>\d+)",
-    ),
+    (Kind::HardLockup, Role::Opens, r"CPU (?P<cpu>\d+) detected hard LOCKUP on other CPUs (?P<stuck>\d+)"),
     // arch/powerpc/kernel/watchdog.c: "CPU %d Hard LOCKUP\n"
-    (
-        Kind::HardLockup,
-        Role::StuckCpuDump,
-        r"CPU (?P<cpu>\d+) Hard LOCKUP\s*$",
-    ),
+    (Kind::HardLockup, Role::StuckCpuDump, r"CPU (?P<cpu>\d+) Hard LOCKUP\s*$"),
     // kernel/watchdog.c: "BUG: soft lockup - CPU#%d stuck for %us! [%s:%d]\n"
-    (
-        Kind::SoftLockup,
-        Role::Opens,
-        r"BUG: soft lockup - CPU#(?P<cpu>\d+) stuck for \d+s! \[(?P<subject>.*):\d+\]",
-    ),
+    (Kind::SoftLockup, Role::Opens, r"BUG: soft lockup - CPU#(?P<cpu>\d+) stuck for \d+s! \[(?P<subject>.*):\d+\]"),
     // kernel/rcu/tree_stall.h: "INFO: %s detected stalls on CPUs/tasks:\n", "INFO: %s self-detected stall
     // on CPU\n", "INFO: %s detected stall, but suppressed full report due to a stuck CSD-lock.\n";
     // kernel/rcu/tree_exp.h: "INFO: %s detected expedited stalls on CPUs/tasks: {", "INFO: %s detected
@@ -92,31 +68,15 @@ const HEADLINES: &[(Kind, Role, &str)] = &[
         r"INFO: \S+ (?:self-detected stall on CPU|detected (?:expedited )?stalls?(?: on |, but ))",
     ),
     // kernel/hung_task.c: "INFO: task %s:%d blocked%s for more than %ld seconds.\n" (%s: "" or " in I/O wait")
-    (
-        Kind::HungTask,
-        Role::Opens,
-        r"INFO: task (?P<subject>.+):\d+ blocked(?: in I/O wait)? for more than \d+ seconds",
-    ),
+    (Kind::HungTask, Role::Opens, r"INFO: task (?P<subject>.+):\d+ blocked(?: in I/O wait)? for more than \d+ seconds"),
     // kernel/workqueue.c: "BUG: workqueue lockup - pool" + pool info + " stuck for %us!\n"
-    (
-        Kind::WorkqueueLockup,
-        Role::Opens,
-        r"BUG: workqueue lockup - pool",
-    ),
+    (Kind::WorkqueueLockup, Role::Opens, r"BUG: workqueue lockup - pool"),
     // mm/kasan/report.c: "BUG: KASAN: %s in %pS\n", "BUG: KASAN: invalid-access\n"
-    (
-        Kind::Kasan,
-        Role::Opens,
-        r"BUG: (?P<subject>KASAN: [\w-]+)(?: in (?P<frame>\S+))?",
-    ),
+    (Kind::Kasan, Role::Opens, r"BUG: (?P<subject>KASAN: [\w-]+)(?: in (?P<frame>\S+))?"),
     // mm/kfence/report.c: "BUG: KFENCE: out-of-bounds %s in %pS\n\n" and friends; kernel/kcsan/report.c:
     // "BUG: KCSAN: %s in %pS\n", "BUG: KCSAN: %s in %ps / %ps\n"; mm/kmsan/report.c: "BUG: KMSAN: %s in
     // %pSb\n". The bug type belongs to the message, though it follows a colon.
-    (
-        Kind::Bug,
-        Role::Opens,
-        r"(?P<subject>BUG: K(?:FENCE|CSAN|MSAN): .+?) in (?P<frame>\S+)",
-    ),
+    (Kind::Bug, Role::Opens, r"(?P<subject>BUG: K(?:FENCE|CSAN|MSAN): .+?) in (?P<frame>\S+)"),
     // kernel/locking/lockdep.c: pr_warn("WARNING: <headline>\n"), "[ BUG: Invalid wait context ]",
     // "INFO: trying to register non-static key.\n"
     (
@@ -128,41 +88,21 @@ const HEADLINES: &[(Kind, Role, &str)] = &[
     (Kind::Bug, Role::Opens, r"(?P<subject>kernel BUG) at "),
     // Everything else that says "BUG: <message>": the message ends where addresses, names and
     // counts begin, so that the same bug gets the same title every time.
-    (
-        Kind::Bug,
-        Role::Opens,
-        r"(?P<subject>BUG: .+?)(?:: |, | at | for | in | on CPU| \[| \(|!|\s*$)",
-    ),
+    (Kind::Bug, Role::Opens, r"(?P<subject>BUG: .+?)(?:: |, | at | for | in | on CPU| \[| \(|!|\s*$)"),
     // kernel/panic.c __warn: "WARNING: %s:%d at %pS, CPU#%d: %s/%d\n", "WARNING: at %pS, CPU#%d: %s/%d\n"
-    (
-        Kind::Warning,
-        Role::Opens,
-        r"WARNING: (?:\S+:\d+ )?at (?P<frame>[^\s,]+),? CPU#(?P<cpu>\d+)",
-    ),
+    (Kind::Warning, Role::Opens, r"WARNING: (?:\S+:\d+ )?at (?P<frame>[^\s,]+),? CPU#(?P<cpu>\d+)"),
     // 3.10 to 6.x: "WARNING: CPU: %d PID: %d at %s:%d %pS\n" and "... at %pS\n" (3.x: "%pS()");
     // 2.6: "WARNING: at %s:%d %pS()\n". The file and line come before the function; without "CPU:",
     // they are what tells the headline from user space's "WARNING: at least ...".
-    (
-        Kind::Warning,
-        Role::Opens,
-        r"WARNING: (?:CPU: (?P<cpu>\d+) PID: \d+ at (?:\S+:\d+ )?|at \S+:\d+ )(?P<frame>\S+)",
-    ),
+    (Kind::Warning, Role::Opens, r"WARNING: (?:CPU: (?P<cpu>\d+) PID: \d+ at (?:\S+:\d+ )?|at \S+:\d+ )(?P<frame>\S+)"),
     // include/asm-generic/bug.h CUT_HERE: "------------[ cut here ]------------\n"
     (Kind::Warning, Role::CutHere, r"-+\[ cut here \]-+\s*$"),
     // lib/ubsan.c: "UBSAN: %s in %s:%d:%d\n"; arch/x86/kernel/traps.c (CONFIG_UBSAN_TRAP): "%s at %pS\n"
     // with the reason from lib/ubsan.c report_ubsan_failure ("UBSAN: array index out of bounds").
-    (
-        Kind::Other,
-        Role::Opens,
-        r"(?P<subject>UBSAN: .+?) (?:in \S+:\d+|at (?P<frame>\S+))",
-    ),
+    (Kind::Other, Role::Opens, r"(?P<subject>UBSAN: .+?) (?:in \S+:\d+|at (?P<frame>\S+))"),
     // arch/arm64/mm/fault.c die_kernel_fault: "Unable to handle kernel %s at virtual address %016lx\n",
     // the opening of an arm64 oops whose die() banner follows.
-    (
-        Kind::Oops,
-        Role::Opens,
-        r"Unable to handle kernel .+ at virtual address ",
-    ),
+    (Kind::Oops, Role::Opens, r"Unable to handle kernel .+ at virtual address "),
     // arch/x86/kernel/traps.c exc_double_fault: "PANIC: double fault, error_code: 0x%lx\n", then die().
     (Kind::Oops, Role::Opens, r"PANIC: double fault, "),
     // x86 __die_header "Oops: %s: %04lx [#%d]...", powerpc die "Oops: %s, sig: %ld [#%d]\n" (e.g. "Oops:
@@ -175,11 +115,7 @@ const HEADLINES: &[(Kind, Role, &str)] = &[
         r"(?:Oops(?: - [\w ]+)?: |Internal error: .+: [0-9a-f]+ \[#\d+\]|[\w ,/-]+: [0-9a-f]{4} \[#\d+\])",
     ),
     // kernel/panic.c: "Kernel panic - not syncing: %s\n"
-    (
-        Kind::Panic,
-        Role::Panic,
-        r"Kernel panic - not syncing: (?P<subject>.*)",
-    ),
+    (Kind::Panic, Role::Panic, r"Kernel panic - not syncing: (?P<subject>.*)"),
 ];
 
 /// Panic reasons that conclude a report of a more specific kind (prefixes of the `panic()` strings).
@@ -201,16 +137,10 @@ struct Patterns {
 }
 
 static PATTERNS: LazyLock<Patterns> = LazyLock::new(|| {
-    let sources: Vec<String> = HEADLINES
-        .iter()
-        .map(|(_, _, pattern)| format!("{SUBSYSTEM_PREFIX}{pattern}"))
-        .collect();
+    let sources: Vec<String> = HEADLINES.iter().map(|(_, _, pattern)| format!("{SUBSYSTEM_PREFIX}{pattern}")).collect();
     Patterns {
         any: RegexSet::new(&sources).expect("headline patterns are valid"),
-        each: sources
-            .iter()
-            .map(|source| Regex::new(source).expect("headline patterns are valid"))
-            .collect(),
+        each: sources.iter().map(|source| Regex::new(source).expect("headline patterns are valid")).collect(),
     }
 });
 
@@ -224,34 +154,16 @@ pub(super) fn classify(text: &str) -> Option<Header> {
 }
 
 fn build(kind: Kind, role: Role, captures: &Captures<'_>) -> Header {
-    let number = |name: &str| {
-        captures
-            .name(name)
-            .and_then(|m| m.as_str().parse::<u32>().ok())
-    };
-    let subject = captures
-        .name("subject")
-        .map_or("", |m| m.as_str().trim())
-        .to_owned();
+    let number = |name: &str| captures.name(name).and_then(|m| m.as_str().parse::<u32>().ok());
+    let subject = captures.name("subject").map_or("", |m| m.as_str().trim()).to_owned();
     let cpu = number("cpu");
-    let kind = if role == Role::Panic {
-        panic_kind(&subject)
-    } else {
-        kind
-    };
+    let kind = if role == Role::Panic { panic_kind(&subject) } else { kind };
     Header {
         kind,
         role,
         cpu,
-        stuck_cpu: if kind == Kind::HardLockup {
-            number("stuck").or(cpu)
-        } else {
-            None
-        },
-        frame: captures
-            .name("frame")
-            .and_then(|m| super::stack::symbol_name(m.as_str()))
-            .map(str::to_owned),
+        stuck_cpu: if kind == Kind::HardLockup { number("stuck").or(cpu) } else { None },
+        frame: captures.name("frame").and_then(|m| super::stack::symbol_name(m.as_str())).map(str::to_owned),
         subject,
     }
 }
@@ -275,10 +187,7 @@ pub(super) fn describe(header: Option<Header>) -> String {
 }
 
 fn panic_kind(reason: &str) -> Kind {
-    PANIC_REASONS
-        .iter()
-        .find(|(prefix, _)| reason.starts_with(prefix))
-        .map_or(Kind::Panic, |&(_, kind)| kind)
+    PANIC_REASONS.iter().find(|(prefix, _)| reason.starts_with(prefix)).map_or(Kind::Panic, |&(_, kind)| kind)
 }
 
 #[cfg(test)]
@@ -289,23 +198,13 @@ mod tests {
     /// `expect`: `describe` of the line's headline.
     fn check(line: &str, expect: &str) {
         assert_eq!(describe(classify(line)), expect, "line {line:?}");
-        assert_eq!(
-            starts_report(line),
-            expect != "-",
-            "starts_report({line:?})"
-        );
+        assert_eq!(starts_report(line), expect != "-", "starts_report({line:?})");
     }
 
     #[test]
     fn hard_lockups() {
-        check(
-            "watchdog: CPU2: Watchdog detected hard LOCKUP on cpu 3",
-            "hard-lockup Opens cpu=2 stuck=3 frame=- | ",
-        );
-        check(
-            "NMI watchdog: Watchdog detected hard LOCKUP on cpu 1",
-            "hard-lockup Opens cpu=1 stuck=1 frame=- | ",
-        );
+        check("watchdog: CPU2: Watchdog detected hard LOCKUP on cpu 3", "hard-lockup Opens cpu=2 stuck=3 frame=- | ");
+        check("NMI watchdog: Watchdog detected hard LOCKUP on cpu 1", "hard-lockup Opens cpu=1 stuck=1 frame=- | ");
         check(
             "watchdog: CPU 23 self-detected hard LOCKUP @ mm_get_cid+0xe8/0x188",
             "hard-lockup Opens cpu=23 stuck=23 frame=mm_get_cid | ",
@@ -314,14 +213,8 @@ mod tests {
             "watchdog: CPU 11 detected hard LOCKUP on other CPUs 23-24,30",
             "hard-lockup Opens cpu=11 stuck=23 frame=- | ",
         );
-        check(
-            "watchdog: CPU 23 Hard LOCKUP",
-            "hard-lockup StuckCpuDump cpu=23 stuck=23 frame=- | ",
-        );
-        check(
-            "Kernel panic - not syncing: Hard LOCKUP",
-            "hard-lockup Panic cpu=- stuck=- frame=- | Hard LOCKUP",
-        );
+        check("watchdog: CPU 23 Hard LOCKUP", "hard-lockup StuckCpuDump cpu=23 stuck=23 frame=- | ");
+        check("Kernel panic - not syncing: Hard LOCKUP", "hard-lockup Panic cpu=- stuck=- frame=- | Hard LOCKUP");
     }
 
     #[test]
@@ -330,22 +223,13 @@ mod tests {
             "watchdog: BUG: soft lockup - CPU#3 stuck for 26s! [kworker/3:1:123]",
             "soft-lockup Opens cpu=3 stuck=- frame=- | kworker/3:1",
         );
-        check(
-            "rcu: INFO: rcu_preempt detected stalls on CPUs/tasks:",
-            "rcu-stall Opens cpu=- stuck=- frame=- | ",
-        );
-        check(
-            "rcu: INFO: rcu_sched self-detected stall on CPU",
-            "rcu-stall Opens cpu=- stuck=- frame=- | ",
-        );
+        check("rcu: INFO: rcu_preempt detected stalls on CPUs/tasks:", "rcu-stall Opens cpu=- stuck=- frame=- | ");
+        check("rcu: INFO: rcu_sched self-detected stall on CPU", "rcu-stall Opens cpu=- stuck=- frame=- | ");
         check(
             "rcu: INFO: rcu_preempt detected expedited stalls on CPUs/tasks: { 3-.... } 21002 jiffies s: 253 root: 0x8/.",
             "rcu-stall Opens cpu=- stuck=- frame=- | ",
         );
-        check(
-            "INFO: rcu_tasks detected stalls on tasks:",
-            "rcu-stall Opens cpu=- stuck=- frame=- | ",
-        );
+        check("INFO: rcu_tasks detected stalls on tasks:", "rcu-stall Opens cpu=- stuck=- frame=- | ");
         check(
             "INFO: task kworker/u8:2:45 blocked for more than 122 seconds.",
             "hung-task Opens cpu=- stuck=- frame=- | kworker/u8:2",
@@ -362,26 +246,17 @@ mod tests {
             "BUG: KASAN: slab-use-after-free in lkdtm_UAF+0x1c/0x40 [lkdtm]",
             "kasan Opens cpu=- stuck=- frame=lkdtm_UAF | KASAN: slab-use-after-free",
         );
-        check(
-            "BUG: KASAN: invalid-access",
-            "kasan Opens cpu=- stuck=- frame=- | KASAN: invalid-access",
-        );
+        check("BUG: KASAN: invalid-access", "kasan Opens cpu=- stuck=- frame=- | KASAN: invalid-access");
         check(
             "BUG: KFENCE: use-after-free read in test_uaf+0x10/0x20",
             "bug Opens cpu=- stuck=- frame=test_uaf | BUG: KFENCE: use-after-free read",
         );
-        check(
-            "kernel BUG at mm/slub.c:123!",
-            "bug Opens cpu=- stuck=- frame=- | kernel BUG",
-        );
+        check("kernel BUG at mm/slub.c:123!", "bug Opens cpu=- stuck=- frame=- | kernel BUG");
         check(
             "WARNING: kernel/sched/core.c:1234 at mm_cid_get+0x1c/0x40, CPU#3: bash/123",
             "warning Opens cpu=3 stuck=- frame=mm_cid_get | ",
         );
-        check(
-            "WARNING: at foo+0x1/0x2, CPU#0: swapper/0/1",
-            "warning Opens cpu=0 stuck=- frame=foo | ",
-        );
+        check("WARNING: at foo+0x1/0x2, CPU#0: swapper/0/1", "warning Opens cpu=0 stuck=- frame=foo | ");
         check(
             "WARNING: CPU: 1 PID: 42 at foo.isra.0+0x1/0x2 [lkdtm]",
             "warning Opens cpu=1 stuck=- frame=foo.isra.0 | ",
@@ -394,10 +269,7 @@ mod tests {
             "WARNING: at net/ipv4/tcp_input.c:2269 tcp_fastretrans_alert+0x1a1/0xa20()",
             "warning Opens cpu=- stuck=- frame=tcp_fastretrans_alert | ",
         );
-        check(
-            "------------[ cut here ]------------",
-            "warning CutHere cpu=- stuck=- frame=- | ",
-        );
+        check("------------[ cut here ]------------", "warning CutHere cpu=- stuck=- frame=- | ");
         check(
             "UBSAN: array-index-out-of-bounds in drivers/misc/lkdtm/bugs.c:342:16",
             "other Opens cpu=- stuck=- frame=- | UBSAN: array-index-out-of-bounds",
@@ -418,14 +290,8 @@ mod tests {
             "Kernel panic - not syncing: hung_task: blocked tasks",
             "hung-task Panic cpu=- stuck=- frame=- | hung_task: blocked tasks",
         );
-        check(
-            "Kernel panic - not syncing: RCU Stall",
-            "rcu-stall Panic cpu=- stuck=- frame=- | RCU Stall",
-        );
-        check(
-            "Kernel panic - not syncing: Fatal exception",
-            "panic Panic cpu=- stuck=- frame=- | Fatal exception",
-        );
+        check("Kernel panic - not syncing: RCU Stall", "rcu-stall Panic cpu=- stuck=- frame=- | RCU Stall");
+        check("Kernel panic - not syncing: Fatal exception", "panic Panic cpu=- stuck=- frame=- | Fatal exception");
         check(
             "Kernel panic - not syncing: VFS: Unable to mount root fs on unknown-block(0,0)",
             "panic Panic cpu=- stuck=- frame=- | VFS: Unable to mount root fs on unknown-block(0,0)",
@@ -452,64 +318,37 @@ mod tests {
             subject("BUG: scheduling while atomic: swapper/0/0/0x00000002"),
             bug("BUG: scheduling while atomic")
         );
+        assert_eq!(subject("BUG: spinlock lockup suspected on CPU#0, bash/123"), bug("BUG: spinlock lockup suspected"));
         assert_eq!(
-            subject("BUG: spinlock lockup suspected on CPU#0, bash/123"),
-            bug("BUG: spinlock lockup suspected")
-        );
-        assert_eq!(
-            subject(
-                "BUG: sleeping function called from invalid context at kernel/locking/mutex.c:580"
-            ),
+            subject("BUG: sleeping function called from invalid context at kernel/locking/mutex.c:580"),
             bug("BUG: sleeping function called from invalid context")
         );
-        assert_eq!(
-            subject("BUG: MAX_LOCKDEP_KEYS too low!"),
-            bug("BUG: MAX_LOCKDEP_KEYS too low")
-        );
+        assert_eq!(subject("BUG: MAX_LOCKDEP_KEYS too low!"), bug("BUG: MAX_LOCKDEP_KEYS too low"));
         assert_eq!(
             subject("BUG: Unable to handle kernel instruction fetch (NULL pointer?)"),
             bug("BUG: Unable to handle kernel instruction fetch")
         );
-        assert_eq!(
-            subject("BUG: Bad page state in process bash  pfn:1234"),
-            bug("BUG: Bad page state")
-        );
+        assert_eq!(subject("BUG: Bad page state in process bash  pfn:1234"), bug("BUG: Bad page state"));
     }
 
     #[test]
     fn lockdep_headlines() {
-        let lockdep = |line: &str, headline: &str| {
-            check(
-                line,
-                &format!("lockdep Opens cpu=- stuck=- frame=- | {headline}"),
-            )
-        };
+        let lockdep =
+            |line: &str, headline: &str| check(line, &format!("lockdep Opens cpu=- stuck=- frame=- | {headline}"));
         lockdep(
             "WARNING: possible circular locking dependency detected",
             "possible circular locking dependency detected",
         );
-        lockdep(
-            "WARNING: possible recursive locking detected",
-            "possible recursive locking detected",
-        );
-        lockdep(
-            "WARNING: inconsistent lock state",
-            "inconsistent lock state",
-        );
+        lockdep("WARNING: possible recursive locking detected", "possible recursive locking detected");
+        lockdep("WARNING: inconsistent lock state", "inconsistent lock state");
         lockdep(
             "WARNING: HARDIRQ-safe -> HARDIRQ-unsafe lock order detected",
             "HARDIRQ-safe -> HARDIRQ-unsafe lock order detected",
         );
-        lockdep(
-            "WARNING: bash/123 still has locks held!",
-            "still has locks held",
-        );
+        lockdep("WARNING: bash/123 still has locks held!", "still has locks held");
         lockdep("WARNING: suspicious RCU usage", "suspicious RCU usage");
         lockdep("[ BUG: Invalid wait context ]", "Invalid wait context");
-        lockdep(
-            "INFO: trying to register non-static key.",
-            "trying to register non-static key",
-        );
+        lockdep("INFO: trying to register non-static key.", "trying to register non-static key");
     }
 
     #[test]
@@ -527,9 +366,7 @@ mod tests {
         oops("Internal error: UBSAN: shift out of bounds: 00000000f2005514 [#1]  SMP");
         oops("Internal error: Oops: 96000005 [#1] PREEMPT SMP");
         let fault = |line: &str| check(line, "oops Opens cpu=- stuck=- frame=- | ");
-        fault(
-            "Unable to handle kernel NULL pointer dereference at virtual address 0000000000000000",
-        );
+        fault("Unable to handle kernel NULL pointer dereference at virtual address 0000000000000000");
         fault("Unable to handle kernel paging request at virtual address dead000000000108");
         fault("traps: PANIC: double fault, error_code: 0x0");
     }
@@ -568,12 +405,8 @@ mod tests {
 
     #[test]
     fn starts_report_strips_prefixes() {
-        assert!(starts_report(
-            "    1.234s| [   12.000000][    C3] watchdog: CPU 3 Hard LOCKUP\r"
-        ));
-        assert!(starts_report(
-            "[   12.000000] Kernel panic - not syncing: Fatal exception"
-        ));
+        assert!(starts_report("    1.234s| [   12.000000][    C3] watchdog: CPU 3 Hard LOCKUP\r"));
+        assert!(starts_report("[   12.000000] Kernel panic - not syncing: Fatal exception"));
         assert!(!starts_report("    1.234s| LAB-READY x86_64 7.3.4"));
     }
 }

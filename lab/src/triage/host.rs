@@ -2,10 +2,10 @@
 //! on whose behalf, told with the same kinds, titles and guilty frames as the kernel's own reports,
 //! so that a live lock seen only from the host reads (and deduplicates) like one the guest printed.
 
+use super::samples::{Frame, HostSamples, Irqs, Sample, VcpuSamples};
 use super::stack::{self, Stacks};
 use super::symbols::Symbols;
 use super::{assemble, signature, CpuStack, FrameSite, Kind, Report, Source};
-use super::samples::{Frame, HostSamples, Irqs, Sample, VcpuSamples};
 
 /// A vCPU is stuck when at least this share of its samples is in the kernel, not idle, in the
 /// same function near the top of the stack (`common_culprit`). A spinning CPU can be caught in a
@@ -38,13 +38,28 @@ impl HostDiagnosis {
 
 enum State {
     /// Most samples at a kernel-mode address `System.map` cannot name; `pc` is the first.
-    Outside { share: usize, pc: u64 },
-    Stuck { culprit: String, share: usize, stack: Vec<FrameSite>, irqs: Irqs },
-    Idle { function: String },
-    User { share: usize },
+    Outside {
+        share: usize,
+        pc: u64,
+    },
+    Stuck {
+        culprit: String,
+        share: usize,
+        stack: Vec<FrameSite>,
+        irqs: Irqs,
+    },
+    Idle {
+        function: String,
+    },
+    User {
+        share: usize,
+    },
     /// `places`: the guilty-frame candidates of its busy samples (none when they were all in
     /// interrupt or scheduler code); `idle`: how many samples were in the idle loop.
-    Running { places: Vec<String>, idle: usize },
+    Running {
+        places: Vec<String>,
+        idle: usize,
+    },
 }
 
 struct Vcpu {
@@ -62,7 +77,10 @@ pub fn diagnose(samples: &HostSamples, symbols: &Symbols, line: usize) -> HostDi
         summary.push("the VM was paused from outside when the lab came to sample; the lab resumed it first".into());
     }
     if frozen {
-        summary.push(format!("QEMU had stopped the VM ({}): one look at frozen vCPUs, no evidence of spinning", samples.status_before));
+        summary.push(format!(
+            "QEMU had stopped the VM ({}): one look at frozen vCPUs, no evidence of spinning",
+            samples.status_before
+        ));
     }
     summary.extend(samples.memory_dump.iter().map(|dump| format!("guest memory kept for crash(8): {dump}")));
     summary.extend(samples.errors.iter().cloned());
@@ -92,8 +110,12 @@ pub fn diagnose(samples: &HostSamples, symbols: &Symbols, line: usize) -> HostDi
         }
     }
     let culprit = stacks.culprit(Some(stuck[0].index)).map(str::to_string);
-    let cpu = stuck.iter().find(|v| matches!(&v.state, State::Stuck { culprit: c, .. } if Some(c) == culprit.as_ref())).map(|v| v.index);
-    let irqs: Vec<Irqs> = stuck.iter().filter_map(|v| if let State::Stuck { irqs, .. } = v.state { Some(irqs) } else { None }).collect();
+    let cpu = stuck
+        .iter()
+        .find(|v| matches!(&v.state, State::Stuck { culprit: c, .. } if Some(c) == culprit.as_ref()))
+        .map(|v| v.index);
+    let irqs: Vec<Irqs> =
+        stuck.iter().filter_map(|v| if let State::Stuck { irqs, .. } = v.state { Some(irqs) } else { None }).collect();
     // A CPU spinning with interrupts off is what the hard-lockup detector catches; one with
     // interrupts on, the soft-lockup detector. When the registers cannot tell, the kernel's
     // own detector would have fired first on the hard side: a stuck CPU holding a runqueue lock
@@ -136,24 +158,48 @@ fn classify(vcpu: &VcpuSamples, symbols: &Symbols) -> Vcpu {
     let total = vcpu.samples.len();
     // Privileged code at an address the kernel's symbols do not cover is not the kernel: the
     // firmware, the bzImage decompressor, real mode (a guest that never started under a broken KVM).
-    let outside: Vec<u64> = vcpu.samples.iter().filter(|s| s.kernel && symbols.locate(s.pc).is_none()).map(|s| s.pc).collect();
-    let stacks: Vec<Option<Vec<FrameSite>>> = vcpu.samples.iter().map(|s| (s.kernel && symbols.locate(s.pc).is_some()).then(|| named_stack(s, symbols))).collect();
+    let outside: Vec<u64> =
+        vcpu.samples.iter().filter(|s| s.kernel && symbols.locate(s.pc).is_none()).map(|s| s.pc).collect();
+    let stacks: Vec<Option<Vec<FrameSite>>> = vcpu
+        .samples
+        .iter()
+        .map(|s| (s.kernel && symbols.locate(s.pc).is_some()).then(|| named_stack(s, symbols)))
+        .collect();
     let user = vcpu.samples.iter().filter(|s| !s.kernel).count();
     let idle = stacks.iter().flatten().find(|stack| stack::is_idle(&names(stack)));
-    let busy: Vec<(usize, &Vec<FrameSite>)> = stacks.iter().enumerate().filter_map(|(i, s)| Some((i, s.as_ref()?))).filter(|(_, s)| !stack::is_idle(&names(s))).collect();
+    let busy: Vec<(usize, &Vec<FrameSite>)> = stacks
+        .iter()
+        .enumerate()
+        .filter_map(|(i, s)| Some((i, s.as_ref()?)))
+        .filter(|(_, s)| !stack::is_idle(&names(s)))
+        .collect();
     let needed = (STUCK_SHARE * total as f64).ceil() as usize;
     let state = match common_culprit(&busy, needed) {
         Some((culprit, share, at)) if total > 0 && share >= needed => {
             // The interrupt mask of the samples in the spin, not of one that caught the timer interrupt.
-            let in_spin = |s: &[FrameSite]| names(s).into_iter().filter(|f| *f != UNNAMED && !stack::is_plumbing(f)).take(LOOP_DEPTH).any(|f| f == culprit);
-            let irqs = busy.iter().filter(|(_, s)| in_spin(s)).map(|&(i, _)| vcpu.samples[i].irqs).reduce(|a, b| if a == b { a } else { Irqs::Unknown }).unwrap_or(Irqs::Unknown);
+            let in_spin = |s: &[FrameSite]| {
+                names(s)
+                    .into_iter()
+                    .filter(|f| *f != UNNAMED && !stack::is_plumbing(f))
+                    .take(LOOP_DEPTH)
+                    .any(|f| f == culprit)
+            };
+            let irqs = busy
+                .iter()
+                .filter(|(_, s)| in_spin(s))
+                .map(|&(i, _)| vcpu.samples[i].irqs)
+                .reduce(|a, b| if a == b { a } else { Irqs::Unknown })
+                .unwrap_or(Irqs::Unknown);
             State::Stuck { culprit, share, stack: stacks[at].clone().unwrap_or_default(), irqs }
         }
         _ if outside.len() * 2 > total => State::Outside { share: outside.len(), pc: outside[0] },
         _ if user * 2 > total => State::User { share: user },
-        _ if busy.is_empty() && idle.is_some() => State::Idle { function: idle.and_then(|s| s.first()).map(|f| bare(&f.printed).to_string()).unwrap_or_default() },
+        _ if busy.is_empty() && idle.is_some() => State::Idle {
+            function: idle.and_then(|s| s.first()).map(|f| bare(&f.printed).to_string()).unwrap_or_default(),
+        },
         _ => {
-            let mut places: Vec<String> = busy.iter().filter_map(|(_, s)| stack::culprit_of(&names(s)).map(str::to_string)).collect();
+            let mut places: Vec<String> =
+                busy.iter().filter_map(|(_, s)| stack::culprit_of(&names(s)).map(str::to_string)).collect();
             places.sort();
             places.dedup();
             let idle = stacks.iter().flatten().filter(|stack| stack::is_idle(&names(stack))).count();
@@ -183,7 +229,9 @@ fn common_culprit(busy: &[(usize, &Vec<FrameSite>)], needed: usize) -> Option<(S
     // A frame the symbols could not name ("?") is no function: it can never be the culprit.
     let candidates: Vec<Vec<&str>> = busy
         .iter()
-        .map(|(_, s)| names(s).into_iter().filter(|f| *f != UNNAMED && !stack::is_plumbing(f)).take(LOOP_DEPTH).collect())
+        .map(|(_, s)| {
+            names(s).into_iter().filter(|f| *f != UNNAMED && !stack::is_plumbing(f)).take(LOOP_DEPTH).collect()
+        })
         .collect();
     let mut best: Option<(&str, usize, usize)> = None;
     for (depth, function) in candidates.iter().flat_map(|c| c.iter().enumerate()) {
@@ -216,7 +264,10 @@ fn common_culprit(busy: &[(usize, &Vec<FrameSite>)], needed: usize) -> Option<(S
 fn named_stack(sample: &Sample, symbols: &Symbols) -> Vec<FrameSite> {
     let site = |l: Option<super::symbols::Location>, address: u64, return_address: bool| FrameSite {
         address: Some(address),
-        ..FrameSite::new(l.map_or_else(|| UNNAMED.to_string(), |l| format!("{}+{:#x}", l.function, l.offset)), return_address)
+        ..FrameSite::new(
+            l.map_or_else(|| UNNAMED.to_string(), |l| format!("{}+{:#x}", l.function, l.offset)),
+            return_address,
+        )
     };
     let pc = symbols.locate(sample.pc);
     let locate = |frame: &Frame| match *frame {
@@ -282,12 +333,17 @@ mod tests {
     /// cell kernel's System.map these samples need) against `NAME.expected`.
     fn check(name: &str) {
         let dir = std::path::Path::new(TESTDATA);
-        let samples: HostSamples = serde_json::from_str(&std::fs::read_to_string(dir.join(format!("{name}.json"))).unwrap()).unwrap();
+        let samples: HostSamples =
+            serde_json::from_str(&std::fs::read_to_string(dir.join(format!("{name}.json"))).unwrap()).unwrap();
         let symbols = Symbols::parse(&std::fs::read_to_string(dir.join(format!("{name}.map"))).unwrap());
         let diagnosis = diagnose(&samples, &symbols, 1);
         let mut actual: String = diagnosis.summary.iter().map(|l| format!("{l}\n")).collect();
         for r in &diagnosis.reports {
-            let (cpu, frame, stacks) = (r.cpu.map_or("-".into(), |c| c.to_string()), r.frame.as_deref().unwrap_or("-"), crate::triage::tests::stacks(&r.stacks));
+            let (cpu, frame, stacks) = (
+                r.cpu.map_or("-".into(), |c| c.to_string()),
+                r.frame.as_deref().unwrap_or("-"),
+                crate::triage::tests::stacks(&r.stacks),
+            );
             actual.push_str(&format!("{} cpu={cpu} frame={frame}{stacks} sig={} | {}\n", r.kind, r.signature, r.title));
         }
         let expected_path = dir.join(format!("{name}.expected"));

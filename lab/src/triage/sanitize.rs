@@ -40,10 +40,7 @@ fn needs_care(c: char) -> bool {
 
 /// Carriage returns go too: they are C0 controls, and on a terminal they overwrite the line.
 fn is_forbidden_in_xml(c: char) -> bool {
-    (c < ' ' && c != '\t' && c != '\n')
-        || ('\u{7f}'..='\u{9f}').contains(&c)
-        || c == '\u{fffe}'
-        || c == '\u{ffff}'
+    (c < ' ' && c != '\t' && c != '\n') || ('\u{7f}'..='\u{9f}').contains(&c) || c == '\u{fffe}' || c == '\u{ffff}'
 }
 
 fn peek(chars: &Chars<'_>) -> Option<char> {
@@ -125,15 +122,9 @@ mod tests {
     #[test]
     fn plain_text_is_unchanged() {
         check("", "");
-        check(
-            "[    0.000000] Linux version 7.3.4",
-            "[    0.000000] Linux version 7.3.4",
-        );
+        check("[    0.000000] Linux version 7.3.4", "[    0.000000] Linux version 7.3.4");
         check("tabs\tand\nnewlines stay", "tabs\tand\nnewlines stay");
-        check(
-            "non-ASCII stays: é ü \u{fffd} 漢",
-            "non-ASCII stays: é ü \u{fffd} 漢",
-        );
+        check("non-ASCII stays: é ü \u{fffd} 漢", "non-ASCII stays: é ü \u{fffd} 漢");
     }
 
     #[test]
@@ -147,10 +138,7 @@ mod tests {
         check("\x1b(Bcharset", "charset");
         check("\u{9b}31mC1 CSI", "C1 CSI");
         check("\u{9d}C1 OSC\u{9c}after", "C1 OSCafter");
-        check(
-            "unterminated \x1b]osc\nnext line",
-            "unterminated \nnext line",
-        );
+        check("unterminated \x1b]osc\nnext line", "unterminated \nnext line");
         check("lone escape at end \x1b", "lone escape at end ");
         check("broken \x1b[12\nnext", "broken \nnext");
     }

@@ -44,9 +44,7 @@ fn without_numbers(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
     while let Some(c) = rest.chars().next() {
-        let word_len = rest
-            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
-            .unwrap_or(rest.len());
+        let word_len = rest.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).unwrap_or(rest.len());
         if word_len == 0 {
             if !(c.is_whitespace() && (out.is_empty() || out.ends_with(' '))) {
                 out.push(if c.is_whitespace() { ' ' } else { c });
@@ -99,12 +97,37 @@ mod tests {
     #[test]
     fn without_a_culprit_the_words_without_numbers() {
         check(Kind::Panic, None, "Fatal exception", "panic:Fatal exception");
-        check(Kind::Panic, None, "Attempted to kill init! exitcode=0x00000100", "panic:Attempted to kill init! exitcode=N");
-        check(Kind::Panic, None, "VFS: Unable to mount root fs on unknown-block(0,0)", "panic:VFS: Unable to mount root fs on unknown-block(N,N)");
+        check(
+            Kind::Panic,
+            None,
+            "Attempted to kill init! exitcode=0x00000100",
+            "panic:Attempted to kill init! exitcode=N",
+        );
+        check(
+            Kind::Panic,
+            None,
+            "VFS: Unable to mount root fs on unknown-block(0,0)",
+            "panic:VFS: Unable to mount root fs on unknown-block(N,N)",
+        );
         check(Kind::Bug, None, "BUG: unable to handle page fault", "bug:BUG: unable to handle page fault");
-        check(Kind::Other, None, "the guest reports cpus=2, the cell asked for 4", "other:the guest reports cpus=N, the cell asked for N");
-        check(Kind::Silent, None, "no console output for 20s  during boot", "silent:no console output for Ns during boot");
-        check(Kind::Other, None, "at ffff888000000000 and deadbeef in ext4 on x86_64", "other:at N and deadbeef in ext4 on x86_64");
+        check(
+            Kind::Other,
+            None,
+            "the guest reports cpus=2, the cell asked for 4",
+            "other:the guest reports cpus=N, the cell asked for N",
+        );
+        check(
+            Kind::Silent,
+            None,
+            "no console output for 20s  during boot",
+            "silent:no console output for Ns during boot",
+        );
+        check(
+            Kind::Other,
+            None,
+            "at ffff888000000000 and deadbeef in ext4 on x86_64",
+            "other:at N and deadbeef in ext4 on x86_64",
+        );
         check(Kind::Other, None, " é 1é ", "other:é Né");
         check(Kind::HardLockup, None, "", "hard-lockup");
     }

@@ -129,9 +129,15 @@ const IDLE: &[&str] = &[
 
 /// Spinning lock waits: a CPU stopped in one of these is a victim of whoever holds the lock.
 const SPIN_WAITS: &[&str] = &[
-    "queued_spin_lock_slowpath", "native_queued_spin_lock_slowpath", "__pv_queued_spin_lock_slowpath",
-    "pv_queued_spin_lock_slowpath", "do_raw_spin_lock", "arch_spin_lock", "queued_read_lock_slowpath",
-    "queued_write_lock_slowpath", "__cmpwait*",
+    "queued_spin_lock_slowpath",
+    "native_queued_spin_lock_slowpath",
+    "__pv_queued_spin_lock_slowpath",
+    "pv_queued_spin_lock_slowpath",
+    "do_raw_spin_lock",
+    "arch_spin_lock",
+    "queued_read_lock_slowpath",
+    "queued_write_lock_slowpath",
+    "__cmpwait*",
 ];
 
 /// How far below the interrupted instruction a lock wait may sit (hypervisor yields and busy-wait
@@ -158,11 +164,8 @@ pub(super) fn is_plumbing(function: &str) -> bool {
 /// `name` of "name+0xoff/0xsize" (what `%pS` prints), if `text` starts with one.
 pub(super) fn symbol_name(text: &str) -> Option<&str> {
     let (name, offset) = text.split_once("+0x")?;
-    let valid_start =
-        name.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_' || c == '.' || c == '$');
-    let valid_name = name
-        .chars()
-        .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.' || c == '$');
+    let valid_start = name.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_' || c == '.' || c == '$');
+    let valid_name = name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.' || c == '$');
     (valid_start && valid_name && offset.contains("/0x")).then_some(name)
 }
 
@@ -234,8 +237,8 @@ static STACK_OWNER: LazyLock<Regex> = LazyLock::new(|| {
         // lib/nmi_backtrace.c; an idle CPU says so in one line instead of dumping its stack.
         r"NMI backtrace for cpu (?P<nmi>\d+)(?P<skipped> skipped: idling)?",
         r"|CPU: (?P<dump>\d+) (?:UID: \d+ )?PID: ", // lib/dump_stack.c dump_stack_print_info
-        r"|(?P<task>task:.* state:)",          // kernel/sched/core.c sched_show_task
-        r"|\(detected by (?P<reporter>\d+), ", // kernel/rcu/tree_stall.h
+        r"|(?P<task>task:.* state:)",               // kernel/sched/core.c sched_show_task
+        r"|\(detected by (?P<reporter>\d+), ",      // kernel/rcu/tree_stall.h
         r"|Sending NMI from CPU (?P<sender>\d+) to CPUs ", // lib/nmi_backtrace.c
         // arch/powerpc/kernel/stacktrace.c: a CPU deaf to the IPI, shown from its saved r1.
         r"|CPU (?P<paca>\d+) didn't respond to backtrace IPI, inspecting paca",
@@ -349,10 +352,7 @@ pub(super) struct Stacks {
 impl Stacks {
     pub fn new(cpu: Option<u32>) -> Self {
         Stacks {
-            sections: vec![Section {
-                cpu,
-                ..Section::default()
-            }],
+            sections: vec![Section { cpu, ..Section::default() }],
             first_dump_cpu: None,
             reporter_cpu: None,
             nmi_pending: false,
@@ -368,10 +368,7 @@ impl Stacks {
         if current.frames.is_empty() && !other_cpu {
             current.cpu = current.cpu.or(cpu);
         } else {
-            self.sections.push(Section {
-                cpu,
-                ..Section::default()
-            });
+            self.sections.push(Section { cpu, ..Section::default() });
         }
     }
 
@@ -395,11 +392,7 @@ impl Stacks {
         let Some(captures) = STACK_OWNER.captures(text) else {
             return;
         };
-        let number = |name: &str| {
-            captures
-                .name(name)
-                .and_then(|m| m.as_str().parse::<u32>().ok())
-        };
+        let number = |name: &str| captures.name(name).and_then(|m| m.as_str().parse::<u32>().ok());
         if let Some(cpu) = number("nmi") {
             self.start_announced(Some(cpu), captures.name("skipped").is_none());
         } else if let Some(cpu) = number("paca") {
@@ -470,11 +463,7 @@ impl Stacks {
     }
 
     fn push(&mut self, frame: Frame) {
-        self.sections
-            .last_mut()
-            .expect("there is always a section")
-            .frames
-            .push(frame);
+        self.sections.last_mut().expect("there is always a section").frames.push(frame);
     }
 
     /// The first non-plumbing frame of the stack that tells the story: `preferred_cpu`'s when it was
@@ -519,7 +508,12 @@ impl Stacks {
     fn holder(&self, preferred_cpu: Option<u32>) -> Option<&str> {
         self.sections
             .iter()
-            .filter(|section| section.cpu.is_some() && section.cpu != preferred_cpu && !section.waits_on_spinlock() && !section.idles())
+            .filter(|section| {
+                section.cpu.is_some()
+                    && section.cpu != preferred_cpu
+                    && !section.waits_on_spinlock()
+                    && !section.idles()
+            })
             .find_map(|section| section.first_culprit(!section.from_paca))
     }
 }
@@ -529,18 +523,8 @@ mod tests {
     use super::{is_plumbing, parse_frame, symbol_name, CpuStack, Frame, Stacks, PLUMBING};
 
     fn check(line: &str, expect: &str) {
-        let render = |frame: Frame| {
-            format!(
-                "{}{}",
-                if frame.reliable() { "" } else { "? " },
-                frame.function
-            )
-        };
-        assert_eq!(
-            parse_frame(line).map_or("-".to_owned(), render),
-            expect,
-            "line {line:?}"
-        );
+        let render = |frame: Frame| format!("{}{}", if frame.reliable() { "" } else { "? " }, frame.function);
+        assert_eq!(parse_frame(line).map_or("-".to_owned(), render), expect, "line {line:?}");
     }
 
     #[test]
@@ -552,10 +536,7 @@ mod tests {
         check("pc : secondary_entry+0x0/0x4", "secondary_entry");
         check(" ? __schedule+0x3a4/0x9c0", "? __schedule");
         check(" lkdtm_HARDLOCKUP+0x2b/0x30 [lkdtm]", "lkdtm_HARDLOCKUP");
-        check(
-            " ? lkdtm_HARDLOCKUP+0x2b/0x30 [lkdtm 4ad7e2c8c3b58e0f]",
-            "? lkdtm_HARDLOCKUP",
-        );
+        check(" ? lkdtm_HARDLOCKUP+0x2b/0x30 [lkdtm 4ad7e2c8c3b58e0f]", "? lkdtm_HARDLOCKUP");
         check(" do_one.constprop.0+0x10/0x20", "do_one.constprop.0");
         check(" [<ffffffff81234567>] old_style+0x10/0x20", "old_style");
         check(" <NMI>", "-");
@@ -579,36 +560,18 @@ mod tests {
         check("NIP [c000000000123456] mm_get_cid+0xe8/0x188", "mm_get_cid");
         check("LR [c000000000123400] mm_get_cid+0x108/0x188", "mm_get_cid");
         check("NIP: mm_get_cid+0xe8/0x188", "mm_get_cid");
-        check(
-            "LR: queued_spin_lock_slowpath+0xd88/0x15d0",
-            "queued_spin_lock_slowpath",
-        );
-        check(
-            "[c00000000a1b3c40] [c000000000123456] mm_get_cid+0xe8/0x188 (unreliable)",
-            "? mm_get_cid",
-        );
-        check(
-            "[c00000000a1b3c40] [c000000000123456] mm_get_cid+0xe8/0x188",
-            "mm_get_cid",
-        );
-        check(
-            "[c00000000a1b3c40] [c008000001230000] lkdtm_x+0x8/0x10 [lkdtm]",
-            "lkdtm_x",
-        );
+        check("LR: queued_spin_lock_slowpath+0xd88/0x15d0", "queued_spin_lock_slowpath");
+        check("[c00000000a1b3c40] [c000000000123456] mm_get_cid+0xe8/0x188 (unreliable)", "? mm_get_cid");
+        check("[c00000000a1b3c40] [c000000000123456] mm_get_cid+0xe8/0x188", "mm_get_cid");
+        check("[c00000000a1b3c40] [c008000001230000] lkdtm_x+0x8/0x10 [lkdtm]", "lkdtm_x");
         check("mm_cid_switch_to+0x3c4/0x52c", "mm_cid_switch_to");
-        check(
-            "NIP:  c000000000123456 LR: c000000000123400 CTR: c0000000001e2c40",
-            "-",
-        );
+        check("NIP:  c000000000123456 LR: c000000000123400 CTR: c0000000001e2c40", "-");
         check("--- interrupt: 900 at mm_get_cid+0xe8/0x188", "-");
     }
 
     #[test]
     fn text_mentioning_a_symbol_is_not_a_frame() {
-        check(
-            "watchdog: CPU 23 self-detected hard LOCKUP @ mm_get_cid+0xe8/0x188",
-            "-",
-        );
+        check("watchdog: CPU 23 self-detected hard LOCKUP @ mm_get_cid+0xe8/0x188", "-");
         check("BUG: KASAN: slab-use-after-free in foo+0x1/0x2", "-");
         check("Workqueue: events foo_work_fn", "-");
         check("", "-");
@@ -627,10 +590,7 @@ mod tests {
     fn plumbing_patterns_are_names_or_prefixes() {
         for pattern in PLUMBING.iter().flat_map(|group| group.iter()) {
             let name = pattern.strip_suffix('*').unwrap_or(pattern);
-            assert!(
-                !name.is_empty() && !name.contains('*'),
-                "{pattern:?}: '*' only at the end"
-            );
+            assert!(!name.is_empty() && !name.contains('*'), "{pattern:?}: '*' only at the end");
         }
     }
 
@@ -670,14 +630,9 @@ mod tests {
         ] {
             assert!(is_plumbing(function), "{function} is plumbing");
         }
-        for function in [
-            "mm_get_cid",
-            "mm_cid_fixup_cpus_to_tasks",
-            "lkdtm_HARDLOCKUP",
-            "do_exit",
-            "panic_foo",
-            "dieharder",
-        ] {
+        for function in
+            ["mm_get_cid", "mm_cid_fixup_cpus_to_tasks", "lkdtm_HARDLOCKUP", "do_exit", "panic_foo", "dieharder"]
+        {
             assert!(!is_plumbing(function), "{function} is not plumbing");
         }
     }
@@ -716,7 +671,17 @@ mod tests {
         ];
         assert_eq!(culprit(&only_guesses, None).as_deref(), Some("guessed_fn"));
         assert_eq!(culprit(&[" ? __schedule+0x1/0x2"], None), None);
-        assert_eq!(culprit(&["NIP [c0] arch_cpu_idle+0x48/0x100", "[c1] [c2] cpu_idle_force_poll+0x0/0x4 (unreliable)", "[c3] [c4] do_idle+0x108/0x128"], None), None);
+        assert_eq!(
+            culprit(
+                &[
+                    "NIP [c0] arch_cpu_idle+0x48/0x100",
+                    "[c1] [c2] cpu_idle_force_poll+0x0/0x4 (unreliable)",
+                    "[c3] [c4] do_idle+0x108/0x128"
+                ],
+                None
+            ),
+            None
+        );
     }
 
     /// `expect`: "cpu: frames innermost first [lock] [idle]" per stack, joined by "; ".
@@ -745,12 +710,27 @@ mod tests {
         );
         check_stacks(&["RIP: 0010:mm_get_cid+0x1/0x2", " ? a+0x1/0x2", " ? b+0x1/0x2"], "-: mm_get_cid");
         check_stacks(&["Call Trace:", " ? a+0x1/0x2", " ? b+0x1/0x2"], "-: a < b");
-        check_stacks(&["pc : mm_get_cid+0x1/0x2", "lr : mm_get_cid+0x3/0x4", " mm_get_cid+0x1/0x2 (P)", " sched_mm_cid_fork+0x1/0x2"], "-: mm_get_cid < sched_mm_cid_fork");
         check_stacks(
-            &["CPU 3 didn't respond to backtrace IPI, inspecting paca.", "[c0] [c1] mm_get_cid+0x5c/0x60 (unreliable)", "[c2] [c3] __schedule+0x1/0x2"],
+            &[
+                "pc : mm_get_cid+0x1/0x2",
+                "lr : mm_get_cid+0x3/0x4",
+                " mm_get_cid+0x1/0x2 (P)",
+                " sched_mm_cid_fork+0x1/0x2",
+            ],
+            "-: mm_get_cid < sched_mm_cid_fork",
+        );
+        check_stacks(
+            &[
+                "CPU 3 didn't respond to backtrace IPI, inspecting paca.",
+                "[c0] [c1] mm_get_cid+0x5c/0x60 (unreliable)",
+                "[c2] [c3] __schedule+0x1/0x2",
+            ],
             "3: mm_get_cid < __schedule",
         );
-        check_stacks(&["task:rcu_sched state:R stack:0", " __schedule+0x1/0x2", " rcu_gp_kthread+0x1/0x2"], "-: __schedule < rcu_gp_kthread");
+        check_stacks(
+            &["task:rcu_sched state:R stack:0", " __schedule+0x1/0x2", " rcu_gp_kthread+0x1/0x2"],
+            "-: __schedule < rcu_gp_kthread",
+        );
     }
 
     #[test]

@@ -22,7 +22,8 @@ pub struct Location<'a> {
 
 impl Symbols {
     pub fn load(system_map: &Path) -> Result<Symbols> {
-        let text = std::fs::read_to_string(system_map).with_context(|| format!("cannot read {}", system_map.display()))?;
+        let text =
+            std::fs::read_to_string(system_map).with_context(|| format!("cannot read {}", system_map.display()))?;
         let symbols = Symbols::parse(&text);
         anyhow::ensure!(!symbols.functions.is_empty(), "{} lists no text symbols", system_map.display());
         Ok(symbols)

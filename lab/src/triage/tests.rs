@@ -86,14 +86,11 @@ fn check(log: &Path) -> Result<(), String> {
     if std::env::var_os("UPDATE_EXPECT").is_some_and(|value| value == "1") {
         return fs::write(&expected_path, &actual).map_err(|error| format!("{name}: {error}"));
     }
-    let expected =
-        fs::read_to_string(&expected_path).map_err(|error| format!("{name}.expected: {error}"))?;
+    let expected = fs::read_to_string(&expected_path).map_err(|error| format!("{name}.expected: {error}"))?;
     if expected == actual {
         Ok(())
     } else {
-        Err(format!(
-            "{name}:\n--- expected\n{expected}--- actual\n{actual}"
-        ))
+        Err(format!("{name}:\n--- expected\n{expected}--- actual\n{actual}"))
     }
 }
 
@@ -102,13 +99,7 @@ fn golden_cases() {
     let cases = cases();
     assert!(cases.len() >= 20, "testdata has only {} cases", cases.len());
     let failures: Vec<String> = cases.iter().filter_map(|case| check(case).err()).collect();
-    assert!(
-        failures.is_empty(),
-        "{} of {} cases differ:\n{}",
-        failures.len(),
-        cases.len(),
-        failures.join("\n")
-    );
+    assert!(failures.is_empty(), "{} of {} cases differ:\n{}", failures.len(), cases.len(), failures.join("\n"));
 }
 
 /// The mm_cid live lock as the guest's watchdogs printed it on three architectures at 4 vCPUs, in
@@ -139,15 +130,8 @@ fn one_live_lock_one_signature() {
 fn every_expected_file_has_a_log() {
     for entry in fs::read_dir(TESTDATA).expect("testdata directory") {
         let path = entry.expect("testdata entry").path();
-        if path
-            .extension()
-            .is_some_and(|extension| extension == "expected")
-        {
-            assert!(
-                path.with_extension("log").exists(),
-                "{} has no .log",
-                path.display()
-            );
+        if path.extension().is_some_and(|extension| extension == "expected") {
+            assert!(path.with_extension("log").exists(), "{} has no .log", path.display());
         }
     }
 }
@@ -157,21 +141,13 @@ fn every_expected_file_has_a_log() {
 fn clean_boots_never_start_a_report() {
     let boots: Vec<PathBuf> = cases()
         .into_iter()
-        .filter(|path| {
-            path.file_name()
-                .is_some_and(|name| name.to_string_lossy().starts_with("boot-"))
-        })
+        .filter(|path| path.file_name().is_some_and(|name| name.to_string_lossy().starts_with("boot-")))
         .collect();
     assert_eq!(boots.len(), 3, "one clean boot per architecture");
     for boot in boots {
         let text = fs::read_to_string(&boot).expect("boot log");
         for (index, line) in text.lines().enumerate() {
-            assert!(
-                !starts_report(line),
-                "{}:{}: {line}",
-                boot.display(),
-                index + 1
-            );
+            assert!(!starts_report(line), "{}:{}: {line}", boot.display(), index + 1);
         }
     }
 }
@@ -182,18 +158,11 @@ fn clean_boots_never_start_a_report() {
 fn starts_report_sees_every_report_start() {
     for case in cases() {
         let bytes = fs::read(&case).expect("log");
-        let lines: Vec<String> = bytes
-            .split(|&byte| byte == b'\n')
-            .map(|line| super::sanitize(&String::from_utf8_lossy(line)))
-            .collect();
+        let lines: Vec<String> =
+            bytes.split(|&byte| byte == b'\n').map(|line| super::sanitize(&String::from_utf8_lossy(line))).collect();
         for report in triage(&bytes, None) {
             let line = &lines[report.line - 1];
-            assert!(
-                starts_report(line),
-                "{}:{}: {line}",
-                case.display(),
-                report.line
-            );
+            assert!(starts_report(line), "{}:{}: {line}", case.display(), report.line);
         }
     }
 }
@@ -219,10 +188,7 @@ fn kind_display_matches_serde() {
         Kind::Other,
     ];
     for kind in kinds {
-        assert_eq!(
-            serde_json::to_string(&kind).expect("serialize"),
-            format!("\"{kind}\"")
-        );
+        assert_eq!(serde_json::to_string(&kind).expect("serialize"), format!("\"{kind}\""));
     }
     assert_eq!(Kind::HardLockup.to_string(), "hard-lockup");
     assert_eq!(Kind::WorkqueueLockup.to_string(), "workqueue-lockup");
@@ -250,10 +216,7 @@ fn report_json_omits_what_is_empty() {
         json,
         r#"{"kind":"silent","title":"silent","signature":"silent","frame":null,"cpu":null,"stuck_cpu":null,"line":1,"source":"console"}"#
     );
-    assert_eq!(
-        serde_json::from_str::<Report>(&json).expect("deserialize"),
-        report
-    );
+    assert_eq!(serde_json::from_str::<Report>(&json).expect("deserialize"), report);
     let lockup = Report {
         missing: vec![Missing::LockHolder, Missing::Truncated],
         stacks: vec![CpuStack {
@@ -262,7 +225,11 @@ fn report_json_omits_what_is_empty() {
             sites: vec![
                 super::FrameSite::new("queued_spin_lock_slowpath+0x6a8/0xd78".into(), false),
                 super::FrameSite {
-                    source: vec![super::SourceLine { function: "sched_mm_cid_fork".into(), file: "kernel/sched/core.c".into(), line: 10612 }],
+                    source: vec![super::SourceLine {
+                        function: "sched_mm_cid_fork".into(),
+                        file: "kernel/sched/core.c".into(),
+                        line: 10612,
+                    }],
                     ..super::FrameSite::new("sched_mm_cid_fork+0x1fc/0x2b8".into(), true)
                 },
             ],
@@ -344,10 +311,7 @@ fn console_noise(noise: &mut Noise, size: usize) -> Vec<u8> {
             bytes.extend((0..count).map(|_| noise.next() as u8));
         } else {
             bytes.extend_from_slice(FRAGMENTS[noise.below(FRAGMENTS.len())]);
-            bytes.extend(std::iter::repeat_n(
-                b'0' + noise.below(10) as u8,
-                noise.below(3),
-            ));
+            bytes.extend(std::iter::repeat_n(b'0' + noise.below(10) as u8, noise.below(3)));
         }
     }
     bytes
@@ -383,8 +347,23 @@ fn triage_quickly(log: &[u8], what: &str) -> Vec<Report> {
 /// 1 MB line, bytes overwritten at random, and the whole cut at a random point.
 fn mangled_log(noise: &mut Noise, logs: &[Vec<u8>]) -> Vec<u8> {
     const GARBAGE: &[&[u8]] = &[
-        b"\xff\xfe\xfd", b"\xc3", b"\xe2\x82", b"\xf0\x9f\x98", b"\0", b"\0\0\0\0", b"\x1b[31m", b"\x1b[0m",
-        b"\x1b[2J\x1b[H", b"\x1b]0;title\x07", b"\x1b]8;;x", b"\x1b", b"\x9b", b"\r", b"\r\n", b"]]>", b"\x07\x08\x7f",
+        b"\xff\xfe\xfd",
+        b"\xc3",
+        b"\xe2\x82",
+        b"\xf0\x9f\x98",
+        b"\0",
+        b"\0\0\0\0",
+        b"\x1b[31m",
+        b"\x1b[0m",
+        b"\x1b[2J\x1b[H",
+        b"\x1b]0;title\x07",
+        b"\x1b]8;;x",
+        b"\x1b",
+        b"\x9b",
+        b"\r",
+        b"\r\n",
+        b"]]>",
+        b"\x07\x08\x7f",
     ];
     let mut log = Vec::new();
     for _ in 0..1 + noise.below(6) {
@@ -442,10 +421,7 @@ fn arbitrary_bytes_do_not_break_triage() {
             let line = String::from_utf8_lossy(line);
             starts_report(&line);
             let clean = super::sanitize(&line);
-            assert!(
-                !clean.contains("]]>") && !clean.contains('\u{1b}') && !clean.contains('\0'),
-                "{clean:?}"
-            );
+            assert!(!clean.contains("]]>") && !clean.contains('\u{1b}') && !clean.contains('\0'), "{clean:?}");
         }
     }
     for byte in [0u8, b'\n', b'\r', 0x1b, 0xff, b'[', b'+'] {
@@ -461,16 +437,13 @@ fn megabyte_lines_do_not_break_triage() {
     let frames = b" mm_get_cid+0x1c/0x2a".repeat(megabyte / 21);
     let brackets = b"[    C3]".repeat(megabyte / 8);
     for line in [long_headline, frames, brackets] {
-        let mut log =
-            b"watchdog: CPU 23 self-detected hard LOCKUP @ mm_get_cid+0xe8/0x188\n".to_vec();
+        let mut log = b"watchdog: CPU 23 self-detected hard LOCKUP @ mm_get_cid+0xe8/0x188\n".to_vec();
         log.extend_from_slice(&line);
         log.push(b'\n');
         log.extend_from_slice(&line);
         let reports = triage_quickly(&log, "a 1 MB line");
         assert!(!reports.is_empty());
-        assert!(reports
-            .iter()
-            .all(|report| report.lines.iter().all(|kept| kept.len() <= 2048)));
+        assert!(reports.iter().all(|report| report.lines.iter().all(|kept| kept.len() <= 2048)));
     }
 }
 
@@ -481,8 +454,6 @@ fn five_megabyte_log_of_one_repeated_report() {
     let log = seed.repeat(copies);
     let reports = triage_quickly(&log, "5 MB log");
     assert_eq!(reports.len(), 2 * copies);
-    assert!(reports
-        .chunks(2)
-        .all(|pair| pair[0].title == "hard LOCKUP in mm_get_cid"
-            && pair[1].title == "hard LOCKUP in mm_cid_fixup_cpus_to_tasks"));
+    assert!(reports.chunks(2).all(|pair| pair[0].title == "hard LOCKUP in mm_get_cid"
+        && pair[1].title == "hard LOCKUP in mm_cid_fixup_cpus_to_tasks"));
 }

@@ -126,7 +126,10 @@ fn starts_with_stamp(text: &str) -> bool {
     let Some((seconds, micros)) = inside.trim_start_matches(' ').split_once('.') else {
         return false;
     };
-    !seconds.is_empty() && seconds.bytes().all(|b| b.is_ascii_digit()) && micros.len() == 6 && micros.bytes().all(|b| b.is_ascii_digit())
+    !seconds.is_empty()
+        && seconds.bytes().all(|b| b.is_ascii_digit())
+        && micros.len() == 6
+        && micros.bytes().all(|b| b.is_ascii_digit())
 }
 
 #[cfg(test)]
@@ -166,7 +169,10 @@ mod tests {
     fn whole_lines_pass_as_they_are() {
         check("[    1.000000] kernel\nLAB-READY arch=x86_64\n", "0:[    1.000000] kernel\n1:LAB-READY arch=x86_64");
         // printk's continuation: the kernel's text, then the guest's on the same line.
-        check("[    1.500000] random: crng init doneLAB-RESULT status=pass", "0:[    1.500000] random: crng init doneLAB-RESULT status=pass");
+        check(
+            "[    1.500000] random: crng init doneLAB-RESULT status=pass",
+            "0:[    1.500000] random: crng init doneLAB-RESULT status=pass",
+        );
         // Brackets that are not a time stamp.
         check("rseq: [1.5] [ok] [    1.5]", "0:rseq: [1.5] [ok] [    1.5]");
         check("", "");

@@ -53,13 +53,18 @@ impl SshThread {
 }
 
 pub(super) enum SshEvent {
-    Ready { machine: String, cpus: Option<u32> },
+    Ready {
+        machine: String,
+        cpus: Option<u32>,
+    },
     /// The guest answered (output, or a probe while the workload was quiet).
     Heard,
     /// A line of the workload's stdout.
     Line(String),
     /// The workload exited: the fields of the result line the init would have printed.
-    Finished { fields: BTreeMap<String, String> },
+    Finished {
+        fields: BTreeMap<String, String>,
+    },
     Fetched(String),
     Failed(ssh::Error),
 }
@@ -93,7 +98,8 @@ impl SshJob {
 
     fn spawn(self, cancel: Arc<AtomicBool>, events: mpsc::Sender<SshEvent>) -> std::thread::JoinHandle<()> {
         std::thread::spawn(move || {
-            let interrupted: ssh::Interrupted = Arc::new(move || cancel.load(Ordering::SeqCst) || process::check_interrupted().is_err());
+            let interrupted: ssh::Interrupted =
+                Arc::new(move || cancel.load(Ordering::SeqCst) || process::check_interrupted().is_err());
             if let Err(error) = self.run(interrupted, &events) {
                 let _ = events.send(SshEvent::Failed(error));
             }
@@ -119,13 +125,27 @@ impl SshJob {
             let _ = events.send(SshEvent::Fetched(self.fetch(&connection, fetch)));
         }
         // The guest goes down with the command: no answer will come.
-        let _ = connection.run("poweroff -f", Instant::now() + Duration::from_secs(5), &mut std::io::sink(), &mut std::io::sink(), &mut || {});
+        let _ = connection.run(
+            "poweroff -f",
+            Instant::now() + Duration::from_secs(5),
+            &mut std::io::sink(),
+            &mut std::io::sink(),
+            &mut || {},
+        );
         Ok(())
     }
 
     /// The workload's stdout and stderr into the cell, its stdout also line by line to the loop.
-    fn captured(&self, connection: &ssh::Connection, command: &str, events: &mpsc::Sender<SshEvent>) -> Result<ssh::Exit, ssh::Error> {
-        let create = |name: &str| File::create(self.dir.join(name)).map_err(|e| ssh::Error::Failed { what: format!("creating {name}"), detail: e.to_string() });
+    fn captured(
+        &self,
+        connection: &ssh::Connection,
+        command: &str,
+        events: &mpsc::Sender<SshEvent>,
+    ) -> Result<ssh::Exit, ssh::Error> {
+        let create = |name: &str| {
+            File::create(self.dir.join(name))
+                .map_err(|e| ssh::Error::Failed { what: format!("creating {name}"), detail: e.to_string() })
+        };
         let mut stdout = LineSink { file: create(WORKLOAD_STDOUT)?, pending: Vec::new(), events: events.clone() };
         let mut stderr = create(WORKLOAD_STDERR)?;
         let exit = connection.run(command, self.workload_deadline, &mut stdout, &mut stderr, &mut || {
@@ -143,23 +163,28 @@ impl SshJob {
         if !command.is_empty() {
             terminal.args(["-t", command]);
         }
-        let status = terminal.status().map_err(|e| ssh::Error::Failed { what: format!("running {}", script.display()), detail: e.to_string() })?;
-        Ok(ssh::Exit { code: status.code(), signal: std::os::unix::process::ExitStatusExt::signal(&status).map(|s| s.to_string()) })
+        let status = terminal
+            .status()
+            .map_err(|e| ssh::Error::Failed { what: format!("running {}", script.display()), detail: e.to_string() })?;
+        Ok(ssh::Exit {
+            code: status.code(),
+            signal: std::os::unix::process::ExitStatusExt::signal(&status).map(|s| s.to_string()),
+        })
     }
 
     /// Saves what `fetch.command` prints; says what was saved, or why nothing was.
     fn fetch(&self, connection: &ssh::Connection, fetch: &Fetch) -> String {
         let path = self.dir.join(&fetch.file);
-        let outcome = std::fs::File::create(&path)
-            .map_err(|e| e.to_string())
-            .and_then(|mut file| {
-                let mut stderr = Vec::new();
-                let exit = connection.run(&fetch.command, Instant::now() + FETCH_TIMEOUT, &mut file, &mut stderr, &mut || {}).map_err(|e| e.to_string())?;
-                match exit.code {
-                    Some(0) => Ok(file.metadata().map(|m| m.len()).unwrap_or(0)),
-                    _ => Err(ssh::describe_failure(&exit, &stderr)),
-                }
-            });
+        let outcome = std::fs::File::create(&path).map_err(|e| e.to_string()).and_then(|mut file| {
+            let mut stderr = Vec::new();
+            let exit = connection
+                .run(&fetch.command, Instant::now() + FETCH_TIMEOUT, &mut file, &mut stderr, &mut || {})
+                .map_err(|e| e.to_string())?;
+            match exit.code {
+                Some(0) => Ok(file.metadata().map(|m| m.len()).unwrap_or(0)),
+                _ => Err(ssh::describe_failure(&exit, &stderr)),
+            }
+        });
         match outcome {
             Ok(bytes) => format!("{}: {bytes} bytes from `{}`", fetch.file, fetch.command),
             Err(why) => {
@@ -180,7 +205,9 @@ struct LineSink {
 impl LineSink {
     fn finish(&mut self) {
         if !self.pending.is_empty() {
-            let _ = self.events.send(SshEvent::Line(String::from_utf8_lossy(&std::mem::take(&mut self.pending)).into_owned()));
+            let _ = self
+                .events
+                .send(SshEvent::Line(String::from_utf8_lossy(&std::mem::take(&mut self.pending)).into_owned()));
         }
     }
 }
@@ -190,7 +217,8 @@ impl Write for LineSink {
         self.file.write_all(buf)?;
         for &byte in buf {
             if byte == b'\n' {
-                let line = String::from_utf8_lossy(&std::mem::take(&mut self.pending)).trim_end_matches('\r').to_owned();
+                let line =
+                    String::from_utf8_lossy(&std::mem::take(&mut self.pending)).trim_end_matches('\r').to_owned();
                 let _ = self.events.send(SshEvent::Line(line));
             } else {
                 self.pending.push(byte);
@@ -217,10 +245,18 @@ fn result_fields(name: &str, exit: &ssh::Exit, elapsed: Duration) -> BTreeMap<St
             ("fail", -1, signal.clone(), format!("killed-by-signal-{signal}"))
         }
     };
-    [("workload", name.to_owned()), ("status", status.to_owned()), ("exit", code.to_string()), ("signal", signal), ("elapsed_ms", elapsed.as_millis().to_string()), ("detail", detail), ("via", "ssh".to_owned())]
-        .into_iter()
-        .map(|(k, v)| (k.to_owned(), v))
-        .collect()
+    [
+        ("workload", name.to_owned()),
+        ("status", status.to_owned()),
+        ("exit", code.to_string()),
+        ("signal", signal),
+        ("elapsed_ms", elapsed.as_millis().to_string()),
+        ("detail", detail),
+        ("via", "ssh".to_owned()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect()
 }
 
 #[cfg(test)]
@@ -242,7 +278,15 @@ mod tests {
         check(Some(2), None, &format!("detail=usage elapsed_ms=1500 exit=2 signal=0 status=error {rest}"));
         check(Some(1), None, &format!("detail=exit-1 elapsed_ms=1500 exit=1 signal=0 status=fail {rest}"));
         check(Some(139), None, &format!("detail=exit-139 elapsed_ms=1500 exit=139 signal=0 status=fail {rest}"));
-        check(None, Some("KILL"), &format!("detail=killed-by-signal-KILL elapsed_ms=1500 exit=-1 signal=KILL status=fail {rest}"));
-        check(None, None, &format!("detail=killed-by-signal-unknown elapsed_ms=1500 exit=-1 signal=unknown status=fail {rest}"));
+        check(
+            None,
+            Some("KILL"),
+            &format!("detail=killed-by-signal-KILL elapsed_ms=1500 exit=-1 signal=KILL status=fail {rest}"),
+        );
+        check(
+            None,
+            None,
+            &format!("detail=killed-by-signal-unknown elapsed_ms=1500 exit=-1 signal=unknown status=fail {rest}"),
+        );
     }
 }

@@ -39,9 +39,9 @@ use std::process::Stdio;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
 use crate::process::{self, Group};
 use crate::triage::HostSamples;
+use anyhow::{bail, Context, Result};
 use job::{SshEvent, SshJob, SshThread};
 pub use qemu::{Accel, Machine};
 use qmp::Qmp;
@@ -216,12 +216,20 @@ const QMP_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long the loop waits for a console line before it looks at the time.
 const POLL: Duration = Duration::from_millis(100);
 
-pub fn boot(machine: &Machine, dir: &Path, deadlines: Deadlines, watch: &Watch, ssh: Option<&GuestSsh>, mut on_line: impl FnMut(Seen)) -> Result<Boot> {
+pub fn boot(
+    machine: &Machine,
+    dir: &Path,
+    deadlines: Deadlines,
+    watch: &Watch,
+    ssh: Option<&GuestSsh>,
+    mut on_line: impl FnMut(Seen),
+) -> Result<Boot> {
     let mut attempt = 1;
     loop {
         let mut machine = machine.clone();
         if ssh.is_some() {
-            machine.ssh_port = Some(qemu::free_local_port().context("no free TCP port on 127.0.0.1 for the guest's SSH")?);
+            machine.ssh_port =
+                Some(qemu::free_local_port().context("no free TCP port on 127.0.0.1 for the guest's SSH")?);
         }
         let boot = boot_once(&machine, dir, deadlines, watch, ssh, &mut on_line)?;
         match &boot.end {
@@ -231,7 +239,14 @@ pub fn boot(machine: &Machine, dir: &Path, deadlines: Deadlines, watch: &Watch, 
     }
 }
 
-fn boot_once(machine: &Machine, dir: &Path, deadlines: Deadlines, watch: &Watch, ssh: Option<&GuestSsh>, on_line: &mut impl FnMut(Seen)) -> Result<Boot> {
+fn boot_once(
+    machine: &Machine,
+    dir: &Path,
+    deadlines: Deadlines,
+    watch: &Watch,
+    ssh: Option<&GuestSsh>,
+    on_line: &mut impl FnMut(Seen),
+) -> Result<Boot> {
     let mut guest = Guest::start(machine, dir, deadlines, watch, ssh)?;
     let ssh_job = ssh.is_some_and(|s| !matches!(s.task, SshTask::None));
     let rules = Rules {
@@ -265,7 +280,13 @@ struct Guest<'a> {
 }
 
 impl<'a> Guest<'a> {
-    fn start(machine: &'a Machine, dir: &'a Path, deadlines: Deadlines, watch: &'a Watch, ssh: Option<&'a GuestSsh>) -> Result<Guest<'a>> {
+    fn start(
+        machine: &'a Machine,
+        dir: &'a Path,
+        deadlines: Deadlines,
+        watch: &'a Watch,
+        ssh: Option<&'a GuestSsh>,
+    ) -> Result<Guest<'a>> {
         let mut command = machine.command();
         if let (Some(port), Some(ssh)) = (machine.ssh_port, ssh) {
             write_ssh_command(dir, port, &ssh.credentials)?;
@@ -325,7 +346,8 @@ impl<'a> Guest<'a> {
 
     fn console(&mut self, cell: &mut Watcher, at: f64, text: &str, on_line: &mut impl FnMut(Seen)) -> Result<()> {
         let now = Instant::now();
-        writeln!(self.log, "{at:>9.3}s| {text}").with_context(|| format!("cannot write {}", self.console_log.display()))?;
+        writeln!(self.log, "{at:>9.3}s| {text}")
+            .with_context(|| format!("cannot write {}", self.console_log.display()))?;
         on_line(Seen::Console(text));
         let next = cell.console(at, text, now);
         if let (Next::StartSsh, Some(port), Some(ssh)) = (next, self.machine.ssh_port, self.ssh) {
@@ -387,13 +409,23 @@ fn write_ssh_command(dir: &Path, port: u16, credentials: &ssh::Credentials) -> R
             .arg(format!("{}@127.0.0.1", credentials.user)),
     );
     let path = dir.join(SSH_COMMAND);
-    std::fs::write(&path, format!("#!/bin/sh\n# While the guest runs: a shell, or the command given.\nexec {line} \"$@\"\n"))?;
+    std::fs::write(
+        &path,
+        format!("#!/bin/sh\n# While the guest runs: a shell, or the command given.\nexec {line} \"$@\"\n"),
+    )?;
     std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
     Ok(())
 }
 
 /// Samples the vCPUs over the lab's QMP socket, then asks the guest for its own report.
-fn diagnose(sockets: &Sockets, machine: &Machine, dir: &Path, diagnosis: &Diagnosis, console_lines: usize, clock: impl Fn() -> f64) -> Result<Diagnosed> {
+fn diagnose(
+    sockets: &Sockets,
+    machine: &Machine,
+    dir: &Path,
+    diagnosis: &Diagnosis,
+    console_lines: usize,
+    clock: impl Fn() -> f64,
+) -> Result<Diagnosed> {
     let mut qmp = Qmp::connect(&sockets.lab, QMP_TIMEOUT)?;
     let mut samples = sample::sample(&mut qmp, machine.arch, &diagnosis.sampling, &sockets.dir, clock)?;
     samples.console_line = console_lines;
@@ -427,9 +459,11 @@ impl Sockets {
         let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let dir = std::env::temp_dir().join(format!("lab-{}-{n}", std::process::id()));
         std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
-        let sockets = Sockets { lab: dir.join("lab.sock"), people: dir.join("qmp.sock"), dir, link: cell.join(QMP_LINK) };
+        let sockets =
+            Sockets { lab: dir.join("lab.sock"), people: dir.join("qmp.sock"), dir, link: cell.join(QMP_LINK) };
         let _ = std::fs::remove_file(&sockets.link);
-        std::os::unix::fs::symlink(&sockets.people, &sockets.link).with_context(|| format!("cannot create {}", sockets.link.display()))?;
+        std::os::unix::fs::symlink(&sockets.people, &sockets.link)
+            .with_context(|| format!("cannot create {}", sockets.link.display()))?;
         Ok(sockets)
     }
 }
@@ -454,7 +488,12 @@ fn protocol_fields(line: &str, marker: &str) -> Option<BTreeMap<String, String>>
     if !rest.is_empty() && !rest.starts_with(' ') {
         return None;
     }
-    Some(rest.split_whitespace().filter_map(|w| w.split_once('=')).map(|(k, v)| (k.to_string(), v.to_string())).collect())
+    Some(
+        rest.split_whitespace()
+            .filter_map(|w| w.split_once('='))
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+    )
 }
 
 fn qemu_error(stderr: &Path, status: std::process::ExitStatus) -> String {
@@ -468,14 +507,19 @@ mod tests {
     use super::*;
 
     fn check(line: &str, marker: &str, expect: Option<&str>) {
-        let got = protocol_fields(line, marker).map(|f| f.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(" "));
+        let got = protocol_fields(line, marker)
+            .map(|f| f.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(" "));
         assert_eq!(got.as_deref(), expect, "{line}");
     }
 
     #[test]
     fn protocol_lines() {
         check("LAB-READY arch=x86_64 cpus=4 kernel=7.3.4", "LAB-READY", Some("arch=x86_64 cpus=4 kernel=7.3.4"));
-        check("[    1.5] random: crng init doneLAB-RESULT workload=smoke status=pass", "LAB-RESULT", Some("status=pass workload=smoke"));
+        check(
+            "[    1.5] random: crng init doneLAB-RESULT workload=smoke status=pass",
+            "LAB-RESULT",
+            Some("status=pass workload=smoke"),
+        );
         check("LAB-READYX arch=x86_64", "LAB-READY", None);
         check("LAB-RESULT", "LAB-RESULT", Some(""));
         check("nothing here", "LAB-READY", None);

@@ -99,7 +99,16 @@ mod tests {
     }
 
     fn ssh_line(arch: Arch, accel: Accel, ssh_port: Option<u16>) -> String {
-        let m = Machine { arch, accel, vcpus: 4, memory_mib: 512, kernel: Path::new("/k/image"), initramfs: Some(Path::new("/i/initramfs.cpio")), cmdline: "console=hvc0 panic=-1", ssh_port };
+        let m = Machine {
+            arch,
+            accel,
+            vcpus: 4,
+            memory_mib: 512,
+            kernel: Path::new("/k/image"),
+            initramfs: Some(Path::new("/i/initramfs.cpio")),
+            cmdline: "console=hvc0 panic=-1",
+            ssh_port,
+        };
         shell_line(&m.command())
     }
 
@@ -117,7 +126,9 @@ mod tests {
 
     #[test]
     fn ssh_port_adds_one_nic_forwarded_from_the_host_loopback() {
-        for (arch, nic) in [(Arch::X86_64, "virtio-net-pci"), (Arch::Aarch64, "virtio-net-device"), (Arch::Ppc64le, "spapr-vlan")] {
+        for (arch, nic) in
+            [(Arch::X86_64, "virtio-net-pci"), (Arch::Aarch64, "virtio-net-device"), (Arch::Ppc64le, "spapr-vlan")]
+        {
             let line = ssh_line(arch, Accel::Tcg, Some(40022));
             let expect = format!("-append 'console=hvc0 panic=-1' -netdev user,id=net0,restrict=on,hostfwd=tcp:127.0.0.1:40022-:22 -device {nic},netdev=net0 -nodefaults ");
             assert!(line.contains(&expect), "{line}");

@@ -32,7 +32,8 @@ impl Qmp {
     /// Connects and leaves capabilities negotiation mode. Every read waits at most `timeout`: a
     /// QEMU that does not answer must not hang the lab.
     pub fn connect(socket: &Path, timeout: Duration) -> Result<Qmp> {
-        let stream = UnixStream::connect(socket).with_context(|| format!("cannot connect to QMP socket {}", socket.display()))?;
+        let stream = UnixStream::connect(socket)
+            .with_context(|| format!("cannot connect to QMP socket {}", socket.display()))?;
         stream.set_read_timeout(Some(timeout))?;
         stream.set_write_timeout(Some(timeout))?;
         let mut qmp = Qmp { reader: BufReader::new(stream.try_clone()?), writer: stream };

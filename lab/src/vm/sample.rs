@@ -40,8 +40,15 @@ pub struct Sampling {
 
 /// Samples every vCPU `count` times. `clock` gives host seconds since QEMU started; `scratch` is a
 /// directory QEMU can write `memsave` files into.
-pub fn sample(qmp: &mut Qmp, arch: Arch, sampling: &Sampling, scratch: &Path, clock: impl Fn() -> f64) -> Result<HostSamples> {
-    let mut out = HostSamples { started_s: clock(), interval_ms: sampling.interval.as_millis() as u64, ..HostSamples::default() };
+pub fn sample(
+    qmp: &mut Qmp,
+    arch: Arch,
+    sampling: &Sampling,
+    scratch: &Path,
+    clock: impl Fn() -> f64,
+) -> Result<HostSamples> {
+    let mut out =
+        HostSamples { started_s: clock(), interval_ms: sampling.interval.as_millis() as u64, ..HostSamples::default() };
     let status = qmp.execute("query-status", json!({}))?;
     out.status_before = status.get("status").and_then(|s| s.as_str()).unwrap_or("unknown").to_string();
     let mut count = sampling.count;
@@ -57,7 +64,8 @@ pub fn sample(qmp: &mut Qmp, arch: Arch, sampling: &Sampling, scratch: &Path, cl
         _ => count = 1,
     }
     let cpus = qmp.execute("query-cpus-fast", json!({}))?;
-    let indices: Vec<u32> = cpus.as_array().into_iter().flatten().filter_map(|c| c.get("cpu-index")?.as_u64()).map(|i| i as u32).collect();
+    let indices: Vec<u32> =
+        cpus.as_array().into_iter().flatten().filter_map(|c| c.get("cpu-index")?.as_u64()).map(|i| i as u32).collect();
     if indices.is_empty() {
         bail!("QMP query-cpus-fast listed no vCPUs: {cpus}");
     }
@@ -84,8 +92,16 @@ pub fn sample(qmp: &mut Qmp, arch: Arch, sampling: &Sampling, scratch: &Path, cl
 fn read_all(qmp: &mut Qmp, arch: Arch, scratch: &Path, out: &mut HostSamples) -> Result<()> {
     for vcpu in &mut out.vcpus {
         let text = qmp.hmp("info registers", Some(vcpu.index))?;
-        let registers = parse_registers(arch, &text).with_context(|| format!("vCPU {}: cannot read the registers QEMU printed", vcpu.index))?;
-        let mut sample = Sample { pc: registers.pc, sp: registers.sp, lr: registers.lr, kernel: registers.kernel, irqs: registers.irqs, frames: Vec::new() };
+        let registers = parse_registers(arch, &text)
+            .with_context(|| format!("vCPU {}: cannot read the registers QEMU printed", vcpu.index))?;
+        let mut sample = Sample {
+            pc: registers.pc,
+            sp: registers.sp,
+            lr: registers.lr,
+            kernel: registers.kernel,
+            irqs: registers.irqs,
+            frames: Vec::new(),
+        };
         if registers.kernel {
             match read_stack(qmp, vcpu.index, registers.sp, scratch) {
                 Ok(stack) => sample.frames = walk(arch, &registers, &stack),
@@ -145,7 +161,8 @@ struct Registers {
     irqs: Irqs,
 }
 
-static REGISTER: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"\b([A-Z][A-Z0-9]*)\s*[= ]\s*([0-9a-f]{8,16})\b").expect("register pattern is valid"));
+static REGISTER: LazyLock<Regex> =
+    LazyLock::new(|| Regex::new(r"\b([A-Z][A-Z0-9]*)\s*[= ]\s*([0-9a-f]{8,16})\b").expect("register pattern is valid"));
 
 /// Reads the registers out of `info registers` (x86 `RIP=...`, arm64 `PC=...`, powerpc `NIP ...`
 /// with the GPRs four to a line).
@@ -154,7 +171,12 @@ fn parse_registers(arch: Arch, text: &str) -> Result<Registers> {
         .captures_iter(text)
         .filter_map(|c| Some((c.get(1)?.as_str(), u64::from_str_radix(c.get(2)?.as_str(), 16).ok()?)))
         .collect();
-    let get = |name: &str| named.get(name).copied().with_context(|| format!("no {name} in: {}", text.lines().take(3).collect::<Vec<_>>().join(" / ")));
+    let get = |name: &str| {
+        named
+            .get(name)
+            .copied()
+            .with_context(|| format!("no {name} in: {}", text.lines().take(3).collect::<Vec<_>>().join(" / ")))
+    };
     Ok(match arch {
         Arch::X86_64 => {
             let cpl = text.split("CPL=").nth(1).and_then(|s| s.chars().next()).context("no CPL")?;
@@ -180,7 +202,11 @@ fn parse_registers(arch: Arch, text: &str) -> Result<Registers> {
         }
         Arch::Ppc64le => {
             let gpr0 = text.lines().find_map(|l| l.trim_start().strip_prefix("GPR00 ")).context("no GPR00 line")?;
-            let r1 = gpr0.split_whitespace().nth(1).and_then(|v| u64::from_str_radix(v, 16).ok()).context("no r1 on the GPR00 line")?;
+            let r1 = gpr0
+                .split_whitespace()
+                .nth(1)
+                .and_then(|v| u64::from_str_radix(v, 16).ok())
+                .context("no r1 on the GPR00 line")?;
             let msr = get("MSR")?;
             Registers {
                 pc: get("NIP")?,
@@ -233,10 +259,11 @@ fn walk(arch: Arch, registers: &Registers, stack: &Stack) -> Vec<Frame> {
             break;
         }
         // An interrupt from user space (a system call) has nothing to add below it.
-        let interrupted = (arch == Arch::Ppc64le && stack.word(next + PPC_MARKER_OFFSET).is_some_and(|m| PPC_REGS_MARKER.contains(&m)))
-            .then(|| stack.word(next + PPC_NIP_OFFSET))
-            .flatten()
-            .filter(|&nip| nip >= PPC_KERNEL_BASE);
+        let interrupted = (arch == Arch::Ppc64le
+            && stack.word(next + PPC_MARKER_OFFSET).is_some_and(|m| PPC_REGS_MARKER.contains(&m)))
+        .then(|| stack.word(next + PPC_NIP_OFFSET))
+        .flatten()
+        .filter(|&nip| nip >= PPC_KERNEL_BASE);
         if let Some(nip) = interrupted {
             frames.push(Frame::Interrupted { interrupted: nip });
         } else if ret != 0 {
@@ -275,7 +302,13 @@ mod tests {
                 Frame::Interrupted { interrupted } => format!("irq@{interrupted:x}"),
             })
             .collect();
-        format!("{arch} cpu{cpu}: pc={:x} kernel={} irqs={:?} frames={}", registers.pc, registers.kernel, registers.irqs, frames.join(","))
+        format!(
+            "{arch} cpu{cpu}: pc={:x} kernel={} irqs={:?} frames={}",
+            registers.pc,
+            registers.kernel,
+            registers.irqs,
+            frames.join(",")
+        )
     }
 
     /// The frames were checked against System.map by hand when the captures were added; the
@@ -296,7 +329,8 @@ mod tests {
             "ppc64le cpu2: pc=c00000000006ce58 kernel=true irqs=Off frames=c0000000002f6b80,c0000000000ce9f8,c0000000000aacb8,c0000000000ab1c0,c0000000000ab434,c00000000007f174,c00000000007f474,c00000000007f6a0,c00000000001e920,c00000000000ce5c",
             "ppc64le cpu3: pc=c0000000000aa30c kernel=true irqs=Off frames=c0000000002f12b8,c0000000002f1364,c0000000000a8de8,c0000000000a3450,c00000000000dcd8",
         ];
-        let got: Vec<String> = ["x86_64", "aarch64", "ppc64le"].iter().flat_map(|arch| (0..4).map(move |cpu| render(arch, cpu))).collect();
+        let got: Vec<String> =
+            ["x86_64", "aarch64", "ppc64le"].iter().flat_map(|arch| (0..4).map(move |cpu| render(arch, cpu))).collect();
         assert_eq!(got.join("\n"), expect.join("\n"));
     }
 

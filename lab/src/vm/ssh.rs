@@ -70,7 +70,12 @@ pub type Interrupted = std::sync::Arc<dyn Fn() -> bool + Send + Sync>;
 impl Connection {
     /// Connects as soon as the guest's SSH server answers, retrying until `deadline`; checks the
     /// host key, then authenticates with the lab's key.
-    pub fn connect(port: u16, credentials: &Credentials, deadline: Instant, interrupted: Interrupted) -> Result<Connection, Error> {
+    pub fn connect(
+        port: u16,
+        credentials: &Credentials,
+        deadline: Instant,
+        interrupted: Interrupted,
+    ) -> Result<Connection, Error> {
         let started = Instant::now();
         let expected = parse_public_key(&credentials.host_key).ok_or_else(|| Error::Failed {
             what: "the image's host key".into(),
@@ -88,7 +93,15 @@ impl Connection {
             // QEMU accepts on the host side before the guest listens; the handshake tells.
             let attempt = TcpStream::connect_timeout(&address, Duration::from_secs(2))
                 .map_err(|e| e.to_string())
-                .and_then(|stream| Connection::handshake(stream, port, deadline.min(Instant::now() + Duration::from_secs(20)), interrupted.clone()).map_err(|e| e.to_string()));
+                .and_then(|stream| {
+                    Connection::handshake(
+                        stream,
+                        port,
+                        deadline.min(Instant::now() + Duration::from_secs(20)),
+                        interrupted.clone(),
+                    )
+                    .map_err(|e| e.to_string())
+                });
             match attempt {
                 Ok(connection) => {
                     connection.check_host_key(&expected)?;
@@ -101,7 +114,12 @@ impl Connection {
         }
     }
 
-    fn handshake(stream: TcpStream, port: u16, deadline: Instant, interrupted: Interrupted) -> Result<Connection, Error> {
+    fn handshake(
+        stream: TcpStream,
+        port: u16,
+        deadline: Instant,
+        interrupted: Interrupted,
+    ) -> Result<Connection, Error> {
         let mut session = Session::new().map_err(|e| failed("creating an SSH session", e))?;
         session.set_tcp_stream(stream.try_clone().map_err(|e| failed("cloning the socket", e))?);
         session.set_blocking(false);
@@ -113,15 +131,22 @@ impl Connection {
     fn check_host_key(&self, expected: &(String, Vec<u8>)) -> Result<(), Error> {
         let got = self.session.host_key().map(|(blob, _)| blob.to_vec()).unwrap_or_default();
         if got != expected.1 {
-            let got_line = format!("{} {}", key_type(&got).unwrap_or("?"), base64::engine::general_purpose::STANDARD.encode(&got));
-            return Err(Error::HostKey { port: self.port, expected: format!("{} {}", expected.0, base64::engine::general_purpose::STANDARD.encode(&expected.1)), got: got_line });
+            let got_line =
+                format!("{} {}", key_type(&got).unwrap_or("?"), base64::engine::general_purpose::STANDARD.encode(&got));
+            return Err(Error::HostKey {
+                port: self.port,
+                expected: format!("{} {}", expected.0, base64::engine::general_purpose::STANDARD.encode(&expected.1)),
+                got: got_line,
+            });
         }
         Ok(())
     }
 
     fn authenticate(&self, credentials: &Credentials, deadline: Instant) -> Result<(), Error> {
         let what = format!("authenticating as {} with {}", credentials.user, credentials.private_key.display());
-        self.retry(&what, deadline, |s| s.userauth_pubkey_file(&credentials.user, None, &credentials.private_key, None))?;
+        self.retry(&what, deadline, |s| {
+            s.userauth_pubkey_file(&credentials.user, None, &credentials.private_key, None)
+        })?;
         if !self.session.authenticated() {
             return Err(Error::Failed { what, detail: "the guest did not accept the lab's key".into() });
         }
@@ -131,7 +156,14 @@ impl Connection {
     /// Runs `command` through the guest's shell, copying its stdout and stderr as they come, until
     /// it exits, `deadline` passes, or the guest stops answering. `heard` is called on every
     /// sign of life, so a caller can tell a quiet guest from a dead one.
-    pub fn run(&self, command: &str, deadline: Instant, stdout: &mut dyn Write, stderr: &mut dyn Write, heard: &mut dyn FnMut()) -> Result<Exit, Error> {
+    pub fn run(
+        &self,
+        command: &str,
+        deadline: Instant,
+        stdout: &mut dyn Write,
+        stderr: &mut dyn Write,
+        heard: &mut dyn FnMut(),
+    ) -> Result<Exit, Error> {
         let what = format!("`{command}`");
         let limit_s = deadline.saturating_duration_since(Instant::now()).as_secs();
         let mut channel = self.retry(&what, deadline, |s| s.channel_session())?;
@@ -208,7 +240,12 @@ impl Connection {
     }
 
     /// Repeats a libssh2 call that would block until it completes or `deadline` passes.
-    fn retry<T>(&self, what: &str, deadline: Instant, mut call: impl FnMut(&Session) -> Result<T, ssh2::Error>) -> Result<T, Error> {
+    fn retry<T>(
+        &self,
+        what: &str,
+        deadline: Instant,
+        mut call: impl FnMut(&Session) -> Result<T, ssh2::Error>,
+    ) -> Result<T, Error> {
         let started = Instant::now();
         loop {
             match call(&self.session) {
@@ -248,7 +285,11 @@ impl Connection {
     /// A transport error after the guest went quiet is the guest's loss, not a protocol problem.
     fn lost_or(&self, what: &str, last_heard: Instant, error: impl std::fmt::Display) -> Error {
         let detail = error.to_string();
-        if detail.contains("EOF") || detail.contains("reset") || detail.contains("disconnect") || detail.contains("Broken pipe") {
+        if detail.contains("EOF")
+            || detail.contains("reset")
+            || detail.contains("disconnect")
+            || detail.contains("Broken pipe")
+        {
             return Error::Lost { what: what.to_owned(), silent_s: last_heard.elapsed().as_secs() };
         }
         Error::Failed { what: what.to_owned(), detail }
@@ -315,7 +356,11 @@ mod tests {
         let line = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIJdD7y3aLq454yWBdwLWbieU1ebz9/cu7/QEXn9OIeZJ root@lab";
         let (kind, blob) = parse_public_key(line).expect("parses");
         assert_eq!((kind.as_str(), blob.len()), ("ssh-ed25519", 51));
-        assert_eq!(parse_public_key("ssh-rsa AAAAC3NzaC1lZDI1NTE5AAAAIJdD7y3aLq454yWBdwLWbieU1ebz9/cu7/QEXn9OIeZJ"), None, "type and blob disagree");
+        assert_eq!(
+            parse_public_key("ssh-rsa AAAAC3NzaC1lZDI1NTE5AAAAIJdD7y3aLq454yWBdwLWbieU1ebz9/cu7/QEXn9OIeZJ"),
+            None,
+            "type and blob disagree"
+        );
         assert_eq!(parse_public_key("ssh-ed25519 not-base64!"), None);
         assert_eq!(parse_public_key(""), None);
     }

@@ -202,7 +202,8 @@ impl Watcher {
         let end = self.due(now)?;
         // After a report's grace period QEMU is still up when the guest could not even panic
         // (its CPUs stuck, as on pseries under TCG): the host sees the other side the report lacks.
-        let looked_at = matches!(end, End::Silent | End::WorkloadTimeout | End::StoppedAfterReport | End::LostConnection(_));
+        let looked_at =
+            matches!(end, End::Silent | End::WorkloadTimeout | End::StoppedAfterReport | End::LostConnection(_));
         Some(if self.rules.diagnoses && looked_at { Due::Diagnose(end) } else { Due::End(end) })
     }
 
@@ -402,7 +403,11 @@ mod tests {
         check("", "1 LAB-READY; 25 tick; 50 tick", "workload-timeout@61.1");
         check("look=stuck", "1 LAB-READY; 25 tick; 50 tick", "diagnose(workload-timeout)@61.1 workload-timeout@61.2");
         check("", "1 LAB-READY; 3 BUG: soft lockup - CPU#0 stuck for 22s!", "stopped-after-report@8.1");
-        check("look=stuck", "1 LAB-READY; 3 BUG: soft lockup", "diagnose(stopped-after-report)@8.1 stopped-after-report@8.2");
+        check(
+            "look=stuck",
+            "1 LAB-READY; 3 BUG: soft lockup",
+            "diagnose(stopped-after-report)@8.1 stopped-after-report@8.2",
+        );
         check("", "1 LAB-READY; 3 BUG: soft lockup; 4 Kernel panic - not syncing; 5 qemu:ok", "exited@5.0");
         check("", "0.5 qemu:fail", "qemu-failed@0.5");
         check("", "1 LAB-READY; 5 LAB-RESULT workload=smoke status=pass; 6 qemu:ok", "exited@6.0");
@@ -416,8 +421,16 @@ mod tests {
         check("look=nmi", "1 LAB-READY; 33 Kernel panic; 34 qemu:ok", "diagnose(silent)@31.1 silent@34.0");
         check("look=nmi", "1 LAB-READY; 33 qemu:fail", "diagnose(silent)@31.1 silent@33.0");
         // Paused from outside: resumed, it runs on, to its end or to the next deadline.
-        check("look=healthy", "1 LAB-READY; 40 LAB-RESULT status=pass; 41 qemu:ok", "diagnose(silent)@31.1 exited@41.0");
-        check("look=healthy,stuck", "1 LAB-READY", "diagnose(silent)@31.1 diagnose(workload-timeout)@61.1 workload-timeout@61.2");
+        check(
+            "look=healthy",
+            "1 LAB-READY; 40 LAB-RESULT status=pass; 41 qemu:ok",
+            "diagnose(silent)@31.1 exited@41.0",
+        );
+        check(
+            "look=healthy,stuck",
+            "1 LAB-READY",
+            "diagnose(silent)@31.1 diagnose(workload-timeout)@61.1 workload-timeout@61.2",
+        );
         check("", "1 LAB-READY; 5 signal", "interrupted@5.1");
         check("look=nmi", "1 LAB-READY; 32 signal", "diagnose(silent)@31.1 interrupted@32.1");
     }

@@ -8,10 +8,7 @@ use std::fs;
 use crate::triage::console::ConsoleLine;
 use crate::triage::{header, sanitize, starts_report};
 
-const TABLE: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/src/triage/testdata/formats.tsv"
-);
+const TABLE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/src/triage/testdata/formats.tsv");
 
 /// What the kernel and the lab put in front of a message: nothing (a raw console), the printk
 /// timestamp, with a CPU or task caller id (CONFIG_PRINTK_CALLER), the lab's host time, all of them.
@@ -136,16 +133,10 @@ fn printf(format: &str, args: &[&str]) -> Result<String, String> {
                 extension.push(c);
             }
         }
-        let spec = format!(
-            "%{flags}{}{width}{conversion}{extension}",
-            if star { "*" } else { "" }
-        );
-        let arg = *args
-            .next()
-            .ok_or_else(|| format!("no argument for {spec}"))?;
+        let spec = format!("%{flags}{}{width}{conversion}{extension}", if star { "*" } else { "" });
+        let arg = *args.next().ok_or_else(|| format!("no argument for {spec}"))?;
         let number = || parse_number(arg).ok_or_else(|| format!("{spec}: {arg:?} is no number"));
-        let unsigned =
-            || u64::try_from(number()?).map_err(|_| format!("{spec}: {arg} is negative"));
+        let unsigned = || u64::try_from(number()?).map_err(|_| format!("{spec}: {arg} is negative"));
         let text = match conversion {
             _ if star => arg.to_owned(),
             'd' | 'i' => number()?.to_string(),
@@ -188,9 +179,7 @@ fn pad(text: String, flags: &str, width: usize) -> String {
     } else if flags.contains('-') {
         format!("{text}{}", " ".repeat(missing))
     } else if flags.contains('0') {
-        let split = ["-", "0x"]
-            .iter()
-            .find_map(|lead| text.strip_prefix(lead).map(|rest| (*lead, rest)));
+        let split = ["-", "0x"].iter().find_map(|lead| text.strip_prefix(lead).map(|rest| (*lead, rest)));
         let (lead, digits) = split.unwrap_or(("", &text));
         format!("{lead}{}{digits}", "0".repeat(missing))
     } else {
@@ -200,9 +189,7 @@ fn pad(text: String, flags: &str, width: usize) -> String {
 
 /// Judges `line` the way triage and the VM stage do: sanitized, prefixes off, headline patterns.
 fn judged(line: &str) -> String {
-    header::describe(header::classify(
-        ConsoleLine::parse(&sanitize::clean(line)).text,
-    ))
+    header::describe(header::classify(ConsoleLine::parse(&sanitize::clean(line)).text))
 }
 
 /// What is wrong with the row, if anything.
@@ -211,27 +198,17 @@ fn check(row: &Row<'_>) -> Option<String> {
         Ok(line) => line,
         Err(error) => return Some(error),
     };
-    let variants = PREFIXES
-        .iter()
-        .map(|prefix| format!("{prefix}{line}"))
-        .chain([format!("[   12.345678] {line}\r")]);
+    let variants = PREFIXES.iter().map(|prefix| format!("{prefix}{line}")).chain([format!("[   12.345678] {line}\r")]);
     let mut wrong: Vec<(String, String)> = Vec::new();
     for variant in variants {
-        let got = format!(
-            "{} (starts_report {})",
-            judged(&variant),
-            starts_report(&variant)
-        );
+        let got = format!("{} (starts_report {})", judged(&variant), starts_report(&variant));
         if got != format!("{} (starts_report {})", row.expect, row.expect != "-") {
             wrong.push((got, variant));
         }
     }
     wrong.sort();
     wrong.dedup_by(|next, first| next.0 == first.0);
-    let wrong: Vec<String> = wrong
-        .iter()
-        .map(|(got, variant)| format!("\n    {got} for {variant:?}"))
-        .collect();
+    let wrong: Vec<String> = wrong.iter().map(|(got, variant)| format!("\n    {got} for {variant:?}")).collect();
     (!wrong.is_empty()).then(|| format!("want {}{}", row.expect, wrong.concat()))
 }
 
@@ -242,12 +219,8 @@ fn every_format_in_the_table_is_judged_as_it_says() {
     let failures: Vec<String> = rows
         .iter()
         .filter_map(|row| {
-            check(row).map(|what| {
-                format!(
-                    "formats.tsv:{}: {} ({}) {}: {what}",
-                    row.line, row.file, row.version, row.format
-                )
-            })
+            check(row)
+                .map(|what| format!("formats.tsv:{}: {} ({}) {}: {what}", row.line, row.file, row.version, row.format))
         })
         .collect();
     assert!(
@@ -263,11 +236,8 @@ fn every_format_in_the_table_is_judged_as_it_says() {
 #[test]
 fn the_table_covers_every_console_report_kind_in_7_3() {
     let table = fs::read_to_string(TABLE).expect("testdata/formats.tsv");
-    let kinds: Vec<&str> = rows(&table)
-        .iter()
-        .filter(|row| row.version == "7.3")
-        .filter_map(|row| row.expect.split(' ').next())
-        .collect();
+    let kinds: Vec<&str> =
+        rows(&table).iter().filter(|row| row.version == "7.3").filter_map(|row| row.expect.split(' ').next()).collect();
     for kind in [
         "hard-lockup",
         "soft-lockup",
@@ -282,48 +252,28 @@ fn the_table_covers_every_console_report_kind_in_7_3() {
         "lockdep",
         "other",
     ] {
-        assert!(
-            kinds.contains(&kind),
-            "no 7.3 format in formats.tsv opens a {kind} report"
-        );
+        assert!(kinds.contains(&kind), "no 7.3 format in formats.tsv opens a {kind} report");
     }
 }
 
 #[test]
 fn printf_renders_as_vsprintf() {
     let check = |format: &str, args: &[&str], expect: &str| {
-        assert_eq!(
-            printf(format, args).as_deref(),
-            Ok(expect),
-            "{format} {args:?}"
-        )
+        assert_eq!(printf(format, args).as_deref(), Ok(expect), "{format} {args:?}")
     };
     check("CPU%u: cpu %u\n", &["2", "3"], "CPU2: cpu 3\n");
     check("%d%%", &["-19"], "-19%");
     check("%016lx", &["0x96000005"], "0000000096000005");
     check("0x%08lx", &["0x10"], "0x00000010");
     check("%04lx [#%d]", &["2", "1"], "0002 [#1]");
-    check(
-        "idle=%04x/%ld/%#lx",
-        &["0xb9c", "1", "0x4000"],
-        "idle=0b9c/1/0x4000",
-    );
+    check("idle=%04x/%ld/%#lx", &["0xb9c", "1", "0x4000"], "idle=0b9c/1/0x4000");
     check("%8lld|%-4d|", &["42", "7"], "      42|7   |");
-    check(
-        "%px %p",
-        &["0", "0xa1b2c3d4"],
-        "0000000000000000 00000000a1b2c3d4",
-    );
-    check(
-        "@ %pS, %pSb (%ps)",
-        &["f+0x1/0x2", "g+0x3/0x4 [m]", "h"],
-        "@ f+0x1/0x2, g+0x3/0x4 [m] (h)",
-    );
+    check("%px %p", &["0", "0xa1b2c3d4"], "0000000000000000 00000000a1b2c3d4");
+    check("@ %pS, %pSb (%ps)", &["f+0x1/0x2", "g+0x3/0x4 [m]", "h"], "@ f+0x1/0x2, g+0x3/0x4 [m] (h)");
     check("CPUs %*pbl:", &["23-24,30"], "CPUs 23-24,30:");
     check("%s %.*s%s", &["7.3.4", "#1", ""], "7.3.4 #1");
     check("->state=%c", &["I"], "->state=I");
-    let fails =
-        |format: &str, args: &[&str]| assert!(printf(format, args).is_err(), "{format} {args:?}");
+    let fails = |format: &str, args: &[&str]| assert!(printf(format, args).is_err(), "{format} {args:?}");
     fails("%d %d", &["1"]);
     fails("%d", &["1", "2"]);
     fails("%d", &["one"]);
