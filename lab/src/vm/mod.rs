@@ -362,11 +362,13 @@ impl<'a> Guest<'a> {
         let start = self.start;
         let clock = || start.elapsed().as_secs_f64();
         let found = diagnose(&self.sockets, self.machine, self.dir, diagnosis, cell.console_lines(), clock);
-        if let Ok(found) = &found {
-            let host: Vec<&HostSamples> = cell.host().iter().chain([&found.samples]).collect();
-            crate::cache::write_atomic(&self.dir.join(HOST_SAMPLES), serde_json::to_string_pretty(&host)?.as_bytes())?;
+        let sampled = found.is_ok();
+        let due = cell.diagnosed(end, found.map_err(|e| format!("{e:#}")), Instant::now());
+        if sampled {
+            let host = serde_json::to_string_pretty(cell.host())?;
+            crate::cache::write_atomic(&self.dir.join(HOST_SAMPLES), host.as_bytes())?;
         }
-        Ok(cell.diagnosed(end, found.map_err(|e| format!("{e:#}")), Instant::now()))
+        Ok(due)
     }
 
     /// Kills QEMU, stops the SSH job, and keeps what the cell keeps of the boot.
