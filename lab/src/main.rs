@@ -14,11 +14,13 @@ mod matrix;
 mod plan;
 mod process;
 mod report;
+mod results;
 mod run;
 mod ssh_keys;
 mod triage;
 mod ui;
 mod vm;
+mod vocab;
 
 use std::io::Write;
 use std::path::Path;
@@ -63,6 +65,8 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
         Command::Build(args) => cli::build::build(&env, args),
         Command::Image { arch } => cli::build::image(&env, arch),
         Command::Triage(args) => cli::triage::triage(args),
+        Command::Compare { base, new, junit } => cli::results::compare(&base, &new, junit.as_deref()),
+        Command::Report { dir } => cli::results::report(&dir),
         Command::Doctor => cli::doctor::doctor(&env),
         Command::Setup { dry_run } => cli::doctor::setup(&env, dry_run),
         Command::Bench(args) => bench::run(&env.sh, &env.cache()?, &args, &env.ui, Path::new(cli::PROJECT_DIR)),

@@ -10,56 +10,15 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use junit_report::{Duration, ReportBuilder, TestCaseBuilder, TestSuiteBuilder};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::arch::Arch;
 use crate::cache;
-use crate::triage::{self, Kind, Report};
+use crate::triage::{self, Report};
 use crate::vm::Accel;
+use crate::vocab::{Basis, CellEnd, Kind, Verdict};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Verdict {
-    Pass,
-    Fail,
-    /// The lab could not judge the kernel: the build failed, QEMU would not start, the workload
-    /// was misconfigured.
-    Error,
-    /// Deadline reached while the guest was still talking: too slow, not known to be broken.
-    Timeout,
-    /// The workload could not run here (missing kernel feature, too few CPUs); never a pass.
-    Skip,
-    /// A signal stopped the lab while the cell ran or before it started (`end` says which); like
-    /// an error, it says nothing about the kernel.
-    Interrupted,
-}
-
-impl Verdict {
-    /// Its name in `result.json` and `summary.json`.
-    pub fn name(self) -> &'static str {
-        match self {
-            Verdict::Pass => "pass",
-            Verdict::Fail => "fail",
-            Verdict::Error => "error",
-            Verdict::Timeout => "timeout",
-            Verdict::Skip => "skip",
-            Verdict::Interrupted => "interrupted",
-        }
-    }
-}
-
-impl std::fmt::Display for Verdict {
-    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-/// The `end` of a cell that a signal kept from starting (it has no directory), and of one that a
-/// signal stopped.
-pub const NOT_STARTED: &str = "not-started";
-pub const INTERRUPTED: &str = "interrupted";
-
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CellResult {
     pub id: String,
     /// The run number in reproducer mode (`--repeat`), 1-based.
@@ -87,17 +46,16 @@ pub struct CellResult {
     /// Seconds from the guest's ready line to the first report.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub detect_s: Option<f64>,
-    /// What the verdict rests on: `guest` (the kernel's reports), `host` (samples of the vCPUs
-    /// taken from outside), or `guest+host`.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub basis: Option<String>,
+    /// What the verdict rests on, for a cell with reports.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub basis: Option<Basis>,
     /// What the guest ran under.
     pub accel: Accel,
     /// Under `--accel auto`, why the cell ran again under TCG: its KVM guest never got going.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub kvm_fallback: Option<String>,
-    /// How the boot ended, as the VM stage saw it; `NOT_STARTED` or `INTERRUPTED` after a signal.
-    pub end: String,
+    /// How the boot ended, as the VM stage saw it, or what kept it from ending by itself.
+    pub end: CellEnd,
     pub dir: PathBuf,
     /// The console text shown with a failure (sanitized).
     #[serde(skip)]
@@ -112,6 +70,15 @@ impl CellResult {
             Some(_) => self.verdict == Verdict::Pass,
             None => matches!(self.verdict, Verdict::Fail | Verdict::Timeout),
         }
+    }
+
+    /// The report a hit is counted by: the one the cell provokes on purpose, else the first.
+    /// None for a hit without one (a timeout) and for a run that is no hit.
+    pub fn hit_report(&self) -> Option<&Report> {
+        if !self.is_hit() {
+            return None;
+        }
+        self.reports.iter().find(|rep| Some(rep.kind) == self.expect).or(self.reports.first())
     }
 }
 
@@ -150,16 +117,12 @@ pub fn repro(results: &[CellResult]) -> Vec<Repro> {
     by_cell
         .into_iter()
         .map(|(id, runs)| {
-            let judged: Vec<&&CellResult> = runs
-                .iter()
-                .filter(|r| !matches!(r.verdict, Verdict::Error | Verdict::Skip | Verdict::Interrupted))
-                .collect();
+            let judged: Vec<&&CellResult> = runs.iter().filter(|r| r.verdict.judges_the_kernel()).collect();
             let hits: Vec<&&&CellResult> = judged.iter().filter(|r| r.is_hit()).collect();
             let mut hits_by_kind = BTreeMap::new();
             for r in &hits {
-                let kind = r.reports.iter().find(|rep| Some(rep.kind) == r.expect).or(r.reports.first());
                 *hits_by_kind
-                    .entry(kind.map(|k| k.kind.to_string()).unwrap_or_else(|| "timeout".into()))
+                    .entry(r.hit_report().map(|k| k.kind.to_string()).unwrap_or_else(|| "timeout".into()))
                     .or_insert(0) += 1;
             }
             let detect_s: Vec<f64> = hits.iter().filter_map(|r| r.detect_s).collect();
@@ -211,11 +174,26 @@ pub fn repro_line(r: &Repro) -> String {
     line
 }
 
+/// The shape of `summary.json` that this lab writes and reads. A change that an older reader
+/// would misread (a field renamed, a meaning changed) takes the next number.
+pub const SUMMARY_VERSION: u32 = 1;
+
 #[derive(Serialize)]
 struct Summary<'a> {
+    version: u32,
     cells: &'a [CellResult],
     #[serde(skip_serializing_if = "Option::is_none")]
     repro: Option<Vec<Repro>>,
+}
+
+/// Where a cell's files go in a run directory: `cells/<id>`, and `run-NNN` below it for each run
+/// of a `--repeat`.
+pub fn cell_dir(out: &Path, id: &str, run: Option<u32>) -> PathBuf {
+    let dir = out.join("cells").join(id);
+    match run {
+        Some(n) => dir.join(format!("run-{n:03}")),
+        None => dir,
+    }
 }
 
 pub fn write_cell(result: &CellResult) -> Result<()> {
@@ -223,7 +201,7 @@ pub fn write_cell(result: &CellResult) -> Result<()> {
 }
 
 pub fn write_summary(out: &Path, results: &[CellResult], repeated: bool) -> Result<()> {
-    let summary = Summary { cells: results, repro: repeated.then(|| repro(results)) };
+    let summary = Summary { version: SUMMARY_VERSION, cells: results, repro: repeated.then(|| repro(results)) };
     cache::write_atomic(&out.join("summary.json"), serde_json::to_string_pretty(&summary)?.as_bytes())?;
     let mut xml = Vec::new();
     junit(results).write_xml(&mut xml).context("cannot render junit.xml")?;
@@ -259,7 +237,7 @@ fn junit(results: &[CellResult]) -> junit_report::Report {
                     r.reports.first().map_or("error", |rep| rep.kind.name()),
                     &message,
                 ),
-                Verdict::Interrupted if r.end == NOT_STARTED => {
+                Verdict::Interrupted if r.end == CellEnd::NotStarted => {
                     TestCaseBuilder::skipped_with_cause(&name, "interrupted", &message)
                 }
                 Verdict::Interrupted => TestCaseBuilder::error(&name, time, "interrupted", &message),
@@ -319,45 +297,39 @@ pub fn tally(results: &[CellResult]) -> BTreeMap<&'static str, usize> {
     counts
 }
 
+/// A cell result for tests: one run of `k-x86_64-2cpu-smoke`, under TCG.
+#[cfg(test)]
+pub fn sample_cell(verdict: Verdict, reason: &str, excerpt: &str) -> CellResult {
+    CellResult {
+        id: "k-x86_64-2cpu-smoke".into(),
+        run: None,
+        kernel: "k".into(),
+        arch: Arch::X86_64,
+        vcpus: 2,
+        workload: "smoke".into(),
+        verdict,
+        reason: reason.into(),
+        duration_s: 1.5,
+        reports: vec![],
+        expect: None,
+        ready_s: Some(1.0),
+        ssh_ready_s: None,
+        detect_s: None,
+        basis: None,
+        accel: Accel::Tcg,
+        kvm_fallback: None,
+        end: CellEnd::Exited,
+        dir: PathBuf::from("/nonexistent"),
+        excerpt: excerpt.into(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn a_verdict_is_named_as_the_reports_name_it() {
-        use Verdict::*;
-        for verdict in [Pass, Fail, Error, Timeout, Skip, Interrupted] {
-            assert_eq!(serde_json::to_value(verdict).unwrap(), verdict.to_string(), "{verdict:?}");
-        }
-    }
-
-    fn cell(verdict: Verdict, reason: &str, excerpt: &str) -> CellResult {
-        CellResult {
-            id: "k-x86_64-2cpu-smoke".into(),
-            run: None,
-            kernel: "k".into(),
-            arch: Arch::X86_64,
-            vcpus: 2,
-            workload: "smoke".into(),
-            verdict,
-            reason: reason.into(),
-            duration_s: 1.5,
-            reports: vec![],
-            expect: None,
-            ready_s: Some(1.0),
-            ssh_ready_s: None,
-            detect_s: None,
-            basis: None,
-            accel: Accel::Tcg,
-            kvm_fallback: None,
-            end: "exited".into(),
-            dir: PathBuf::from("/nonexistent"),
-            excerpt: excerpt.into(),
-        }
-    }
-
     fn hit(detect: f64) -> CellResult {
-        let mut c = cell(Verdict::Fail, "hard LOCKUP in mm_get_cid", "");
+        let mut c = sample_cell(Verdict::Fail, "hard LOCKUP in mm_get_cid", "");
         c.reports = vec![Report {
             kind: Kind::HardLockup,
             title: c.reason.clone(),
@@ -383,7 +355,7 @@ mod tests {
 
     #[test]
     fn reproducer_statistics() {
-        let pass = || cell(Verdict::Pass, "ok", "");
+        let pass = || sample_cell(Verdict::Pass, "ok", "");
         check_repro(vec![hit(12.0), pass(), hit(5.0), hit(30.0)], "k-x86_64-2cpu-smoke: 3 of 4 runs hit (75%) [3 hard-lockup]; detected 12.0s after ready (median; 5.0-30.0s)");
         check_repro(
             vec![hit(4.0), hit(6.0)],
@@ -393,11 +365,11 @@ mod tests {
             (0..20).map(|_| pass()).collect(),
             "k-x86_64-2cpu-smoke: 0 of 20 runs hit (0%); no hit: failure rate below 13.9% at 95% confidence",
         );
-        let error = cell(Verdict::Error, "QEMU failed", "");
+        let error = sample_cell(Verdict::Error, "QEMU failed", "");
         check_repro(vec![pass(), error], "k-x86_64-2cpu-smoke: 0 of 1 runs hit (0%); no hit: failure rate below 95.0% at 95% confidence; 1 runs could not be judged");
-        let stopped = cell(Verdict::Interrupted, "interrupted by SIGTERM after 12.3s", "");
+        let stopped = sample_cell(Verdict::Interrupted, "interrupted by SIGTERM after 12.3s", "");
         check_repro(vec![hit(3.0), stopped], "k-x86_64-2cpu-smoke: 1 of 1 runs hit (100%) [1 hard-lockup]; detected 3.0s after ready (median; 3.0-3.0s); 1 runs could not be judged");
-        let mut expected = cell(Verdict::Pass, "expected", "");
+        let mut expected = sample_cell(Verdict::Pass, "expected", "");
         expected.expect = Some(Kind::HardLockup);
         expected.reports = hit(1.0).reports;
         expected.detect_s = Some(15.0);
@@ -422,8 +394,8 @@ mod tests {
         assert_eq!(excerpt(console, &reports), format!("{expect}{}", console.trim_end()));
     }
 
-    fn interrupted(end: &str, reason: &str) -> CellResult {
-        CellResult { end: end.into(), ..cell(Verdict::Interrupted, reason, "") }
+    fn interrupted(end: CellEnd, reason: &str) -> CellResult {
+        CellResult { end, ..sample_cell(Verdict::Interrupted, reason, "") }
     }
 
     /// `check_junit(result, element)`: the testcase's verdict element in junit.xml.
@@ -438,17 +410,17 @@ mod tests {
 
     #[test]
     fn junit_elements_by_verdict() {
-        check_junit(cell(Verdict::Pass, "ok", ""), "(none)");
-        check_junit(cell(Verdict::Fail, "hard LOCKUP", ""), r#"<failure type="other" message="hard LOCKUP"/>"#);
-        check_junit(cell(Verdict::Timeout, "too slow", ""), r#"<failure type="timeout" message="too slow"/>"#);
-        check_junit(cell(Verdict::Error, "QEMU failed", ""), r#"<error type="error" message="QEMU failed"/>"#);
-        check_junit(cell(Verdict::Skip, "no rseq", ""), r#"<skipped type="skip" message="no rseq"/>"#);
+        check_junit(sample_cell(Verdict::Pass, "ok", ""), "(none)");
+        check_junit(sample_cell(Verdict::Fail, "hard LOCKUP", ""), r#"<failure type="other" message="hard LOCKUP"/>"#);
+        check_junit(sample_cell(Verdict::Timeout, "too slow", ""), r#"<failure type="timeout" message="too slow"/>"#);
+        check_junit(sample_cell(Verdict::Error, "QEMU failed", ""), r#"<error type="error" message="QEMU failed"/>"#);
+        check_junit(sample_cell(Verdict::Skip, "no rseq", ""), r#"<skipped type="skip" message="no rseq"/>"#);
         check_junit(
-            interrupted(INTERRUPTED, "interrupted by SIGTERM after 12.3s"),
+            interrupted(CellEnd::Interrupted, "interrupted by SIGTERM after 12.3s"),
             r#"<error type="interrupted" message="interrupted by SIGTERM after 12.3s"/>"#,
         );
         check_junit(
-            interrupted(NOT_STARTED, "not started: the run was interrupted by SIGHUP"),
+            interrupted(CellEnd::NotStarted, "not started: the run was interrupted by SIGHUP"),
             r#"<skipped type="interrupted" message="not started: the run was interrupted by SIGHUP"/>"#,
         );
     }
@@ -456,7 +428,7 @@ mod tests {
     #[test]
     fn the_tally_counts_every_verdict() {
         let check = |verdicts: &[Verdict], want: &str| {
-            let results: Vec<CellResult> = verdicts.iter().map(|&v| cell(v, "", "")).collect();
+            let results: Vec<CellResult> = verdicts.iter().map(|&v| sample_cell(v, "", "")).collect();
             let got: Vec<String> = tally(&results).iter().map(|(k, n)| format!("{n} {k}")).collect();
             assert_eq!(got.join(", "), want);
         };
@@ -469,8 +441,10 @@ mod tests {
     #[test]
     fn junit_is_valid_xml_whatever_the_console_held() {
         let nasty = triage::sanitize("]]> <tag> & \u{1b}[31mred\u{1b}[0m \u{0} \u{7} \u{fffe} done");
-        let results =
-            [cell(Verdict::Pass, "ok", ""), cell(Verdict::Fail, "hard LOCKUP in <mm_get_cid> & \u{1}", &nasty)];
+        let results = [
+            sample_cell(Verdict::Pass, "ok", ""),
+            sample_cell(Verdict::Fail, "hard LOCKUP in <mm_get_cid> & \u{1}", &nasty),
+        ];
         let mut xml = Vec::new();
         junit(&results).write_xml(&mut xml).unwrap();
         let xml = String::from_utf8(xml).unwrap();

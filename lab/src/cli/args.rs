@@ -130,6 +130,42 @@ pub enum Command {
     ///   lab triage --system-map ~/.cache/lab/kernels/<kernel>/System.map cells/<cell>/host-samples.json
     #[command(verbatim_doc_comment)]
     Triage(TriageArgs),
+    /// Compare two finished runs: what is new, fixed, still failing or flaky, per cell and per
+    /// failure.
+    ///
+    /// BASE and NEW are run directories (`lab run --out`, or lab-out/<time>). Cells are matched
+    /// by id; cells in one run only are listed and left out. A cell fails when its verdict is
+    /// fail or timeout; errors, skips and interrupted runs judge nothing (unjudged).
+    /// With one run per cell on both sides: pass -> fail is new, fail -> pass is fixed. With
+    /// repeats (--repeat) the failure counts decide: a change counts only when Fisher's exact
+    /// test puts the two rates apart at 5 % (new, fixed, worse, better); else it says
+    /// "not significant at 5 %", or flaky when both sides fail some runs and pass others.
+    ///   lab compare lab-out/2026-12-04T02-00-00 lab-out/2026-12-05T02-00-00
+    ///   lab compare base-run new-run --junit compare.xml
+    /// Exit status: 1 when a cell is new or worse (significant), 0 otherwise, 2 on bad input.
+    #[command(verbatim_doc_comment)]
+    Compare {
+        /// The run to compare against (last night's).
+        base: PathBuf,
+        /// The run under test.
+        new: PathBuf,
+        /// Also write the comparison as JUnit: a test case per common cell, failing when new
+        /// or worse.
+        #[arg(long, value_name = "FILE")]
+        junit: Option<PathBuf>,
+    },
+    /// Write a run directory's reports again from its cells: summary.json and junit.xml.
+    ///
+    /// Reads DIR/cells/*/result.json (and run-NNN/ of a --repeat run), keeps the order and the
+    /// not-started cells of DIR/summary.json where it still reads, takes each failure's console
+    /// excerpt from the cell's console.log again, and rewrites the reports in the format of this
+    /// lab. For a run written by an older lab, or cells edited or copied in by hand.
+    ///   lab report lab-out/2026-12-05T02-00-00
+    #[command(verbatim_doc_comment)]
+    Report {
+        /// The run directory.
+        dir: PathBuf,
+    },
     /// Check every host requirement and print the command that fixes each missing one.
     Doctor,
     /// Install missing host packages (Debian, as root; QEMU from bookworm-backports on bookworm).

@@ -12,7 +12,8 @@ use super::args::RunArgs;
 use super::{images_dir, load, out_dir, Env};
 use crate::doctor;
 use crate::process::{self, Signal};
-use crate::report::{self, Verdict};
+use crate::report;
+use crate::vocab::Verdict;
 
 pub fn run(env: &Env, args: RunArgs) -> Result<ExitCode> {
     let RunArgs { select, out, jobs, repeat, until_fail, host_samples, dump_memory, build, accel, setup, list } = args;

@@ -144,7 +144,7 @@ fn print_guilty_source(report: &Report) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::triage::Kind;
+    use crate::vocab::Kind;
 
     fn report(kind: Kind, title: &str, cpu: Option<u32>, missing: &[Missing]) -> Report {
         let mut r = Report::from_lab(kind, title.into(), title, 12, Vec::new());

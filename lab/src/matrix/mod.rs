@@ -13,7 +13,7 @@ use anyhow::{anyhow, Context, Result};
 use serde::Deserialize;
 
 use crate::arch::Arch;
-use crate::triage::Kind;
+use crate::vocab::Kind;
 
 pub(crate) use locate::node;
 use locate::Positions;

@@ -107,7 +107,7 @@ pub fn hold(
         (None, end) => {
             let why = match end {
                 End::QemuFailed(why) | End::SshFailed(why) | End::LostConnection(why) => why.clone(),
-                other => other.name().to_string(),
+                other => other.cell_end().name().to_string(),
             };
             bail!(
                 "the guest of {} ended before the session did: {why} (console: {})",

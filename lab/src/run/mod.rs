@@ -32,10 +32,11 @@ use crate::kernel::{self, BuildOptions, Kernel, Recipe};
 use crate::matrix::{LoadedMatrix, Matrix};
 use crate::plan::Cell;
 use crate::process::{self, Interrupted, Signal};
-use crate::report::{self, CellResult, Verdict};
-use crate::triage::{self, Kind, Report};
+use crate::report::{self, CellResult};
+use crate::triage::{self, Report};
 use crate::ui::{Event, Ui};
 use crate::vm::{self, Accel, Boot, Seen};
+use crate::vocab::{CellEnd, Kind, Verdict};
 
 pub struct RunOptions {
     pub out: PathBuf,
@@ -171,7 +172,7 @@ pub fn run(
             let mut result = planned(cell, (repeat > 1).then_some(run), opts);
             result.verdict = Verdict::Interrupted;
             result.reason = format!("not started: the run was interrupted by {signal}");
-            result.end = report::NOT_STARTED.to_string();
+            result.end = CellEnd::NotStarted;
             done.push((index, result));
         }
         done.sort_by_key(|(i, _)| *i);
@@ -273,10 +274,7 @@ fn run_cell(ctx: &Prepared, cell: &Cell, run: Option<u32>) -> CellResult {
 
 /// A run's result before it is judged: an error until something better is known.
 fn planned(cell: &Cell, run: Option<u32>, opts: &RunOptions) -> CellResult {
-    let mut dir = opts.out.join("cells").join(&cell.id);
-    if let Some(n) = run {
-        dir = dir.join(format!("run-{n:03}"));
-    }
+    let dir = report::cell_dir(&opts.out, &cell.id, run);
     CellResult {
         id: cell.id.clone(),
         run,
@@ -291,7 +289,7 @@ fn planned(cell: &Cell, run: Option<u32>, opts: &RunOptions) -> CellResult {
         expect: cell.workload.expect,
         ready_s: None,
         ssh_ready_s: None,
-        end: String::new(),
+        end: CellEnd::NotBooted,
         detect_s: None,
         basis: None,
         accel: Accel::Tcg,
@@ -373,14 +371,14 @@ fn boot_cell(ctx: &Prepared, cell: &Cell, run: Option<u32>, accel: Accel) -> Cel
             result.ssh_ready_s = boot.ssh.as_ref().and_then(|s| s.ready_s);
             result.detect_s =
                 detection_delay(&console, &result.reports, boot.ready.as_ref().map(|r| r.at), boot.host.last());
-            result.end = boot.end.name().to_string();
+            result.end = boot.end.cell_end();
         }
         Err(e) => match e.downcast_ref::<Interrupted>() {
             // Its console.log and qemu-command.sh stay; the console's tail shows how far it got.
             Some(Interrupted(signal)) => {
                 result.verdict = Verdict::Interrupted;
                 result.reason = format!("interrupted by {signal} after {:.1}s", started.elapsed().as_secs_f64());
-                result.end = report::INTERRUPTED.to_string();
+                result.end = CellEnd::Interrupted;
                 result.excerpt = report::excerpt(
                     &String::from_utf8_lossy(&fs::read(dir.join("console.log")).unwrap_or_default()),
                     &[],

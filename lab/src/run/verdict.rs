@@ -2,10 +2,10 @@
 //! kernel. Pure functions of values, so that every rule is a one-line case in the tests below.
 
 use crate::plan::Cell;
-use crate::report::Verdict;
 use crate::triage::HostSamples;
-use crate::triage::{self, Kind, Missing, Report, Source};
+use crate::triage::{self, Missing, Report, Source};
 use crate::vm::{self, Boot, End};
+use crate::vocab::{Basis, Kind, Verdict};
 
 /// The verdict of one boot: what the console shows, what the host's samples show, what the
 /// workload said, how the VM ended. Reports come in the order things happened: the console's up to
@@ -152,15 +152,15 @@ pub fn never_started(
     Some(Report::from_lab(kind, format!("{kind}: {what}"), &what, last_line, lines))
 }
 
-pub fn basis(reports: &[Report]) -> Option<String> {
+pub fn basis(reports: &[Report]) -> Option<Basis> {
     let guest = reports
         .iter()
         .any(|r| r.source == Source::Console && !matches!(r.kind, Kind::Silent | Kind::LostConnection | Kind::Other));
     let host = reports.iter().any(|r| r.source == Source::Host);
     match (guest, host) {
-        (true, true) => Some("guest+host".into()),
-        (true, false) => Some("guest".into()),
-        (false, true) => Some("host".into()),
+        (true, true) => Some(Basis::GuestAndHost),
+        (true, false) => Some(Basis::Guest),
+        (false, true) => Some(Basis::Host),
         (false, false) => None,
     }
 }
@@ -411,10 +411,10 @@ mod tests {
             ]
         );
         assert_eq!((verdict, reason.as_str()), (Verdict::Fail, "rcu-stall@3"));
-        assert_eq!(basis(&reports).as_deref(), Some("guest+host"));
+        assert_eq!(basis(&reports), Some(Basis::GuestAndHost));
         let (_, reason, reports) = judge(&cell(None), &silent, vec![], Some(&host), 60, 9);
         assert_eq!(reason, "hard-lockup@5");
-        assert_eq!(basis(&reports).as_deref(), Some("host"));
+        assert_eq!(basis(&reports), Some(Basis::Host));
         assert!(reports[1].lines.is_empty(), "the silence does not repeat the host's lines");
         assert_eq!(detection_delay("", &reports, Some(1.0), silent.host.last()), Some(29.0));
         // The guest's report named a lock waiter the host saw: the host's holder leads.

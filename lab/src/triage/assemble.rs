@@ -5,7 +5,8 @@ use super::console::{Caller, ConsoleLine};
 use super::header::{self, Header, Role};
 use super::sanitize;
 use super::stack::Stacks;
-use super::{signature, FrameSite, Kind, Missing, Report, Source};
+use super::{signature, FrameSite, Missing, Report, Source};
+use crate::vocab::Kind;
 
 /// Lines kept per report for people to read.
 const MAX_REPORT_LINES: usize = 80;

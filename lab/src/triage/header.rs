@@ -10,7 +10,7 @@ use std::sync::LazyLock;
 
 use regex::{Captures, Regex, RegexSet};
 
-use super::Kind;
+use crate::vocab::Kind;
 
 /// What a headline does to the report it arrives in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -192,8 +192,9 @@ fn panic_kind(reason: &str) -> Kind {
 
 #[cfg(test)]
 mod tests {
-    use super::{classify, describe, Kind};
+    use super::{classify, describe};
     use crate::triage::starts_report;
+    use crate::vocab::Kind;
 
     /// `expect`: `describe` of the line's headline.
     fn check(line: &str, expect: &str) {

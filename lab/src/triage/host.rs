@@ -5,7 +5,8 @@
 use super::samples::{Frame, HostSamples, Irqs, Sample, VcpuSamples};
 use super::stack::{self, Stacks};
 use super::symbols::Symbols;
-use super::{assemble, signature, CpuStack, FrameSite, Kind, Report, Source};
+use super::{assemble, signature, CpuStack, FrameSite, Report, Source};
+use crate::vocab::Kind;
 
 /// A vCPU is stuck when at least this share of its samples is in the kernel, not idle, in the
 /// same function near the top of the stack (`common_culprit`). A spinning CPU can be caught in a

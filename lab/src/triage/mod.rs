@@ -17,8 +17,6 @@ mod symbols;
 #[cfg(test)]
 mod tests;
 
-use std::fmt;
-
 pub use debuginfo::{DebugInfo, SourceLine};
 pub use host::{diagnose as diagnose_host, HostDiagnosis};
 /// The input of host diagnosis, filled by the VM stage.
@@ -27,72 +25,7 @@ pub use sanitize::sanitize;
 pub use signature::signature;
 pub use symbols::Symbols;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Kind {
-    HardLockup,
-    SoftLockup,
-    RcuStall,
-    HungTask,
-    WorkqueueLockup,
-    Bug,
-    Warning,
-    Oops,
-    Panic,
-    Kasan,
-    Lockdep,
-    Silent,
-    /// The workload ran over SSH and the guest stopped answering it.
-    LostConnection,
-    /// The guest never got going: not one console byte, or every vCPU outside the kernel image
-    /// (firmware, the decompressor, real mode) before its ready line. The host's fault until
-    /// shown otherwise, never a kernel verdict.
-    BootHang,
-    /// Every vCPU outside the kernel image after the guest was up, with nothing on the console to
-    /// say why: the lab cannot tell a host fault from the kernel's here, so it judges nothing.
-    Infra,
-    Other,
-}
-
-impl Kind {
-    /// The kind a signature starts with and an `expect:` is held to. The same fault opens with
-    /// "BUG: kernel NULL pointer dereference" on x86 and powerpc and with "Unable to handle kernel
-    /// NULL pointer dereference" (an Oops) on arm64.
-    pub fn family(self) -> Kind {
-        match self {
-            Kind::Oops => Kind::Bug,
-            kind => kind,
-        }
-    }
-
-    /// Same spelling as the serde names, so logs, JSON and JUnit agree.
-    pub fn name(self) -> &'static str {
-        match self {
-            Kind::HardLockup => "hard-lockup",
-            Kind::SoftLockup => "soft-lockup",
-            Kind::RcuStall => "rcu-stall",
-            Kind::HungTask => "hung-task",
-            Kind::WorkqueueLockup => "workqueue-lockup",
-            Kind::Bug => "bug",
-            Kind::Warning => "warning",
-            Kind::Oops => "oops",
-            Kind::Panic => "panic",
-            Kind::Kasan => "kasan",
-            Kind::Lockdep => "lockdep",
-            Kind::Silent => "silent",
-            Kind::LostConnection => "lost-connection",
-            Kind::BootHang => "boot-hang",
-            Kind::Infra => "infra",
-            Kind::Other => "other",
-        }
-    }
-}
-
-impl fmt::Display for Kind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
+use crate::vocab::Kind;
 
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Report {

@@ -8,7 +8,7 @@
 //! show, and says so (`Missing::LockHolder`). A report without a guilty function is signed with its
 //! own words, numbers replaced: `panic:Fatal exception`.
 
-use super::Kind;
+use crate::vocab::Kind;
 
 /// `kind:function`; without a guilty function `kind:subject` (the report's own words: a bug
 /// message, a panic reason), or `kind` alone.
@@ -76,7 +76,7 @@ fn number_to_n(word: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::signature;
-    use crate::triage::Kind;
+    use crate::vocab::Kind;
 
     fn check(kind: Kind, frame: Option<&str>, subject: &str, expect: &str) {
         assert_eq!(signature(kind, frame, subject), expect, "{kind} {frame:?} {subject:?}");

@@ -5,7 +5,8 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use super::{starts_report, triage, CpuStack, Kind, Missing, Report};
+use super::{starts_report, triage, CpuStack, Missing, Report};
+use crate::vocab::Kind;
 
 mod formats;
 

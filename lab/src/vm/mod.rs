@@ -41,6 +41,7 @@ use std::time::{Duration, Instant};
 
 use crate::process::{self, Group};
 use crate::triage::HostSamples;
+use crate::vocab::CellEnd;
 use anyhow::{bail, Context, Result};
 use job::{SshEvent, SshJob, SshThread};
 pub use qemu::{Accel, Machine};
@@ -92,17 +93,17 @@ pub enum End {
 }
 
 impl End {
-    /// The name `result.json` records.
-    pub fn name(&self) -> &'static str {
+    /// What `result.json` records: the end without its details.
+    pub fn cell_end(&self) -> CellEnd {
         match self {
-            End::Exited => "exited",
-            End::BootTimeout => "boot-timeout",
-            End::WorkloadTimeout => "workload-timeout",
-            End::Silent => "silent",
-            End::StoppedAfterReport => "stopped-after-report",
-            End::QemuFailed(_) => "qemu-failed",
-            End::LostConnection(_) => "lost-connection",
-            End::SshFailed(_) => "ssh-failed",
+            End::Exited => CellEnd::Exited,
+            End::BootTimeout => CellEnd::BootTimeout,
+            End::WorkloadTimeout => CellEnd::WorkloadTimeout,
+            End::Silent => CellEnd::Silent,
+            End::StoppedAfterReport => CellEnd::StoppedAfterReport,
+            End::QemuFailed(_) => CellEnd::QemuFailed,
+            End::LostConnection(_) => CellEnd::LostConnection,
+            End::SshFailed(_) => CellEnd::SshFailed,
         }
     }
 }

@@ -5,7 +5,7 @@ use std::process::Command;
 
 use crate::arch::Arch;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Accel {
     /// Multi-threaded TCG: one host thread per vCPU.

@@ -352,12 +352,12 @@ mod tests {
                 match cell.tick(now, signal) {
                     None => continue,
                     Some(Due::Interrupted(_)) => note(&mut trace, "interrupted", clock),
-                    Some(Due::End(end)) => note(&mut trace, end.name(), clock),
+                    Some(Due::End(end)) => note(&mut trace, end.cell_end().name(), clock),
                     Some(Due::Diagnose(end)) => {
-                        note(&mut trace, &format!("diagnose({})", end.name()), clock);
+                        note(&mut trace, &format!("diagnose({})", end.cell_end().name()), clock);
                         let found = look(looks.next().expect("a look for every diagnosis"));
                         match cell.diagnosed(end, found, now) {
-                            Some(end) => note(&mut trace, end.name(), clock),
+                            Some(end) => note(&mut trace, end.cell_end().name(), clock),
                             None => continue,
                         }
                     }
@@ -374,7 +374,7 @@ mod tests {
                 Some(("ssh", event)) => cell.ssh(ssh_event(event), now),
                 Some(("qemu", how)) => {
                     let failure = (how == "fail").then(|| "QEMU exited with exit status: 1".to_owned());
-                    note(&mut trace, cell.closed(failure).name(), clock);
+                    note(&mut trace, cell.closed(failure).cell_end().name(), clock);
                     return (trace.join(" "), cell);
                 }
                 _ if what == "signal" => signal = Some(Signal::Int),
