@@ -65,7 +65,9 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
         Command::Build(args) => cli::build::build(&env, args),
         Command::Image { arch } => cli::build::image(&env, arch),
         Command::Triage(args) => cli::triage::triage(args),
-        Command::Compare { base, new, junit } => cli::results::compare(&base, &new, junit.as_deref()),
+        Command::Compare { base, new, junit, html } => {
+            cli::results::compare(&base, &new, junit.as_deref(), html.as_deref())
+        }
         Command::Report { dir } => cli::results::report(&dir),
         Command::Doctor => cli::doctor::doctor(&env),
         Command::Setup { dry_run } => cli::doctor::setup(&env, dry_run),

@@ -141,7 +141,7 @@ pub enum Command {
     /// test puts the two rates apart at 5 % (new, fixed, worse, better); else it says
     /// "not significant at 5 %", or flaky when both sides fail some runs and pass others.
     ///   lab compare lab-out/2026-12-04T02-00-00 lab-out/2026-12-05T02-00-00
-    ///   lab compare base-run new-run --junit compare.xml
+    ///   lab compare base-run new-run --junit compare.xml --html compare.html
     /// Exit status: 1 when a cell is new or worse (significant), 0 otherwise, 2 on bad input.
     #[command(verbatim_doc_comment)]
     Compare {
@@ -153,8 +153,11 @@ pub enum Command {
         /// or worse.
         #[arg(long, value_name = "FILE")]
         junit: Option<PathBuf>,
+        /// Also write the comparison as a self-contained page (opens from file://, offline).
+        #[arg(long, value_name = "FILE")]
+        html: Option<PathBuf>,
     },
-    /// Write a run directory's reports again from its cells: summary.json and junit.xml.
+    /// Write a run directory's reports again from its cells: summary.json, junit.xml, report.html.
     ///
     /// Reads DIR/cells/*/result.json (and run-NNN/ of a --repeat run), keeps the order and the
     /// not-started cells of DIR/summary.json where it still reads, takes each failure's console

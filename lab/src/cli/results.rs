@@ -1,5 +1,5 @@
 //! `lab compare` and `lab report`: finished runs read back (`results`), the comparison rendered
-//! as lines and as JUnit, the reports of a run written again.
+//! as lines, as JUnit and as a page, the reports of a run written again.
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -13,7 +13,7 @@ use crate::results::compare::{self, CellChange, Change, Comparison, FailureChang
 use crate::results::{self, Run};
 use crate::triage;
 
-pub fn compare(base: &Path, new: &Path, junit_file: Option<&Path>) -> Result<ExitCode> {
+pub fn compare(base: &Path, new: &Path, junit_file: Option<&Path>, html_file: Option<&Path>) -> Result<ExitCode> {
     let (base_run, new_run) = (results::read(base)?, results::read(new)?);
     let comparison = compare::compare(&base_run.cells, &new_run.cells);
     if comparison.cells.is_empty() {
@@ -31,6 +31,9 @@ pub fn compare(base: &Path, new: &Path, junit_file: Option<&Path>) -> Result<Exi
         junit(&comparison).write_xml(&mut xml).context("cannot render the comparison as JUnit")?;
         cache::write_atomic(file, &xml)?;
     }
+    if let Some(file) = html_file {
+        results::html::write_comparison(file, &comparison, base, new)?;
+    }
     Ok(ExitCode::from(u8::from(comparison.regressed())))
 }
 
@@ -44,33 +47,20 @@ pub fn report(dir: &Path) -> Result<ExitCode> {
             cell.excerpt = report::excerpt(&String::from_utf8_lossy(&console), &cell.reports);
         }
     }
-    report::write_summary(dir, &run.cells, run.repeated())?;
-    println!("{}: summary.json and junit.xml written again from {} cells", dir.display(), run.cells.len());
+    results::write_reports(dir, &run.cells, run.repeated())?;
+    println!("{}: summary.json, junit.xml and report.html written again from {} cells", dir.display(), run.cells.len());
     Ok(ExitCode::SUCCESS)
 }
 
 /// What a person reads: the counts, then each cell that did not pass on both sides, the failures
 /// by signature, and the cells the two runs do not share.
 fn render(c: &Comparison, base: &Run, new: &Run) -> Vec<String> {
-    let order = [
-        Change::New,
-        Change::Worse,
-        Change::Fixed,
-        Change::Better,
-        Change::NotSignificant,
-        Change::Flaky,
-        Change::StillFailing,
-        Change::Passing,
-        Change::Unjudged,
-    ];
-    let counts: Vec<String> =
-        order.iter().filter(|&&ch| c.count(ch) > 0).map(|&ch| format!("{} {}", c.count(ch), ch.name())).collect();
     let mut lines = vec![format!(
         "{} -> {}: {} cells in common: {}",
         base.dir.display(),
         new.dir.display(),
         c.cells.len(),
-        counts.join(", ")
+        c.counts()
     )];
     if let Some((from, to)) = &c.kernels {
         lines.push(format!("kernel {from} -> {to}: cells matched by arch, vCPUs and workload"));
@@ -96,11 +86,7 @@ fn cell_line(cell: &CellChange) -> String {
         None => format!("{} -> {}", verdict(base), verdict(new)),
         Some(p) => format!("{}/{} -> {}/{} runs failed (p = {p:.3})", base.failed, base.judged, new.failed, new.judged),
     };
-    let reason = match cell.change {
-        Change::Fixed | Change::Better | Change::Passing => format!("was: {}", base.reason),
-        _ => new.reason.clone(),
-    };
-    format!("{}: {}: {what}: {}", cell.change.name(), cell.id, triage::sanitize(&reason))
+    format!("{}: {}: {what}: {}", cell.change.name(), cell.id, triage::sanitize(&cell.reason()))
 }
 
 fn verdict(side: &Side) -> &'static str {
@@ -109,12 +95,7 @@ fn verdict(side: &Side) -> &'static str {
 
 /// `new failure hard-lockup:mm_get_cid (hard LOCKUP in mm_get_cid): 3 cells (x86_64 4cpu ×1, ...)`.
 fn failure_line(f: &FailureChange) -> String {
-    let status = match (f.base_cells.len(), f.new_cells.len()) {
-        (0, _) => "new failure",
-        (_, 0) => "gone",
-        _ => "still",
-    };
-    let mut line = format!("  {status} {} ({})", f.signature, triage::sanitize(&f.title));
+    let mut line = format!("  {} {} ({})", f.status(), f.signature, triage::sanitize(&f.title));
     if f.new_cells.is_empty() {
         line += &format!(": was in {} cells", f.base_cells.len());
     } else {

@@ -51,7 +51,7 @@ impl Side {
 }
 
 /// The signature a cell's run failed with, None when it did not fail.
-fn failure(cell: &CellResult) -> Option<String> {
+pub fn failure(cell: &CellResult) -> Option<String> {
     match cell.verdict {
         Verdict::Fail | Verdict::Timeout => {
             Some(cell.reports.first().map_or_else(|| cell.verdict.name().to_string(), |r| r.signature.clone()))
@@ -81,6 +81,19 @@ pub enum Change {
 }
 
 impl Change {
+    /// The order a reader takes them in: what to act on first.
+    pub const ORDER: [Change; 9] = [
+        Change::New,
+        Change::Worse,
+        Change::Fixed,
+        Change::Better,
+        Change::NotSignificant,
+        Change::Flaky,
+        Change::StillFailing,
+        Change::Passing,
+        Change::Unjudged,
+    ];
+
     pub fn name(self) -> &'static str {
         match self {
             Change::New => "new",
@@ -144,6 +157,16 @@ pub struct CellChange {
     pub new: Side,
 }
 
+impl CellChange {
+    /// Why, in one line: the new run's reason, or the base's for a cell that no longer fails.
+    pub fn reason(&self) -> String {
+        match self.change {
+            Change::Fixed | Change::Better | Change::Passing => format!("was: {}", self.base.reason),
+            _ => self.new.reason.clone(),
+        }
+    }
+}
+
 /// A failure (by signature) across the common cells.
 #[derive(Debug, Clone, PartialEq)]
 pub struct FailureChange {
@@ -155,6 +178,17 @@ pub struct FailureChange {
     pub new_cells: Vec<String>,
     /// The new run's cells per architecture and vCPU count.
     pub new_where: BTreeMap<(Arch, u32), u32>,
+}
+
+impl FailureChange {
+    /// Where the failure stands in the new run: new, gone or still there.
+    pub fn status(&self) -> &'static str {
+        match (self.base_cells.len(), self.new_cells.len()) {
+            (0, _) => "new failure",
+            (_, 0) => "gone",
+            _ => "still",
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -176,6 +210,16 @@ impl Comparison {
 
     pub fn count(&self, change: Change) -> usize {
         self.cells.iter().filter(|c| c.change == change).count()
+    }
+
+    /// `3 new, 1 fixed, 20 passing`: the changes that occur, in `Change::ORDER`.
+    pub fn counts(&self) -> String {
+        let counts: Vec<String> = Change::ORDER
+            .iter()
+            .filter(|&&ch| self.count(ch) > 0)
+            .map(|&ch| format!("{} {}", self.count(ch), ch.name()))
+            .collect();
+        counts.join(", ")
     }
 }
 

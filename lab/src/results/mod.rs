@@ -1,11 +1,13 @@
 //! Finished runs read back: a run directory's `summary.json` (versioned) and its cells'
-//! `result.json`, as the same typed `CellResult`s the run wrote. What reads runs (`lab compare`,
-//! `lab report`) lives here, below `report`, and never drives the pipeline.
+//! `result.json`, as the same typed `CellResult`s the run wrote, and the page that shows them
+//! (`html`). What reads runs (`lab compare`, `lab report`) lives here, below `report`, and never
+//! drives the pipeline.
 //!
 //! A run directory may have been moved (a CI artifact unpacked elsewhere): a cell's `dir` is
 //! taken from where its files are now, never from the path that was written.
 
 pub mod compare;
+pub mod html;
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -43,6 +45,13 @@ struct Summary {
 /// The run in `dir`, from its `summary.json`.
 pub fn read(dir: &Path) -> Result<Run> {
     read_summary(dir, true)
+}
+
+/// Every report of a run directory from its cells: `summary.json` and `junit.xml` (`report`) and
+/// `report.html`. What a run writes after each cell, and `lab report` again.
+pub fn write_reports(dir: &Path, cells: &[CellResult], repeated: bool) -> Result<()> {
+    report::write_summary(dir, cells, repeated)?;
+    html::write_run(dir, cells)
 }
 
 /// With `versioned` false, a summary of another version is read as far as its cells still

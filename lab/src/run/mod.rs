@@ -33,6 +33,7 @@ use crate::matrix::{LoadedMatrix, Matrix};
 use crate::plan::Cell;
 use crate::process::{self, Interrupted, Signal};
 use crate::report::{self, CellResult};
+use crate::results;
 use crate::triage::{self, Report};
 use crate::ui::{Event, Ui};
 use crate::vm::{self, Accel, Boot, Seen};
@@ -153,7 +154,7 @@ pub fn run(
             done.push((index, result));
             done.sort_by_key(|(i, _)| *i);
             let ordered: Vec<CellResult> = done.iter().map(|(_, r)| r.clone()).collect();
-            report::write_summary(&opts.out, &ordered, repeat > 1)?;
+            results::write_reports(&opts.out, &ordered, repeat > 1)?;
         }
         Ok(())
     })?;
@@ -177,7 +178,7 @@ pub fn run(
         }
         done.sort_by_key(|(i, _)| *i);
         let ordered: Vec<CellResult> = done.iter().map(|(_, r)| r.clone()).collect();
-        report::write_summary(&opts.out, &ordered, repeat > 1)?;
+        results::write_reports(&opts.out, &ordered, repeat > 1)?;
     }
     Ok(Finished { results: done.into_iter().map(|(_, r)| r).collect(), interrupted })
 }
