@@ -925,3 +925,143 @@ fn a_guest_presenting_another_host_key_is_refused() {
     assert!(result["reason"].as_str().unwrap().contains("not the key its image was built with"), "{result:#}");
     assert!(result["reason"].as_str().unwrap().contains("refused"), "{result:#}");
 }
+
+/// Debian's chromium, installed the first time a test needs it.
+fn chromium() -> &'static str {
+    static CHROMIUM: OnceLock<()> = OnceLock::new();
+    CHROMIUM.get_or_init(|| {
+        if Command::new("chromium").arg("--version").output().is_ok_and(|o| o.status.success()) {
+            return;
+        }
+        let _ = Command::new("apt-get").args(["update", "-qq"]).status();
+        let status = Command::new("apt-get")
+            .args(["install", "-y", "-qq", "chromium"])
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .status()
+            .expect("cannot start apt-get");
+        assert!(status.success(), "apt-get install chromium failed");
+    });
+    "chromium"
+}
+
+/// What headless chromium made of a page: its DOM after the page's script ran, and every message
+/// the page logged or threw (chromium logs them as `CONSOLE` lines), with a screenshot in `shot`.
+struct Loaded {
+    dom: String,
+    console: Vec<String>,
+}
+
+fn load(page: &Path, shot: &Path) -> Loaded {
+    let url = format!("file://{}", page.display());
+    let profile = scratch(&format!("chromium-{}", shot.file_stem().unwrap().to_string_lossy()));
+    let browser = |extra: &[&str]| {
+        let out = Command::new("timeout")
+            .args(["120", chromium(), "--headless", "--disable-gpu", "--no-sandbox", "--hide-scrollbars"])
+            .args(["--enable-logging=stderr", "--v=0", "--window-size=1400,1000"])
+            .arg(format!("--user-data-dir={}", profile.display()))
+            .args(extra)
+            .arg(&url)
+            .output()
+            .expect("cannot start chromium");
+        assert!(out.status.success(), "chromium failed: {}", String::from_utf8_lossy(&out.stderr));
+        out
+    };
+    let out = browser(&["--dump-dom"]);
+    let console: Vec<String> =
+        String::from_utf8_lossy(&out.stderr).lines().filter(|l| l.contains(":CONSOLE")).map(String::from).collect();
+    browser(&[&format!("--screenshot={}", shot.display())]);
+    assert!(std::fs::metadata(shot).is_ok_and(|m| m.len() > 10_000), "no screenshot at {}", shot.display());
+    Loaded { dom: String::from_utf8_lossy(&out.stdout).into_owned(), console }
+}
+
+/// The browser test's output directory: the screenshots stay there.
+fn browser_out() -> PathBuf {
+    static OUT: OnceLock<PathBuf> = OnceLock::new();
+    OUT.get_or_init(|| {
+        let dir = scratch("report-html");
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    })
+    .clone()
+}
+
+#[test]
+fn report_html_of_a_run_with_a_failure_and_a_pass_loads_in_a_real_browser() {
+    let run = suite();
+    let shot = browser_out().join("report.png");
+    let page = load(&run.out.join("report.html"), &shot);
+    println!("screenshot: {}", shot.display());
+    assert!(page.console.is_empty(), "the page logged or threw: {:#?}", page.console);
+    assert!(page.dom.contains(r#"<table class="grid" id="grid">"#), "no grid");
+    for cell in &run.cells {
+        let want = format!(
+            r#"id="tile-{id}" data-cell="{id}" data-verdict="{verdict}""#,
+            id = cell["id"].as_str().unwrap(),
+            verdict = cell["verdict"].as_str().unwrap()
+        );
+        assert!(page.dom.contains(&want), "no tile {want}");
+    }
+    let group = r#"<section class="signature" id="sig-0" data-signature="panic:lkdtm_PANIC" data-runs="3">"#;
+    assert!(page.dom.contains(group), "no signature group {group}");
+    assert!(page.dom.contains("panic: dumptest: 3 cells (x86_64 ×1, aarch64 ×1, ppc64le ×1; 2 vCPUs ×3)"));
+    let failure = "id=\"run-linux-7.3-x86_64-2cpu-must-fail-panic\"";
+    assert!(page.dom.contains(failure), "no failure {failure}");
+    assert!(page.dom.contains(r#"<mark class="own">"#), "no report line marked in a console excerpt");
+    assert!(page.dom.contains(r#"href="cells/linux-7.3-x86_64-2cpu-must-fail-panic/console.log""#));
+}
+
+/// What a guest may print: markup that would run if it were not escaped (it logs, which the test
+/// sees), a NUL, terminal escapes, bytes that are not UTF-8.
+const HOSTILE: &[u8] = b"before <script>console.error('escaped')</script><img src=x onerror=\"console.error('img')\"> \
+    NUL\x00 ESC\x1b[31mred\x1b[0m \xff\xfe</pre></details> after";
+
+/// A failed cell written by hand, hostile wherever a cell holds text: its reason, its report's
+/// title, signature, lines and frames, its console.
+fn hostile_run() -> PathBuf {
+    let dir = browser_out().join("hostile-run");
+    let _ = std::fs::remove_dir_all(&dir);
+    let text = String::from_utf8_lossy(HOSTILE).into_owned();
+    let cells = [("k-x86_64-2cpu-hostile", "fail", 4), ("k-x86_64-1cpu-smoke", "pass", 1)];
+    for (id, verdict, vcpus) in cells {
+        let cell = dir.join("cells").join(id);
+        std::fs::create_dir_all(&cell).unwrap();
+        let mut console = b"    0.100s| [    0.000000] Linux version 7.3.4\n    0.200s| ".to_vec();
+        console.extend_from_slice(HOSTILE);
+        console.extend_from_slice(b"\n    0.300s| [    1.000000] Kernel panic - not syncing: ");
+        console.extend_from_slice(HOSTILE);
+        console.push(b'\n');
+        std::fs::write(cell.join("console.log"), console).unwrap();
+        let reports = match verdict {
+            "fail" => serde_json::json!([{
+                "kind": "panic", "title": text, "signature": format!("panic:{text}"), "frame": text,
+                "frame_site": {"printed": text, "source": [{"function": text, "file": "x.c", "line": 1}]},
+                "cpu": 0, "stuck_cpu": 0, "line": 3, "lines": [format!("Kernel panic - not syncing: {text}")],
+                "source": "console",
+                "stacks": [{"cpu": 0, "frames": [text], "waits_on_lock": false, "idle": false}],
+            }]),
+            _ => serde_json::json!([]),
+        };
+        let result = serde_json::json!({
+            "id": id, "kernel": "k", "arch": "x86_64", "vcpus": vcpus, "workload": id.rsplit("cpu-").next(),
+            "verdict": verdict, "reason": text, "duration_s": 1.0, "reports": reports, "basis": "guest",
+            "accel": "tcg", "end": "exited", "dir": cell,
+        });
+        std::fs::write(cell.join("result.json"), serde_json::to_vec_pretty(&result).unwrap()).unwrap();
+    }
+    run_ok(lab().arg("report").arg(&dir));
+    dir
+}
+
+#[test]
+fn console_text_in_report_html_renders_as_text_in_a_real_browser() {
+    let dir = hostile_run();
+    let page = load(&dir.join("report.html"), &browser_out().join("hostile.png"));
+    assert!(page.console.is_empty(), "the console's markup ran: {:#?}", page.console);
+    assert!(!page.dom.contains(['\0', '\x1b']), "a NUL or an ESC reached the page");
+    assert_eq!(page.dom.matches("<script").count(), 1, "only the page's own script");
+    assert!(!page.dom.contains("<img"), "the console's markup became an element");
+    let shown = "before &lt;script&gt;console.error('escaped')&lt;/script&gt;&lt;img src=x onerror=\"console.error('img')\"&gt; NUL ESCred \u{fffd}\u{fffd}&lt;/pre&gt;&lt;/details&gt; after";
+    assert!(page.dom.contains(shown), "the console line is not shown as text");
+    assert!(page.dom.contains(r#"<mark class="own">"#), "the report's own line is not marked");
+    assert!(page.dom.contains(r#"data-verdict="fail""#) && page.dom.contains(r#"data-verdict="pass""#));
+}

@@ -133,7 +133,7 @@ fn report_block(report: &Report) -> Markup {
     stacks.sort_by_key(|(role, _)| *role);
     html! {
         div.report data-kind=(report.kind) data-source=(source) {
-            h4 { (report.kind) ": " (clean(&report.title)) span.source { " (from the " (source) ")" } }
+            h4 { (clean(&report.title)) span.source { " (" (report.kind) ", from the " (source) ")" } }
             @for missing in &report.missing { p.missing { "missing: " (missing_text(*missing)) } }
             @if !guilty.is_empty() { pre.guilty { "guilty frame " (clean(&guilty.join("\n  "))) } }
             @if let Some(line) = live_lock(report) { p.livelock { (line) } }
