@@ -5,15 +5,17 @@ use std::path::Path;
 
 use maud::{html, Markup};
 
-use super::clean;
+use super::{clean, href, plural, relative};
 use crate::results::compare::{CellChange, Comparison, FailureChange, Side};
 
-pub fn body(c: &Comparison, base: &Path, new: &Path) -> Markup {
+/// The page of `c`, to be written into the directory `at` (its links to the two runs' pages are
+/// relative to it).
+pub fn body(c: &Comparison, base: &Path, new: &Path, at: &Path) -> Markup {
     html! {
         header {
             h1 { "lab compare" }
-            p { "base " code { (base.display()) } " → new " code { (new.display()) } }
-            p.tally #tally { (c.cells.len()) " cells in common: " (c.counts()) }
+            p { "base " (run_link(base, at)) " → new " (run_link(new, at)) }
+            p.tally #tally { (plural(c.cells.len(), "cell")) " in common: " (c.counts()) }
             @if let Some((from, to)) = &c.kernels {
                 p { "kernel " (from) " → " (to) ": cells matched by arch, vCPUs and workload" }
             }
@@ -38,6 +40,17 @@ pub fn body(c: &Comparison, base: &Path, new: &Path) -> Markup {
                     p { (ids.join(", ")) }
                 }
             }
+        }
+    }
+}
+
+/// The run's directory, linked to its `report.html` when it has one.
+fn run_link(run: &Path, at: &Path) -> Markup {
+    let page = run.join("report.html");
+    html! {
+        @match relative(at, &page).filter(|_| page.is_file()) {
+            Some(link) => a href=(href(&link)) { code { (run.display()) } },
+            None => code { (run.display()) },
         }
     }
 }
@@ -72,9 +85,9 @@ fn failure_item(f: &FailureChange) -> Markup {
         li.failure-change data-signature=(clean(&f.signature)) data-status=(f.status()) {
             strong { (f.status()) } " " code { (clean(&f.signature)) } " " (clean(&f.title)) ": "
             @if f.new_cells.is_empty() {
-                "was in " (f.base_cells.len()) " cells"
+                "was in " (plural(f.base_cells.len(), "cell"))
             } @else {
-                (f.new_cells.len()) " cells (" (places.join(", ")) ")"
+                (plural(f.new_cells.len(), "cell")) " (" (places.join(", ")) ")"
                 @if !f.base_cells.is_empty() { ", was in " (f.base_cells.len()) }
             }
         }

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 use maud::{html, Markup};
 
-use super::{anchor, clean, files, run_name, verdict_class};
+use super::{anchor, clean, files, plural, run_name, verdict_class};
 use crate::arch::Arch;
 use crate::report::CellResult;
 use crate::results::compare;
@@ -45,13 +45,6 @@ impl Group<'_> {
             count += &format!(", {}", plural(self.runs.len(), "run"));
         }
         format!("{}: {count} ({}; {})", self.title, archs.join(", "), vcpus.join(", "))
-    }
-}
-
-fn plural(n: usize, word: &str) -> String {
-    match n {
-        1 => format!("1 {word}"),
-        _ => format!("{n} {word}s"),
     }
 }
 

@@ -11,7 +11,7 @@ mod failures;
 mod grid;
 mod repro;
 
-use std::path::Path;
+use std::path::{Component, Path, PathBuf};
 
 use anyhow::Result;
 use maud::{html, Markup, PreEscaped, DOCTYPE};
@@ -36,7 +36,8 @@ pub fn write_run(dir: &Path, cells: &[CellResult]) -> Result<()> {
 /// Writes the comparison of the runs in `base` and `new` to `file`.
 pub fn write_comparison(file: &Path, c: &Comparison, base: &Path, new: &Path) -> Result<()> {
     let title = format!("lab compare {} {}", base.display(), new.display());
-    cache::write_atomic(file, page(&title, compare::body(c, base, new)).as_bytes())
+    let at = file.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    cache::write_atomic(file, page(&title, compare::body(c, base, new, at)).as_bytes())
 }
 
 fn run_page(name: &str, cells: &[CellResult]) -> String {
@@ -123,6 +124,22 @@ fn anchor(cell: &CellResult) -> String {
         Some(n) => format!("run-{}-{n}", cell.id),
         None => format!("run-{}", cell.id),
     }
+}
+
+fn plural(n: usize, word: &str) -> String {
+    match n {
+        1 => format!("1 {word}"),
+        _ => format!("{n} {word}s"),
+    }
+}
+
+/// `to` as seen from the directory `from`, both made absolute first (`../night-2/report.html`);
+/// None when either cannot be resolved.
+fn relative(from: &Path, to: &Path) -> Option<PathBuf> {
+    let (from, to) = (from.canonicalize().ok()?, to.canonicalize().ok()?);
+    let common = from.components().zip(to.components()).take_while(|(a, b)| a == b).count();
+    let up = from.components().skip(common).map(|_| Component::ParentDir);
+    Some(up.chain(to.components().skip(common)).collect())
 }
 
 /// Links to the cell's files that exist, relative to the run directory the page is in.

@@ -98,3 +98,24 @@ fn the_reports_own_lines_are_marked_in_the_excerpt() {
     check("RIP: x\nwatchdog: hard LOCKUP\nother\nRIP: x", &["watchdog: hard LOCKUP", "RIP: x"], ".*.*");
     check("a\nb", &[], "..");
 }
+
+#[test]
+fn links_between_pages_are_relative() {
+    let root = std::env::temp_dir().join(format!("lab-html-relative-{}", std::process::id()));
+    for dir in ["runs/night-1/cells", "runs/night-2", "pages"] {
+        std::fs::create_dir_all(root.join(dir)).unwrap();
+    }
+    let check = |from: &str, to: &str, want: Option<&str>| {
+        let got = relative(&root.join(from), &root.join(to));
+        assert_eq!(got.as_deref(), want.map(Path::new), "{from} -> {to}");
+    };
+    check("runs/night-1", "runs/night-2", Some("../night-2"));
+    check("pages", "runs/night-1/cells", Some("../runs/night-1/cells"));
+    check("runs", "runs/night-2", Some("night-2"));
+    check("runs/night-1/cells", "runs", Some("../.."));
+    check("runs", "gone", None);
+    std::fs::remove_dir_all(&root).unwrap();
+    let check = |path: &str, want: &str| assert_eq!(href(Path::new(path)), want);
+    check("cells/k-x86_64-2cpu-smoke/console.log", "cells/k-x86_64-2cpu-smoke/console.log");
+    check("../a b/#1?x", "../a%20b/%231%3Fx");
+}
