@@ -944,32 +944,33 @@ fn chromium() -> &'static str {
     "chromium"
 }
 
-/// What headless chromium made of a page: its DOM after the page's script ran, and every message
-/// the page logged or threw (chromium logs them as `CONSOLE` lines), with a screenshot in `shot`.
+/// What headless chromium made of a page opened at `fragment`: its DOM after the page's script
+/// ran, and every message the page logged or threw (chromium logs them as `CONSOLE` lines); and a
+/// screenshot of its top in `shot`.
 struct Loaded {
     dom: String,
     console: Vec<String>,
 }
 
-fn load(page: &Path, shot: &Path) -> Loaded {
+fn load(page: &Path, fragment: &str, shot: &Path) -> Loaded {
     let url = format!("file://{}", page.display());
     let profile = scratch(&format!("chromium-{}", shot.file_stem().unwrap().to_string_lossy()));
-    let browser = |extra: &[&str]| {
+    let browser = |extra: &[&str], url: &str| {
         let out = Command::new("timeout")
             .args(["120", chromium(), "--headless", "--disable-gpu", "--no-sandbox", "--hide-scrollbars"])
             .args(["--enable-logging=stderr", "--v=0", "--window-size=1400,1000"])
             .arg(format!("--user-data-dir={}", profile.display()))
             .args(extra)
-            .arg(&url)
+            .arg(url)
             .output()
             .expect("cannot start chromium");
         assert!(out.status.success(), "chromium failed: {}", String::from_utf8_lossy(&out.stderr));
         out
     };
-    let out = browser(&["--dump-dom"]);
+    let out = browser(&["--dump-dom"], &format!("{url}{fragment}"));
     let console: Vec<String> =
         String::from_utf8_lossy(&out.stderr).lines().filter(|l| l.contains(":CONSOLE")).map(String::from).collect();
-    browser(&[&format!("--screenshot={}", shot.display())]);
+    browser(&[&format!("--screenshot={}", shot.display())], &url);
     assert!(std::fs::metadata(shot).is_ok_and(|m| m.len() > 10_000), "no screenshot at {}", shot.display());
     Loaded { dom: String::from_utf8_lossy(&out.stdout).into_owned(), console }
 }
@@ -989,7 +990,9 @@ fn browser_out() -> PathBuf {
 fn report_html_of_a_run_with_a_failure_and_a_pass_loads_in_a_real_browser() {
     let run = suite();
     let shot = browser_out().join("report.png");
-    let page = load(&run.out.join("report.html"), &shot);
+    // The first failure of a group is open; a link to another opens it too (the page's script).
+    let linked = "run-linux-7.3-aarch64-2cpu-must-fail-panic";
+    let page = load(&run.out.join("report.html"), &format!("#{linked}"), &shot);
     println!("screenshot: {}", shot.display());
     assert!(page.console.is_empty(), "the page logged or threw: {:#?}", page.console);
     assert!(page.dom.contains(r#"<table class="grid" id="grid">"#), "no grid");
@@ -1004,8 +1007,13 @@ fn report_html_of_a_run_with_a_failure_and_a_pass_loads_in_a_real_browser() {
     let group = r#"<section class="signature" id="sig-0" data-signature="panic:lkdtm_PANIC" data-runs="3">"#;
     assert!(page.dom.contains(group), "no signature group {group}");
     assert!(page.dom.contains("panic: dumptest: 3 cells (x86_64 ×1, aarch64 ×1, ppc64le ×1; 2 vCPUs ×3)"));
-    let failure = "id=\"run-linux-7.3-x86_64-2cpu-must-fail-panic\"";
-    assert!(page.dom.contains(failure), "no failure {failure}");
+    for id in ["run-linux-7.3-x86_64-2cpu-must-fail-panic", linked] {
+        let failure = format!(r#"id="{id}" data-cell="{}" open="">"#, &id["run-".len()..]);
+        assert!(page.dom.contains(&failure), "no open failure {failure}");
+    }
+    let closed =
+        r#"id="run-linux-7.3-ppc64le-2cpu-must-fail-panic" data-cell="linux-7.3-ppc64le-2cpu-must-fail-panic">"#;
+    assert!(page.dom.contains(closed), "no closed failure {closed}");
     assert!(page.dom.contains(r#"<mark class="own">"#), "no report line marked in a console excerpt");
     assert!(page.dom.contains(r#"href="cells/linux-7.3-x86_64-2cpu-must-fail-panic/console.log""#));
 }
@@ -1055,7 +1063,7 @@ fn hostile_run() -> PathBuf {
 #[test]
 fn console_text_in_report_html_renders_as_text_in_a_real_browser() {
     let dir = hostile_run();
-    let page = load(&dir.join("report.html"), &browser_out().join("hostile.png"));
+    let page = load(&dir.join("report.html"), "", &browser_out().join("hostile.png"));
     assert!(page.console.is_empty(), "the console's markup ran: {:#?}", page.console);
     assert!(!page.dom.contains(['\0', '\x1b']), "a NUL or an ESC reached the page");
     assert_eq!(page.dom.matches("<script").count(), 1, "only the page's own script");
