@@ -6,6 +6,7 @@
 //! taken from where its files are now, never from the path that was written.
 
 pub mod compare;
+pub mod merge;
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -107,6 +108,17 @@ pub fn gather(dir: &Path) -> Result<(Run, Option<String>)> {
         .collect();
     cells.append(&mut found);
     Ok((Run { dir: dir.to_path_buf(), cells }, why))
+}
+
+/// Writes the run's reports (summary.json, junit.xml) again, each failure's console excerpt
+/// taken from its cell's console.log as a run would take it.
+pub fn write_reports(run: &mut Run) -> Result<()> {
+    for cell in &mut run.cells {
+        if let Ok(console) = fs::read(cell.dir.join("console.log")) {
+            cell.excerpt = report::excerpt(&String::from_utf8_lossy(&console), &cell.reports);
+        }
+    }
+    report::write_summary(&run.dir, &run.cells, run.repeated())
 }
 
 /// `cells/<id>/result.json` and `cells/<id>/run-NNN/result.json`.
