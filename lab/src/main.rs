@@ -9,8 +9,10 @@ mod cache;
 mod cli;
 mod doctor;
 mod image;
+mod inputs;
 mod kernel;
 mod matrix;
+
 mod plan;
 mod process;
 mod report;
@@ -69,6 +71,7 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
             cli::results::compare(&base, &new, junit.as_deref(), html.as_deref())
         }
         Command::Report { dir } => cli::results::report(&dir),
+        Command::Merge { out, shards } => cli::results::merge(&out, &shards),
         Command::Doctor => cli::doctor::doctor(&env),
         Command::Setup { dry_run } => cli::doctor::setup(&env, dry_run),
         Command::Bench(args) => bench::run(&env.sh, &env.cache()?, &args, &env.ui, Path::new(cli::PROJECT_DIR)),

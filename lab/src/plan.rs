@@ -5,6 +5,7 @@
 use std::str::FromStr;
 
 use anyhow::{bail, Result};
+use serde::{Deserialize, Serialize};
 
 use crate::arch::Arch;
 use crate::matrix::{Matrix, Workload};
@@ -57,6 +58,18 @@ impl FromStr for Filter {
     }
 }
 
+impl std::fmt::Display for Filter {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        let key = match self.key {
+            FilterKey::Kernel => "kernel",
+            FilterKey::Arch => "arch",
+            FilterKey::Vcpus => "vcpus",
+            FilterKey::Workload => "workload",
+        };
+        write!(f, "{key}={}", self.value)
+    }
+}
+
 impl Cell {
     fn field(&self, key: FilterKey) -> String {
         match key {
@@ -74,6 +87,60 @@ impl Cell {
             wanted.peek().is_none() || wanted.any(|f| f.value == self.field(key))
         })
     }
+}
+
+/// `--shard K/N`: the K-th of N parts of a run, numbered from 1 as CI runners number their jobs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Shard {
+    pub index: u32,
+    pub total: u32,
+}
+
+impl FromStr for Shard {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Shard, String> {
+        let (k, n) = s.split_once('/').ok_or_else(|| format!("shard `{s}` is not K/N (e.g. 2/3)"))?;
+        let number = |v: &str| v.trim().parse::<u32>().map_err(|_| format!("shard `{s}`: `{v}` is not a number"));
+        let (index, total) = (number(k)?, number(n)?);
+        if total == 0 || index == 0 || index > total {
+            return Err(format!("shard `{s}`: K must be 1 to N (shards are numbered from 1)"));
+        }
+        Ok(Shard { index, total })
+    }
+}
+
+impl std::fmt::Display for Shard {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        write!(f, "{}/{}", self.index, self.total)
+    }
+}
+
+/// Host CPU-seconds a cell is expected to take when no earlier run says: its vCPUs (each a host
+/// thread under TCG) times a boot and its workload's `seconds:` (30 when it has none).
+pub fn expected_cost(cell: &Cell) -> f64 {
+    const BOOT_S: f64 = 15.0;
+    let seconds = cell.workload.args.get("seconds").and_then(|v| v.as_f64()).unwrap_or(30.0);
+    f64::from(cell.vcpus) * (BOOT_S + seconds)
+}
+
+/// The cells of `shard`, in plan order. Every cell goes to exactly one shard and to the same one
+/// on every runner, since the assignment depends only on the cells and their costs: heaviest
+/// first (equal costs in the order of a hash of the id), each to the shard with the least cost
+/// so far (the lowest-numbered among equals).
+pub fn shard(cells: Vec<Cell>, shard: Shard, cost: &dyn Fn(&Cell) -> f64) -> Vec<Cell> {
+    let hash = |id: &str| crate::cache::KeyBuilder::default().part("cell", id.as_bytes()).finish();
+    let mut order: Vec<(f64, String, usize)> =
+        cells.iter().enumerate().map(|(i, c)| (cost(c), hash(&c.id), i)).collect();
+    order.sort_by(|a, b| b.0.total_cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
+    let mut load = vec![0.0f64; shard.total as usize];
+    let mut mine = vec![false; cells.len()];
+    for (c, _, i) in order {
+        let least = (0..load.len()).min_by(|&a, &b| load[a].total_cmp(&load[b])).unwrap_or(0);
+        load[least] += c;
+        mine[i] = least + 1 == shard.index as usize;
+    }
+    cells.into_iter().zip(mine).filter_map(|(cell, mine)| mine.then_some(cell)).collect()
 }
 
 /// `kernel_names[i]` is the name of the matrix's i-th kernel recipe.
@@ -167,5 +234,49 @@ workloads:
         ] {
             assert!(input.parse::<Filter>().unwrap_err().contains(expect), "{input}");
         }
+    }
+
+    #[test]
+    fn shards_split_the_cells_once_each_balanced_by_cost() {
+        let programs = ["smoke", "lkdtm"].into_iter().map(String::from).collect();
+        let matrix = parse(MATRIX, &programs).unwrap();
+        let all = cells(&matrix, &["stock".to_string(), "bad".to_string()], &[]).unwrap();
+        let cost = |c: &Cell| f64::from(c.vcpus);
+        for total in [1, 2, 3, 5, 24, 30] {
+            let parts: Vec<Vec<Cell>> =
+                (1..=total).map(|index| shard(all.clone(), Shard { index, total }, &cost)).collect();
+            let mut ids: Vec<&str> = parts.iter().flatten().map(|c| c.id.as_str()).collect();
+            ids.sort();
+            let mut want: Vec<&str> = all.iter().map(|c| c.id.as_str()).collect();
+            want.sort();
+            assert_eq!(ids, want, "{total} shards: every cell once");
+            let loads: Vec<f64> = parts.iter().map(|p| p.iter().map(cost).sum()).collect();
+            let (max, min) =
+                (loads.iter().cloned().fold(0.0, f64::max), loads.iter().cloned().fold(f64::MAX, f64::min));
+            assert!(max - min <= 4.0, "{total} shards unbalanced: {loads:?}");
+        }
+        // 24 cells of 2 kernels x 3 arches x (1+2+4 smoke, 2 hl): cost 54, 18 a shard.
+        let three: Vec<f64> =
+            (1..=3).map(|index| shard(all.clone(), Shard { index, total: 3 }, &cost).iter().map(cost).sum()).collect();
+        assert_eq!(three, [18.0, 18.0, 18.0]);
+        let again = shard(all.clone(), Shard { index: 2, total: 3 }, &cost);
+        let ids = |cells: &[Cell]| cells.iter().map(|c| c.id.clone()).collect::<Vec<_>>();
+        assert_eq!(ids(&again), ids(&shard(all.clone(), Shard { index: 2, total: 3 }, &cost)), "stable");
+        let plan_order: Vec<String> = ids(&all).into_iter().filter(|id| ids(&again).contains(id)).collect();
+        assert_eq!(ids(&again), plan_order, "in plan order");
+    }
+
+    #[test]
+    fn shard_arguments() {
+        let check = |s: &str, want: Result<(u32, u32), &str>| {
+            let got = s.parse::<Shard>().map(|sh| (sh.index, sh.total));
+            assert_eq!(got.map_err(|e| e.to_string()), want.map_err(String::from), "{s}");
+        };
+        check("1/1", Ok((1, 1)));
+        check("3/8", Ok((3, 8)));
+        check("0/3", Err("shard `0/3`: K must be 1 to N (shards are numbered from 1)"));
+        check("4/3", Err("shard `4/3`: K must be 1 to N (shards are numbered from 1)"));
+        check("2", Err("shard `2` is not K/N (e.g. 2/3)"));
+        check("a/3", Err("shard `a/3`: `a` is not a number"));
     }
 }

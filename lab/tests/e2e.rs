@@ -183,20 +183,29 @@ fn messaging_and_the_kernels_own_rseq_selftests_pass_on_the_stock_kernel_on_ever
     }
 }
 
+/// The known-bad fork-stale kernel's x86_64 cell, run once for the tests that read it.
+fn known_bad() -> &'static Run {
+    static RUN: OnceLock<Run> = OnceLock::new();
+    RUN.get_or_init(|| {
+        suite();
+        let out = scratch("known-bad");
+        let matrix = Path::new(env!("CARGO_MANIFEST_DIR")).join("../kernels/known-bad-matrix.yaml");
+        let o = run(lab()
+            .arg("run")
+            .arg("--matrix")
+            .arg(matrix)
+            .args(["--filter", "kernel=linux-7.3-mmcid-fork-stale", "--filter", "arch=x86_64", "--out"])
+            .arg(&out));
+        let summary: Value = serde_json::from_slice(&std::fs::read(out.join("summary.json")).unwrap()).unwrap();
+        Run { out, code: o.status.code(), cells: summary["cells"].as_array().unwrap().clone() }
+    })
+}
+
 #[test]
 fn a_known_bad_mm_cid_kernel_is_caught_and_a_lockup_report_names_mm_get_cid() {
-    suite();
-    let out = scratch("known-bad");
-    let matrix = Path::new(env!("CARGO_MANIFEST_DIR")).join("../kernels/known-bad-matrix.yaml");
-    let o = run(lab()
-        .arg("run")
-        .arg("--matrix")
-        .arg(matrix)
-        .args(["--filter", "kernel=linux-7.3-mmcid-fork-stale", "--filter", "arch=x86_64", "--out"])
-        .arg(&out));
-    assert_eq!(o.status.code(), Some(1), "the known-bad kernel must fail its cell");
-    let summary: Value = serde_json::from_slice(&std::fs::read(out.join("summary.json")).unwrap()).unwrap();
-    let cell = &summary["cells"][0];
+    let bad = known_bad();
+    assert_eq!(bad.code, Some(1), "the known-bad kernel must fail its cell");
+    let cell = &bad.cells[0];
     assert_eq!(cell["verdict"], "fail", "{cell:#}");
     let reports = cell["reports"].as_array().unwrap();
     // Some runs hang with every CPU spinning and no watchdog left to print (about one run of
@@ -231,6 +240,55 @@ fn guilty_source(report: &Value) -> Vec<String> {
         .collect();
     assert!(source.iter().all(|l| !l.contains(" at /")), "paths relative to the tree: {source:?}");
     source
+}
+
+#[test]
+fn compare_names_the_live_lock_of_a_known_bad_kernel_as_new_against_the_stock_run() {
+    let (stock, bad) = (suite(), known_bad());
+    let junit = scratch("compare").with_extension("xml");
+    let o = run(lab().arg("compare").arg(&stock.out).arg(&bad.out).arg("--junit").arg(&junit));
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    println!("{stdout}");
+    assert_eq!(o.status.code(), Some(1), "a new failure must exit 1: {stdout}");
+    assert!(stdout.contains("kernel linux-7.3 -> linux-7.3-mmcid-fork-stale"), "{stdout}");
+    let new =
+        stdout.lines().find(|l| l.starts_with("new: linux-7.3-mmcid-fork-stale-x86_64-4cpu-mmcid-churn: pass -> fail"));
+    assert!(new.is_some(), "the churn cell is not new: {stdout}");
+    let failure = stdout.lines().find(|l| l.trim_start().starts_with("new failure")).unwrap_or_default();
+    assert!(
+        failure.contains("mm_get_cid") || failure.contains("host"),
+        "the new failure is not the live lock: {stdout}"
+    );
+    let xml = std::fs::read_to_string(&junit).unwrap();
+    assert!(xml.contains(r#"<failure type="new""#), "{xml}");
+    let same = run(lab().arg("compare").arg(&stock.out).arg(&stock.out));
+    assert_eq!(same.status.code(), Some(0), "a run compared with itself: {}", String::from_utf8_lossy(&same.stdout));
+    let missing = run(lab().arg("compare").arg(&stock.out).arg(scratch("no-such-run")));
+    assert_eq!(missing.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("is not a run directory"));
+}
+
+#[test]
+fn lab_report_writes_a_runs_reports_again_from_its_cells() {
+    let stock = suite();
+    let copy = scratch("report");
+    assert!(Command::new("cp").arg("-a").arg(&stock.out).arg(&copy).status().unwrap().success());
+    std::fs::remove_file(copy.join("summary.json")).unwrap();
+    std::fs::remove_file(copy.join("junit.xml")).unwrap();
+    let o = run(lab().arg("report").arg(&copy));
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stdout));
+    let summary: Value = serde_json::from_slice(&std::fs::read(copy.join("summary.json")).unwrap()).unwrap();
+    let key = |c: &Value| format!("{} {} {}", c["id"], c["verdict"], c["reason"]);
+    let mut want: Vec<String> = stock.cells.iter().map(key).collect();
+    let mut got: Vec<String> = summary["cells"].as_array().unwrap().iter().map(key).collect();
+    want.sort();
+    got.sort();
+    assert_eq!(got, want);
+    for cell in summary["cells"].as_array().unwrap() {
+        assert!(cell["dir"].as_str().unwrap().starts_with(copy.to_str().unwrap()), "{cell:#}");
+    }
+    let junit = std::fs::read_to_string(copy.join("junit.xml")).unwrap();
+    assert_eq!(junit.matches("<testcase ").count(), stock.cells.len(), "{junit}");
 }
 
 #[test]

@@ -9,7 +9,7 @@ use crate::accel;
 use crate::arch::Arch;
 use crate::bench;
 use crate::kernel::BuildOptions;
-use crate::plan::Filter;
+use crate::plan::{Filter, Shard};
 
 #[derive(Parser)]
 #[command(
@@ -157,6 +157,22 @@ pub enum Command {
         #[arg(long, value_name = "FILE")]
         html: Option<PathBuf>,
     },
+    /// Make one run directory of the directories of a run's shards (`lab run --shard K/N`).
+    ///
+    /// OUT (new or empty) gets every shard's cells, the run's inputs (run.json, without the
+    /// shard) and its reports, equal to the run's without shards: cells in plan order, the same
+    /// JUnit test cases. Refused, before anything is written: a directory that is no shard,
+    /// shards of different matrices, recipes, filters or options (what differs is named), of
+    /// different splits, a shard given twice, a shard missing.
+    ///   lab merge lab-out/nightly shard-1 shard-2 shard-3
+    #[command(verbatim_doc_comment)]
+    Merge {
+        /// The merged run's directory (must be new or empty).
+        out: PathBuf,
+        /// Every shard's run directory.
+        #[arg(required = true)]
+        shards: Vec<PathBuf>,
+    },
     /// Write a run directory's reports again from its cells: summary.json, junit.xml, report.html.
     ///
     /// Reads DIR/cells/*/result.json (and run-NNN/ of a --repeat run), keeps the order and the
@@ -280,9 +296,20 @@ pub struct RunArgs {
     /// Install missing host packages first (as `lab setup`).
     #[arg(long)]
     pub setup: bool,
-    /// Only print the cells the filters select.
+    /// Only print the cells the filters (and --shard) select.
     #[arg(long)]
     pub list: bool,
+    /// Run the K-th of N parts of the selected cells (1-based), for N CI jobs that each run a
+    /// part; `lab merge` makes one run of their directories again. Every runner computes the
+    /// same split: heaviest cells first, each to the part with the least expected cost so far
+    /// (vCPUs x seconds). Default: GitLab's CI_NODE_INDEX/CI_NODE_TOTAL (`parallel: N`) when
+    /// set, else the whole run.
+    #[arg(long, value_name = "K/N")]
+    pub shard: Option<Shard>,
+    /// With shards: balance by each cell's duration in this earlier run (a run directory, e.g.
+    /// last night's merged run) instead of its expected cost.
+    #[arg(long, value_name = "DIR")]
+    pub shard_costs: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]

@@ -1,7 +1,7 @@
 //! `lab compare` and `lab report`: finished runs read back (`results`), the comparison rendered
 //! as lines, as JUnit and as a page, the reports of a run written again.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
@@ -42,13 +42,17 @@ pub fn report(dir: &Path) -> Result<ExitCode> {
     if let Some(why) = why {
         eprintln!("lab: the cells are in id order: {why}");
     }
-    for cell in &mut run.cells {
-        if let Ok(console) = std::fs::read(cell.dir.join("console.log")) {
-            cell.excerpt = report::excerpt(&String::from_utf8_lossy(&console), &cell.reports);
-        }
-    }
-    results::write_reports(dir, &run.cells, run.repeated())?;
+    results::write_reports(&mut run)?;
     println!("{}: summary.json, junit.xml and report.html written again from {} cells", dir.display(), run.cells.len());
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn merge(out: &Path, shards: &[PathBuf]) -> Result<ExitCode> {
+    crate::run::check_out_dir(out)?;
+    let mut run = results::merge::merge(out, shards)?;
+    results::write_reports(&mut run)?;
+    let tally: Vec<String> = report::tally(&run.cells).iter().map(|(k, n)| format!("{n} {k}")).collect();
+    println!("{} shards merged: {}; reports in {}", shards.len(), tally.join(", "), out.display());
     Ok(ExitCode::SUCCESS)
 }
 

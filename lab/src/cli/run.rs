@@ -6,26 +6,83 @@ use std::io::Write;
 use std::path::Path;
 use std::process::ExitCode;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 
 use super::args::RunArgs;
-use super::{images_dir, load, out_dir, Env};
+use super::{images_dir, load, out_dir, Env, Loaded};
 use crate::doctor;
+use crate::inputs::{self, RunInputs, INPUTS_VERSION};
+use crate::plan::{self, Cell, Shard};
 use crate::process::{self, Signal};
 use crate::report;
+use crate::results;
 use crate::vocab::Verdict;
 
 pub fn run(env: &Env, args: RunArgs) -> Result<ExitCode> {
-    let RunArgs { select, out, jobs, repeat, until_fail, host_samples, dump_memory, build, accel, setup, list } = args;
-    let loaded = load(&select)?;
-    let accel = accel.resolve(loaded.matrix.matrix.accel)?;
+    let RunArgs {
+        select,
+        out,
+        jobs,
+        repeat,
+        until_fail,
+        host_samples,
+        dump_memory,
+        build,
+        accel,
+        setup,
+        list,
+        shard,
+        shard_costs,
+    } = args;
+    let Loaded { matrix, recipes, cells } = load(&select)?;
+    let accel = accel.resolve(matrix.matrix.accel)?;
+    let planned: Vec<String> = cells.iter().map(|c| c.id.clone()).collect();
+    let shard = match shard {
+        Some(shard) => Some(shard),
+        None => shard_from_env(std::env::var("CI_NODE_INDEX").ok(), std::env::var("CI_NODE_TOTAL").ok())?,
+    };
+    let cells = match shard {
+        Some(shard) => {
+            let costs = earlier_durations(shard_costs.as_deref())?;
+            let cost = |c: &Cell| costs.get(&c.id).copied().unwrap_or_else(|| plan::expected_cost(c));
+            plan::shard(cells, shard, &cost)
+        }
+        None => cells,
+    };
     if list {
-        for cell in &loaded.cells {
+        for cell in &cells {
             println!("{}", cell.id);
         }
         return Ok(ExitCode::SUCCESS);
     }
     let out = out_dir(out)?;
+    let inputs = RunInputs {
+        version: INPUTS_VERSION,
+        matrix_sha256: inputs::matrix_sha256(&matrix.path)?,
+        matrix: matrix.path.clone(),
+        kernels: recipes.iter().map(|r| (r.name.clone(), r.fingerprint())).collect(),
+        filters: select.filter.iter().map(|f| f.to_string()).collect(),
+        repeat,
+        until_fail,
+        host_samples,
+        dump_memory,
+        accel,
+        plan: planned,
+        shard,
+        cells: cells.iter().map(|c| c.id.clone()).collect(),
+    };
+    std::fs::create_dir_all(&out).with_context(|| format!("cannot create {}", out.display()))?;
+    inputs.write(&out)?;
+    if cells.is_empty() {
+        results::write_all(&out, &[], false)?;
+        println!(
+            "shard {} has none of the {} cells; reports in {}",
+            inputs.shard.unwrap_or(Shard { index: 1, total: 1 }),
+            inputs.plan.len(),
+            out.display()
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
     if setup {
         env.ui.note(doctor::setup(&env.sh, false)?);
     }
@@ -42,8 +99,7 @@ pub fn run(env: &Env, args: RunArgs) -> Result<ExitCode> {
         dump_memory,
         accel,
     };
-    let (matrix, recipes, cells) = (&loaded.matrix, &loaded.recipes, &loaded.cells);
-    let finished = crate::run::run(&env.sh, &cache, matrix, recipes, cells, &opts, &env.ui)?;
+    let finished = crate::run::run(&env.sh, &cache, &matrix, &recipes, &cells, &opts, &env.ui)?;
     let crate::run::Finished { results, interrupted } = finished;
     // Written, not `println!`ed: a terminal gone with SIGHUP must not turn the interrupted
     // run's exit into a panic.
@@ -59,6 +115,28 @@ pub fn run(env: &Env, args: RunArgs) -> Result<ExitCode> {
         Ok(code) => Ok(ExitCode::from(code)),
         Err(signal) => Err(process::Interrupted(signal).into()),
     }
+}
+
+/// GitLab's `parallel: N` numbers its jobs' `CI_NODE_INDEX` from 1 to `CI_NODE_TOTAL`.
+fn shard_from_env(index: Option<String>, total: Option<String>) -> Result<Option<Shard>> {
+    match (index, total) {
+        (Some(index), Some(total)) => format!("{index}/{total}")
+            .parse()
+            .map(Some)
+            .map_err(|e| anyhow::anyhow!("CI_NODE_INDEX/CI_NODE_TOTAL: {e}")),
+        _ => Ok(None),
+    }
+}
+
+/// Each cell's duration in an earlier run (its runs added up), to balance shards by.
+fn earlier_durations(dir: Option<&Path>) -> Result<BTreeMap<String, f64>> {
+    let mut costs = BTreeMap::new();
+    if let Some(dir) = dir {
+        for cell in results::read(dir).context("--shard-costs")?.cells {
+            *costs.entry(cell.id).or_insert(0.0) += cell.duration_s;
+        }
+    }
+    Ok(costs)
 }
 
 /// `3 passed, 1 failed; reports in DIR`: what a person or a CI log reads last.
@@ -99,6 +177,25 @@ mod tests {
         check(&[Pass, Pass], Some(Signal::Term), Err(Signal::Term));
         check(&[Fail, Interrupted], Some(Signal::Int), Err(Signal::Int));
         check(&[], Some(Signal::Hup), Err(Signal::Hup));
+    }
+
+    #[test]
+    fn a_shard_from_gitlabs_parallel_jobs() {
+        let check = |index: Option<&str>, total: Option<&str>, want: &str| {
+            let got = match shard_from_env(index.map(String::from), total.map(String::from)) {
+                Ok(shard) => shard.map_or("whole run".to_string(), |s| s.to_string()),
+                Err(e) => e.to_string(),
+            };
+            assert_eq!(got, want);
+        };
+        check(None, None, "whole run");
+        check(Some("2"), None, "whole run");
+        check(Some("2"), Some("5"), "2/5");
+        check(
+            Some("0"),
+            Some("5"),
+            "CI_NODE_INDEX/CI_NODE_TOTAL: shard `0/5`: K must be 1 to N (shards are numbered from 1)",
+        );
     }
 
     #[test]

@@ -117,6 +117,24 @@ pub struct Fragment {
 }
 
 impl Recipe {
+    /// A key over everything the recipe puts into its kernels (source, patches, config), so that
+    /// a run can tell whether the kernels it was started with are still the ones it would build.
+    pub fn fingerprint(&self) -> String {
+        let mut key = crate::cache::KeyBuilder::default()
+            .part("name", self.name.as_bytes())
+            .part("source", format!("{:?}", self.source).as_bytes())
+            .part("base", self.base_config.as_bytes());
+        for patch in &self.patches {
+            key = key.part("patch", patch.name.as_bytes()).part("strip", &patch.strip.to_le_bytes());
+            key = key.part("contents", &patch.contents);
+        }
+        let arch_fragments = self.arch_fragments.iter().flat_map(|(arch, f)| f.iter().map(move |f| (arch.name(), f)));
+        for (arch, fragment) in self.fragments.iter().map(|f| ("all", f)).chain(arch_fragments) {
+            key = key.part("fragment", arch.as_bytes()).part("text", fragment.text.as_bytes());
+        }
+        key.finish()
+    }
+
     /// The common fragments followed by the architecture's own: later lines win.
     pub fn fragments(&self, arch: Arch) -> impl Iterator<Item = &Fragment> {
         self.fragments.iter().chain(self.arch_fragments.get(&arch).into_iter().flatten())

@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, Context, Result};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::arch::Arch;
 use crate::vocab::Kind;
@@ -38,7 +38,7 @@ pub struct Matrix {
 }
 
 /// How guests are accelerated (`accel:` in the matrix, `--accel` on the command line).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum AccelMode {
     /// KVM for x86_64 guests, but only after a Linux guest booted under it on this host (a

@@ -8,6 +8,7 @@
 
 pub mod compare;
 pub mod html;
+pub mod merge;
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -48,8 +49,8 @@ pub fn read(dir: &Path) -> Result<Run> {
 }
 
 /// Every report of a run directory from its cells: `summary.json` and `junit.xml` (`report`) and
-/// `report.html`. What a run writes after each cell, and `lab report` again.
-pub fn write_reports(dir: &Path, cells: &[CellResult], repeated: bool) -> Result<()> {
+/// `report.html`. What a run writes after each cell.
+pub fn write_all(dir: &Path, cells: &[CellResult], repeated: bool) -> Result<()> {
     report::write_summary(dir, cells, repeated)?;
     html::write_run(dir, cells)
 }
@@ -116,6 +117,17 @@ pub fn gather(dir: &Path) -> Result<(Run, Option<String>)> {
         .collect();
     cells.append(&mut found);
     Ok((Run { dir: dir.to_path_buf(), cells }, why))
+}
+
+/// Writes the run's reports (summary.json, junit.xml, report.html) again, each failure's console
+/// excerpt taken from its cell's console.log as a run would take it.
+pub fn write_reports(run: &mut Run) -> Result<()> {
+    for cell in &mut run.cells {
+        if let Ok(console) = fs::read(cell.dir.join("console.log")) {
+            cell.excerpt = report::excerpt(&String::from_utf8_lossy(&console), &cell.reports);
+        }
+    }
+    write_all(&run.dir, &run.cells, run.repeated())
 }
 
 /// `cells/<id>/result.json` and `cells/<id>/run-NNN/result.json`.

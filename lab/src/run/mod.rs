@@ -154,7 +154,7 @@ pub fn run(
             done.push((index, result));
             done.sort_by_key(|(i, _)| *i);
             let ordered: Vec<CellResult> = done.iter().map(|(_, r)| r.clone()).collect();
-            results::write_reports(&opts.out, &ordered, repeat > 1)?;
+            results::write_all(&opts.out, &ordered, repeat > 1)?;
         }
         Ok(())
     })?;
@@ -178,7 +178,7 @@ pub fn run(
         }
         done.sort_by_key(|(i, _)| *i);
         let ordered: Vec<CellResult> = done.iter().map(|(_, r)| r.clone()).collect();
-        results::write_reports(&opts.out, &ordered, repeat > 1)?;
+        results::write_all(&opts.out, &ordered, repeat > 1)?;
     }
     Ok(Finished { results: done.into_iter().map(|(_, r)| r).collect(), interrupted })
 }
