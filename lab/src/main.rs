@@ -11,6 +11,7 @@ mod doctor;
 mod image;
 mod kernel;
 mod matrix;
+mod model;
 mod plan;
 mod process;
 mod report;
@@ -65,6 +66,7 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
         Command::Triage(args) => cli::triage::triage(args),
         Command::Doctor => cli::doctor::doctor(&env),
         Command::Setup { dry_run } => cli::doctor::setup(&env, dry_run),
+        Command::Model(args) => cli::model::model(args),
         Command::Bench(args) => bench::run(&env.sh, &env.cache()?, &args, &env.ui, Path::new(cli::PROJECT_DIR)),
     }
 }
