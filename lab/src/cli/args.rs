@@ -184,7 +184,7 @@ pub struct ModelArgs {
     #[arg(long, value_name = "N")]
     pub allowed: Option<u8>,
     /// Bound on the steps of an interleaving (BFS depth).
-    #[arg(long, value_name = "N", default_value_t = 24)]
+    #[arg(long, value_name = "N", default_value_t = 18)]
     pub max_steps: u32,
     /// Bound on fork() calls in an interleaving.
     #[arg(long, value_name = "N", default_value_t = 2)]

@@ -117,12 +117,14 @@ fn hash(s: &State) -> u64 {
 struct Graph {
     nodes: Vec<State>,
     parents: Vec<u32>,
+    /// Each node's hash, so that growing the table does not hash every state again.
+    hashes: Vec<u64>,
     table: HashTable<u32>,
 }
 
 impl Graph {
     fn new() -> Graph {
-        Graph { nodes: Vec::new(), parents: Vec::new(), table: HashTable::new() }
+        Graph { nodes: Vec::new(), parents: Vec::new(), hashes: Vec::new(), table: HashTable::new() }
     }
 
     fn contains(&self, s: &State) -> bool {
@@ -138,8 +140,9 @@ impl Graph {
         let i = self.nodes.len() as u32;
         self.nodes.push(s);
         self.parents.push(parent);
-        let nodes = &self.nodes;
-        self.table.insert_unique(h, i, |&j| hash(&nodes[j as usize]));
+        self.hashes.push(h);
+        let hashes = &self.hashes;
+        self.table.insert_unique(h, i, |&j| hashes[j as usize]);
         (i, true)
     }
 
@@ -262,7 +265,7 @@ type LiveMemo = std::collections::HashSet<State, FxBuild>;
 fn liveness(s: &State, cfg: &Config, memo: &mut LiveMemo) -> Option<Violation> {
     let spinner = step::spinner(s)?;
     let key = canonical(s, cfg.variant);
-    if memo.contains(&key) {
+    if memo.contains(&key) || greedy_progress(&key, cfg) {
         return None;
     }
     let mut seen = std::collections::HashSet::with_hasher(FxBuild);
@@ -287,6 +290,38 @@ fn liveness(s: &State, cfg: &Config, memo: &mut LiveMemo) -> Option<Violation> {
         }
         _ => Violation::ForkLockup { spinner },
     })
+}
+
+/// A quick try before the full search: the operations run on, CPUs switch to idle (which drops
+/// CIDs in transit), and so on, one action at a time; a free CID on the way proves progress.
+fn greedy_progress(s: &State, cfg: &Config) -> bool {
+    let rank = |a: &Action| match a {
+        Action::Flush { .. } | Action::Retry { .. } => 0,
+        Action::Step { .. } | Action::Visit { .. } => 1,
+        Action::Switch { next: None, .. } => 2,
+        _ => 3,
+    };
+    let mut x = s.clone();
+    let mut seen = std::collections::HashSet::with_hasher(FxBuild);
+    for _ in 0..64 {
+        if x.bitmap.count_ones() < x.ncpus as u32 {
+            return true;
+        }
+        let Some(a) = step::enabled(&x, cfg.weak)
+            .into_iter()
+            .filter(|&a| {
+                let mut cx = Ctx { variant: cfg.variant, weak: cfg.weak, log: None, fault: None };
+                !seen.contains(&step::apply(&x, a, &mut cx))
+            })
+            .min_by_key(rank)
+        else {
+            return false;
+        };
+        let mut cx = Ctx { variant: cfg.variant, weak: cfg.weak, log: None, fault: None };
+        x = step::apply(&x, a, &mut cx);
+        seen.insert(x.clone());
+    }
+    false
 }
 
 /// The path to a violation as actions on raw states: each canonical step is matched by an

@@ -150,7 +150,32 @@ pub fn step_enabled(s: &State, c: u8) -> bool {
         Pc::ModeStore { .. } => true,
         // smp_mb(), and a lock release, wait until the CPU's stores are visible.
         Pc::Barrier { .. } | Pc::Complete { .. } | Pc::Release => s.buffer_empty(c),
-        Pc::WalkTasks(_) | Pc::WalkCpus(_) => blocked_on_rq(s, c).is_none() && s.buffer_empty(c),
+        Pc::WalkTasks(_) => blocked_on_rq(s, c).is_none() && s.buffer_empty(c),
+        // Each CPU is a `visits` action; the step ends the walk.
+        Pc::WalkCpus { done, .. } => done == all_cpus(s),
+    }
+}
+
+fn all_cpus(s: &State) -> u8 {
+    ((1u16 << s.ncpus) - 1) as u8
+}
+
+/// The CPUs the CPU walk on `c` may visit next: the one it waits for, else any not visited yet
+/// (the allowed ones first, as index order has them first).
+pub fn visits(s: &State, c: u8) -> Vec<u8> {
+    let Some((_, Pc::WalkCpus { done, next })) = s.cpu(c).op else { return Vec::new() };
+    if !s.buffer_empty(c) {
+        return Vec::new();
+    }
+    if next != NO_TASK {
+        return if s.rq_locked(next) { Vec::new() } else { vec![next] };
+    }
+    let pending: Vec<u8> = (0..s.ncpus).filter(|k| done & (1 << k) == 0).collect();
+    let allowed: Vec<u8> = pending.iter().copied().filter(|&k| k < s.nr_cpus_allowed).collect();
+    if allowed.is_empty() {
+        pending
+    } else {
+        allowed
     }
 }
 
@@ -158,7 +183,7 @@ pub fn step_enabled(s: &State, c: u8) -> bool {
 pub fn blocked_on_rq(s: &State, c: u8) -> Option<u8> {
     let rq = match s.cpu(c).op?.1 {
         Pc::WalkTasks(i) => s.task(next_walk_task(s, c, i)?).cpu,
-        Pc::WalkCpus(k) if k < s.ncpus => k,
+        Pc::WalkCpus { next, .. } if next != NO_TASK => next,
         _ => return None,
     };
     s.rq_locked(rq).then_some(rq)
@@ -193,7 +218,10 @@ pub fn step(s: &mut State, cx: &mut Ctx, c: u8) {
         }
         Pc::Barrier { to_percpu } => barrier(s, cx, c, kind, to_percpu),
         Pc::WalkTasks(i) => walk_task(s, cx, c, i),
-        Pc::WalkCpus(k) => walk_cpu(s, cx, c, k),
+        Pc::WalkCpus { .. } => {
+            s.cpu_mut(c).op = Some((kind, Pc::Complete { to_percpu: false }));
+            step(s, cx, c)
+        }
         Pc::Complete { to_percpu } => {
             if let Some(store) = complete_store(cx.variant, to_percpu) {
                 s.store(c, cx.weak, store);
@@ -238,7 +266,7 @@ fn barrier(s: &mut State, cx: &mut Ctx, c: u8, kind: OpKind, to_percpu: bool) {
         OpKind::Exit => drop_cid_on_cpu(s, cx, c),
         OpKind::Work => {}
     }
-    let pc = if to_percpu { Pc::WalkTasks(0) } else { Pc::WalkCpus(0) };
+    let pc = if to_percpu { Pc::WalkTasks(0) } else { Pc::WalkCpus { done: 0, next: NO_TASK } };
     s.cpu_mut(c).op = Some((kind, pc));
     cx.say(|| format!("{} starts the fixup walk.", actor(s, c)));
 }
@@ -298,14 +326,16 @@ fn walk_task(s: &mut State, cx: &mut Ctx, c: u8, i: u8) {
     }
 }
 
-/// One CPU of mm_cid_fixup_cpus_to_tasks(), under that CPU's runqueue lock.
-fn walk_cpu(s: &mut State, cx: &mut Ctx, c: u8, k: u8) {
-    let (kind, _) = s.cpu(c).op.unwrap();
-    if k >= s.ncpus {
-        s.cpu_mut(c).op = Some((kind, Pc::Complete { to_percpu: false }));
-        return step(s, cx, c);
+/// CPU `k` in mm_cid_fixup_cpus_to_tasks() on CPU `c`: under `k`'s runqueue lock, or, when
+/// another CPU holds it, the walk starts waiting for it.
+pub fn visit(s: &mut State, cx: &mut Ctx, c: u8, k: u8) {
+    let Some((kind, Pc::WalkCpus { done, .. })) = s.cpu(c).op else { unreachable!("a visit outside a CPU walk") };
+    if s.rq_locked(k) {
+        s.cpu_mut(c).op = Some((kind, Pc::WalkCpus { done, next: k }));
+        cx.say(|| format!("{}'s fixup walk waits for CPU{k}'s runqueue lock.", actor(s, c)));
+        return;
     }
-    s.cpu_mut(c).op = Some((kind, Pc::WalkCpus(k + 1)));
+    s.cpu_mut(c).op = Some((kind, Pc::WalkCpus { done: done | 1 << k, next: NO_TASK }));
     cx.say(|| format!("{}'s fixup walk locks CPU{k}'s runqueue:", actor(s, c)));
     let curr = s.cpu(k).curr;
     let ours = curr != NO_TASK && s.task(curr).active;

@@ -29,7 +29,7 @@ pub fn on_task(cid: u8) -> bool {
 pub const MODE_ONCPU: u8 = 1;
 pub const MODE_TRANSIT: u8 = 2;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
 pub enum Life {
     /// No task in this slot (never forked, or exited and scheduled out for the last time).
     #[default]
@@ -42,7 +42,7 @@ pub enum Life {
     Exiting,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
 pub struct Task {
     pub life: Life,
     /// sched_mm_cid::active.
@@ -86,8 +86,12 @@ pub enum Pc {
     Barrier { to_percpu: bool },
     /// mm_cid_fixup_tasks_to_cpus(): the next user to visit, by position in the user list.
     WalkTasks(u8),
-    /// mm_cid_fixup_cpus_to_tasks(): the next CPU to visit.
-    WalkCpus(u8),
+    /// mm_cid_fixup_cpus_to_tasks(): `done`, the CPUs visited (a mask); `next`, the CPU whose
+    /// runqueue lock it waits for, or NO_TASK. The kernel visits them in index order; CPUs are
+    /// interchangeable, so the model lets the walk take them in any order (every order is index
+    /// order after renaming the CPUs), which keeps CPU symmetry while a walk runs. It commits to
+    /// a CPU when it finds its lock held, as the kernel spins on that lock.
+    WalkCpus { done: u8, next: u8 },
     /// mm_cid_complete_transit(): smp_mb() and the store that ends the transition.
     Complete { to_percpu: bool },
     /// Done: mm_cid::lock and mm_cid::mutex are released once the CPU's stores are visible.
@@ -136,7 +140,7 @@ impl Default for Cpu {
     }
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct State {
     pub ncpus: u8,
     pub ntasks: u8,
@@ -159,6 +163,83 @@ pub struct State {
     pub forks_left: u8,
     pub exits_left: u8,
     pub next_name: u8,
+}
+
+/// Hashing is most of the search's time: the state goes into a byte array first and is hashed a
+/// word at a time, instead of field by field.
+impl std::hash::Hash for State {
+    fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
+        let mut b = [0u8; 8 * 24];
+        let mut n = 0;
+        let mut put = |x: u8| {
+            b[n] = x;
+            n += 1;
+        };
+        for t in &self.tasks[..self.ntasks as usize] {
+            put(t.life as u8 | (t.active as u8) << 3);
+            put(t.cid);
+            put(t.cpu);
+            put(t.name);
+        }
+        for &t in &self.list[..self.users as usize] {
+            put(t);
+        }
+        for c in &self.cpus[..self.ncpus as usize] {
+            put(c.curr);
+            put(c.pcp);
+            put(match c.spin {
+                None => 0,
+                Some(Spin::SchedIn { or }) => 1 | or,
+                Some(Spin::Child { locked }) => 2 | (locked as u8) << 2,
+            });
+            let (kind, child, pc, a, b2) = match c.op {
+                None => (0, 0, 0, 0, 0),
+                Some((kind, pc)) => {
+                    let (k, child) = match kind {
+                        OpKind::Fork { child } => (1, child),
+                        OpKind::Exit => (2, 0),
+                        OpKind::Work => (3, 0),
+                    };
+                    let (p, a, b2) = match pc {
+                        Pc::ModeStore { done, to_percpu } => (1, done, to_percpu as u8),
+                        Pc::Barrier { to_percpu } => (2, to_percpu as u8, 0),
+                        Pc::WalkTasks(i) => (3, i, 0),
+                        Pc::WalkCpus { done, next } => (4, done, next),
+                        Pc::Complete { to_percpu } => (5, to_percpu as u8, 0),
+                        Pc::Release => (6, 0, 0),
+                    };
+                    (k, child, p, a, b2)
+                }
+            };
+            put(kind | pc << 2);
+            put(child);
+            put(a);
+            put(b2);
+            for st in &c.buf {
+                put(st.map_or(0, |st| 1 + st.word as u8));
+                put(st.map_or(0, |st| st.value));
+            }
+        }
+        for x in [
+            self.users,
+            self.bitmap,
+            self.mode,
+            self.max_cids,
+            self.pcpu_thrs,
+            self.nr_cpus_allowed,
+            self.update_deferred as u8 | (self.work_queued as u8) << 1,
+            self.forks_left,
+            self.exits_left,
+            self.next_name,
+        ] {
+            put(x);
+        }
+        for chunk in b[..n].chunks(8) {
+            let mut w = [0u8; 8];
+            w[..chunk.len()].copy_from_slice(chunk);
+            h.write_u64(u64::from_le_bytes(w));
+        }
+    }
 }
 
 /// A state's rendering for people: one line per CPU and per task.
@@ -298,40 +379,44 @@ fn apply_store(old: u8, word: Word, s: Store) -> u8 {
     }
 }
 
-/// The CPU fixup walk's cursor when one is running: CPUs below it are done, the rest will be
-/// visited in index order, so only the done ones may be renamed among themselves.
-fn walk_cursor(s: &State) -> Option<u8> {
-    s.cpus[..s.ncpus as usize].iter().find_map(|c| match c.op {
-        Some((_, Pc::WalkCpus(next))) => Some(next),
-        _ => None,
-    })
-}
-
 /// The state with tasks named by their place in the user list (then exiting and forking tasks,
 /// then free slots) and interchangeable CPUs sorted, so that states which differ only in names
 /// hash alike. Task names for people are cleared: they are not part of the protocol.
 pub fn canonical(s: &State, _variant: Variant) -> State {
-    let mut c = s.clone();
-    // Tasks: list order first, the rest by content, free slots last.
+    // Tasks: list order first, then those past exit() (in any order for now), free slots last.
     let mut order: Vec<u8> = s.users().to_vec();
-    let mut rest: Vec<u8> = (0..s.ntasks).filter(|t| !order.contains(t) && s.task(*t).life != Life::Free).collect();
-    rest.sort_by_key(|&t| {
-        let k = s.task(t);
-        (k.life as u8, k.active, k.cid, k.cpu)
-    });
+    order.extend((0..s.ntasks).filter(|t| !s.users().contains(t) && s.task(*t).life != Life::Free));
+    let mut c = rename_tasks(s, &order);
+    for (i, slot) in c.list.iter_mut().enumerate() {
+        *slot = if i < s.users as usize { i as u8 } else { 0 };
+    }
+    c.next_name = 0;
+    // CPU keys name tasks past exit() by content, so the CPUs' order does not depend on theirs;
+    // then those tasks are ordered by content with the CPUs' final names.
+    sort_cpus(&mut c);
+    let mut order: Vec<u8> = (0..c.users).collect();
+    let mut rest: Vec<u8> = (c.users..c.ntasks).filter(|&t| c.task(t).life != Life::Free).collect();
+    rest.sort_by_key(|&t| *c.task(t));
     order.extend(rest);
-    let live = order.len();
-    order.extend((0..s.ntasks).filter(|t| s.task(*t).life == Life::Free));
+    rename_tasks(&c, &order)
+}
+
+/// `s` with task `order[i]` in slot i (the slots not named become free), references renamed.
+fn rename_tasks(s: &State, order: &[u8]) -> State {
+    let mut c = s.clone();
     let mut rename = [NO_TASK; MAX_TASKS];
     for (new, &old) in order.iter().enumerate() {
         rename[old as usize] = new as u8;
     }
     let map = |t: u8| if t == NO_TASK { NO_TASK } else { rename[t as usize] };
-    for (new, &old) in order.iter().enumerate() {
-        c.tasks[new] = if new < live { Task { name: 0, ..*s.task(old) } } else { Task::default() };
+    for new in 0..s.ntasks as usize {
+        c.tasks[new] = match order.get(new) {
+            Some(&old) => Task { name: 0, ..*s.task(old) },
+            None => Task::default(),
+        };
     }
     for i in 0..s.users as usize {
-        c.list[i] = i as u8;
+        c.list[i] = map(s.list[i]);
     }
     for cpu in c.cpus[..s.ncpus as usize].iter_mut() {
         cpu.curr = map(cpu.curr);
@@ -339,26 +424,33 @@ pub fn canonical(s: &State, _variant: Variant) -> State {
             cpu.op = Some((OpKind::Fork { child: map(child) }, pc));
         }
     }
-    c.next_name = 0;
-    sort_cpus(&mut c);
     c
 }
 
-/// Renames interchangeable CPUs: those on the same side of the allowed mask and not ahead of a
-/// running CPU fixup walk, by their content and the tasks queued on them.
+/// Renames interchangeable CPUs (those on the same side of the allowed mask) by their content,
+/// whether a CPU walk has visited them, and the tasks queued on them.
 fn sort_cpus(c: &mut State) {
     let n = c.ncpus as usize;
-    let fixed_from = walk_cursor(c).unwrap_or(c.ncpus) as usize;
+    let walk = c.cpus[..n].iter().find_map(|cpu| match cpu.op {
+        Some((_, Pc::WalkCpus { done, next })) => Some((done, next)),
+        _ => None,
+    });
     let key = |s: &State, i: usize| {
-        let queued: u8 = (0..s.ntasks)
-            .filter(|&t| s.task(t).life != Life::Free && s.task(t).cpu as usize == i)
-            .fold(0, |m, t| m | 1 << t);
-        (s.cpus[i], queued)
+        let visited = walk.map(|(done, next)| (done >> i & 1, next as usize == i));
+        let queued: u8 =
+            (0..s.ntasks).filter(|&t| t < s.users && s.task(t).cpu as usize == i).fold(0, |m, t| m | 1 << t);
+        let mut cpu = s.cpus[i];
+        let mut past_exit = None;
+        if cpu.curr != NO_TASK && cpu.curr >= s.users {
+            // A task past exit() by its content, not its (yet to be decided) name.
+            past_exit = Some(Task { cpu: 0, ..*s.task(cpu.curr) });
+            cpu.curr = NO_TASK - 1;
+        }
+        (visited, cpu, past_exit, queued)
     };
     let mut perm: Vec<usize> = (0..n).collect();
     for allowed in [true, false] {
-        let slots: Vec<usize> =
-            (0..fixed_from.min(n)).filter(|&i| (i < c.nr_cpus_allowed as usize) == allowed).collect();
+        let slots: Vec<usize> = (0..n).filter(|&i| (i < c.nr_cpus_allowed as usize) == allowed).collect();
         let mut members = slots.clone();
         members.sort_by_key(|&i| key(c, i));
         for (slot, member) in slots.iter().zip(members) {
@@ -379,6 +471,13 @@ fn sort_cpus(c: &mut State) {
     for t in 0..c.ntasks as usize {
         if c.tasks[t].life != Life::Free {
             c.tasks[t].cpu = to_new[c.tasks[t].cpu as usize];
+        }
+    }
+    for cpu in c.cpus[..n].iter_mut() {
+        if let Some((kind, Pc::WalkCpus { done, next })) = cpu.op {
+            let done = (0..n).filter(|&o| done >> o & 1 != 0).fold(0u8, |m, o| m | 1 << to_new[o]);
+            let next = if next == NO_TASK { NO_TASK } else { to_new[next as usize] };
+            cpu.op = Some((kind, Pc::WalkCpus { done, next }));
         }
     }
 }

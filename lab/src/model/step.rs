@@ -27,6 +27,9 @@ pub enum Action {
     Exit { cpu: u8 },
     /// The next step of the fork(), exit() or work running on `cpu`.
     Step { cpu: u8 },
+    /// The CPU fixup walk on `cpu` goes to CPU `rq`: takes its runqueue lock and fixes its CID
+    /// up, or starts waiting for the lock.
+    Visit { cpu: u8, rq: u8 },
     /// rq->curr widens its affinity to every CPU: mm_update_cpus_allowed().
     Affinity { cpu: u8 },
     /// A kworker on idle `cpu` runs mm_cid_work_fn().
@@ -44,6 +47,7 @@ impl Action {
             | Action::Fork { cpu }
             | Action::Exit { cpu }
             | Action::Step { cpu }
+            | Action::Visit { cpu, .. }
             | Action::Affinity { cpu }
             | Action::Work { cpu }
             | Action::Flush { cpu, .. } => cpu,
@@ -119,6 +123,7 @@ pub fn enabled(s: &State, weak: bool) -> Vec<Action> {
             if ops::step_enabled(s, c) {
                 out.push(Action::Step { cpu: c });
             }
+            out.extend(ops::visits(s, c).into_iter().map(|rq| Action::Visit { cpu: c, rq }));
         } else {
             free_cpu(s, c, &mut out);
         }
@@ -181,6 +186,7 @@ pub fn apply(s: &State, action: Action, cx: &mut Ctx) -> State {
         Action::Fork { cpu } => ops::fork(&mut s, cx, cpu),
         Action::Exit { cpu } => ops::exit(&mut s, cx, cpu),
         Action::Step { cpu } => ops::step(&mut s, cx, cpu),
+        Action::Visit { cpu, rq } => ops::visit(&mut s, cx, cpu, rq),
         Action::Affinity { cpu } => ops::affinity(&mut s, cx, cpu),
         Action::Work { cpu } => ops::work(&mut s, cx, cpu),
         Action::Flush { cpu, word } => flush(&mut s, cx, cpu, word),
@@ -275,7 +281,11 @@ pub fn cpu_start(task_start: &State, variant: Variant) -> Result<State, String> 
     };
     let finish = |s: &mut State, run: &mut dyn FnMut(&mut State, Action) -> Result<(), String>, c: u8| {
         while s.cpu(c).op.is_some() {
-            run(s, Action::Step { cpu: c })?;
+            let a = match ops::visits(s, c).first() {
+                Some(&rq) => Action::Visit { cpu: c, rq },
+                None => Action::Step { cpu: c },
+            };
+            run(s, a)?;
         }
         Ok::<(), String>(())
     };
