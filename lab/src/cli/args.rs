@@ -177,7 +177,7 @@ pub struct ModelArgs {
     #[arg(long, value_name = "C", default_value_t = 4, value_parser = clap::value_parser!(u8).range(2..=6))]
     pub cpus: u8,
     /// Task slots: the task start has T-1 users; forks fill free slots.
-    #[arg(long, value_name = "T", default_value_t = 5, value_parser = clap::value_parser!(u8).range(2..=6))]
+    #[arg(long, value_name = "T", default_value_t = 5, value_parser = clap::value_parser!(u8).range(2..=8))]
     pub tasks: u8,
     /// CPUs in the mm's allowed mask at the start (default: all); below C adds the affinity
     /// update that widens it, and its deferred work.

@@ -406,3 +406,79 @@ fn to_waiter(s: &State, spinner: u8, cfg: &Config) -> (Vec<Action>, Option<u8>) 
 pub fn hang(s: &State, cfg: &Config) -> Option<Violation> {
     liveness(s, cfg, &mut LiveMemo::default())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What a search ends in, for the table.
+    #[derive(Debug, PartialEq)]
+    enum Verdict {
+        Clean,
+        LiveLock,
+        ForkLockup,
+        Leak,
+    }
+
+    fn run(variant: &str, weak: bool, start: Start, steps: u32) -> (Verdict, Option<Counterexample>, Config) {
+        let cfg = Config {
+            variant: Variant::parse(variant).unwrap(),
+            cpus: 4,
+            tasks: 5,
+            allowed: 4,
+            max_steps: steps,
+            max_forks: 2,
+            max_exits: 1,
+            weak,
+            start,
+        };
+        let out = check(&cfg).unwrap();
+        let verdict = match out.counterexample.as_ref().map(|c| &c.violation) {
+            None => Verdict::Clean,
+            Some(Violation::LiveLock { waiter: Some(_), .. }) => Verdict::LiveLock,
+            Some(Violation::ForkLockup { .. }) => Verdict::ForkLockup,
+            Some(Violation::Fault(Fault::Leak { .. })) => Verdict::Leak,
+            Some(other) => panic!("{variant}: unexpected {other:?}"),
+        };
+        (verdict, out.counterexample, cfg)
+    }
+
+    /// Each variant's verdict at 4 CPUs and 5 tasks, with step bounds small enough for a unit
+    /// test; `lab model` runs them deeper (README.md, BENCHMARKS.md).
+    #[test]
+    fn each_variant_has_its_verdict() {
+        #[rustfmt::skip]
+        let cases = [
+            // (variant, weak, start, steps, verdict)
+            ("stock", false, Start::Task, 9, Verdict::Clean),
+            ("stock", false, Start::Cpu, 12, Verdict::Clean),
+            ("stock", true, Start::Task, 10, Verdict::Clean),
+            ("no-transit", false, Start::Task, 12, Verdict::LiveLock),
+            ("two-field", false, Start::Task, 9, Verdict::Clean),
+            ("two-field", true, Start::Task, 15, Verdict::LiveLock),
+            ("weak-order", false, Start::Task, 12, Verdict::LiveLock),
+            ("fork-stale", false, Start::Cpu, 10, Verdict::ForkLockup),
+            ("exit-reassign", false, Start::Cpu, 10, Verdict::Leak),
+        ];
+        for (variant, weak, start, steps, want) in cases {
+            let (got, _, _) = run(variant, weak, start, steps);
+            assert_eq!(got, want, "{variant} weak={weak} start={start:?} steps={steps}");
+        }
+    }
+
+    /// The seed's scenario: the spinner's CPU got there by a migration after handing its CID to
+    /// another CPU, and the counterexample replays from its file to the same violation.
+    #[test]
+    fn the_no_transit_counterexample_is_the_seeds_and_replays() {
+        let (_, cex, cfg) = run("no-transit", false, Start::Task, 12);
+        let cex = cex.unwrap();
+        assert!(cex.actions.iter().any(|a| matches!(a, Action::Migrate { .. })));
+        let file = super::super::timeline::TraceFile::new(&cfg, &cex);
+        let text = serde_json::to_string(&file).unwrap();
+        let back: super::super::timeline::TraceFile = serde_json::from_str(&text).unwrap();
+        let mut out = String::new();
+        let v = super::super::timeline::replay(&back, &mut out).unwrap();
+        assert!(matches!(v, Some(Violation::LiveLock { .. })), "{v:?}\n{out}");
+        assert!(out.contains("observes percpu == true"), "{out}");
+    }
+}

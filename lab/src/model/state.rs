@@ -5,7 +5,7 @@
 use super::variants::Variant;
 
 pub const MAX_CPUS: usize = 6;
-pub const MAX_TASKS: usize = 6;
+pub const MAX_TASKS: usize = 8;
 pub const NO_TASK: u8 = u8::MAX;
 
 // A CID in one byte, with the flag bits in the kernel's order (MM_CID_TRANSIT < MM_CID_ONCPU <
