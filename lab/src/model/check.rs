@@ -179,7 +179,7 @@ pub fn check(cfg: &Config) -> Result<Outcome, String> {
     let mut g = Graph::new();
     let mut root_of = Vec::new();
     for (start, raw) in &roots {
-        let (i, _) = g.insert(canonical(raw, cfg.variant), u32::MAX);
+        let (i, _) = g.insert(canonical(raw), u32::MAX);
         root_of.push((i, *start, raw.clone()));
     }
     let mut transitions = 0u64;
@@ -203,7 +203,7 @@ pub fn check(cfg: &Config) -> Result<Outcome, String> {
                     found = Some((i as u32, Some(a), Violation::Fault(fault)));
                     break 'levels;
                 }
-                let (j, new) = g.insert(canonical(&next, cfg.variant), i as u32);
+                let (j, new) = g.insert(canonical(&next), i as u32);
                 if !new {
                     continue;
                 }
@@ -225,7 +225,7 @@ pub fn check(cfg: &Config) -> Result<Outcome, String> {
 fn has_new_successor(g: &Graph, s: &State, cfg: &Config) -> bool {
     step::enabled(s, cfg.weak).into_iter().any(|a| {
         let mut cx = Ctx { variant: cfg.variant, weak: cfg.weak, log: None, fault: None };
-        !g.contains(&canonical(&step::apply(s, a, &mut cx), cfg.variant))
+        !g.contains(&canonical(&step::apply(s, a, &mut cx)))
     })
 }
 
@@ -264,7 +264,7 @@ type LiveMemo = std::collections::HashSet<State, FxBuild>;
 /// ever frees a CID: every other CPU may still run, so this searches all it can reach.
 fn liveness(s: &State, cfg: &Config, memo: &mut LiveMemo) -> Option<Violation> {
     let spinner = step::spinner(s)?;
-    let key = canonical(s, cfg.variant);
+    let key = canonical(s);
     if memo.contains(&key) || greedy_progress(&key, cfg) {
         return None;
     }
@@ -278,7 +278,7 @@ fn liveness(s: &State, cfg: &Config, memo: &mut LiveMemo) -> Option<Violation> {
         }
         for a in step::enabled(&x, cfg.weak) {
             let mut cx = Ctx { variant: cfg.variant, weak: cfg.weak, log: None, fault: None };
-            let y = canonical(&step::apply(&x, a, &mut cx), cfg.variant);
+            let y = canonical(&step::apply(&x, a, &mut cx));
             if seen.insert(y.clone()) {
                 queue.push_back(y);
             }
@@ -347,7 +347,7 @@ fn rebuild(
         let target = &g.nodes[next as usize];
         let a = step::enabled(&raw, cfg.weak)
             .into_iter()
-            .find(|&a| canonical(&apply(&raw, a).0, cfg.variant) == *target)
+            .find(|&a| canonical(&apply(&raw, a).0) == *target)
             .expect("a canonical step has a raw counterpart");
         raw = apply(&raw, a).0;
         actions.push(a);
@@ -381,7 +381,7 @@ fn rebuild(
 fn to_waiter(s: &State, spinner: u8, cfg: &Config) -> (Vec<Action>, Option<u8>) {
     let mut seen = std::collections::HashSet::with_hasher(FxBuild);
     let mut queue = std::collections::VecDeque::from([(s.clone(), Vec::new())]);
-    seen.insert(canonical(s, cfg.variant));
+    seen.insert(canonical(s));
     while let Some((x, path)) = queue.pop_front() {
         if let Some(&w) = step::waiters_on_rq(&x, spinner).first() {
             return (path, Some(w));
@@ -392,7 +392,7 @@ fn to_waiter(s: &State, spinner: u8, cfg: &Config) -> (Vec<Action>, Option<u8>) 
         for a in step::enabled(&x, cfg.weak) {
             let mut cx = Ctx { variant: cfg.variant, weak: cfg.weak, log: None, fault: None };
             let y = step::apply(&x, a, &mut cx);
-            if seen.insert(canonical(&y, cfg.variant)) {
+            if seen.insert(canonical(&y)) {
                 let mut p = path.clone();
                 p.push(a);
                 queue.push_back((y, p));

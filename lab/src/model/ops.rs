@@ -364,7 +364,7 @@ pub fn visit(s: &mut State, cx: &mut Ctx, c: u8, k: u8) {
 fn child_cid(s: &mut State, cx: &mut Ctx, c: u8, child: u8, locked: bool) {
     let max = s.read(c, Word::MaxCids);
     match super::sched::try_get(s, max) {
-        Some(cid) => child_got_cid(s, cx, c, cid, locked),
+        Some(cid) => child_got_cid(s, cx, c, cid),
         None => {
             s.cpu_mut(c).spin = Some(Spin::Child { locked });
             cx.say(|| format!("{}'s CID must come from mm_get_cid(), but the pool is empty: CPU{c} loops in mm_get_cid() under sched_mm_cid_fork(){}.", name(s, child), if locked { " with mm_cid::lock held and interrupts off" } else { "" }));
@@ -373,7 +373,7 @@ fn child_cid(s: &mut State, cx: &mut Ctx, c: u8, child: u8, locked: bool) {
 }
 
 /// The child has its CID: sched_mm_cid_fork() returns.
-pub fn child_got_cid(s: &mut State, cx: &mut Ctx, c: u8, cid: u8, _locked: bool) {
+pub fn child_got_cid(s: &mut State, cx: &mut Ctx, c: u8, cid: u8) {
     let Some((OpKind::Fork { child }, _)) = s.cpu(c).op else { unreachable!("a child CID outside fork") };
     s.task_mut(child).cid = cid;
     cx.say(|| format!("{} gets CID {cid}.", name(s, child)));

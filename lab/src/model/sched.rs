@@ -221,9 +221,7 @@ pub fn retry(s: &mut State, cx: &mut Ctx, c: u8) {
                 )
             });
         }
-        Spin::Child { locked } => {
-            super::ops::child_got_cid(s, cx, c, cid, locked);
-        }
+        Spin::Child { .. } => super::ops::child_got_cid(s, cx, c, cid),
     }
 }
 

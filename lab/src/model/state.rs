@@ -2,8 +2,6 @@
 //! struct sched_mm_cid, struct mm_cid_pcpu), plus what each CPU is in the middle of, small enough
 //! to hash by the million; and its canonical form under task and CPU renaming.
 
-use super::variants::Variant;
-
 pub const MAX_CPUS: usize = 6;
 pub const MAX_TASKS: usize = 8;
 pub const NO_TASK: u8 = u8::MAX;
@@ -382,7 +380,7 @@ fn apply_store(old: u8, word: Word, s: Store) -> u8 {
 /// The state with tasks named by their place in the user list (then exiting and forking tasks,
 /// then free slots) and interchangeable CPUs sorted, so that states which differ only in names
 /// hash alike. Task names for people are cleared: they are not part of the protocol.
-pub fn canonical(s: &State, _variant: Variant) -> State {
+pub fn canonical(s: &State) -> State {
     // Tasks: list order first, then those past exit() (in any order for now), free slots last.
     let mut order: Vec<u8> = s.users().to_vec();
     order.extend((0..s.ntasks).filter(|t| !s.users().contains(t) && s.task(*t).life != Life::Free));
@@ -533,6 +531,6 @@ mod tests {
         for t in 0..4 {
             b.tasks[t].cpu = 3;
         }
-        assert_eq!(canonical(&a, Variant::Stock), canonical(&b, Variant::Stock));
+        assert_eq!(canonical(&a), canonical(&b));
     }
 }
