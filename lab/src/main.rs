@@ -12,7 +12,7 @@ mod image;
 mod inputs;
 mod kernel;
 mod matrix;
-
+mod model;
 mod plan;
 mod process;
 mod report;
@@ -74,6 +74,7 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
         Command::Merge { out, shards } => cli::results::merge(&out, &shards),
         Command::Doctor => cli::doctor::doctor(&env),
         Command::Setup { dry_run } => cli::doctor::setup(&env, dry_run),
+        Command::Model(args) => cli::model::model(args),
         Command::Bench(args) => bench::run(&env.sh, &env.cache()?, &args, &env.ui, Path::new(cli::PROJECT_DIR)),
     }
 }

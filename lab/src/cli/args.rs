@@ -196,6 +196,81 @@ pub enum Command {
     /// Measure build and boot times and the lab's overhead over bare QEMU, host-side diagnosis
     /// (--stuck) or triage throughput (--triage) (see BENCHMARKS.md).
     Bench(bench::BenchArgs),
+    /// Check the mm_cid ownership-mode protocol of 7.3, or a variant with a fix undone, over
+    /// every interleaving of T tasks on C CPUs (no kernel, no QEMU).
+    ///
+    /// An executable model of kernel/sched/{sched.h,core.c}: per task and per CPU CIDs with the
+    /// ONCPU/TRANSIT bits, schedule in/out, migration, fork() and exit() with the mode switch and
+    /// both fixup walks (one runqueue lock per step), the affinity update and its deferred work.
+    /// Breadth first, so a counterexample is a shortest one; it prints as a timeline with one
+    /// column per CPU. Properties: no live lock (a CPU looping in mm_get_cid() that no interleaving
+    /// ever gives a CID, with a fixup walk waiting for its runqueue lock), no hard lockup in
+    /// mm_get_cid() under fork(), CIDs unique among running tasks and below the CPU count, no CID
+    /// dropped twice or lost by an exited task.
+    ///
+    /// Variants: stock, no-transit (patch 1/4 undone), two-field (2/4 undone), exit-reassign
+    /// (3/4 undone), fork-stale (stale per-CPU CIDs), weak-order (new mode stored before transit).
+    ///
+    /// Examples:
+    ///   lab model                                      stock, 4 CPUs, 5 tasks: clean
+    ///   lab model --variant no-transit --save nt.json  the BPF CI live lock, saved
+    ///   lab model --replay nt.json                     step by step, each step re-checked
+    ///   lab model --variant two-field --weak           the POWER interleaving (store buffers)
+    ///   lab model --variant fork-stale --start cpu     from per-CPU mode at the threshold
+    ///
+    /// Exit status: 0 clean within the bound, 1 counterexample found (or replayed), 2 bad input.
+    #[command(verbatim_doc_comment)]
+    Model(ModelArgs),
+}
+
+#[derive(clap::Args)]
+pub struct ModelArgs {
+    /// The protocol variant: stock, no-transit, two-field, exit-reassign, fork-stale, weak-order.
+    #[arg(long, value_name = "NAME", default_value = "stock", value_parser = parse_variant)]
+    pub variant: crate::model::Variant,
+    /// Possible CPUs (num_possible_cpus()).
+    #[arg(long, value_name = "C", default_value_t = 4, value_parser = clap::value_parser!(u8).range(2..=6))]
+    pub cpus: u8,
+    /// Task slots: the task start has T-1 users; forks fill free slots.
+    #[arg(long, value_name = "T", default_value_t = 5, value_parser = clap::value_parser!(u8).range(2..=8))]
+    pub tasks: u8,
+    /// CPUs in the mm's allowed mask at the start (default: all); below C adds the affinity
+    /// update that widens it, and its deferred work.
+    #[arg(long, value_name = "N")]
+    pub allowed: Option<u8>,
+    /// Bound on the steps of an interleaving (BFS depth).
+    #[arg(long, value_name = "N", default_value_t = 18)]
+    pub max_steps: u32,
+    /// Bound on fork() calls in an interleaving.
+    #[arg(long, value_name = "N", default_value_t = 2)]
+    pub max_forks: u8,
+    /// Bound on exit() calls in an interleaving.
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    pub max_exits: u8,
+    /// Weak memory: a store buffer per CPU whose stores to different words become visible in any
+    /// order (as POWER allows without a barrier); smp_mb() and lock releases wait for it.
+    #[arg(long)]
+    pub weak: bool,
+    /// Where the search starts: task (per-task mode, the fork() switch), cpu (per-CPU mode at
+    /// the threshold, the exit() switch), or both.
+    #[arg(long, value_enum, default_value = "both")]
+    pub start: crate::model::Start,
+    /// Write the counterexample to FILE (JSON) for --replay.
+    #[arg(long, value_name = "FILE")]
+    pub save: Option<PathBuf>,
+    /// Replay a saved counterexample step by step instead of searching.
+    #[arg(long, value_name = "FILE", conflicts_with = "save")]
+    pub replay: Option<PathBuf>,
+    /// Print the result as one JSON document.
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn parse_variant(name: &str) -> Result<crate::model::Variant, String> {
+    crate::model::Variant::parse(name).ok_or_else(|| {
+        let names: Vec<&str> = crate::model::VARIANTS.iter().map(|v| v.name()).collect();
+        format!("unknown variant `{name}`: the variants are {}", names.join(", "))
+    })
 }
 
 #[derive(clap::Args)]

@@ -6,6 +6,7 @@ pub mod args;
 pub mod build;
 pub mod doctor;
 pub mod hold;
+pub mod model;
 pub mod results;
 pub mod run;
 pub mod triage;
