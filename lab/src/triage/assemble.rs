@@ -180,6 +180,7 @@ pub(super) fn title(kind: Kind, subject: &str, frame: Option<&str>) -> String {
         Kind::Bug => or("BUG"),
         Kind::Kasan => or("KASAN"),
         Kind::Other => or("other"),
+        Kind::Kmemleak => "memory leak",
         Kind::Silent => "silent",
         Kind::LostConnection => "lost connection",
         Kind::BootHang => "boot hang",
