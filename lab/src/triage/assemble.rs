@@ -2,6 +2,7 @@
 //! concludes the report before it, and which lines belong to which report when CPUs interleave.
 
 use super::console::{Caller, ConsoleLine};
+use super::culprit::Rule;
 use super::header::{self, Header, Role};
 use super::sanitize;
 use super::stack::Stacks;
@@ -143,7 +144,7 @@ impl Draft {
     fn into_report(mut self, truncated: bool, caller_of: &dyn Fn(&FrameSite) -> Option<String>) -> Report {
         self.stacks.name_callers(caller_of);
         let preferred_cpu = if self.kind == Kind::HardLockup { self.stuck_cpu } else { None };
-        let frame = self.stacks.culprit(preferred_cpu).map(str::to_owned).or(self.named_frame);
+        let frame = self.stacks.culprit(preferred_cpu, Rule::of(self.kind)).map(str::to_owned).or(self.named_frame);
         let missing =
             [(self.stacks.holder_unseen(preferred_cpu), Missing::LockHolder), (truncated, Missing::Truncated)]
                 .into_iter()
