@@ -110,8 +110,11 @@ impl Case {
         let mut rest = bytes;
         while let Some(end) = rest.iter().position(|&byte| byte == b'\n') {
             let line = String::from_utf8_lossy(&rest[..end]);
-            let header =
-                ["TITLE:", "ALT:", "TYPE:", "CORRUPTED:", "EXECUTOR:", "#"].iter().any(|tag| line.starts_with(tag));
+            // Tags are capitals and underscores before a colon (TITLE, ALT, TYPE, CORRUPTED, FRAME, ...).
+            let tagged = line.split_once(':').is_some_and(|(tag, _)| {
+                !tag.is_empty() && tag.bytes().all(|byte| byte.is_ascii_uppercase() || byte == b'_')
+            });
+            let header = tagged || line.starts_with('#');
             if !header && !line.trim().is_empty() {
                 break;
             }

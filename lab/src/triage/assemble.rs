@@ -274,8 +274,8 @@ impl Assembler {
             _ if draft.is_waiting_for_headline() => header.role != Role::CutHere,
             Role::Die => matches!(draft.kind, Kind::Bug | Kind::Kasan | Kind::Oops | Kind::Other) && !draft.has_die,
             Role::StuckCpuDump => draft.expects_other_cpus(),
-            // One watchdog pass prints one line per stuck pool.
-            Role::Opens => header.kind == Kind::WorkqueueLockup && draft.kind == Kind::WorkqueueLockup,
+            // One watchdog pass prints one line per stuck pool, one kmemleak scan one block per object.
+            Role::Opens => matches!(header.kind, Kind::WorkqueueLockup | Kind::Kmemleak) && draft.kind == header.kind,
             Role::CutHere | Role::Panic => false,
         };
         continues.then_some(index)

@@ -69,6 +69,9 @@ const HEADLINES: &[(Kind, Role, &str)] = &[
     ),
     // kernel/hung_task.c: "INFO: task %s:%d blocked%s for more than %ld seconds.\n" (%s: "" or " in I/O wait")
     (Kind::HungTask, Role::Opens, r"INFO: task (?P<subject>.+):\d+ blocked(?: in I/O wait)? for more than \d+ seconds"),
+    // The same line when the task's name (`comm`, any bytes a task set) holds a newline: the line
+    // ends inside the name, before any ':'.
+    (Kind::HungTask, Role::Opens, r"INFO: task (?P<subject>[^:]*)$"),
     // kernel/workqueue.c: "BUG: workqueue lockup - pool" + pool info + " stuck for %us!\n"
     (Kind::WorkqueueLockup, Role::Opens, r"BUG: workqueue lockup - pool"),
     // mm/kasan/report.c: "BUG: KASAN: %s in %pS\n", "BUG: KASAN: invalid-access\n"
@@ -82,8 +85,13 @@ const HEADLINES: &[(Kind, Role, &str)] = &[
     (
         Kind::Lockdep,
         Role::Opens,
-        r"(?:WARNING: (?:\S+/\d+ )?|\[ BUG: |INFO: )(?P<subject>possible circular locking dependency detected|\S+-safe -> \S+-unsafe lock order detected|possible recursive locking detected|chain_key collision|inconsistent lock state|possible irq lock inversion dependency detected|Nested lock was not taken|bad unlock balance detected|bad contention detected|held lock freed|still has locks held|lock held when returning to user space|suspicious RCU usage|Invalid wait context|trying to register non-static key)",
+        r"(?:WARNING: (?:\S+/\d+ )?|\[ (?:BUG|INFO|WARNING): |INFO: )(?P<subject>possible circular locking dependency detected|\S+-safe -> \S+-unsafe lock order detected|possible recursive locking detected|chain_key collision|inconsistent lock state|possible irq lock inversion dependency detected|Nested lock was not taken|bad unlock balance detected|bad contention detected|held lock freed|still has locks held|lock held when returning to user space|suspicious RCU usage|Invalid wait context|trying to register non-static key)",
     ),
+    // mm/kmemleak.c print_unreferenced: "unreferenced object 0x%08lx (size %zu):", one block per
+    // object a scan found (with "kmemleak: " when printed to the console), under a "BUG: memory leak"
+    // line when a harness (syzkaller) announces it.
+    (Kind::Kmemleak, Role::Opens, r"(?:kmemleak: )?unreferenced object 0x[0-9a-f]+ \(size \d+\):"),
+    (Kind::Kmemleak, Role::Opens, r"BUG: memory leak\s*$"),
     // lib/bug.c: "kernel BUG at %s:%u!\n", "kernel BUG at %pB [verbose debug info unavailable]\n"
     (Kind::Bug, Role::Opens, r"(?P<subject>kernel BUG) at "),
     // Everything else that says "BUG: <message>": the message ends where addresses, names and

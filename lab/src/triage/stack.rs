@@ -200,7 +200,9 @@ static FRAME_LINE: LazyLock<Regex> = LazyLock::new(|| {
         r"^\s*(?:",
         // Registers: x86 "RIP: 0010:%pS", arm64 "pc : %pS"/"lr : %pS", powerpc "NIP [%lx] %pS" and the
         // e-mail form "NIP: %pS".
-        r"(?P<register>(?:RIP|EIP):\s*(?:[0-9a-f]{4}:)?|(?:pc|lr)\s*:\s*|(?:NIP|LR)(?::\s*|\s*\[[0-9a-f]+\]\s*))",
+        // Older kernels: x86 "RIP: 0010:[<%p>]  [<%p>] %pS" and "IP: %pS", arm "PC is at %pS"/"LR is at %pS".
+        r"(?P<register>(?:RIP|EIP):\s*(?:[0-9a-f]{4}:)?(?:\[<[0-9a-f]+>\]\s*)*|IP:\s*|(?:pc|lr)\s*:\s*|(?:PC|LR) is at\s+",
+        r"|(?:NIP|LR)(?::\s*|\s*\[[0-9a-f]+\]\s*))",
         // Call trace: powerpc "[%lx] [%lx] %pS", old x86/arm "[<%p>] ", x86 "? " for guesses.
         r"|(?:\[<?[0-9a-f]+>?\]\s*)*(?P<guess>\?\s+)?",
         r")",
@@ -209,6 +211,8 @@ static FRAME_LINE: LazyLock<Regex> = LazyLock::new(|| {
         r"(?:\s+\[[^\]]*\])?",
         // arm64 unwinder source " (P)", powerpc " (unreliable)".
         r"(?:\s+\((?P<note>[A-Za-z]+)\))?",
+        // Source location, where the log was symbolized: " net/core/sock.c:1774".
+        r"(?:\s+[\w./+-]+:\d+(?::\d+)?)?",
         r"\s*$",
     ))
     .expect("frame pattern is valid")
