@@ -50,6 +50,8 @@ const TITLE_KINDS: &[(&str, &[Kind])] = &[
     ("KCSAN:", &[Kind::Bug]),
     ("UBSAN:", &[Kind::Other]),
     ("memory leak", &[Kind::Kmemleak]),
+    // Lockdep's own DEBUG_LOCKS_WARN_ON()s and reports, which syzbot names "locking bug".
+    ("WARNING: locking bug", &[Kind::Warning, Kind::Lockdep]),
     // WARN()s, whatever the subsystem's name for them.
     ("WARNING", &[Kind::Warning]),
     // Panics, and the kinds whose reports a panic concludes (its reason names them).

@@ -18,7 +18,8 @@ pub(super) struct ConsoleLine<'a> {
 impl<'a> ConsoleLine<'a> {
     pub fn parse(line: &'a str) -> Self {
         let rest = strip_host_time(line).unwrap_or(line);
-        let (stamped, rest) = match strip_printk_time(rest).or_else(|| record_after_foreign_text(rest)) {
+        let rest = record_after_foreign_text(rest).unwrap_or(rest);
+        let (stamped, rest) = match strip_printk_time(rest) {
             Some(rest) => (true, rest),
             None => (false, rest),
         };
@@ -63,14 +64,15 @@ fn strip_host_time(line: &str) -> Option<&str> {
 }
 
 /// A kernel record that begins in the middle of a line, after text that did not end with a newline:
-/// a login prompt, printk's "** N printk messages dropped **", a process's own output. The record's
-/// timestamp says where the kernel's text starts.
+/// a login prompt, printk's "** N printk messages dropped **", a process's own output, another
+/// record cut short. The record's timestamp says where the kernel's text starts.
 fn record_after_foreign_text(line: &str) -> Option<&str> {
     let bytes = line.as_bytes();
     let mut from = 1;
     while let Some(at) = bytes.get(from..)?.iter().position(|&byte| byte == b'[') {
-        if let Some(rest) = strip_printk_time(&line[from + at..]) {
-            return Some(rest);
+        let record = &line[from + at..];
+        if strip_printk_time(record).is_some() {
+            return Some(record);
         }
         from += at + 1;
     }
@@ -159,6 +161,7 @@ mod tests {
         check("** 93 printk messages dropped ** [  322.962139] BUG: KASAN: x", None, "BUG: KASAN: x");
         check("isob2 login: [  709.689951][    C1] INFO: rcu", Some(Caller::Cpu(1)), "INFO: rcu");
         check("bytes[   76.471107] BUG: unable", None, "BUG: unable");
+        check("[   76.470085] vmalloc: allocation failure: 8 bytes[   76.471107] BUG: unable", None, "BUG: unable");
         check("text [not a time] and [1.x]", None, "text [not a time] and [1.x]");
     }
 

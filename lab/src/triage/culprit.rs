@@ -142,7 +142,7 @@ const CONTEXT_ENDS: &[&str] = &["__schedule", "schedule", "preempt_schedule*", "
 
 /// Cross-CPU waits: a CPU stalled here waits for other CPUs to run a function, and that wait is
 /// the story of the stall whatever request it served.
-const CROSS_CPU_WAITS: &[&str] = &["smp_call_function*", "on_each_cpu*", "csd_lock_wait"];
+const CROSS_CPU_WAITS: &[&str] = &["smp_call_function*"];
 
 /// How a hung task sleeps: waits on pages, bits, work, kthreads, tty and USB transfers. The task's
 /// culprit is the function that called them.
@@ -153,13 +153,24 @@ const SLEEPS: &[&str] = &[
     "__wait_on_buffer", "wait_on_buffer", "__flush_work", "flush_work", "__flush_workqueue", "kthread_stop*",
     "ldsem_down_*", "usb_start_wait_urb", "usb_kill_urb", "usb_poison_urb", "console_lock", "synchronize_net",
     "wait_event_*", "__wait_event*", "prepare_to_wait*", "finish_wait", "io_schedule*", "rwsem_*", "__rwsem_*",
-    "msleep*", "schedule_hrtimeout*", "do_nanosleep", "hrtimer_nanosleep",
+    "msleep*", "schedule_hrtimeout*", "do_nanosleep", "hrtimer_nanosleep", "__cancel_work_timer", "__cancel_work*",
+    "cancel_work_sync", "cancel_delayed_work_sync", "usb_*_msg", "tty_ldisc_lock*", "tty_ldisc_ref_wait",
 ];
 
 /// Waits for an RCU grace period: every task stuck in one is a victim of whatever stalls RCU, and the
 /// wait itself is what a hang of this kind is known by.
 const GRACE_PERIOD_WAITS: &[&str] =
     &["synchronize_rcu*", "synchronize_sched*", "__synchronize_srcu", "synchronize_srcu*", "rcu_barrier*"];
+
+/// Functions that only take a lock for their caller: in a lockdep report every stack ends in one,
+/// and the caller is the code whose locking order is in question.
+#[rustfmt::skip]
+const LOCK_WRAPPERS: &[&str] = &[
+    "rtnl_lock*", "rtnl_nets_lock", "pipe_lock*", "pipe_double_lock", "__pipe_lock", "lock_sock*", "__lock_sock*",
+    "console_lock", "genl_lock", "nl_lock", "inode_lock*", "lock_two_nondirectories", "lock_rename*",
+    "flush_workqueue", "__flush_workqueue", "flush_work", "__flush_work", "start_flush_work", "touch_wq_lockdep_map",
+    "complete", "__wake_up*", "down_write*", "down_read*", "up_write", "up_read", "up", "mutex_unlock*",
+];
 
 /// The rule by which a report's stacks name their culprit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -170,6 +181,9 @@ pub(super) enum Rule {
     Stall,
     /// A hung task: the function that waits.
     Hang,
+    /// A lockdep report: the code that takes the lock, in the stack of the task that tripped the
+    /// check, printed last ("stack backtrace:").
+    Locking,
 }
 
 impl Rule {
@@ -177,6 +191,7 @@ impl Rule {
         match kind {
             Kind::RcuStall | Kind::SoftLockup => Rule::Stall,
             Kind::HungTask => Rule::Hang,
+            Kind::Lockdep => Rule::Locking,
             _ => Rule::Spot,
         }
     }
@@ -187,7 +202,13 @@ impl Rule {
             Rule::Spot => culprit_of(functions),
             Rule::Stall => stalled(functions),
             Rule::Hang => hung(functions),
+            Rule::Locking => culprit_of(&without(LOCK_WRAPPERS, functions)),
         }
+    }
+
+    /// Whether the last stack a report printed tells its story rather than the first.
+    pub fn last_stack_first(self) -> bool {
+        self == Rule::Locking
     }
 }
 
@@ -249,11 +270,14 @@ fn dispatched<'a>(context: &[&'a str]) -> Option<&'a str> {
 }
 
 fn hung<'a>(functions: &[&'a str]) -> Option<&'a str> {
-    if let Some(wait) = functions.iter().rev().find(|function| matches_any(GRACE_PERIOD_WAITS, function)) {
+    if let Some(wait) = functions.iter().find(|function| matches_any(GRACE_PERIOD_WAITS, function)) {
         return Some(wait);
     }
-    let waiting: Vec<&str> = functions.iter().copied().filter(|function| !matches_any(SLEEPS, function)).collect();
-    culprit_of(&waiting)
+    culprit_of(&without(SLEEPS, functions))
+}
+
+fn without<'a>(patterns: &[&str], functions: &[&'a str]) -> Vec<&'a str> {
+    functions.iter().copied().filter(|function| !matches_any(patterns, function)).collect()
 }
 
 #[cfg(test)]
@@ -341,8 +365,19 @@ mod tests {
     }
 
     #[test]
+    fn a_lockdep_report_names_who_takes_the_lock() {
+        check(
+            Rule::Locking,
+            "lock_acquire __mutex_lock mutex_lock_nested rtnl_lock do_ip_setsockopt ip_setsockopt",
+            "do_ip_setsockopt",
+        );
+        check(Rule::Locking, "lock_acquire lock_sock_nested l2cap_sock_teardown_cb", "l2cap_sock_teardown_cb");
+        check(Rule::Locking, "lock_acquire flush_workqueue peer_remove_after_dead", "peer_remove_after_dead");
+    }
+
+    #[test]
     fn a_hung_task_names_the_function_that_waits() {
-        check(Rule::Hang, "__schedule schedule ldsem_down_write tty_ldisc_lock tty_ldisc_hangup", "tty_ldisc_lock");
+        check(Rule::Hang, "__schedule schedule ldsem_down_write tty_ldisc_lock tty_ldisc_hangup", "tty_ldisc_hangup");
         check(
             Rule::Hang,
             "__schedule schedule schedule_timeout wait_for_completion kthread_stop set_current_rng",
@@ -359,6 +394,7 @@ mod tests {
             "synchronize_rcu",
         );
         check(Rule::Hang, "__schedule schedule __flush_work p9_conn_destroy p9_fd_close", "p9_conn_destroy");
+        check(Rule::Hang, "__schedule schedule __synchronize_srcu synchronize_srcu kvm_put_kvm", "__synchronize_srcu");
         check(Rule::Hang, "__schedule schedule mutex_lock lkdtm_HUNG_TASK", "lkdtm_HUNG_TASK");
     }
 }

@@ -111,6 +111,12 @@ const HEADLINES: &[(Kind, Role, &str)] = &[
     // arch/arm64/mm/fault.c die_kernel_fault: "Unable to handle kernel %s at virtual address %016lx\n",
     // the opening of an arm64 oops whose die() banner follows.
     (Kind::Oops, Role::Opens, r"Unable to handle kernel .+ at virtual address "),
+    // arch/arm/mm/fault.c do_DataAbort/do_PrefetchAbort: "Unhandled fault: %s (0x%03x) at 0x%08lx\n",
+    // then die() unless user space faulted.
+    (Kind::Oops, Role::Opens, r"Unhandled (?:prefetch abort|fault): .+ at 0x[0-9a-f]+"),
+    // net/core/dev.c netdev_wait_allrefs_any: "unregister_netdevice: waiting for %s to become free. Usage
+    // count = %d\n", every 10 s while a device's references never drop.
+    (Kind::Other, Role::Opens, r"(?P<subject>unregister_netdevice: waiting for) \S+ to become free"),
     // arch/x86/kernel/traps.c exc_double_fault: "PANIC: double fault, error_code: 0x%lx\n", then die().
     (Kind::Oops, Role::Opens, r"PANIC: double fault, "),
     // x86 __die_header "Oops: %s: %04lx [#%d]...", powerpc die "Oops: %s, sig: %ld [#%d]\n" (e.g. "Oops:
@@ -120,7 +126,7 @@ const HEADLINES: &[(Kind, Role, &str)] = &[
     (
         Kind::Oops,
         Role::Die,
-        r"(?:Oops(?: - [\w ]+)?: |Internal error: .+: [0-9a-f]+ \[#\d+\]|[\w ,/-]+: [0-9a-f]{4} \[#\d+\])",
+        r"(?:Oops(?: - [\w ]+)?: |Internal error: .*: [0-9a-f]+ \[#\d+\]|[\w ,/-]+: [0-9a-f]{4} \[#\d+\])",
     ),
     // kernel/panic.c: "Kernel panic - not syncing: %s\n"
     (Kind::Panic, Role::Panic, r"Kernel panic - not syncing: (?P<subject>.*)"),

@@ -465,7 +465,11 @@ impl Stacks {
             true => self.holder(preferred_cpu),
             false => None,
         };
-        holder.or_else(|| self.preferred(preferred_cpu).chain(&self.sections).find_map(|section| section.culprit(rule)))
+        let in_order: Box<dyn Iterator<Item = &Section>> = match rule.last_stack_first() {
+            true => Box::new(self.sections.iter().rev()),
+            false => Box::new(self.sections.iter()),
+        };
+        holder.or_else(|| self.preferred(preferred_cpu).chain(in_order).find_map(|section| section.culprit(rule)))
     }
 
     /// Where `function` was printed, `preferred_cpu`'s stack first: the guilty frame's address.
