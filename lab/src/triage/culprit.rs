@@ -66,7 +66,8 @@ pub(super) const NEVER_GUILTY: &[&[&str]] = &[
         "__alloc_frozen_pages*", "folio_alloc*", "kmalloc_slab", "slab_alloc*", "slab_free*", "__slab_free",
         "___slab_alloc", "__slab_alloc*", "____cache_alloc*", "__cache_free", "cache_alloc_*", "post_alloc_hook",
         "prep_new_page", "get_page_from_freelist", "__set_page_owner", "kmemleak_alloc*", "create_object*",
-        "__create_object", "kfree_skb*", "__kfree_skb", "consume_skb", "skb_release_all", "sk_free",
+        "__create_object", "sock_kmalloc", "sock_kzalloc", "kasprintf", "kvasprintf*",
+        "alloc_inode", "__list_lru_init", "list_lru_init*", "kfree_skb*", "__kfree_skb", "consume_skb", "skb_release_all", "sk_free",
     ],
     // List, tree, bitmap and id helpers: generic data structure code that walks its caller's data.
     &[
