@@ -21,6 +21,8 @@ pub enum Kind {
     Panic,
     Kasan,
     Lockdep,
+    /// kmemleak's "unreferenced object": memory nobody points to any more, found by a scan.
+    Kmemleak,
     Silent,
     /// The workload ran over SSH and the guest stopped answering it.
     LostConnection,
@@ -59,6 +61,7 @@ impl Kind {
             Kind::Panic => "panic",
             Kind::Kasan => "kasan",
             Kind::Lockdep => "lockdep",
+            Kind::Kmemleak => "kmemleak",
             Kind::Silent => "silent",
             Kind::LostConnection => "lost-connection",
             Kind::BootHang => "boot-hang",
@@ -181,7 +184,8 @@ mod tests {
         for verdict in [Pass, Fail, Error, Timeout, Skip, Verdict::Interrupted] {
             assert_eq!(serde_json::to_value(verdict).unwrap(), verdict.name(), "{verdict:?}");
         }
-        let kinds = [Kind::HardLockup, Kind::RcuStall, Kind::LostConnection, Kind::BootHang, Kind::Other];
+        let kinds =
+            [Kind::HardLockup, Kind::RcuStall, Kind::Kmemleak, Kind::LostConnection, Kind::BootHang, Kind::Other];
         for kind in kinds {
             assert_eq!(serde_json::to_value(kind).unwrap(), kind.name(), "{kind:?}");
         }

@@ -2,6 +2,7 @@
 //! concludes the report before it, and which lines belong to which report when CPUs interleave.
 
 use super::console::{Caller, ConsoleLine};
+use super::culprit::Rule;
 use super::header::{self, Header, Role};
 use super::sanitize;
 use super::stack::Stacks;
@@ -143,7 +144,7 @@ impl Draft {
     fn into_report(mut self, truncated: bool, caller_of: &dyn Fn(&FrameSite) -> Option<String>) -> Report {
         self.stacks.name_callers(caller_of);
         let preferred_cpu = if self.kind == Kind::HardLockup { self.stuck_cpu } else { None };
-        let frame = self.stacks.culprit(preferred_cpu).map(str::to_owned).or(self.named_frame);
+        let frame = self.stacks.culprit(preferred_cpu, Rule::of(self.kind)).map(str::to_owned).or(self.named_frame);
         let missing =
             [(self.stacks.holder_unseen(preferred_cpu), Missing::LockHolder), (truncated, Missing::Truncated)]
                 .into_iter()
@@ -180,6 +181,7 @@ pub(super) fn title(kind: Kind, subject: &str, frame: Option<&str>) -> String {
         Kind::Bug => or("BUG"),
         Kind::Kasan => or("KASAN"),
         Kind::Other => or("other"),
+        Kind::Kmemleak => "memory leak",
         Kind::Silent => "silent",
         Kind::LostConnection => "lost connection",
         Kind::BootHang => "boot hang",
@@ -272,8 +274,8 @@ impl Assembler {
             _ if draft.is_waiting_for_headline() => header.role != Role::CutHere,
             Role::Die => matches!(draft.kind, Kind::Bug | Kind::Kasan | Kind::Oops | Kind::Other) && !draft.has_die,
             Role::StuckCpuDump => draft.expects_other_cpus(),
-            // One watchdog pass prints one line per stuck pool.
-            Role::Opens => header.kind == Kind::WorkqueueLockup && draft.kind == Kind::WorkqueueLockup,
+            // One watchdog pass prints one line per stuck pool, one kmemleak scan one block per object.
+            Role::Opens => matches!(header.kind, Kind::WorkqueueLockup | Kind::Kmemleak) && draft.kind == header.kind,
             Role::CutHere | Role::Panic => false,
         };
         continues.then_some(index)

@@ -18,6 +18,7 @@ pub(super) struct ConsoleLine<'a> {
 impl<'a> ConsoleLine<'a> {
     pub fn parse(line: &'a str) -> Self {
         let rest = strip_host_time(line).unwrap_or(line);
+        let rest = record_after_foreign_text(rest).unwrap_or(rest);
         let (stamped, rest) = match strip_printk_time(rest) {
             Some(rest) => (true, rest),
             None => (false, rest),
@@ -60,6 +61,22 @@ fn strip_host_time(line: &str) -> Option<&str> {
     }
     let rest = rest[3..].strip_prefix("s|")?;
     Some(rest.strip_prefix(' ').unwrap_or(rest))
+}
+
+/// A kernel record that begins in the middle of a line, after text that did not end with a newline:
+/// a login prompt, printk's "** N printk messages dropped **", a process's own output, another
+/// record cut short. The record's timestamp says where the kernel's text starts.
+fn record_after_foreign_text(line: &str) -> Option<&str> {
+    let bytes = line.as_bytes();
+    let mut from = 1;
+    while let Some(at) = bytes.get(from..)?.iter().position(|&byte| byte == b'[') {
+        let record = &line[from + at..];
+        if strip_printk_time(record).is_some() {
+            return Some(record);
+        }
+        from += at + 1;
+    }
+    None
 }
 
 /// "[   12.345678]"
@@ -131,6 +148,21 @@ mod tests {
         check("[12.3] [C3] spaced", None, "[C3] spaced");
         check("[Tx] [C] []", None, "[Tx] [C] []");
         check("LAB-READY x86_64", None, "LAB-READY x86_64");
+        check(
+            "[c00000000a1b3c40] [c000000000123456] f+0x1/0x2",
+            None,
+            "[c00000000a1b3c40] [c000000000123456] f+0x1/0x2",
+        );
+    }
+
+    #[test]
+    fn a_record_after_foreign_text_starts_at_its_timestamp() {
+        check("syzkaller login: [   35.184476] BUG: using x", None, "BUG: using x");
+        check("** 93 printk messages dropped ** [  322.962139] BUG: KASAN: x", None, "BUG: KASAN: x");
+        check("isob2 login: [  709.689951][    C1] INFO: rcu", Some(Caller::Cpu(1)), "INFO: rcu");
+        check("bytes[   76.471107] BUG: unable", None, "BUG: unable");
+        check("[   76.470085] vmalloc: allocation failure: 8 bytes[   76.471107] BUG: unable", None, "BUG: unable");
+        check("text [not a time] and [1.x]", None, "text [not a time] and [1.x]");
     }
 
     #[test]

@@ -69,6 +69,9 @@ const HEADLINES: &[(Kind, Role, &str)] = &[
     ),
     // kernel/hung_task.c: "INFO: task %s:%d blocked%s for more than %ld seconds.\n" (%s: "" or " in I/O wait")
     (Kind::HungTask, Role::Opens, r"INFO: task (?P<subject>.+):\d+ blocked(?: in I/O wait)? for more than \d+ seconds"),
+    // The same line when the task's name (`comm`, any bytes a task set) holds a newline: the line
+    // ends inside the name, before any ':'.
+    (Kind::HungTask, Role::Opens, r"INFO: task (?P<subject>[^:]*)$"),
     // kernel/workqueue.c: "BUG: workqueue lockup - pool" + pool info + " stuck for %us!\n"
     (Kind::WorkqueueLockup, Role::Opens, r"BUG: workqueue lockup - pool"),
     // mm/kasan/report.c: "BUG: KASAN: %s in %pS\n", "BUG: KASAN: invalid-access\n"
@@ -82,8 +85,13 @@ const HEADLINES: &[(Kind, Role, &str)] = &[
     (
         Kind::Lockdep,
         Role::Opens,
-        r"(?:WARNING: (?:\S+/\d+ )?|\[ BUG: |INFO: )(?P<subject>possible circular locking dependency detected|\S+-safe -> \S+-unsafe lock order detected|possible recursive locking detected|chain_key collision|inconsistent lock state|possible irq lock inversion dependency detected|Nested lock was not taken|bad unlock balance detected|bad contention detected|held lock freed|still has locks held|lock held when returning to user space|suspicious RCU usage|Invalid wait context|trying to register non-static key)",
+        r"(?:WARNING: (?:\S+/\d+ )?|\[ (?:BUG|INFO|WARNING): |INFO: )(?P<subject>possible circular locking dependency detected|\S+-safe -> \S+-unsafe lock order detected|possible recursive locking detected|chain_key collision|inconsistent lock state|possible irq lock inversion dependency detected|Nested lock was not taken|bad unlock balance detected|bad contention detected|held lock freed|still has locks held|lock held when returning to user space|suspicious RCU usage|Invalid wait context|trying to register non-static key)",
     ),
+    // mm/kmemleak.c print_unreferenced: "unreferenced object 0x%08lx (size %zu):", one block per
+    // object a scan found (with "kmemleak: " when printed to the console), under a "BUG: memory leak"
+    // line when a harness (syzkaller) announces it.
+    (Kind::Kmemleak, Role::Opens, r"(?:kmemleak: )?unreferenced object 0x[0-9a-f]+ \(size \d+\):"),
+    (Kind::Kmemleak, Role::Opens, r"BUG: memory leak\s*$"),
     // lib/bug.c: "kernel BUG at %s:%u!\n", "kernel BUG at %pB [verbose debug info unavailable]\n"
     (Kind::Bug, Role::Opens, r"(?P<subject>kernel BUG) at "),
     // Everything else that says "BUG: <message>": the message ends where addresses, names and
@@ -103,6 +111,12 @@ const HEADLINES: &[(Kind, Role, &str)] = &[
     // arch/arm64/mm/fault.c die_kernel_fault: "Unable to handle kernel %s at virtual address %016lx\n",
     // the opening of an arm64 oops whose die() banner follows.
     (Kind::Oops, Role::Opens, r"Unable to handle kernel .+ at virtual address "),
+    // arch/arm/mm/fault.c do_DataAbort/do_PrefetchAbort: "Unhandled fault: %s (0x%03x) at 0x%08lx\n",
+    // then die() unless user space faulted.
+    (Kind::Oops, Role::Opens, r"Unhandled (?:prefetch abort|fault): .+ at 0x[0-9a-f]+"),
+    // net/core/dev.c netdev_wait_allrefs_any: "unregister_netdevice: waiting for %s to become free. Usage
+    // count = %d\n", every 10 s while a device's references never drop.
+    (Kind::Other, Role::Opens, r"(?P<subject>unregister_netdevice: waiting for) \S+ to become free"),
     // arch/x86/kernel/traps.c exc_double_fault: "PANIC: double fault, error_code: 0x%lx\n", then die().
     (Kind::Oops, Role::Opens, r"PANIC: double fault, "),
     // x86 __die_header "Oops: %s: %04lx [#%d]...", powerpc die "Oops: %s, sig: %ld [#%d]\n" (e.g. "Oops:
@@ -112,7 +126,7 @@ const HEADLINES: &[(Kind, Role, &str)] = &[
     (
         Kind::Oops,
         Role::Die,
-        r"(?:Oops(?: - [\w ]+)?: |Internal error: .+: [0-9a-f]+ \[#\d+\]|[\w ,/-]+: [0-9a-f]{4} \[#\d+\])",
+        r"(?:Oops(?: - [\w ]+)?: |Internal error: .*: [0-9a-f]+ \[#\d+\]|[\w ,/-]+: [0-9a-f]{4} \[#\d+\])",
     ),
     // kernel/panic.c: "Kernel panic - not syncing: %s\n"
     (Kind::Panic, Role::Panic, r"Kernel panic - not syncing: (?P<subject>.*)"),

@@ -2,6 +2,7 @@
 //! on whose behalf, told with the same kinds, titles and guilty frames as the kernel's own reports,
 //! so that a live lock seen only from the host reads (and deduplicates) like one the guest printed.
 
+use super::culprit;
 use super::samples::{Frame, HostSamples, Irqs, Sample, VcpuSamples};
 use super::stack::{self, Stacks};
 use super::symbols::Symbols;
@@ -110,7 +111,7 @@ pub fn diagnose(samples: &HostSamples, symbols: &Symbols, line: usize) -> HostDi
             }
         }
     }
-    let culprit = stacks.culprit(Some(stuck[0].index)).map(str::to_string);
+    let culprit = stacks.culprit(Some(stuck[0].index), culprit::Rule::Spot).map(str::to_string);
     let cpu = stuck
         .iter()
         .find(|v| matches!(&v.state, State::Stuck { culprit: c, .. } if Some(c) == culprit.as_ref()))
@@ -200,7 +201,7 @@ fn classify(vcpu: &VcpuSamples, symbols: &Symbols) -> Vcpu {
         },
         _ => {
             let mut places: Vec<String> =
-                busy.iter().filter_map(|(_, s)| stack::culprit_of(&names(s)).map(str::to_string)).collect();
+                busy.iter().filter_map(|(_, s)| culprit::culprit_of(&names(s)).map(str::to_string)).collect();
             places.sort();
             places.dedup();
             let idle = stacks.iter().flatten().filter(|stack| stack::is_idle(&names(stack))).count();
@@ -251,7 +252,7 @@ fn common_culprit(busy: &[(usize, &Vec<FrameSite>)], needed: usize) -> Option<(S
     }
     let (mut function, count, _) = best?;
     // `__foo` and its caller `foo` in as many samples: name the bug as the console triage does.
-    if let Some(outer) = candidates.iter().flatten().find(|f| stack::is_inner_half(function, f)) {
+    if let Some(outer) = candidates.iter().flatten().find(|f| culprit::is_inner_half(function, f)) {
         if candidates.iter().filter(|c| c.contains(outer)).count() >= count {
             function = outer;
         }

@@ -6,6 +6,7 @@
 
 mod assemble;
 mod console;
+mod culprit;
 mod debuginfo;
 mod header;
 mod host;

@@ -5,6 +5,7 @@ use std::sync::LazyLock;
 
 use regex::Regex;
 
+use super::culprit::{Rule, NEVER_GUILTY};
 use super::{CpuStack, FrameSite};
 
 /// Functions that are never the culprit: they are how the CPU got to the culprit, how it waits for
@@ -148,7 +149,7 @@ const SPIN_WAIT_DEPTH: usize = 4;
 /// the longest, about 20.
 const DUMP_HEADER_LINES: usize = 40;
 
-fn matches_any(patterns: &[&str], function: &str) -> bool {
+pub(super) fn matches_any(patterns: &[&str], function: &str) -> bool {
     // Compiler clones (.isra.0, .constprop.0, .cold, .part.0) are the same function for this purpose.
     let function = function.split('.').next().unwrap_or(function);
     patterns.iter().any(|pattern| match pattern.strip_suffix('*') {
@@ -158,7 +159,7 @@ fn matches_any(patterns: &[&str], function: &str) -> bool {
 }
 
 pub(super) fn is_plumbing(function: &str) -> bool {
-    PLUMBING.iter().any(|group| matches_any(group, function))
+    PLUMBING.iter().chain(NEVER_GUILTY).any(|group| matches_any(group, function))
 }
 
 /// `name` of "name+0xoff/0xsize" (what `%pS` prints), if `text` starts with one.
@@ -199,7 +200,9 @@ static FRAME_LINE: LazyLock<Regex> = LazyLock::new(|| {
         r"^\s*(?:",
         // Registers: x86 "RIP: 0010:%pS", arm64 "pc : %pS"/"lr : %pS", powerpc "NIP [%lx] %pS" and the
         // e-mail form "NIP: %pS".
-        r"(?P<register>(?:RIP|EIP):\s*(?:[0-9a-f]{4}:)?|(?:pc|lr)\s*:\s*|(?:NIP|LR)(?::\s*|\s*\[[0-9a-f]+\]\s*))",
+        // Older kernels: x86 "RIP: 0010:[<%p>]  [<%p>] %pS" and "IP: %pS", arm "PC is at %pS"/"LR is at %pS".
+        r"(?P<register>(?:RIP|EIP):\s*(?:[0-9a-f]{4}:)?(?:\[<[0-9a-f]+>\]\s*)*|IP:\s*|(?:pc|lr)\s*:\s*|(?:PC|LR) is at\s+",
+        r"|(?:NIP|LR)(?::\s*|\s*\[[0-9a-f]+\]\s*))",
         // Call trace: powerpc "[%lx] [%lx] %pS", old x86/arm "[<%p>] ", x86 "? " for guesses.
         r"|(?:\[<?[0-9a-f]+>?\]\s*)*(?P<guess>\?\s+)?",
         r")",
@@ -208,6 +211,8 @@ static FRAME_LINE: LazyLock<Regex> = LazyLock::new(|| {
         r"(?:\s+\[[^\]]*\])?",
         // arm64 unwinder source " (P)", powerpc " (unreliable)".
         r"(?:\s+\((?P<note>[A-Za-z]+)\))?",
+        // Source location, where the log was symbolized: " net/core/sock.c:1774".
+        r"(?:\s+[\w./+-]+:\d+(?::\d+)?)?",
         r"\s*$",
     ))
     .expect("frame pattern is valid")
@@ -267,18 +272,21 @@ impl Section {
     /// guesses are all there is.
     /// An idle CPU's guesses are stray stack slots (powerpc's system-reset dump of an idle CPU
     /// shows the variable `cpu_idle_force_poll+0x0` as "(unreliable)"): it has no culprit.
-    fn culprit(&self) -> Option<&str> {
-        self.first_culprit(true).or_else(|| if self.idles() { None } else { self.first_culprit(false) })
+    fn culprit(&self, rule: Rule) -> Option<&str> {
+        // A CPU spinning for a lock is the victim, whatever the report's kind: the lock's caller is
+        // where to look when the holder is not seen (`Stacks::culprit` names it when it is).
+        let rule = if self.waits_on_spinlock() { Rule::Spot } else { rule };
+        self.first_culprit(rule, true).or_else(|| if self.idles() { None } else { self.first_culprit(rule, false) })
     }
 
-    fn first_culprit(&self, reliable_only: bool) -> Option<&str> {
-        let candidates: Vec<&str> = self
+    fn first_culprit(&self, rule: Rule, reliable_only: bool) -> Option<&str> {
+        let functions: Vec<&str> = self
             .frames
             .iter()
-            .filter(|frame| (frame.reliable() || !reliable_only) && !is_plumbing(&frame.function))
+            .filter(|frame| frame.reliable() || !reliable_only)
             .map(|frame| frame.function.as_str())
             .collect();
-        culprit_of(&candidates)
+        rule.pick(&functions)
     }
 
     fn functions(&self) -> Vec<&str> {
@@ -303,24 +311,6 @@ impl Section {
         chain.dedup_by(|frame, previous| frame.function == previous.function);
         chain
     }
-}
-
-/// The guilty function of a stack given as function names, innermost first. A `__foo` called
-/// by `foo` is `foo`'s own inner half (`__mm_get_cid` under `mm_get_cid`): it is named as `foo`,
-/// so that the same bug gets one title whether the compiler inlined the helper or not.
-pub(super) fn culprit_of<'a>(functions: &[&'a str]) -> Option<&'a str> {
-    let mut candidates = functions.iter().copied().filter(|function| !is_plumbing(function));
-    let first = candidates.next()?;
-    // The same function may come twice (arm64 prints `pc`, `lr` and the trace's first frame).
-    Some(match candidates.find(|caller| *caller != first) {
-        Some(caller) if is_inner_half(first, caller) => caller,
-        _ => first,
-    })
-}
-
-/// `__foo` and `foo`.
-pub(super) fn is_inner_half(inner: &str, outer: &str) -> bool {
-    inner.strip_prefix("__").is_some_and(|name| name == outer)
 }
 
 /// True when a stack, innermost first, spins for a lock someone else holds.
@@ -470,12 +460,16 @@ impl Stacks {
     /// dumped, otherwise the first stack that has a culprit at all. When the preferred CPU only
     /// waits for a spinlock, the story is the other side of a live lock: the lock holder (see
     /// `holder`) when one was dumped.
-    pub fn culprit(&self, preferred_cpu: Option<u32>) -> Option<&str> {
+    pub fn culprit(&self, preferred_cpu: Option<u32>, rule: Rule) -> Option<&str> {
         let holder = match self.waits_for_lock(preferred_cpu) {
             true => self.holder(preferred_cpu),
             false => None,
         };
-        holder.or_else(|| self.preferred(preferred_cpu).chain(&self.sections).find_map(Section::culprit))
+        let in_order: Box<dyn Iterator<Item = &Section>> = match rule.last_stack_first() {
+            true => Box::new(self.sections.iter().rev()),
+            false => Box::new(self.sections.iter()),
+        };
+        holder.or_else(|| self.preferred(preferred_cpu).chain(in_order).find_map(|section| section.culprit(rule)))
     }
 
     /// Where `function` was printed, `preferred_cpu`'s stack first: the guilty frame's address.
@@ -514,13 +508,13 @@ impl Stacks {
                     && !section.waits_on_spinlock()
                     && !section.idles()
             })
-            .find_map(|section| section.first_culprit(!section.from_paca))
+            .find_map(|section| section.first_culprit(Rule::Spot, !section.from_paca))
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::{is_plumbing, parse_frame, symbol_name, CpuStack, Frame, Stacks, PLUMBING};
+    use super::{is_plumbing, parse_frame, symbol_name, CpuStack, Frame, Rule, Stacks, PLUMBING};
 
     fn check(line: &str, expect: &str) {
         let render = |frame: Frame| format!("{}{}", if frame.reliable() { "" } else { "? " }, frame.function);
@@ -640,7 +634,7 @@ mod tests {
     fn culprit(lines: &[&str], preferred_cpu: Option<u32>) -> Option<String> {
         let mut stacks = Stacks::new(None);
         lines.iter().for_each(|line| stacks.feed(line));
-        stacks.culprit(preferred_cpu).map(str::to_owned)
+        stacks.culprit(preferred_cpu, Rule::Spot).map(str::to_owned)
     }
 
     #[test]

@@ -182,6 +182,7 @@ fn kind_display_matches_serde() {
         Kind::Panic,
         Kind::Kasan,
         Kind::Lockdep,
+        Kind::Kmemleak,
         Kind::Silent,
         Kind::LostConnection,
         Kind::BootHang,

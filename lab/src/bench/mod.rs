@@ -12,9 +12,13 @@
 //!
 //! `--triage` measures console triage instead: MB/s over a large log, in memory, no VM.
 //!
+//! `--agreement DIR` measures how often triage names a failure as syzbot does (`agreement.rs`).
+//!
 //! `--symbolize VMLINUX` measures source lines for frames: loading the DWARF, then lookups in
 //! process against one `addr2line` run per frame (what `scripts/faddr2line` does), on the same
 //! frames, and how often the two agree.
+
+mod agreement;
 
 use std::path::{Path, PathBuf};
 use std::process::{ExitCode, Stdio};
@@ -58,6 +62,10 @@ pub struct BenchArgs {
     /// lab's kernels are): frames per second in process and with one addr2line run per frame.
     #[arg(long, value_name = "VMLINUX")]
     symbolize: Option<PathBuf>,
+    /// Measure agreement with syzbot instead: triage every case of DIR (syzkaller's
+    /// pkg/report/testdata/linux/report format) and compare kind and guilty frame with its titles.
+    #[arg(long, value_name = "DIR")]
+    agreement: Option<PathBuf>,
     #[command(flatten)]
     accel: crate::AccelArg,
 }
@@ -71,6 +79,9 @@ pub fn run(sh: &Shell, cache: &Cache, args: &BenchArgs, ui: &Ui, project: &Path)
     }
     if let Some(file) = &args.triage {
         return triage_throughput(file.as_deref(), project);
+    }
+    if let Some(dir) = &args.agreement {
+        return agreement::run(dir);
     }
     if let Some(vmlinux) = &args.symbolize {
         return symbolize_throughput(sh, vmlinux);
