@@ -268,6 +268,64 @@ fn compare_names_the_live_lock_of_a_known_bad_kernel_as_new_against_the_stock_ru
     assert!(String::from_utf8_lossy(&missing.stderr).contains("is not a run directory"));
 }
 
+/// The `lab` lines of a CI template's scripts, as a CI runner would run them.
+fn template_commands(template: &str) -> Vec<String> {
+    let text = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../ci").join(template)).unwrap();
+    text.lines().filter_map(|l| l.trim().strip_prefix("- lab ")).map(|l| format!("lab {l}")).collect()
+}
+
+#[test]
+fn shards_from_the_gitlab_template_merge_into_the_unsharded_run() {
+    setup();
+    let dir = scratch("shards");
+    std::fs::create_dir_all(&dir).unwrap();
+    let commands = template_commands("gitlab-ci.yml");
+    let (shard_cmd, merge_cmd) = (&commands[0], &commands[1]);
+    assert!(shard_cmd.starts_with("lab run ") && merge_cmd.starts_with("lab merge "), "{commands:?}");
+    let bin = Path::new(env!("CARGO_BIN_EXE_lab")).parent().unwrap().to_path_buf();
+    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap());
+    let args = "--filter workload=smoke --filter vcpus=1";
+    let ci = |command: &str, node: Option<u32>| {
+        let mut cmd = Command::new("bash");
+        cmd.args(["-c", command]).current_dir(&dir).env("PATH", &path).env("LAB_ARGS", args);
+        cmd.env("LAB_MATRIX", matrix());
+        if let Some(k) = node {
+            cmd.env("CI_NODE_INDEX", k.to_string()).env("CI_NODE_TOTAL", "3");
+        }
+        let o = run(&mut cmd);
+        assert!(o.status.success(), "{command} (node {node:?}): {}", String::from_utf8_lossy(&o.stdout));
+    };
+    for k in 1..=3 {
+        ci(shard_cmd, Some(k));
+        let inputs: Value =
+            serde_json::from_slice(&std::fs::read(dir.join(format!("shard-{k}/run.json"))).unwrap()).unwrap();
+        assert_eq!(inputs["cells"].as_array().unwrap().len(), 1, "3 cells, 3 shards: {inputs:#}");
+    }
+    ci(merge_cmd, None);
+    ci(&format!("lab run --matrix \"$LAB_MATRIX\" {args} --out whole"), None);
+    let cells = |run: &str| -> Vec<String> {
+        let summary: Value =
+            serde_json::from_slice(&std::fs::read(dir.join(run).join("summary.json")).unwrap()).unwrap();
+        summary["cells"].as_array().unwrap().iter().map(|c| format!("{} {}", c["id"], c["verdict"])).collect()
+    };
+    assert_eq!(cells("lab-nightly"), cells("whole"));
+    let testcases = |run: &str| junit_testcases(&std::fs::read_to_string(dir.join(run).join("junit.xml")).unwrap());
+    assert_eq!(testcases("lab-nightly"), testcases("whole"));
+    assert_eq!(testcases("whole").len(), 3);
+    let again = run(lab().arg("merge").arg(dir.join("again")).arg(dir.join("shard-1")).arg(dir.join("shard-3")));
+    assert_eq!(again.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&again.stderr).contains("shard 2/3 of the run is missing"));
+    assert!(!dir.join("again").exists(), "a refused merge wrote its output directory");
+}
+
+/// `classname name` of every testcase in a JUnit file, sorted.
+fn junit_testcases(xml: &str) -> Vec<String> {
+    let name = regex::Regex::new(r#"<testcase name="([^"]*)"[^>]*classname="([^"]*)""#).unwrap();
+    let mut cases: Vec<String> = name.captures_iter(xml).map(|c| format!("{} {}", &c[2], &c[1])).collect();
+    cases.sort();
+    cases
+}
+
 #[test]
 fn lab_report_writes_a_runs_reports_again_from_its_cells() {
     let stock = suite();
