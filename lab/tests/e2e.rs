@@ -757,6 +757,57 @@ fn a_signal_mid_cell_kills_qemu_and_reports_every_cell(signal: i32, name: &str) 
 }
 
 #[test]
+fn an_interrupted_run_resumed_equals_the_run_uninterrupted() {
+    setup();
+    let dir = scratch("resume");
+    std::fs::create_dir_all(&dir).unwrap();
+    let recipe = Path::new(env!("CARGO_MANIFEST_DIR")).join("../kernels/linux-7.3.yaml");
+    let matrix = dir.join("matrix.yaml");
+    let text = format!(
+        "kernels:\n  - recipe: {}\narches: [x86_64]\nvcpus: [1, 2, 4]\nworkloads:\n  - name: smoke\n    args: {{seconds: 5}}\n",
+        recipe.display()
+    );
+    std::fs::write(&matrix, &text).unwrap();
+    let out = dir.join("out");
+    let mut child = lab().arg("run").arg("--matrix").arg(&matrix).arg("--out").arg(&out).spawn().unwrap();
+    let second = out.join("cells/linux-7.3-x86_64-2cpu-smoke/console.log");
+    let deadline = Instant::now() + Duration::from_secs(1200);
+    while !std::fs::read_to_string(&second).unwrap_or_default().contains("LAB-READY") {
+        assert!(Instant::now() < deadline, "the second cell never became ready");
+        assert_eq!(child.try_wait().unwrap(), None, "lab ended before the second cell was ready");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    assert_eq!(child.wait().unwrap().code(), Some(143));
+    let first = out.join("cells/linux-7.3-x86_64-1cpu-smoke/result.json");
+    let first_before = std::fs::read(&first).unwrap();
+
+    std::fs::write(&matrix, text.replace("seconds: 5", "seconds: 6")).unwrap();
+    let refused = run(lab().arg("run").arg("--resume").arg(&out));
+    assert_eq!(refused.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("its inputs changed since it started: matrix: "));
+    std::fs::write(&matrix, &text).unwrap();
+
+    let resumed = run(lab().arg("run").arg("--resume").arg(&out));
+    assert_eq!(resumed.status.code(), Some(0), "{}", String::from_utf8_lossy(&resumed.stdout));
+    assert_eq!(std::fs::read(&first).unwrap(), first_before, "a finished cell ran again");
+    let whole = dir.join("whole");
+    assert_eq!(run(lab().arg("run").arg("--matrix").arg(&matrix).arg("--out").arg(&whole)).status.code(), Some(0));
+    let cells = |run: &Path| -> Vec<String> {
+        let summary: Value = serde_json::from_slice(&std::fs::read(run.join("summary.json")).unwrap()).unwrap();
+        summary["cells"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| format!("{} {} {}", c["id"], c["verdict"], c["end"]))
+            .collect()
+    };
+    assert_eq!(cells(&out), cells(&whole));
+    let testcases = |run: &Path| junit_testcases(&std::fs::read_to_string(run.join("junit.xml")).unwrap());
+    assert_eq!(testcases(&out), testcases(&whole));
+}
+
+#[test]
 fn ctrl_c_kills_every_qemu_and_reports_every_cell() {
     a_signal_mid_cell_kills_qemu_and_reports_every_cell(libc::SIGINT, "SIGINT");
 }

@@ -385,6 +385,14 @@ pub struct RunArgs {
     /// last night's merged run) instead of its expected cost.
     #[arg(long, value_name = "DIR")]
     pub shard_costs: Option<PathBuf>,
+    /// Finish an interrupted run in DIR (Ctrl-C, SIGTERM, a crash, a reboot): the runs it
+    /// finished are kept, the rest run, and the reports come out as an uninterrupted run's. The
+    /// matrix, filters, options and shard are the ones DIR's run.json recorded; a run whose
+    /// matrix or recipes changed since is refused, naming what changed.
+    ///   lab run --resume lab-out/2026-12-05T02-00-00
+    #[arg(long, value_name = "DIR", verbatim_doc_comment,
+          conflicts_with_all = ["out", "matrix", "filter", "repeat", "until_fail", "host_samples", "dump_memory", "shard", "shard_costs", "list"])]
+    pub resume: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]

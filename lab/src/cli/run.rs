@@ -12,13 +12,18 @@ use super::args::RunArgs;
 use super::{images_dir, load, out_dir, Env, Loaded};
 use crate::doctor;
 use crate::inputs::{self, RunInputs, INPUTS_VERSION};
-use crate::plan::{self, Cell, Shard};
+use crate::plan::{self, Cell, Filter, Shard};
 use crate::process::{self, Signal};
 use crate::report;
+use crate::report::CellResult;
 use crate::results;
 use crate::vocab::Verdict;
 
-pub fn run(env: &Env, args: RunArgs) -> Result<ExitCode> {
+pub fn run(env: &Env, mut args: RunArgs) -> Result<ExitCode> {
+    let recorded = match args.resume.clone() {
+        Some(dir) => Some(recorded_inputs(&dir, &mut args)?),
+        None => None,
+    };
     let RunArgs {
         select,
         out,
@@ -33,21 +38,28 @@ pub fn run(env: &Env, args: RunArgs) -> Result<ExitCode> {
         list,
         shard,
         shard_costs,
+        resume,
     } = args;
     let Loaded { matrix, recipes, cells } = load(&select)?;
-    let accel = accel.resolve(matrix.matrix.accel)?;
-    let planned: Vec<String> = cells.iter().map(|c| c.id.clone()).collect();
-    let shard = match shard {
-        Some(shard) => Some(shard),
-        None => shard_from_env(std::env::var("CI_NODE_INDEX").ok(), std::env::var("CI_NODE_TOTAL").ok())?,
+    let accel = match &recorded {
+        Some(recorded) => recorded.accel,
+        None => accel.resolve(matrix.matrix.accel)?,
     };
-    let cells = match shard {
-        Some(shard) => {
+    let planned: Vec<String> = cells.iter().map(|c| c.id.clone()).collect();
+    let shard = match (&recorded, shard) {
+        (Some(recorded), _) => recorded.shard,
+        (None, Some(shard)) => Some(shard),
+        (None, None) => shard_from_env(std::env::var("CI_NODE_INDEX").ok(), std::env::var("CI_NODE_TOTAL").ok())?,
+    };
+    let cells = match (&recorded, shard) {
+        // The split a resumed shard was given, whatever costs it was balanced by.
+        (Some(recorded), _) => cells.into_iter().filter(|c| recorded.cells.contains(&c.id)).collect(),
+        (None, Some(shard)) => {
             let costs = earlier_durations(shard_costs.as_deref())?;
             let cost = |c: &Cell| costs.get(&c.id).copied().unwrap_or_else(|| plan::expected_cost(c));
             plan::shard(cells, shard, &cost)
         }
-        None => cells,
+        (None, None) => cells,
     };
     if list {
         for cell in &cells {
@@ -55,7 +67,6 @@ pub fn run(env: &Env, args: RunArgs) -> Result<ExitCode> {
         }
         return Ok(ExitCode::SUCCESS);
     }
-    let out = out_dir(out)?;
     let inputs = RunInputs {
         version: INPUTS_VERSION,
         matrix_sha256: inputs::matrix_sha256(&matrix.path)?,
@@ -70,6 +81,10 @@ pub fn run(env: &Env, args: RunArgs) -> Result<ExitCode> {
         plan: planned,
         shard,
         cells: cells.iter().map(|c| c.id.clone()).collect(),
+    };
+    let (out, finished) = match (&recorded, resume) {
+        (Some(recorded), Some(dir)) => (dir.clone(), finished_runs(&dir, recorded, &inputs)?),
+        _ => (out_dir(out)?, Vec::new()),
     };
     std::fs::create_dir_all(&out).with_context(|| format!("cannot create {}", out.display()))?;
     inputs.write(&out)?;
@@ -98,8 +113,14 @@ pub fn run(env: &Env, args: RunArgs) -> Result<ExitCode> {
         host_samples,
         dump_memory,
         accel,
+        finished,
     };
     let finished = crate::run::run(&env.sh, &cache, &matrix, &recipes, &cells, &opts, &env.ui)?;
+    finish(finished, repeat, &out)
+}
+
+/// The closing lines (reproducer statistics, the tally) and the exit status.
+fn finish(finished: crate::run::Finished, repeat: u32, out: &Path) -> Result<ExitCode> {
     let crate::run::Finished { results, interrupted } = finished;
     // Written, not `println!`ed: a terminal gone with SIGHUP must not turn the interrupted
     // run's exit into a panic.
@@ -109,12 +130,44 @@ pub fn run(env: &Env, args: RunArgs) -> Result<ExitCode> {
             let _ = writeln!(stdout, "{}", report::repro_line(&r));
         }
     }
-    let _ = writeln!(stdout, "{}", closing_line(&report::tally(&results), &out));
+    let _ = writeln!(stdout, "{}", closing_line(&report::tally(&results), out));
     let verdicts: Vec<Verdict> = results.iter().map(|r| r.verdict).collect();
     match outcome(&verdicts, interrupted) {
         Ok(code) => Ok(ExitCode::from(code)),
         Err(signal) => Err(process::Interrupted(signal).into()),
     }
+}
+
+/// `--resume DIR`: the inputs DIR's run was started with, put in place of the arguments.
+fn recorded_inputs(dir: &Path, args: &mut RunArgs) -> Result<RunInputs> {
+    let recorded = RunInputs::read(dir).context("--resume")?;
+    let filters =
+        recorded.filters.iter().map(|f| f.parse::<Filter>().map_err(|e| anyhow::anyhow!("{}: {e}", dir.display())));
+    args.select.filter = filters.collect::<Result<_>>()?;
+    args.select.matrix = Some(recorded.matrix.clone());
+    (args.repeat, args.until_fail) = (recorded.repeat, recorded.until_fail);
+    (args.host_samples, args.dump_memory) = (recorded.host_samples, recorded.dump_memory);
+    Ok(recorded)
+}
+
+/// The runs of a resumed run that finished, once its inputs are shown to be the same; the files
+/// of the runs a signal stopped go, since they run again.
+fn finished_runs(dir: &Path, recorded: &RunInputs, now: &RunInputs) -> Result<Vec<CellResult>> {
+    let differences = recorded.differences(now);
+    if !differences.is_empty() {
+        anyhow::bail!(
+            "cannot resume {}: its inputs changed since it started: {} (start a new run instead)",
+            dir.display(),
+            differences.join("; ")
+        );
+    }
+    let (run, _) = results::gather(dir)?;
+    let (finished, stopped): (Vec<CellResult>, Vec<CellResult>) =
+        run.cells.into_iter().partition(|c| c.verdict != Verdict::Interrupted);
+    for cell in stopped.iter().filter(|c| c.dir.is_dir()) {
+        std::fs::remove_dir_all(&cell.dir).with_context(|| format!("cannot clear {}", cell.dir.display()))?;
+    }
+    Ok(finished)
 }
 
 /// GitLab's `parallel: N` numbers its jobs' `CI_NODE_INDEX` from 1 to `CI_NODE_TOTAL`.

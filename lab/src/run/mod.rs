@@ -54,6 +54,8 @@ pub struct RunOptions {
     pub dump_memory: bool,
     /// What x86_64 guests run under (`--accel`, else the matrix's `accel:`).
     pub accel: AccelMode,
+    /// Runs a resumed run already finished (`--resume`): kept as they are, not run again.
+    pub finished: Vec<CellResult>,
 }
 
 /// What a run leaves: every planned run's result, in plan order, and the signal that cut it short.
@@ -80,18 +82,24 @@ pub fn run(
     }
     let repeat = opts.repeat.max(1);
     ui.note(format!("{} cells x {repeat} runs, results in {}", cells.len(), opts.out.display()));
+    let run_number = |run: u32| (repeat > 1).then_some(run);
+    let finished = |cell: &Cell, run: u32| opts.finished.iter().find(|r| r.id == cell.id && r.run == run_number(run));
+    let pending = |cell: &&Cell| (1..=repeat).any(|n| finished(cell, n).is_none());
+    if !opts.finished.is_empty() {
+        ui.note(format!("resumed: {} runs finished before are kept", opts.finished.len()));
+    }
     let client_key = crate::ssh_keys::client_key(sh, cache)?;
     let mut kernels: BTreeMap<(usize, Arch), Result<Kernel, String>> = BTreeMap::new();
     // After a signal nothing more is prepared. The maps stay partial, but the flag never clears,
     // so no worker starts a cell that would look in them.
     let going = || process::interrupted().is_none();
-    for cell in cells.iter().take_while(|_| going()) {
+    for cell in cells.iter().filter(pending).take_while(|_| going()) {
         kernels.entry((cell.kernel, cell.arch)).or_insert_with(|| {
             kernel::build(sh, cache, &recipes[cell.kernel], cell.arch, &opts.build, ui).map_err(|e| format!("{e:#}"))
         });
     }
     let mut base_images: BTreeMap<Arch, Result<Image, String>> = BTreeMap::new();
-    for cell in cells.iter().take_while(|_| going()) {
+    for cell in cells.iter().filter(pending).take_while(|_| going()) {
         base_images
             .entry(cell.arch)
             .or_insert_with(|| image::build(sh, cache, &opts.images_dir, cell.arch, ui).map_err(|e| format!("{e:#}")));
@@ -114,12 +122,19 @@ pub fn run(
     let ctx = Prepared { matrix: &matrix.matrix, opts, ui, kernels, images, client_key: client_key.private, accel };
 
     // Runs of one cell follow each other, so --until-fail stops a cell early without waiting.
-    let runs: std::collections::VecDeque<(usize, &Cell, u32)> =
-        cells.iter().flat_map(|c| (1..=repeat).map(move |n| (c, n))).enumerate().map(|(i, (c, n))| (i, c, n)).collect();
-    let queue = Arc::new(Mutex::new(runs));
-    let hit_cells = Arc::new(Mutex::new(std::collections::BTreeSet::<String>::new()));
-    let (tx, rx) = mpsc::channel::<(usize, CellResult)>();
+    let all_runs = cells.iter().flat_map(|c| (1..=repeat).map(move |n| (c, n))).enumerate();
     let mut done: Vec<(usize, CellResult)> = Vec::new();
+    let mut runs = std::collections::VecDeque::new();
+    for (i, (cell, n)) in all_runs {
+        match finished(cell, n) {
+            Some(result) => done.push((i, result.clone())),
+            None => runs.push_back((i, cell, n)),
+        }
+    }
+    let hits = done.iter().filter(|(_, r)| r.is_hit()).map(|(_, r)| r.id.clone());
+    let hit_cells = Arc::new(Mutex::new(hits.collect::<std::collections::BTreeSet<String>>()));
+    let queue = Arc::new(Mutex::new(runs));
+    let (tx, rx) = mpsc::channel::<(usize, CellResult)>();
     std::thread::scope(|scope| -> Result<()> {
         for _ in 0..opts.jobs.max(1) {
             let (queue, hit_cells, tx, ctx) = (queue.clone(), hit_cells.clone(), tx.clone(), &ctx);
