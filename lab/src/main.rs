@@ -72,6 +72,7 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
         }
         Command::Report { dir } => cli::results::report(&dir),
         Command::Merge { out, shards } => cli::results::merge(&out, &shards),
+        Command::Export { dir, kcidb: _, origin } => cli::results::export_kcidb(&dir, &origin),
         Command::Doctor => cli::doctor::doctor(&env),
         Command::Setup { dry_run } => cli::doctor::setup(&env, dry_run),
         Command::Model(args) => cli::model::model(args),

@@ -326,6 +326,43 @@ fn junit_testcases(xml: &str) -> Vec<String> {
     cases
 }
 
+/// A Python with KCIDB's own I/O library from PyPI, installed once into the cache.
+fn kcidb_python() -> PathBuf {
+    static PYTHON: OnceLock<PathBuf> = OnceLock::new();
+    PYTHON
+        .get_or_init(|| {
+            let venv = cache_root().join("kcidb-io-venv");
+            let python = venv.join("bin/python");
+            if !python.exists() {
+                assert!(Command::new("python3").arg("-m").arg("venv").arg(&venv).status().unwrap().success());
+            }
+            let pip = Command::new(&python).args(["-m", "pip", "install", "-q", "kcidb-io"]).output().unwrap();
+            assert!(pip.status.success(), "pip install kcidb-io: {}", String::from_utf8_lossy(&pip.stderr));
+            python
+        })
+        .clone()
+}
+
+#[test]
+fn kcidb_export_of_runs_with_failures_passes_kcidb_io_validation() {
+    for (name, run) in [("known-bad", known_bad()), ("suite", suite())] {
+        let o = run_ok(lab().args(["export", "--kcidb", "--origin", "lab_e2e"]).arg(&run.out));
+        let file = scratch(&format!("kcidb-{name}")).with_extension("json");
+        std::fs::write(&file, &o.stdout).unwrap();
+        let check = "import json, sys, kcidb_io\n\
+            data = json.load(open(sys.argv[1]))\n\
+            kcidb_io.schema.V5_3.validate_exactly(data)\n\
+            print(len(data['tests']), sorted({t['status'] for t in data['tests']}), len(data['issues']), len(data['incidents']))\n";
+        let v = Command::new(kcidb_python()).args(["-c", check]).arg(&file).output().unwrap();
+        let said = String::from_utf8_lossy(&v.stdout);
+        assert!(v.status.success(), "{name}: kcidb-io rejects the export: {}", String::from_utf8_lossy(&v.stderr));
+        let failing = run.cells.iter().filter(|c| c["verdict"] == "fail").count();
+        assert!(failing > 0, "{name}: a run with failures");
+        assert!(said.starts_with(&format!("{} ", run.cells.len())) && said.contains("'FAIL'"), "{name}: {said}");
+        assert!(said.trim_end().ends_with(&format!(" {failing}")), "{name}: an incident per failing test: {said}");
+    }
+}
+
 #[test]
 fn lab_report_writes_a_runs_reports_again_from_its_cells() {
     let stock = suite();

@@ -157,6 +157,25 @@ pub enum Command {
         #[arg(long, value_name = "FILE")]
         html: Option<PathBuf>,
     },
+    /// Print a finished run as a KCIDB v5.3 submission (KernelCI's database) on stdout.
+    ///
+    /// A checkout per kernel recipe (its source, and `patchset_hash`: the sha256 over the
+    /// per-patch sha256s in order), a build per kernel x arch, a test per cell run (path
+    /// `lab.<workload>`, status PASS/FAIL/ERROR/MISS/SKIP, vCPUs and runs under
+    /// environment.misc, a bounded sanitized log_excerpt), an issue per failure signature and
+    /// an incident per failing test. The recipes are read from the run's run.json.
+    ///   lab export --kcidb lab-out/2026-12-05T02-00-00 --origin mylab | kcidb-submit ...
+    #[command(verbatim_doc_comment)]
+    Export {
+        /// The run directory.
+        dir: PathBuf,
+        /// The format (KCIDB is the only one).
+        #[arg(long, required = true)]
+        kcidb: bool,
+        /// KCIDB's origin: who submits (lowercase letters, digits, `_`).
+        #[arg(long, default_value = "lab", value_parser = origin)]
+        origin: String,
+    },
     /// Make one run directory of the directories of a run's shards (`lab run --shard K/N`).
     ///
     /// OUT (new or empty) gets every shard's cells, the run's inputs (run.json, without the
@@ -427,4 +446,11 @@ pub struct TriageArgs {
     /// The kernel the logs came from, with debug info: source lines for every frame.
     #[arg(long, value_name = "FILE")]
     pub vmlinux: Option<PathBuf>,
+}
+
+fn origin(s: &str) -> Result<String, String> {
+    match !s.is_empty() && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_') {
+        true => Ok(s.to_string()),
+        false => Err(format!("origin `{s}`: KCIDB allows lowercase letters, digits and `_` only")),
+    }
 }

@@ -10,8 +10,9 @@ use junit_report::{Duration, ReportBuilder, TestCaseBuilder, TestSuiteBuilder};
 use crate::cache;
 use crate::report;
 use crate::results::compare::{self, CellChange, Change, Comparison, FailureChange, Side};
-use crate::results::{self, Run};
+use crate::results::{self, kcidb, Run};
 use crate::triage;
+use sha2::{Digest, Sha256};
 
 pub fn compare(base: &Path, new: &Path, junit_file: Option<&Path>, html_file: Option<&Path>) -> Result<ExitCode> {
     let (base_run, new_run) = (results::read(base)?, results::read(new)?);
@@ -44,6 +45,33 @@ pub fn report(dir: &Path) -> Result<ExitCode> {
     }
     results::write_reports(&mut run)?;
     println!("{}: summary.json, junit.xml and report.html written again from {} cells", dir.display(), run.cells.len());
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn export_kcidb(dir: &Path, origin: &str) -> Result<ExitCode> {
+    let (mut run, inputs) = (results::read(dir)?, crate::inputs::RunInputs::read(dir)?);
+    results::add_excerpts(&mut run);
+    let filter =
+        inputs.filters.iter().map(|f| f.parse().map_err(|e: String| anyhow::anyhow!(e))).collect::<Result<_>>()?;
+    let recipes = super::load(&super::args::Select { matrix: Some(inputs.matrix.clone()), filter })?.recipes;
+    let now: Vec<(String, String)> = recipes.iter().map(|r| (r.name.clone(), r.fingerprint())).collect();
+    if now != inputs.kernels {
+        anyhow::bail!(
+            "{}: the kernel recipes of {} changed since the run: its checkouts cannot be described",
+            dir.display(),
+            inputs.matrix.display()
+        );
+    }
+    let kernels = recipes
+        .iter()
+        .filter(|recipe| run.cells.iter().any(|c| c.kernel == recipe.name))
+        .map(|recipe| kcidb::KernelSource {
+            name: recipe.name.clone(),
+            source: recipe.source.to_string(),
+            patch_sha256: recipe.patches.iter().map(|p| crate::cache::hex(&Sha256::digest(&p.contents))).collect(),
+        })
+        .collect::<Vec<_>>();
+    println!("{}", serde_json::to_string_pretty(&kcidb::submission(&run, &kernels, origin))?);
     Ok(ExitCode::SUCCESS)
 }
 

@@ -116,6 +116,22 @@ pub struct Fragment {
     pub text: String,
 }
 
+impl std::fmt::Display for TreeSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        match self {
+            TreeSource::Debian { package, suite, mirror, version } => {
+                write!(
+                    f,
+                    "Debian {package}{} from {suite} ({mirror})",
+                    version.as_ref().map_or(String::new(), |v| format!("={v}"))
+                )
+            }
+            TreeSource::Git { repo, git_ref } => write!(f, "git {} at {git_ref}", repo.display()),
+            TreeSource::Tarball { path } => write!(f, "tarball {}", path.display()),
+        }
+    }
+}
+
 impl Recipe {
     /// A key over everything the recipe puts into its kernels (source, patches, config), so that
     /// a run can tell whether the kernels it was started with are still the ones it would build.

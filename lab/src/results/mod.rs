@@ -8,6 +8,7 @@
 
 pub mod compare;
 pub mod html;
+pub mod kcidb;
 pub mod merge;
 
 use std::fs;
@@ -122,12 +123,17 @@ pub fn gather(dir: &Path) -> Result<(Run, Option<String>)> {
 /// Writes the run's reports (summary.json, junit.xml, report.html) again, each failure's console
 /// excerpt taken from its cell's console.log as a run would take it.
 pub fn write_reports(run: &mut Run) -> Result<()> {
+    add_excerpts(run);
+    write_all(&run.dir, &run.cells, run.repeated())
+}
+
+/// Each cell's console excerpt, which summary.json does not keep, from its console.log.
+pub fn add_excerpts(run: &mut Run) {
     for cell in &mut run.cells {
         if let Ok(console) = fs::read(cell.dir.join("console.log")) {
             cell.excerpt = report::excerpt(&String::from_utf8_lossy(&console), &cell.reports);
         }
     }
-    write_all(&run.dir, &run.cells, run.repeated())
 }
 
 /// `cells/<id>/result.json` and `cells/<id>/run-NNN/result.json`.
