@@ -73,6 +73,7 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
         Command::Report { dir } => cli::results::report(&dir),
         Command::Merge { out, shards } => cli::results::merge(&out, &shards),
         Command::Export { dir, kcidb: _, origin } => cli::results::export_kcidb(&dir, &origin),
+        Command::Series(args) => cli::series::series(&env, args),
         Command::Doctor => cli::doctor::doctor(&env),
         Command::Setup { dry_run } => cli::doctor::setup(&env, dry_run),
         Command::Model(args) => cli::model::model(args),

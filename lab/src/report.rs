@@ -203,9 +203,15 @@ pub fn write_cell(result: &CellResult) -> Result<()> {
 pub fn write_summary(out: &Path, results: &[CellResult], repeated: bool) -> Result<()> {
     let summary = Summary { version: SUMMARY_VERSION, cells: results, repro: repeated.then(|| repro(results)) };
     cache::write_atomic(&out.join("summary.json"), serde_json::to_string_pretty(&summary)?.as_bytes())?;
+    write_junit(&out.join("junit.xml"), results)
+}
+
+/// `results` as JUnit: a testsuite per kernel and arch (so a series, a kernel per step, gets one
+/// per step and arch).
+pub fn write_junit(path: &Path, results: &[CellResult]) -> Result<()> {
     let mut xml = Vec::new();
-    junit(results).write_xml(&mut xml).context("cannot render junit.xml")?;
-    cache::write_atomic(&out.join("junit.xml"), &xml)
+    junit(results).write_xml(&mut xml).with_context(|| format!("cannot render {}", path.display()))?;
+    cache::write_atomic(path, &xml)
 }
 
 /// One testsuite per kernel+arch, one testcase per vcpus+workload.

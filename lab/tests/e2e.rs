@@ -1277,3 +1277,104 @@ fn console_text_in_report_html_renders_as_text_in_a_real_browser() {
     assert!(page.dom.contains(r#"<mark class="own">"#), "the report's own line is not marked");
     assert!(page.dom.contains(r#"data-verdict="fail""#) && page.dom.contains(r#"data-verdict="pass""#));
 }
+
+fn kernels_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../kernels")
+}
+
+/// `lab series` on the three-patch demo whose middle patch puts the live lock back (issue 16,
+/// demo 2), on x86_64 within CI's time; the three architectures are in BENCHMARKS.md.
+#[test]
+fn a_series_names_its_middle_patch_as_the_first_bad_one() {
+    suite();
+    let out = scratch("series");
+    let o = run(lab()
+        .arg("series")
+        .arg("--base")
+        .arg(kernels_dir().join("linux-7.3.yaml"))
+        .arg("--patches")
+        .arg(kernels_dir().join("series/mmcid-middle-bad.mbox"))
+        .arg("--matrix")
+        .arg(kernels_dir().join("series-matrix.yaml"))
+        .args(["--filter", "arch=x86_64", "--runs", "2", "--out"])
+        .arg(&out));
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(o.status.code(), Some(1), "a patch breaks the kernel: {stdout}");
+    assert!(
+        stdout.contains("first bad: patch 2 (sched/mmcid: Simplify the task to CPU ownership switch): "),
+        "{stdout}"
+    );
+    assert!(stdout.contains("first fix: none"), "{stdout}");
+    let series: Value = serde_json::from_slice(&std::fs::read(out.join("series.json")).unwrap()).unwrap();
+    let subjects: Vec<&str> =
+        series["patches"].as_array().unwrap().iter().map(|p| p["subject"].as_str().unwrap()).collect();
+    assert_eq!(
+        subjects,
+        [
+            "sched/mmcid: Explain the CID constraint and its slack",
+            "sched/mmcid: Simplify the task to CPU ownership switch",
+            "sched/mmcid: Document the fixup walk over the users"
+        ]
+    );
+    let bad = &series["first_bad"];
+    assert_eq!(bad["index"], 2, "{bad:#}");
+    assert!(bad["signature"].as_str().unwrap().contains("mm_get_cid"), "{bad:#}");
+    // The clean step before ran its cell twice; the bad one hit at a measured rate.
+    assert!(bad["confidence"].as_f64().unwrap() > 0.5, "{bad:#}");
+    let steps = series["steps"].as_array().unwrap();
+    assert_eq!(steps.len(), 4, "{steps:#?}");
+    for (k, step) in steps.iter().enumerate() {
+        assert_eq!(step["index"], k);
+        assert_eq!(step["kernel"]["x86_64"]["ok"], true, "{step:#}");
+        let cell = &step["cells"][0];
+        match k {
+            0 | 1 => assert_eq!((cell["runs"].as_u64(), cell["hits"].as_u64()), (Some(2), Some(0)), "{step:#}"),
+            2 => {
+                assert_eq!(cell["runs"], 2, "the step where the live lock appears is measured: {step:#}");
+                assert!(cell["hits"].as_u64().unwrap() >= 1, "{step:#}");
+                assert_eq!(step["new_signatures"][0], bad["signature"]);
+            }
+            _ => assert!(cell["hits"].as_u64().unwrap() >= 1, "the bug stays: {step:#}"),
+        }
+        assert!(out.join(step["dir"].as_str().unwrap()).join("summary.json").exists(), "{step:#}");
+    }
+    let junit = std::fs::read_to_string(out.join("junit.xml")).unwrap();
+    for suite in ["linux-7.3.x86_64", "linux-7.3+1.x86_64", "linux-7.3+2.x86_64", "linux-7.3+3.x86_64"] {
+        assert!(junit.contains(&format!("<testsuite name=\"{suite}\"")), "{suite}: {junit}");
+    }
+}
+
+/// A patch that does not apply stops the series, named with its file and hunk, and the steps
+/// before it stay in series.json.
+#[test]
+fn a_series_stops_at_a_patch_that_does_not_apply() {
+    suite();
+    let out = scratch("series-broken");
+    let patches = scratch("series-broken-patches");
+    std::fs::create_dir_all(&patches).unwrap();
+    let good =
+        kernels_dir().join("series/mmcid-middle-bad/0001-sched-mmcid-Explain-the-CID-constraint-and-its-slack.patch");
+    let text = std::fs::read_to_string(&good).unwrap();
+    // The same patch against lines the tree does not have.
+    let broken = text.replace("-\t/* Calculate the new optimal constraint */", "-\t/* A line no tree holds */");
+    assert_ne!(broken, text);
+    std::fs::write(patches.join("0001-broken.patch"), broken).unwrap();
+    let o = run(lab()
+        .arg("series")
+        .arg("--base")
+        .arg(kernels_dir().join("linux-7.3.yaml"))
+        .arg("--patches")
+        .arg(&patches)
+        .arg("--matrix")
+        .arg(kernels_dir().join("series-matrix.yaml"))
+        .args(["--filter", "arch=x86_64", "--runs", "1", "--out"])
+        .arg(&out));
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("0001-broken.patch does not apply"), "{stderr}");
+    assert!(stderr.contains("kernel/sched/core.c: hunk #1 failed"), "{stderr}");
+    let series: Value = serde_json::from_slice(&std::fs::read(out.join("series.json")).unwrap()).unwrap();
+    assert_eq!(series["steps"].as_array().unwrap().len(), 1, "{series:#}");
+    assert_eq!(series["steps"][0]["cells"][0]["runs"], 1, "{series:#}");
+    assert!(series["stopped"].as_str().unwrap().contains("step 1/1"), "{series:#}");
+}

@@ -161,7 +161,7 @@ fn subject(
     let recipe = kernel::recipe::load(&args.recipe.clone().unwrap_or_else(|| project.join(default_recipe)))?;
     let arches = if args.arch.is_empty() { Arch::ALL.to_vec() } else { args.arch.clone() };
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
-    Ok((recipe, arches, BuildOptions { jobs: cores, refresh: false, ccache: true }))
+    Ok((recipe, arches, BuildOptions { jobs: cores, refresh: false, ccache: true, in_place: false }))
 }
 
 fn median(v: &mut [f64]) -> f64 {

@@ -157,6 +157,31 @@ pub enum Command {
         #[arg(long, value_name = "FILE")]
         html: Option<PathBuf>,
     },
+    /// Validate a patch series step by step: which patch breaks, which fixes, how sure.
+    ///
+    /// Step 0 is the base recipe, step k the base plus patches 1..k. Every step's kernel is built
+    /// in place on the step before (Kbuild recompiles what the patch touches; each step is cached
+    /// by its patch prefix), and the matrix's cells (arches, vCPUs, workloads; --base replaces
+    /// its kernels) run on it up to --runs times each, a cell stopping at its first hit unless
+    /// the step is where a signature appears or goes: there every run is made, to measure the
+    /// rate the confidence rests on. A patch that does not apply stops the series (earlier steps
+    /// kept); a step that does not build is an error of that step, not a failure.
+    ///
+    /// DIR/series.json: the patches, every step's cells (runs, hits, hit rate, 95 % bound,
+    /// signatures), new and fixed signatures per step, `first_bad` and `first_fix` (patch,
+    /// signature, confidence that the step on the clean side is clean). DIR/junit.xml: a
+    /// testsuite per step and arch. DIR/steps/NN-<subject>/: each step's run directory.
+    ///
+    /// SERIES: an mbox (`b4 am` output, cover letter skipped, [PATCH n/m] order), a directory
+    /// of `git format-patch` files, or a quilt `series` file.
+    ///   lab series --base kernels/linux-7.3-pre-cure.yaml --patches kernels/series/mmcid-cure.mbox \
+    ///       --matrix kernels/series-matrix.yaml
+    ///   lab series --base kernels/linux-7.3.yaml --patches my-series/ --filter arch=x86_64 --runs 5
+    ///   lab series ... --bisect        base and top first, then halves (long series)
+    /// Exit status: 1 when a patch breaks something (first_bad), 0 otherwise, 2 on bad input
+    /// or a patch that does not apply.
+    #[command(verbatim_doc_comment)]
+    Series(SeriesArgs),
     /// Print a finished run as a KCIDB v5.3 submission (KernelCI's database) on stdout.
     ///
     /// A checkout per kernel recipe (its source, and `patchset_hash`: the sha256 over the
@@ -349,7 +374,7 @@ pub struct BuildArgs {
 impl BuildArgs {
     pub fn options(&self) -> BuildOptions {
         let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
-        BuildOptions { jobs: self.build_jobs.unwrap_or(cores), refresh: self.refresh, ccache: true }
+        BuildOptions { jobs: self.build_jobs.unwrap_or(cores), refresh: self.refresh, ccache: true, in_place: false }
     }
 }
 
@@ -412,6 +437,39 @@ pub struct RunArgs {
     #[arg(long, value_name = "DIR", verbatim_doc_comment,
           conflicts_with_all = ["out", "matrix", "filter", "repeat", "until_fail", "host_samples", "dump_memory", "shard", "shard_costs", "list"])]
     pub resume: Option<PathBuf>,
+}
+
+#[derive(clap::Args)]
+pub struct SeriesArgs {
+    /// The kernel recipe the series applies to (step 0).
+    #[arg(long, value_name = "RECIPE")]
+    pub base: PathBuf,
+    /// The series: an mbox, a directory of patches, or a quilt `series` file.
+    #[arg(long, value_name = "SERIES")]
+    pub patches: PathBuf,
+    #[command(flatten)]
+    pub select: Select,
+    /// Runs per cell and step at most; a cell stops at its first hit, except at a step where a
+    /// signature appears or goes (all N there, for the rate).
+    #[arg(long, value_name = "N", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub runs: u32,
+    /// Test the base and the top first, then halve between a clean and a bad step, instead of
+    /// every step; the answer's confidence is the product of its clean steps' confidences.
+    #[arg(long)]
+    pub bisect: bool,
+    /// Output directory (must be new or empty; default: lab-out/<UTC start time>).
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+    /// Cells booted at once (see `lab run --jobs`).
+    #[arg(long, default_value_t = 1)]
+    pub jobs: usize,
+    /// Host samples of a silent guest before it is killed (see `lab run --host-samples`).
+    #[arg(long, value_name = "N", default_value_t = 8, value_parser = clap::value_parser!(u32).range(0..=1000))]
+    pub host_samples: u32,
+    #[command(flatten)]
+    pub build: BuildArgs,
+    #[command(flatten)]
+    pub accel: AccelArg,
 }
 
 #[derive(clap::Args)]

@@ -9,6 +9,7 @@ pub mod hold;
 pub mod model;
 pub mod results;
 pub mod run;
+pub mod series;
 pub mod triage;
 
 use std::path::{Path, PathBuf};
@@ -56,9 +57,7 @@ pub fn images_dir() -> PathBuf {
 }
 
 pub fn load(select: &Select) -> Result<Loaded> {
-    let path = select.matrix.clone().unwrap_or_else(|| Path::new(PROJECT_DIR).join("matrix.yaml"));
-    let programs = image::workload_programs(&images_dir())?;
-    let matrix = matrix::load(&path, &programs)?;
+    let matrix = load_matrix(select)?;
     let recipes = matrix
         .recipe_paths()
         .iter()
@@ -79,6 +78,13 @@ pub fn load(select: &Select) -> Result<Loaded> {
     }
     let cells = plan::cells(&matrix.matrix, &names, &select.filter)?;
     Ok(Loaded { matrix, recipes, cells })
+}
+
+/// `--matrix` (default: the checkout's matrix.yaml), checked against the workloads there are.
+pub fn load_matrix(select: &Select) -> Result<matrix::LoadedMatrix> {
+    let path = select.matrix.clone().unwrap_or_else(|| Path::new(PROJECT_DIR).join("matrix.yaml"));
+    let programs = image::workload_programs(&images_dir())?;
+    matrix::load(&path, &programs)
 }
 
 /// `--out`, which must be new or empty, else a new directory under lab-out/ named for now.

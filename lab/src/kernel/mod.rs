@@ -18,6 +18,7 @@
 pub mod config;
 pub mod recipe;
 mod selftests;
+pub mod series;
 mod source;
 
 use std::fs::{self, File};
@@ -76,6 +77,9 @@ struct TreeInfo {
     source: String,
     /// Content keys of the applied patches, in order.
     patches: Vec<String>,
+    /// Their `-pN` levels, kept by the walking tree, which takes patches off again.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    strips: Vec<u32>,
 }
 
 #[derive(Clone, Copy)]
@@ -85,6 +89,10 @@ pub struct BuildOptions {
     pub ccache: bool,
     /// Re-read the Debian package index instead of trusting the cached one.
     pub refresh: bool,
+    /// Build in the source's one walking tree, moved to this recipe's patches in place (the
+    /// patches it has beyond ours taken off, ours put on), instead of a tree per patch list:
+    /// a series step costs the files its patch touches, not a copy of the tree.
+    pub in_place: bool,
 }
 
 pub fn build(sh: &Shell, cache: &Cache, recipe: &Recipe, arch: Arch, opts: &BuildOptions, ui: &Ui) -> Result<Kernel> {
@@ -154,13 +162,28 @@ fn build_inner(
     let kernel_key =
         KeyBuilder::default().part("tree", tree_key.as_bytes()).part("config", config_key.as_bytes()).finish();
     let dir = cache.dir("kernels")?.join(format!("{}-{arch}-{kernel_key}", recipe.name));
-    let selftests_key = selftests::key(&tree_key, arch, &toolchain);
+    // Keyed by the patches that can change them: a series step that touches the scheduler runs
+    // the selftests its base built.
+    let selftests_tree = recipe
+        .patches
+        .iter()
+        .zip(&patch_keys)
+        .filter(|(p, _)| touches_selftest_inputs(p))
+        .fold(KeyBuilder::default().part("source", fetched.id.as_bytes()), |k, (_, key)| {
+            k.part("patch", key.as_bytes())
+        });
+    let selftests_key = selftests::key(&selftests_tree.finish(), arch, &toolchain);
     let trees = cache.dir("trees")?;
-    let tree = trees.join(&tree_key);
+    let tree = match opts.in_place {
+        true => trees.join(format!("walk-{}", KeyBuilder::default().part("source", fetched.id.as_bytes()).finish())),
+        false => trees.join(&tree_key),
+    };
     let src = tree.join("src");
     let ready_tree = || -> Result<Lock> {
-        let lock = Lock::acquire(&trees.join(format!("{tree_key}.lock")))?;
-        if !tree.join("tree.json").exists() {
+        let lock = Lock::acquire(&tree.with_extension("lock"))?;
+        if opts.in_place {
+            walk_tree(sh, &trees, &tree, &fetched, recipe, &patch_keys, ui, task)?;
+        } else if !tree.join("tree.json").exists() {
             ui.send(Event::Progress { task: task.to_string(), message: "preparing source tree".into() });
             prepare_tree(sh, &trees, &tree, &fetched, recipe, &patch_keys)?;
         }
@@ -186,7 +209,8 @@ fn build_inner(
     // patches reapplied after the copy (so they are newer than the copied objects): an incremental
     // build instead of a cold one after every change of the config fragments.
     let donor_built = |donor: &Path| donor.join("src").join(&out_name).join("vmlinux").exists();
-    if !out.join(".lab-config-ok").exists()
+    if !opts.in_place
+        && !out.join(".lab-config-ok").exists()
         && best_donor(&trees, &fetched.id, &patch_keys, &tree).is_some_and(|(donor, _)| donor_built(&donor))
     {
         ui.send(Event::Progress {
@@ -285,6 +309,15 @@ fn build_inner(
     Ok(Kernel { selftests: selftests::build(sh, cache, &src, arch, &selftests_key, ui, task)?, ..kernel })
 }
 
+/// Whether a patch touches what the rseq selftests are built from: `tools/` (their sources, the
+/// tools headers) or a uapi header.
+fn touches_selftest_inputs(patch: &recipe::Patch) -> bool {
+    String::from_utf8_lossy(&patch.contents)
+        .lines()
+        .filter_map(|l| l.strip_prefix("+++ ").or_else(|| l.strip_prefix("--- ")))
+        .any(|path| path.contains("tools/") || path.contains("/uapi/"))
+}
+
 /// The most recently built kernel for `arch` in the cache, of any recipe (`lab doctor` boots it
 /// to prove KVM without building one).
 pub fn newest_built(cache: &Cache, arch: Arch) -> Option<Kernel> {
@@ -328,9 +361,10 @@ fn prepare_tree(
             }
         };
         for patch in &recipe.patches[applied..] {
-            apply_patch(sh, &src, patch)?;
+            apply_patch(sh, &src, patch, Direction::Forward)?;
         }
-        let info = TreeInfo { source: fetched.id.clone(), patches: patch_keys.to_vec() };
+        let strips = recipe.patches.iter().map(|p| p.strip).collect();
+        let info = TreeInfo { source: fetched.id.clone(), patches: patch_keys.to_vec(), strips };
         fs::write(tmp.join("tree.json"), serde_json::to_string_pretty(&info)?)?;
         Ok(())
     })();
@@ -406,21 +440,108 @@ fn best_donor(trees: &Path, source: &str, patches: &[String], tree: &Path) -> Op
         .max_by_key(|(_, n)| *n)
 }
 
-fn apply_patch(sh: &Shell, src: &Path, patch: &recipe::Patch) -> Result<()> {
+/// Keeps the walking tree at the patches it has, in their order.
+fn write_walk_info(tree: &Path, source: &str, applied: &[(String, u32)]) -> Result<()> {
+    let info = TreeInfo {
+        source: source.to_string(),
+        patches: applied.iter().map(|(k, _)| k.clone()).collect(),
+        strips: applied.iter().map(|(_, s)| *s).collect(),
+    };
+    cache::write_atomic(&tree.join("tree.json"), serde_json::to_string_pretty(&info)?.as_bytes())
+}
+
+/// Moves the walking tree to `recipe`'s patches: first made as a copy of the best donor (once),
+/// then the patches beyond the common prefix taken off, newest first, and ours put on. Every
+/// patch is tried before it is applied, so one that does not apply leaves the tree as it was.
+#[allow(clippy::too_many_arguments)]
+fn walk_tree(
+    sh: &Shell,
+    trees: &Path,
+    tree: &Path,
+    fetched: &source::Fetched,
+    recipe: &Recipe,
+    patch_keys: &[String],
+    ui: &Ui,
+    task: &str,
+) -> Result<()> {
+    let saved = |key: &str| tree.join("applied").join(key);
+    let info: Option<TreeInfo> =
+        fs::read(tree.join("tree.json")).ok().and_then(|b| serde_json::from_slice(&b).ok()).filter(|i: &TreeInfo| {
+            i.source == fetched.id && i.strips.len() == i.patches.len() && i.patches.iter().all(|k| saved(k).exists())
+        });
+    let Some(info) = info else {
+        ui.send(Event::Progress { task: task.to_string(), message: "making the walking tree for series".into() });
+        prepare_tree(sh, trees, tree, fetched, recipe, patch_keys)?;
+        fs::create_dir_all(tree.join("applied"))?;
+        for (key, patch) in patch_keys.iter().zip(&recipe.patches) {
+            fs::write(saved(key), &patch.contents)?;
+        }
+        return Ok(());
+    };
+    let src = tree.join("src");
+    let common = info.patches.iter().zip(patch_keys).take_while(|(a, b)| a == b).count();
+    let mut applied: Vec<(String, u32)> = info.patches.into_iter().zip(info.strips).collect();
+    while applied.len() > common {
+        let (key, strip) = applied.last().cloned().unwrap_or_default();
+        let contents = fs::read(saved(&key))?;
+        let patch = recipe::Patch { name: format!("{key} (taken off)"), contents, strip };
+        apply_patch(sh, &src, &patch, Direction::Reverse)
+            .with_context(|| format!("the walking tree {} cannot go back: remove it", tree.display()))?;
+        applied.pop();
+        write_walk_info(tree, &fetched.id, &applied)?;
+    }
+    for (key, patch) in patch_keys[common..].iter().zip(&recipe.patches[common..]) {
+        ui.send(Event::Progress { task: task.to_string(), message: format!("applying {}", patch.name) });
+        apply_patch(sh, &src, patch, Direction::Forward)?;
+        fs::write(saved(key), &patch.contents)?;
+        applied.push((key.clone(), patch.strip));
+        write_walk_info(tree, &fetched.id, &applied)?;
+    }
+    Ok(())
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Direction {
+    Forward,
+    Reverse,
+}
+
+/// A patch that does not apply, named with its file and hunk: a series stops there, a build
+/// error does not stop it.
+#[derive(Debug, thiserror::Error)]
+#[error("patch {patch} does not apply:\n{why}")]
+pub struct PatchDoesNotApply {
+    pub patch: String,
+    pub why: String,
+}
+
+/// Tries the patch first (`--dry-run`) so that one that fails changes nothing.
+fn apply_patch(sh: &Shell, src: &Path, patch: &recipe::Patch, direction: Direction) -> Result<()> {
     let file = cache::temp_sibling(&src.with_extension("patch"));
     fs::write(&file, &patch.contents)?;
     let strip = format!("-p{}", patch.strip);
-    let output = cmd!(sh, "patch -d {src} {strip} --batch --forward --no-backup-if-mismatch -i {file}")
-        .quiet()
-        .ignore_status()
-        .output();
+    let way = match direction {
+        Direction::Forward => "--forward",
+        Direction::Reverse => "--reverse",
+    };
+    let attempt = |dry: &[&str]| {
+        cmd!(sh, "patch -d {src} {strip} --batch {way} --no-backup-if-mismatch {dry...} -i {file}")
+            .quiet()
+            .ignore_status()
+            .output()
+            .context("cannot run `patch`: install it (`lab setup`)")
+    };
+    let output = attempt(&["--dry-run"]).and_then(|tried| match tried.status.success() {
+        true => attempt(&[]),
+        false => Ok(tried),
+    });
     let _ = fs::remove_file(&file);
-    let output = output.context("cannot run `patch`: install it (`lab setup`)")?;
+    let output = output?;
     if output.status.success() {
         return Ok(());
     }
     let text = String::from_utf8_lossy(&output.stdout).into_owned() + &String::from_utf8_lossy(&output.stderr);
-    bail!("patch {} does not apply:\n{}", patch.name, explain_patch_failure(&text))
+    Err(PatchDoesNotApply { patch: patch.name.clone(), why: explain_patch_failure(&text) }.into())
 }
 
 /// Turns GNU patch's chatter into `file: hunk #N FAILED at L` lines.
@@ -465,7 +586,11 @@ mod tests {
             ("both", "s", vec!["p1", "p2"]),
         ] {
             fs::create_dir_all(trees.join(name)).unwrap();
-            let info = TreeInfo { source: source.into(), patches: patches.into_iter().map(String::from).collect() };
+            let info = TreeInfo {
+                source: source.into(),
+                patches: patches.into_iter().map(String::from).collect(),
+                strips: Vec::new(),
+            };
             fs::write(trees.join(name).join("tree.json"), serde_json::to_string(&info).unwrap()).unwrap();
         }
         let donor = |patches: &[&str], tree: &str| {
@@ -501,6 +626,28 @@ mod tests {
         assert_eq!(fs::metadata(&cmd_file).unwrap().modified().unwrap(), old, "mtime kept");
         assert_eq!(fs::read(&binary).unwrap(), b"\x7fELF\0/c/trees/aaaa/src", "binaries untouched");
         fs::remove_dir_all(root).unwrap();
+    }
+
+    #[test]
+    fn patches_that_change_the_selftests() {
+        let patch = |paths: &[&str]| recipe::Patch {
+            name: "p".into(),
+            contents: paths
+                .iter()
+                .map(|p| format!("--- a/{p}\n+++ b/{p}\n@@ -1 +1 @@\n-a\n+b\n"))
+                .collect::<String>()
+                .into_bytes(),
+            strip: 1,
+        };
+        for (paths, touches) in [
+            (&["kernel/sched/core.c"][..], false),
+            (&["include/linux/rseq.h", "kernel/rseq.c"], false),
+            (&["include/uapi/linux/rseq.h"], true),
+            (&["tools/testing/selftests/rseq/param_test.c"], true),
+            (&["arch/arm64/include/uapi/asm/unistd.h"], true),
+        ] {
+            assert_eq!(touches_selftest_inputs(&patch(paths)), touches, "{paths:?}");
+        }
     }
 
     #[test]

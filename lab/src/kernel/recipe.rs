@@ -151,6 +151,15 @@ impl Recipe {
         key.finish()
     }
 
+    /// This recipe with `patches` applied after its own, under another name: a series step.
+    pub fn extended(&self, name: String, description: String, patches: &[Patch]) -> Recipe {
+        let mut recipe = self.clone();
+        recipe.name = name;
+        recipe.description = description;
+        recipe.patches.extend_from_slice(patches);
+        recipe
+    }
+
     /// The common fragments followed by the architecture's own: later lines win.
     pub fn fragments(&self, arch: Arch) -> impl Iterator<Item = &Fragment> {
         self.fragments.iter().chain(self.arch_fragments.get(&arch).into_iter().flatten())
@@ -241,7 +250,7 @@ fn existing(dir: &Path, path: &Path) -> Result<PathBuf> {
 }
 
 /// The patches of a series directory, in the order they must be applied.
-fn series(dir: &Path) -> Result<Vec<Patch>> {
+pub(super) fn series(dir: &Path) -> Result<Vec<Patch>> {
     let read = |name: &str, strip: u32| -> Result<Patch> {
         let path = dir.join(name);
         let contents = std::fs::read(&path).with_context(|| format!("cannot read patch {}", path.display()))?;

@@ -6,8 +6,9 @@
 //! Makefile's flags: the selftests' headers, the tree's tools/include and
 //! tools/arch/<SRCARCH>/include, and the tree's own uapi headers (`make headers` in a scratch build
 //! directory outside the tree, which stays untouched). Cached by content under
-//! `selftests/<arch>-<key>/`: the tree key (source and patches), the architecture, the compiler
-//! and the program table.
+//! `selftests/<arch>-<key>/`: the source and the patches that touch `tools/` or a uapi header (a
+//! scheduler patch leaves them as its base built them), the architecture, the compiler and the
+//! program table.
 
 use std::collections::BTreeSet;
 use std::fs;
@@ -56,7 +57,8 @@ pub struct Selftests {
     pub cached: bool,
 }
 
-/// The cache key of the selftests of tree `tree_key` for `arch`, built with `toolchain`.
+/// The cache key of the selftests of tree `tree_key` (the source and the patches that can change
+/// them) for `arch`, built with `toolchain`.
 pub(super) fn key(tree_key: &str, arch: Arch, toolchain: &str) -> String {
     let mut key = KeyBuilder::default()
         .part("version", SELFTESTS_VERSION.as_bytes())

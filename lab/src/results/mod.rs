@@ -10,6 +10,7 @@ pub mod compare;
 pub mod html;
 pub mod kcidb;
 pub mod merge;
+pub mod series;
 
 use std::fs;
 use std::path::{Path, PathBuf};
