@@ -30,6 +30,20 @@ pub enum FilterKey {
     Workload,
 }
 
+impl FilterKey {
+    const ALL: [FilterKey; 4] = [FilterKey::Kernel, FilterKey::Arch, FilterKey::Vcpus, FilterKey::Workload];
+
+    /// As written on the command line, and in run.json.
+    fn name(self) -> &'static str {
+        match self {
+            FilterKey::Kernel => "kernel",
+            FilterKey::Arch => "arch",
+            FilterKey::Vcpus => "vcpus",
+            FilterKey::Workload => "workload",
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Filter {
     key: FilterKey,
@@ -41,13 +55,10 @@ impl FromStr for Filter {
 
     fn from_str(s: &str) -> Result<Filter, String> {
         let (key, value) = s.split_once('=').ok_or_else(|| format!("`{s}` is not KEY=VALUE"))?;
-        let key = match key {
-            "kernel" => FilterKey::Kernel,
-            "arch" => FilterKey::Arch,
-            "vcpus" => FilterKey::Vcpus,
-            "workload" => FilterKey::Workload,
-            _ => return Err(format!("unknown filter key `{key}`: use kernel, arch, vcpus or workload")),
-        };
+        let key = FilterKey::ALL
+            .into_iter()
+            .find(|k| k.name() == key)
+            .ok_or_else(|| format!("unknown filter key `{key}`: use kernel, arch, vcpus or workload"))?;
         if key == FilterKey::Arch {
             value.parse::<Arch>().map_err(|e| e.to_string())?;
         }
@@ -60,13 +71,7 @@ impl FromStr for Filter {
 
 impl std::fmt::Display for Filter {
     fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-        let key = match self.key {
-            FilterKey::Kernel => "kernel",
-            FilterKey::Arch => "arch",
-            FilterKey::Vcpus => "vcpus",
-            FilterKey::Workload => "workload",
-        };
-        write!(f, "{key}={}", self.value)
+        write!(f, "{}={}", self.key.name(), self.value)
     }
 }
 
@@ -82,7 +87,7 @@ impl Cell {
 
     /// Filters with the same key are alternatives; different keys must all hold.
     fn selected_by(&self, filters: &[Filter]) -> bool {
-        [FilterKey::Kernel, FilterKey::Arch, FilterKey::Vcpus, FilterKey::Workload].into_iter().all(|key| {
+        FilterKey::ALL.into_iter().all(|key| {
             let mut wanted = filters.iter().filter(|f| f.key == key).peekable();
             wanted.peek().is_none() || wanted.any(|f| f.value == self.field(key))
         })

@@ -1286,7 +1286,7 @@ fn kernels_dir() -> PathBuf {
 /// demo 2), on x86_64 within CI's time; the three architectures are in BENCHMARKS.md.
 #[test]
 fn a_series_names_its_middle_patch_as_the_first_bad_one() {
-    suite();
+    setup();
     let out = scratch("series");
     let o = run(lab()
         .arg("series")
@@ -1348,7 +1348,7 @@ fn a_series_names_its_middle_patch_as_the_first_bad_one() {
 /// before it stay in series.json.
 #[test]
 fn a_series_stops_at_a_patch_that_does_not_apply() {
-    suite();
+    setup();
     let out = scratch("series-broken");
     let patches = scratch("series-broken-patches");
     std::fs::create_dir_all(&patches).unwrap();

@@ -435,7 +435,7 @@ pub struct RunArgs {
     /// matrix or recipes changed since is refused, naming what changed.
     ///   lab run --resume lab-out/2026-12-05T02-00-00
     #[arg(long, value_name = "DIR", verbatim_doc_comment,
-          conflicts_with_all = ["out", "matrix", "filter", "repeat", "until_fail", "host_samples", "dump_memory", "shard", "shard_costs", "list"])]
+          conflicts_with_all = ["out", "matrix", "filter", "repeat", "until_fail", "host_samples", "dump_memory", "shard", "shard_costs", "list", "accel"])]
     pub resume: Option<PathBuf>,
 }
 
@@ -510,5 +510,26 @@ fn origin(s: &str) -> Result<String, String> {
     match !s.is_empty() && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_') {
         true => Ok(s.to_string()),
         false => Err(format!("origin `{s}`: KCIDB allows lowercase letters, digits and `_` only")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resume_takes_every_input_from_the_run_it_resumes() {
+        for extra in [
+            &["--accel", "tcg"][..],
+            &["--matrix", "m.yaml"],
+            &["--filter", "arch=x86_64"],
+            &["--repeat", "3"],
+            &["--shard", "1/2"],
+            &["--out", "o"],
+        ] {
+            let args = ["lab", "run", "--resume", "d"].iter().chain(extra);
+            assert!(Cli::try_parse_from(args).is_err(), "--resume with {extra:?} must be refused");
+        }
+        assert!(Cli::try_parse_from(["lab", "run", "--resume", "d"]).is_ok());
     }
 }

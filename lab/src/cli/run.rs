@@ -88,14 +88,10 @@ pub fn run(env: &Env, mut args: RunArgs) -> Result<ExitCode> {
     };
     std::fs::create_dir_all(&out).with_context(|| format!("cannot create {}", out.display()))?;
     inputs.write(&out)?;
-    if cells.is_empty() {
+    // Only a shard can be left without cells: a filter that selects none is bad input.
+    if let (true, Some(shard)) = (cells.is_empty(), inputs.shard) {
         results::write_all(&out, &[], false)?;
-        println!(
-            "shard {} has none of the {} cells; reports in {}",
-            inputs.shard.unwrap_or(Shard { index: 1, total: 1 }),
-            inputs.plan.len(),
-            out.display()
-        );
+        println!("shard {shard} has none of the {} cells; reports in {}", inputs.plan.len(), out.display());
         return Ok(ExitCode::SUCCESS);
     }
     if setup {

@@ -152,7 +152,7 @@ pub fn run(
                     if opts.until_fail && hit_cells.lock().unwrap_or_else(|e| e.into_inner()).contains(&cell.id) {
                         continue;
                     }
-                    let run = (repeat > 1).then_some(run);
+                    let run = run_number(run);
                     let result = run_cell(ctx, cell, run);
                     if result.is_hit() {
                         hit_cells.lock().unwrap_or_else(|e| e.into_inner()).insert(cell.id.clone());
@@ -185,7 +185,7 @@ pub fn run(
             .filter(|(_, cell, _)| !(opts.until_fail && hit_cells.contains(&cell.id)))
             .collect::<Vec<_>>();
         for (index, cell, run) in unstarted {
-            let mut result = planned(cell, (repeat > 1).then_some(run), opts);
+            let mut result = planned(cell, run_number(run), opts);
             result.verdict = Verdict::Interrupted;
             result.reason = format!("not started: the run was interrupted by {signal}");
             result.end = CellEnd::NotStarted;
