@@ -239,6 +239,11 @@ static FRAME_LINE: LazyLock<Regex> = LazyLock::new(|| {
 });
 
 fn parse_frame(text: &str) -> Option<Frame> {
+    // Every form has a "%pS" in it; most lines of a report (registers, code, messages) do not, and
+    // the substring search is much cheaper than the pattern.
+    if !text.contains("+0x") {
+        return None;
+    }
     let captures = FRAME_LINE.captures(text)?;
     let register = captures.name("register").map(|m| m.as_str());
     let link_register = register.is_some_and(|name| name.starts_with(['l', 'L']));
