@@ -373,7 +373,7 @@ mod tests {
     }
 
     /// The real corpus (issue 20), where this checkout sits beside it: what has been reached must hold.
-    /// The issue's frame target is 80 %; the floor here is what the rules reach today.
+    /// The issue's targets: kind 97 %, frame 80 %.
     #[test]
     fn the_syzkaller_corpus_keeps_its_agreement() {
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/triage-corpus/syzkaller");
@@ -385,7 +385,7 @@ mod tests {
         let tallies = agreement.tallies();
         let all = tallies["all"];
         assert!(all.kind_right * 100 >= all.cases * 97, "kind right {} of {}", all.kind_right, all.cases);
-        assert!(all.frame_right * 100 >= all.frames * 60, "frame right {} of {}", all.frame_right, all.frames);
+        assert!(all.frame_right * 100 >= all.frames * 80, "frame right {} of {}", all.frame_right, all.frames);
         let untitled = tallies.get("untitled").copied().unwrap_or_default();
         assert_eq!(untitled.kind_right, untitled.cases, "reports on untitled cases");
     }

@@ -5,7 +5,7 @@ use super::console::{Caller, ConsoleLine};
 use super::culprit::Rule;
 use super::header::{self, Header, Role};
 use super::sanitize;
-use super::stack::Stacks;
+use super::stack::{self, Stacks};
 use super::{signature, FrameSite, Missing, Report, Source};
 use crate::vocab::Kind;
 
@@ -32,6 +32,8 @@ struct Draft {
     cpu: Option<u32>,
     stuck_cpu: Option<u32>,
     named_frame: Option<String>,
+    /// Lockdep's first lock line's "at:" site: where the lock in question was taken.
+    lock_site: Option<String>,
     lines: Vec<String>,
     scanned: usize,
     stacks: Stacks,
@@ -60,6 +62,7 @@ impl Draft {
             cpu: caller_cpu,
             stuck_cpu: None,
             named_frame: None,
+            lock_site: None,
             lines: Vec::new(),
             scanned: 0,
             stacks: Stacks::new(None),
@@ -103,6 +106,9 @@ impl Draft {
             self.scanned += 1;
             self.stacks.feed(text);
         }
+        if self.kind == Kind::Lockdep && self.lock_site.is_none() {
+            self.lock_site = stack::lock_site(text).map(str::to_owned);
+        }
     }
 
     fn is_waiting_for_headline(&self) -> bool {
@@ -144,7 +150,13 @@ impl Draft {
     fn into_report(mut self, truncated: bool, caller_of: &dyn Fn(&FrameSite) -> Option<String>) -> Report {
         self.stacks.name_callers(caller_of);
         let preferred_cpu = if self.kind == Kind::HardLockup { self.stuck_cpu } else { None };
-        let frame = self.stacks.culprit(preferred_cpu, Rule::of(self.kind)).map(str::to_owned).or(self.named_frame);
+        let rule = Rule::of(self.kind, &self.subject);
+        let from_stacks = self.stacks.culprit(preferred_cpu, rule).map(str::to_owned);
+        // A lockdep report cut short before its stacks still said where its lock was taken.
+        let frame = match rule.lock_site_first() {
+            true => self.lock_site.or(from_stacks),
+            false => from_stacks.or(self.named_frame).or(self.lock_site),
+        };
         let missing =
             [(self.stacks.holder_unseen(preferred_cpu), Missing::LockHolder), (truncated, Missing::Truncated)]
                 .into_iter()
@@ -458,6 +470,25 @@ mod tests {
         check_cut(&format!("{SOFT} f+0x1/0x2"), "cut");
         check_cut(&format!("{SOFT} f+0x1/0x2\nLAB-RESULT fail"), "whole");
         check_cut("Kernel panic - not syncing: Fatal exc", "cut");
+    }
+
+    /// `expect`: the first report's frame, or "-".
+    fn check_frame(log: &str, expect: &str) {
+        let reports = triage(log.as_bytes(), None);
+        let frame = reports.first().and_then(|report| report.frame.as_deref());
+        assert_eq!(frame.unwrap_or("-"), expect, "log:\n{log}");
+    }
+
+    #[test]
+    fn a_lockdep_report_names_where_its_lock_was_taken() {
+        const HELD: &str = "WARNING: lock held when returning to user space!\n1 lock held by a/1:\n \
+            #0: 00000000a3b01fa0 (&fi->mutex){+.+.}, at: fuse_lock_inode+0xaf/0xe0\n";
+        check_frame(HELD, "fuse_lock_inode");
+        check_frame(&format!("{HELD}stack backtrace:\n dump_stack+0x1/0x2\n other_fn+0x1/0x2\n"), "fuse_lock_inode");
+        const CUT: &str = "[ INFO: possible recursive locking detected ]\n \
+            (audit_cmd_mutex){+.+.+.}, at: [<ffffffff81585f59>] audit_receive+0x79/0x360\n";
+        check_frame(CUT, "audit_receive");
+        check_frame(&format!("{CUT}stack backtrace:\n dump_stack+0x1/0x2\n other_fn+0x1/0x2\n"), "other_fn");
     }
 
     #[test]

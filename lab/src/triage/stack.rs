@@ -20,7 +20,8 @@ const PLUMBING: &[&[&str]] = &[
         "try_to_steal_lock", "task_rq_lock", "__task_rq_lock", "_task_rq_lock", "rq_lock*", "double_rq_lock",
         "_double_lock_balance", "double_lock_balance", "mutex_lock*", "__mutex_lock*", "mutex_spin_on_owner",
         "down", "down_*", "__down*", "rwsem_down_*", "rt_mutex*", "__rt_mutex*", "rt_spin_lock*",
-        "percpu_down_*", "__percpu_down_*", "percpu_rwsem_wait", "bit_spin_lock",
+        "percpu_down_*", "__percpu_down_*", "percpu_rwsem_wait", "bit_spin_lock", "mutex_remove_waiter",
+        "__mutex_remove_waiter", "__mutex_add_waiter",
     ],
     // Lockdep's own bookkeeping sits between every lock call and the lock.
     &[
@@ -84,6 +85,10 @@ const PLUMBING: &[&[&str]] = &[
         "soft_nmi_interrupt", "replay_soft_interrupts*", "__replay_soft_interrupts", "program_check_exception",
         "do_program_check", "system_reset_exception", "smp_ipi_demux*", "doorbell_exception",
         "__flush_smp_call_function_queue", "generic_smp_call_function_single_interrupt",
+        // 32-bit arm's vectors and fault handlers, and the arm64 fault handlers under do_mem_abort.
+        "__irq_svc", "__irq_usr", "__dabt_svc", "__pabt_svc", "__und_svc", "do_DataAbort", "do_PrefetchAbort",
+        "__do_kernel_fault", "do_bad_area", "do_translation_fault", "do_sect_fault", "do_tag_check_fault",
+        "do_alignment",
     ],
     // Timer ticks and the perf NMI: the interrupts that noticed the lockup.
     &[
@@ -117,6 +122,7 @@ const PLUMBING: &[&[&str]] = &[
         "invoke_syscall", "do_el0_svc*", "el0t_*", "el0_*", "system_call_exception",
         "system_call_vectored_*", "system_call_common*", "ret_from_fork*", "ret_from_kernel_user_thread",
         "start_kernel_thread", "kthread", "worker_thread", "process_one_work", "process_scheduled_works",
+        "ret_fast_syscall", "ret_slow_syscall", "vector_swi", "ret_to_user*",
     ],
 ];
 
@@ -170,6 +176,17 @@ pub(super) fn symbol_name(text: &str) -> Option<&str> {
     (valid_start && valid_name && offset.contains("/0x")).then_some(name)
 }
 
+/// The function where lockdep says a lock was taken: its lock lines end in ", at: %pS" (older
+/// kernels: ", at: [<%p>] %pS").
+pub(super) fn lock_site(text: &str) -> Option<&str> {
+    let (_, site) = text.rsplit_once(", at: ")?;
+    let site = match site.strip_prefix("[<") {
+        Some(address) => address.split_once("] ")?.1,
+        None => site,
+    };
+    symbol_name(site.split_whitespace().next()?)
+}
+
 #[derive(Debug, PartialEq, Eq)]
 struct Frame {
     function: String,
@@ -205,6 +222,9 @@ static FRAME_LINE: LazyLock<Regex> = LazyLock::new(|| {
         r"|(?:NIP|LR)(?::\s*|\s*\[[0-9a-f]+\]\s*))",
         // Call trace: powerpc "[%lx] [%lx] %pS", old x86/arm "[<%p>] ", x86 "? " for guesses.
         r"|(?:\[<?[0-9a-f]+>?\]\s*)*(?P<guess>\?\s+)?",
+        // 32-bit arm "[<%08lx>] (%ps) from [<%08lx>] (%pS)": the callee, then the return address
+        // into its caller, which is the frame (the callee was the line before's caller).
+        r"|\[<[0-9a-f]+>\]\s*\([\w.$]+\) from \[<[0-9a-f]+>\]\s*(?P<arm>\()",
         r")",
         r"(?P<site>(?P<function>[A-Za-z_.$][\w.$]*)\+0x(?P<offset>[0-9a-f]+)/0x[0-9a-f]+)",
         // Module and build id: " [lkdtm]", " [lkdtm 0123abcd]".
@@ -213,16 +233,24 @@ static FRAME_LINE: LazyLock<Regex> = LazyLock::new(|| {
         r"(?:\s+\((?P<note>[A-Za-z]+)\))?",
         // Source location, where the log was symbolized: " net/core/sock.c:1774".
         r"(?:\s+[\w./+-]+:\d+(?::\d+)?)?",
-        r"\s*$",
+        r"(?P<close>\))?\s*$",
     ))
     .expect("frame pattern is valid")
 });
 
 fn parse_frame(text: &str) -> Option<Frame> {
+    // Every form has a "%pS" in it; most lines of a report (registers, code, messages) do not, and
+    // the substring search is much cheaper than the pattern.
+    if !text.contains("+0x") {
+        return None;
+    }
     let captures = FRAME_LINE.captures(text)?;
     let register = captures.name("register").map(|m| m.as_str());
     let link_register = register.is_some_and(|name| name.starts_with(['l', 'L']));
     let note = captures.name("note").map(|m| m.as_str());
+    if captures.name("arm").is_some() != captures.name("close").is_some() {
+        return None;
+    }
     // Every trace frame is a return address but arm64's "(P)", the interrupted pc from pt_regs.
     let return_address = link_register || (register.is_none() && note != Some("P"));
     Some(Frame {
@@ -271,12 +299,21 @@ impl Section {
     /// Reliable frames first: with only the guess unwinder every trace frame is a guess, and then the
     /// guesses are all there is.
     /// An idle CPU's guesses are stray stack slots (powerpc's system-reset dump of an idle CPU
-    /// shows the variable `cpu_idle_force_poll+0x0` as "(unreliable)"): it has no culprit.
+    /// shows the variable `cpu_idle_force_poll+0x0` as "(unreliable)"): it has no culprit. So are
+    /// the guesses among a call chain the unwinder walked reliably (a sleeping kthread's), but for a
+    /// paca's, whose first frame is where the deaf CPU spun.
     fn culprit(&self, rule: Rule) -> Option<&str> {
         // A CPU spinning for a lock is the victim, whatever the report's kind: the lock's caller is
         // where to look when the holder is not seen (`Stacks::culprit` names it when it is).
         let rule = if self.waits_on_spinlock() { Rule::Spot } else { rule };
-        self.first_culprit(rule, true).or_else(|| if self.idles() { None } else { self.first_culprit(rule, false) })
+        let guesses_count = !self.idles() && (self.from_paca || !self.walked());
+        self.first_culprit(rule, true).or_else(|| if guesses_count { self.first_culprit(rule, false) } else { None })
+    }
+
+    /// True when the unwinder walked reliably past the interrupted instruction: some reliable frame
+    /// is a caller's.
+    fn walked(&self) -> bool {
+        self.frames.iter().any(|frame| frame.reliable() && frame.site.as_ref().is_some_and(|site| site.return_address))
     }
 
     fn first_culprit(&self, rule: Rule, reliable_only: bool) -> Option<&str> {
@@ -514,7 +551,7 @@ impl Stacks {
 
 #[cfg(test)]
 mod tests {
-    use super::{is_plumbing, parse_frame, symbol_name, CpuStack, Frame, Rule, Stacks, PLUMBING};
+    use super::{is_plumbing, lock_site, parse_frame, symbol_name, CpuStack, Frame, Rule, Stacks, PLUMBING};
 
     fn check(line: &str, expect: &str) {
         let render = |frame: Frame| format!("{}{}", if frame.reliable() { "" } else { "? " }, frame.function);
@@ -564,11 +601,36 @@ mod tests {
     }
 
     #[test]
+    fn arm_frames() {
+        check("[<80de0078>] (dump_backtrace) from [<80de0574>] (show_stack+0x28/0x2c)", "show_stack");
+        check("[<8163f850>] (vhci_shutdown_connection) from [<8163b930>] (event_handler+0xd0/0x1c0)", "event_handler");
+        check(
+            "[<817b2604>] (show_stack) from [<817cec84>] (dump_stack_lvl+0x48/0x54 lib/dump_stack.c:106)",
+            "dump_stack_lvl",
+        );
+        check("[<817b2ff4>] (panic) from [<802422ec>] (print_tainted+0x0/0xa0 kernel/panic.c:236)", "? print_tainted");
+        check("[<817b2604>] (show_stack) from [<817cec84>] (__dump_stack lib/dump_stack.c:88 [inline])", "-");
+        check("PC is at kthread_stop+0x60/0x524", "kthread_stop");
+        check(" show_stack+0x28/0x2c)", "-");
+        check("[<80de0078>] (dump_backtrace) from [<80de0574>] show_stack+0x28/0x2c", "-");
+    }
+
+    #[test]
     fn text_mentioning_a_symbol_is_not_a_frame() {
         check("watchdog: CPU 23 self-detected hard LOCKUP @ mm_get_cid+0xe8/0x188", "-");
         check("BUG: KASAN: slab-use-after-free in foo+0x1/0x2", "-");
         check("Workqueue: events foo_work_fn", "-");
         check("", "-");
+    }
+
+    #[test]
+    fn lock_sites() {
+        let check = |line: &str, expect: &str| assert_eq!(lock_site(line).unwrap_or("-"), expect, "{line:?}");
+        check(" #0: 00000000a3b01fa0 (&fi->mutex){+.+.}, at: fuse_lock_inode+0xaf/0xe0", "fuse_lock_inode");
+        check(" (kacpid){+.+.+.}, at: [<ffffffff8105bbd0>] flush_workqueue+0x0/0xb0", "flush_workqueue");
+        check("ffff88803c86db70 (&sb->s_type->i_lock_key#36){+.+.}-{2:2}, at: evict+0x90/0x334 fs/inode.c:1", "evict");
+        check(" (&fi->mutex){+.+.}, at: 0xffffffff8105bbd0", "-");
+        check("held by syz-executor0/17896:", "-");
     }
 
     #[test]
@@ -665,6 +727,9 @@ mod tests {
         ];
         assert_eq!(culprit(&only_guesses, None).as_deref(), Some("guessed_fn"));
         assert_eq!(culprit(&[" ? __schedule+0x1/0x2"], None), None);
+        // A chain walked reliably: its guesses are stale slots.
+        let walked = [" ? stale_fn+0x1/0x2", " __schedule+0x1/0x2", " schedule+0x1/0x2", " rcu_gp_kthread+0x1/0x2"];
+        assert_eq!(culprit(&walked, None), None);
         assert_eq!(
             culprit(
                 &[
