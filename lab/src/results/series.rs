@@ -294,35 +294,53 @@ const ORDERING: [&str; 12] = [
     "memory_order",
 ];
 
-/// What a clean result of this patch cannot show: a patch that changes memory ordering cures
-/// reorderings that TCG on an x86_64 host never makes (guest accesses run as the host's, in total
-/// store order: only a store may pass a later load).
+/// What a patch's description says when it cures a reordering (lowercase), whatever its code
+/// does about it (a barrier, or two fields folded into one word).
+const ORDERING_WORDS: [&str; 6] =
+    ["weakly ordered", "weak ordering", "memory ordering", "reorder", "memory barrier", "out of order"];
+
+/// What a clean result of this patch cannot show: a patch about memory ordering (its
+/// description says so, or it changes a barrier) cures reorderings that TCG on an x86_64 host
+/// never makes (guest accesses run as the host's, in total store order: only a store may pass a
+/// later load).
 pub fn ordering_note(patch: &[u8], host_arch: &str) -> Option<String> {
     if host_arch != "x86_64" {
         return None;
     }
     let text = String::from_utf8_lossy(patch);
+    let is_diff = |l: &str| l.starts_with("diff ") || l.starts_with("--- a/");
+    let description = text.lines().take_while(|l| !is_diff(l) && *l != "---").collect::<Vec<_>>().join(" ");
+    let description = description.to_lowercase();
     let changed = text
         .lines()
-        .skip_while(|l| !l.starts_with("diff ") && !l.starts_with("--- "))
+        .skip_while(|l| !is_diff(l))
         .filter(|l| (l.starts_with('+') || l.starts_with('-')) && !l.starts_with("+++") && !l.starts_with("---"));
-    let mut found: Vec<&str> = Vec::new();
+    let mut found: Vec<String> = ORDERING_WORDS
+        .iter()
+        .find(|w| description.contains(*w))
+        .map(|w| format!("its description says \"{w}\""))
+        .into_iter()
+        .collect();
+    let mut primitives: Vec<&str> = Vec::new();
     for line in changed {
         for primitive in ORDERING.iter().filter(|p| line.contains(*p)) {
-            if !found.contains(primitive) {
-                found.push(primitive);
+            if !primitives.contains(primitive) {
+                primitives.push(primitive);
             }
         }
+    }
+    if !primitives.is_empty() {
+        found.push(format!("it changes {}", primitives.join(", ")));
     }
     if found.is_empty() {
         return None;
     }
     Some(format!(
-        "this patch changes memory ordering ({}): the guests run under TCG on an x86_64 host, whose \
+        "this patch is about memory ordering ({}): the guests run under TCG on an x86_64 host, whose \
          total store order lets only a store pass a later load, so the weak-ordering faults it guards \
          against cannot happen here and a clean step says nothing about them (run it on arm64 or POWER \
          hardware)",
-        found.join(", ")
+        found.join("; ")
     ))
 }
 
@@ -459,20 +477,28 @@ mod tests {
 
     #[test]
     fn notes_on_memory_ordering() {
-        let patch =
-            |line: &str| format!("Subject: x\n\n---\ndiff --git a/f b/f\n--- a/f\n+++ b/f\n@@ -1 +1 @@\n{line}\n");
-        for (line, host, noted) in [
-            ("+\tsmp_mb();", "x86_64", Some("smp_mb")),
-            ("-\tsmp_store_release(&a, 1);", "x86_64", Some("smp_store_release")),
-            ("+\tatomic_set_release(&a, 1);", "x86_64", Some("_release(")),
-            ("+\tWRITE_ONCE(a, 1);", "x86_64", None),
-            (" \tsmp_mb();", "x86_64", None),
-            ("+\tsmp_mb();", "aarch64", None),
+        let patch = |subject: &str, line: &str| {
+            format!("Subject: {subject}\n\nWhy.\n---\ndiff --git a/f b/f\n--- a/f\n+++ b/f\n@@ -1 +1 @@\n{line}\n")
+        };
+        for (subject, line, host, noted) in [
+            ("x", "+\tsmp_mb();", "x86_64", Some("smp_mb")),
+            ("x", "-\tsmp_store_release(&a, 1);", "x86_64", Some("smp_store_release")),
+            ("x", "+\tatomic_set_release(&a, 1);", "x86_64", Some("_release(")),
+            ("x", "+\tWRITE_ONCE(a, 1);", "x86_64", None),
+            ("x", " \tsmp_mb();", "x86_64", None),
+            ("x", "+\tsmp_mb();", "aarch64", None),
+            (
+                "sched/mmcid: Protect transition on weakly ordered systems",
+                "+\tWRITE_ONCE(a, 1);",
+                "x86_64",
+                Some("weakly ordered"),
+            ),
+            ("Fix a reorder of stores", "+\tWRITE_ONCE(a, 1);", "x86_64", Some("reorder")),
         ] {
-            let note = ordering_note(patch(line).as_bytes(), host);
-            assert_eq!(note.is_some(), noted.is_some(), "{line} on {host}");
-            if let (Some(note), Some(primitive)) = (note, noted) {
-                assert!(note.contains(primitive), "{note}");
+            let note = ordering_note(patch(subject, line).as_bytes(), host);
+            assert_eq!(note.is_some(), noted.is_some(), "{subject} {line} on {host}");
+            if let (Some(note), Some(why)) = (note, noted) {
+                assert!(note.contains(why), "{note}");
             }
         }
     }
