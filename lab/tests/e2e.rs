@@ -1378,3 +1378,74 @@ fn a_series_stops_at_a_patch_that_does_not_apply() {
     assert_eq!(series["steps"][0]["cells"][0]["runs"], 1, "{series:#}");
     assert!(series["stopped"].as_str().unwrap().contains("step 1/1"), "{series:#}");
 }
+
+/// Issue 16, demo 1: the four "Cure mode transition woes" patches, applied in order on the
+/// pre-cure base (stock 7.3 with them reverted), give back stock 7.3's code in every file they
+/// touch, so the series' last step is the known-good baseline.
+#[test]
+fn the_cure_series_on_the_pre_cure_base_ends_at_stock_7_3() {
+    suite();
+    // The stock tree the suite built from: the unpatched tree of the Debian 7.3 source.
+    let trees = cache_root().join("trees");
+    let stock = std::fs::read_dir(&trees)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|dir| {
+            let info: Value = std::fs::read(dir.join("tree.json"))
+                .ok()
+                .and_then(|b| serde_json::from_slice(&b).ok())
+                .unwrap_or(Value::Null);
+            info["patches"].as_array().is_some_and(|p| p.is_empty())
+                && info["source"].as_str().is_some_and(|s| s.contains("linux-source-7.3"))
+        })
+        .unwrap_or_else(|| panic!("no unpatched 7.3 tree in {}", trees.display()))
+        .join("src");
+    let patch_files = |dir: &Path| -> Vec<PathBuf> {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|e| e == "patch"))
+            .collect();
+        files.sort();
+        files
+    };
+    let reverts = patch_files(&kernels_dir().join("patches/mmcid-pre-cure"));
+    let cure = patch_files(&kernels_dir().join("series/mmcid-cure"));
+    assert_eq!((reverts.len(), cure.len()), (4, 4));
+    let mut touched = std::collections::BTreeSet::new();
+    for file in reverts.iter().chain(&cure) {
+        for line in std::fs::read_to_string(file).unwrap().lines() {
+            if let Some(path) = line.strip_prefix("+++ b/") {
+                touched.insert(path.to_string());
+            }
+        }
+    }
+    let work = scratch("cure-series");
+    for path in &touched {
+        std::fs::create_dir_all(work.join(path).parent().unwrap()).unwrap();
+        std::fs::copy(stock.join(path), work.join(path)).unwrap();
+    }
+    let apply = |file: &Path| {
+        let o = Command::new("patch")
+            .args(["-p1", "--forward", "--batch", "-i"])
+            .arg(file)
+            .current_dir(&work)
+            .output()
+            .unwrap();
+        let said = String::from_utf8_lossy(&o.stdout);
+        assert!(o.status.success(), "{}: {said}", file.display());
+        assert!(!said.contains("offset") && !said.contains("fuzz"), "{} applies only loosely: {said}", file.display());
+    };
+    reverts.iter().for_each(|f| apply(f));
+    let pre_cure = std::fs::read_to_string(work.join("include/linux/rseq_types.h")).unwrap();
+    assert!(pre_cure.contains("percpu") && pre_cure.contains("transit"), "the base has the two fields");
+    cure.iter().for_each(|f| apply(f));
+    for path in &touched {
+        assert!(
+            std::fs::read(work.join(path)).unwrap() == std::fs::read(stock.join(path)).unwrap(),
+            "{path}: the series does not end at stock 7.3"
+        );
+    }
+}
