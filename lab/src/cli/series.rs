@@ -246,7 +246,8 @@ impl Walker<'_> {
         }
         let mut notes = Vec::new();
         if k > 0 {
-            notes.extend(series::ordering_note(&self.patches[k - 1].patch.contents, std::env::consts::ARCH));
+            let patch = &self.patches[k - 1];
+            notes.extend(series::ordering_note(&patch.subject, &patch.patch.contents, std::env::consts::ARCH));
         }
         for (arch, build) in &builds {
             if let Some(error) = &build.error {

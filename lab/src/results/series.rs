@@ -294,31 +294,30 @@ const ORDERING: [&str; 12] = [
     "memory_order",
 ];
 
-/// What a patch's description says when it cures a reordering (lowercase), whatever its code
-/// does about it (a barrier, or two fields folded into one word).
+/// What a patch's subject says when it cures a reordering (lowercase), whatever its code does
+/// about it (a barrier, or two fields folded into one word).
 const ORDERING_WORDS: [&str; 6] =
     ["weakly ordered", "weak ordering", "memory ordering", "reorder", "memory barrier", "out of order"];
 
-/// What a clean result of this patch cannot show: a patch about memory ordering (its
-/// description says so, or it changes a barrier) cures reorderings that TCG on an x86_64 host
-/// never makes (guest accesses run as the host's, in total store order: only a store may pass a
-/// later load).
-pub fn ordering_note(patch: &[u8], host_arch: &str) -> Option<String> {
+/// What a clean result of this patch cannot show: a patch about memory ordering (its subject
+/// says so, or it changes a barrier) cures reorderings that TCG on an x86_64 host never makes
+/// (guest accesses run as the host's, in total store order: only a store may pass a later load).
+pub fn ordering_note(subject: &str, patch: &[u8], host_arch: &str) -> Option<String> {
     if host_arch != "x86_64" {
         return None;
     }
     let text = String::from_utf8_lossy(patch);
     let is_diff = |l: &str| l.starts_with("diff ") || l.starts_with("--- a/");
-    let description = text.lines().take_while(|l| !is_diff(l) && *l != "---").collect::<Vec<_>>().join(" ");
-    let description = description.to_lowercase();
+    // The subject says what a patch is for; a body may mention ordering in passing.
+    let subject = subject.to_lowercase();
     let changed = text
         .lines()
         .skip_while(|l| !is_diff(l))
         .filter(|l| (l.starts_with('+') || l.starts_with('-')) && !l.starts_with("+++") && !l.starts_with("---"));
     let mut found: Vec<String> = ORDERING_WORDS
         .iter()
-        .find(|w| description.contains(*w))
-        .map(|w| format!("its description says \"{w}\""))
+        .find(|w| subject.contains(*w))
+        .map(|w| format!("its subject says \"{w}\""))
         .into_iter()
         .collect();
     let mut primitives: Vec<&str> = Vec::new();
@@ -477,8 +476,8 @@ mod tests {
 
     #[test]
     fn notes_on_memory_ordering() {
-        let patch = |subject: &str, line: &str| {
-            format!("Subject: {subject}\n\nWhy.\n---\ndiff --git a/f b/f\n--- a/f\n+++ b/f\n@@ -1 +1 @@\n{line}\n")
+        let patch = |line: &str| {
+            format!("Subject: x\n\nWhy.\n---\ndiff --git a/f b/f\n--- a/f\n+++ b/f\n@@ -1 +1 @@\n{line}\n")
         };
         for (subject, line, host, noted) in [
             ("x", "+\tsmp_mb();", "x86_64", Some("smp_mb")),
@@ -495,7 +494,7 @@ mod tests {
             ),
             ("Fix a reorder of stores", "+\tWRITE_ONCE(a, 1);", "x86_64", Some("reorder")),
         ] {
-            let note = ordering_note(patch(subject, line).as_bytes(), host);
+            let note = ordering_note(subject, patch(line).as_bytes(), host);
             assert_eq!(note.is_some(), noted.is_some(), "{subject} {line} on {host}");
             if let (Some(note), Some(why)) = (note, noted) {
                 assert!(note.contains(why), "{note}");
