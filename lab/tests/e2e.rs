@@ -1344,21 +1344,30 @@ fn a_series_names_its_middle_patch_as_the_first_bad_one() {
     }
 }
 
-/// A patch that does not apply stops the series, named with its file and hunk, and the steps
-/// before it stay in series.json.
+/// A step whose kernel does not build is an error of that step, named, and the series goes on;
+/// a patch that does not apply stops it, named with its file and hunk, the steps before it kept.
 #[test]
-fn a_series_stops_at_a_patch_that_does_not_apply() {
+fn a_series_goes_past_a_step_that_does_not_build_and_stops_at_a_patch_that_does_not_apply() {
     setup();
     let out = scratch("series-broken");
     let patches = scratch("series-broken-patches");
     std::fs::create_dir_all(&patches).unwrap();
-    let good =
-        kernels_dir().join("series/mmcid-middle-bad/0001-sched-mmcid-Explain-the-CID-constraint-and-its-slack.patch");
-    let text = std::fs::read_to_string(&good).unwrap();
-    // The same patch against lines the tree does not have.
-    let broken = text.replace("-\t/* Calculate the new optimal constraint */", "-\t/* A line no tree holds */");
-    assert_ne!(broken, text);
-    std::fs::write(patches.join("0001-broken.patch"), broken).unwrap();
+    let demo = kernels_dir().join("series/mmcid-middle-bad");
+    let text = |name: &str| std::fs::read_to_string(demo.join(name)).unwrap();
+    // Patch 1 ends the comment early and assigns to a symbol that does not exist.
+    let first = text("0001-sched-mmcid-Explain-the-CID-constraint-and-its-slack.patch");
+    let no_build = first.replacen(
+        "+\t * CIDs than it has users, nor more than the CPUs it may run on.\n+\t */\n",
+        "+\t */\n+\tlab_no_such_symbol = 1;\n",
+        1,
+    );
+    assert_ne!(no_build, first);
+    std::fs::write(patches.join("0001-no-build.patch"), no_build).unwrap();
+    // Patch 2 against lines the tree does not have.
+    let third = text("0003-sched-mmcid-Document-the-fixup-walk-over-the-users.patch");
+    let no_apply = third.replacen(" \tlockdep_assert_held(&mm->mm_cid.mutex);", " \t/* A line no tree holds */", 1);
+    assert_ne!(no_apply, third);
+    std::fs::write(patches.join("0002-no-apply.patch"), no_apply).unwrap();
     let o = run(lab()
         .arg("series")
         .arg("--base")
@@ -1371,12 +1380,19 @@ fn a_series_stops_at_a_patch_that_does_not_apply() {
         .arg(&out));
     let stderr = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(2), "{stderr}");
-    assert!(stderr.contains("0001-broken.patch does not apply"), "{stderr}");
+    assert!(stderr.contains("0002-no-apply.patch does not apply"), "{stderr}");
     assert!(stderr.contains("kernel/sched/core.c: hunk #1 failed"), "{stderr}");
     let series: Value = serde_json::from_slice(&std::fs::read(out.join("series.json")).unwrap()).unwrap();
-    assert_eq!(series["steps"].as_array().unwrap().len(), 1, "{series:#}");
-    assert_eq!(series["steps"][0]["cells"][0]["runs"], 1, "{series:#}");
-    assert!(series["stopped"].as_str().unwrap().contains("step 1/1"), "{series:#}");
+    let steps = series["steps"].as_array().unwrap();
+    assert_eq!(steps.len(), 2, "{series:#}");
+    assert_eq!(steps[0]["cells"][0]["runs"], 1, "{series:#}");
+    let unbuilt = &steps[1];
+    assert_eq!(unbuilt["kernel"]["x86_64"]["ok"], false, "{unbuilt:#}");
+    assert!(unbuilt["kernel"]["x86_64"]["error"].as_str().unwrap().contains("build failed"), "{unbuilt:#}");
+    assert!(unbuilt["notes"][0].as_str().unwrap().contains("does not build"), "{unbuilt:#}");
+    assert_eq!(unbuilt["cells"].as_array().unwrap().len(), 0, "not run, so not failed: {unbuilt:#}");
+    assert!(series["stopped"].as_str().unwrap().contains("step 2/2"), "{series:#}");
+    assert_eq!(series["first_bad"], Value::Null, "{series:#}");
 }
 
 /// Issue 16, demo 1: the four "Cure mode transition woes" patches, applied in order on the
