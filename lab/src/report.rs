@@ -346,6 +346,7 @@ mod tests {
             stuck_cpu: None,
             line: 1,
             lines: vec![],
+            repeated: 0,
             source: Default::default(),
             missing: Vec::new(),
             stacks: Vec::new(),

@@ -23,6 +23,10 @@ pub enum Kind {
     Lockdep,
     /// kmemleak's "unreferenced object": memory nobody points to any more, found by a scan.
     Kmemleak,
+    /// A workload's own check failed (`NAME: VIOLATION check=...`): what user space relies on
+    /// from rseq (an `mm_cid` unique among running threads, below the possible CPUs) is broken,
+    /// whether or not the kernel noticed.
+    RseqViolation,
     Silent,
     /// The workload ran over SSH and the guest stopped answering it.
     LostConnection,
@@ -62,6 +66,7 @@ impl Kind {
             Kind::Kasan => "kasan",
             Kind::Lockdep => "lockdep",
             Kind::Kmemleak => "kmemleak",
+            Kind::RseqViolation => "rseq-violation",
             Kind::Silent => "silent",
             Kind::LostConnection => "lost-connection",
             Kind::BootHang => "boot-hang",
@@ -184,8 +189,15 @@ mod tests {
         for verdict in [Pass, Fail, Error, Timeout, Skip, Verdict::Interrupted] {
             assert_eq!(serde_json::to_value(verdict).unwrap(), verdict.name(), "{verdict:?}");
         }
-        let kinds =
-            [Kind::HardLockup, Kind::RcuStall, Kind::Kmemleak, Kind::LostConnection, Kind::BootHang, Kind::Other];
+        let kinds = [
+            Kind::HardLockup,
+            Kind::RcuStall,
+            Kind::Kmemleak,
+            Kind::RseqViolation,
+            Kind::LostConnection,
+            Kind::BootHang,
+            Kind::Other,
+        ];
         for kind in kinds {
             assert_eq!(serde_json::to_value(kind).unwrap(), kind.name(), "{kind:?}");
         }

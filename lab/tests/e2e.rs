@@ -1017,6 +1017,38 @@ fn a_silent_live_lock_is_named_from_the_host_on_every_architecture() {
     }
 }
 
+/// A known-bad kernel that hangs nothing but gives two running threads one mm_cid: the workload's
+/// own check is the report, and under `--until-fail` the cell ends a short grace after its first
+/// violation line instead of running the churn's 60 s.
+#[test]
+fn a_workload_violation_is_the_report_and_ends_an_until_fail_cell_early() {
+    setup();
+    let out = scratch("shared-cid");
+    let o = run(lab()
+        .arg("run")
+        .arg("--matrix")
+        .arg(kernels_dir().join("known-bad-shared-cid-matrix.yaml"))
+        .args(["--filter", "arch=x86_64", "--repeat", "2", "--until-fail", "--jobs", "1", "--out"])
+        .arg(&out));
+    assert_eq!(o.status.code(), Some(1), "the known-bad kernel must fail");
+    let summary: Value = serde_json::from_slice(&std::fs::read(out.join("summary.json")).unwrap()).unwrap();
+    let runs = summary["cells"].as_array().unwrap();
+    let hit = runs.iter().find(|c| c["verdict"] == "fail").unwrap_or_else(|| panic!("no run failed: {runs:#?}"));
+    let report = &hit["reports"][0];
+    assert_eq!(report["kind"], "rseq-violation", "{hit:#}");
+    assert_eq!(report["title"], "mm_cid shared by two running threads (unique-cid)", "{hit:#}");
+    assert_eq!(report["signature"], "rseq-violation:unique-cid", "{hit:#}");
+    assert!(report["lines"][0].as_str().unwrap().contains("mmcid-churn: VIOLATION check=unique-cid"), "{report:#}");
+    assert_eq!(hit["reason"], report["title"], "{hit:#}");
+    // Ended by the violation's grace, long before the workload's 60 s and its result line.
+    assert_eq!(hit["end"], "stopped-after-report", "{hit:#}");
+    let (ready, detect, duration) = (hit["ready_s"].as_f64(), hit["detect_s"].as_f64(), hit["duration_s"].as_f64());
+    assert!(detect.is_some_and(|d| d < 10.0), "detected {detect:?} s after ready: {hit:#}");
+    assert!(ready.zip(duration).is_some_and(|(r, d)| d < r + 30.0), "ran {duration:?} s: {hit:#}");
+    assert!(std::fs::read_to_string(Path::new(hit["dir"].as_str().unwrap()).join("console.log"))
+        .is_ok_and(|console| !console.contains("LAB-RESULT")));
+}
+
 /// One QMP command on a fresh connection (the greeting and capabilities negotiation first).
 fn qmp(socket: &Path, command: &str) {
     use std::io::{BufRead, BufReader, Write};

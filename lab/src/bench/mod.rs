@@ -182,7 +182,8 @@ fn bare_boot(machine: &Machine) -> Result<f64> {
 }
 
 /// The lab's deadlines for a guest that only boots, logs in and runs the smoke workload.
-const BOOT_DEADLINES: Deadlines = Deadlines { boot: 300, silence: 120, workload: 120, report_grace: 5 };
+const BOOT_DEADLINES: Deadlines =
+    Deadlines { boot: 300, silence: 120, workload: 120, report_grace: 5, violation_grace: None };
 
 /// The lab's VM stage, timed from the call to the moment it hands over the ready line, and to its
 /// first login over SSH.
@@ -358,7 +359,8 @@ fn symbolize_throughput(sh: &Shell, vmlinux: &Path) -> Result<ExitCode> {
 
 /// Seconds of console silence after which the stuck bench diagnoses (or kills) the guest.
 const STUCK_SILENCE: u64 = 20;
-const STUCK_DEADLINES: Deadlines = Deadlines { boot: 300, silence: STUCK_SILENCE, workload: 300, report_grace: 15 };
+const STUCK_DEADLINES: Deadlines =
+    Deadlines { boot: 300, silence: STUCK_SILENCE, workload: 300, report_grace: 15, violation_grace: None };
 /// Host samples of the hung guest before the NMI.
 const STUCK_SAMPLES: u32 = 8;
 

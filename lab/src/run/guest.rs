@@ -19,6 +19,11 @@ use crate::vm::{Sampling, SshTask, SshWorkload, Watch};
 /// Between host samples the VM runs: long enough apart that a vCPU making progress shows it.
 const HOST_SAMPLE_INTERVAL: Duration = Duration::from_millis(500);
 
+/// When only a cell's verdict is wanted, its boot ends this long after the workload's first
+/// violation line: time for the kernel's own reports of the same bug (a WARN, a lockup) to start,
+/// which then get their own grace.
+const VIOLATION_GRACE_S: u64 = 3;
+
 /// "Until Ctrl-C": long enough, and still safe to add to an `Instant`.
 const FOREVER_S: u64 = 10 * 365 * 24 * 3600;
 
@@ -177,21 +182,24 @@ pub fn command(name: &str, command: String, interactive: bool) -> SshTask {
     SshTask::Run(SshWorkload { name: name.into(), command, interactive, fetch: Vec::new() })
 }
 
-/// A cell's deadlines: its matrix's timeouts.
-pub fn deadlines(t: &Timeouts) -> Deadlines {
-    Deadlines { boot: t.boot, silence: t.silence, workload: t.workload, report_grace: t.report_grace }
+/// A cell's deadlines: its matrix's timeouts; with `verdict_only` (`--until-fail`: a run's
+/// verdict is all that counts) a workload's violation ends the boot soon after it.
+pub fn deadlines(t: &Timeouts, verdict_only: bool) -> Deadlines {
+    let violation_grace = verdict_only.then_some(VIOLATION_GRACE_S);
+    Deadlines { boot: t.boot, silence: t.silence, workload: t.workload, report_grace: t.report_grace, violation_grace }
 }
 
 /// A guest held for a person: one that never comes up still ends at the boot deadline; once up,
 /// it lives until the session ends.
 pub fn held(boot: u64) -> Deadlines {
-    Deadlines { boot, silence: FOREVER_S, workload: FOREVER_S, report_grace: FOREVER_S }
+    Deadlines { boot, silence: FOREVER_S, workload: FOREVER_S, report_grace: FOREVER_S, violation_grace: None }
 }
 
-/// What the VM stage watches a guest for: the start of a kernel report always, and what to do
+/// What the VM stage watches a guest for: the start of a report (the kernel's, a workload's
+/// violation) always, and what to do
 /// with a silent or overdue guest (`None`: kill it without looking).
 pub fn watch(diagnosis: Option<Diagnosis<'_>>) -> Watch<'_> {
-    Watch { report_starts: triage::starts_report, diagnosis }
+    Watch { report_starts: triage::report_origin, diagnosis }
 }
 
 /// `samples` host samples of a silent or overdue guest, then the NMI and the guest's answer; none

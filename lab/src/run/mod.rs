@@ -339,7 +339,7 @@ fn boot_cell(ctx: &Prepared, cell: &Cell, run: Option<u32>, accel: Accel) -> Cel
         let watch = guest::watch(guest::diagnosis(opts.host_samples, opts.dump_memory, &spinning));
         let task = task.clone();
         let ssh = guest::ssh(image, &ctx.client_key, guest::cell_task(cell));
-        let deadlines = guest::deadlines(&matrix.timeouts);
+        let deadlines = guest::deadlines(&matrix.timeouts, opts.until_fail);
         let boot = vm::boot(&guest.machine(accel), &dir, deadlines, &watch, Some(&ssh), |seen| match seen {
             Seen::Console(line) | Seen::Workload(line) => {
                 ui.send(Event::Output { task: task.clone(), line: line.to_string() });

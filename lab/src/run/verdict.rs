@@ -248,6 +248,7 @@ mod tests {
             stuck_cpu: None,
             line: 7,
             lines: vec![],
+            repeated: 0,
             source: Source::Console,
             missing: Vec::new(),
             stacks: Vec::new(),
@@ -371,6 +372,7 @@ mod tests {
             stuck_cpu: None,
             line,
             lines: vec![],
+            repeated: 0,
             source,
             missing: Vec::new(),
             stacks: Vec::new(),
@@ -493,6 +495,29 @@ mod tests {
         let refused = boot(End::SshFailed("host key refused".into()), READY, "");
         let (verdict, reason, _) = judge(&cell(None), &refused, vec![], None, 60, 9);
         assert_eq!((verdict, reason.as_str()), (Verdict::Error, "host key refused"));
+    }
+
+    /// A workload's own check is a report: the verdict is the violation's, not the exit code's,
+    /// and a kernel report beside it keeps its place in time.
+    #[test]
+    fn a_workload_violation_is_the_failure() {
+        let violation = |line| Report {
+            title: "mm_cid shared by two running threads (unique-cid)".into(),
+            ..at(Kind::RseqViolation, line, Source::Console)
+        };
+        let failed = || boot(End::Exited, READY, "status=fail detail=exit-1");
+        check(None, failed(), vec![violation(5)], "Fail: mm_cid shared by two running threads (unique-cid)");
+        let stopped = || boot(End::StoppedAfterReport, READY, "");
+        check(None, stopped(), vec![violation(5)], "Fail: mm_cid shared by two running threads (unique-cid)");
+        let (_, reason, reports) = judge(&cell(None), &stopped(), vec![violation(5), lockup()], None, 60, 9);
+        let kinds: Vec<Kind> = reports.iter().map(|r| r.kind).collect();
+        assert_eq!(
+            (reason.as_str(), kinds),
+            ("mm_cid shared by two running threads (unique-cid)", vec![Kind::RseqViolation, Kind::HardLockup])
+        );
+        assert_eq!(basis(&reports), Some(Basis::Guest));
+        let console = "    1.000s| LAB-READY arch=x86_64\n    1.250s| mmcid-churn: 60 s\n    2.400s| mmcid-churn: VIOLATION check=unique-cid cid=0\n";
+        assert_eq!(detection_delay(console, &[violation(3)], Some(1.0), None), Some(1.4));
     }
 
     #[test]

@@ -46,6 +46,8 @@ struct Draft {
     ended_at: Option<usize>,
     /// The number of the last console line the report took.
     last_line: usize,
+    /// Lines of the same workload check after the first (`Report::repeated`).
+    repeated: u32,
 }
 
 impl Draft {
@@ -72,6 +74,7 @@ impl Draft {
             has_panic: header.role == Role::Panic,
             ended_at: None,
             last_line: number,
+            repeated: 0,
         };
         let awaiting_headline = header.role == Role::CutHere;
         draft.take_headline(header);
@@ -174,6 +177,7 @@ impl Draft {
             frame_site,
             line: self.line,
             lines: self.lines,
+            repeated: self.repeated,
             source: Source::Console,
             missing,
             stacks: self.stacks.cpu_stacks(),
@@ -201,6 +205,7 @@ pub(super) fn title(kind: Kind, subject: &str, frame: Option<&str>) -> String {
         Kind::WorkqueueLockup => return "workqueue lockup".to_owned(),
         Kind::Panic => return format!("panic: {subject}"),
         Kind::Lockdep => return format!("lockdep: {subject}"),
+        Kind::RseqViolation => return violation_title(subject),
     };
     // Without a stack, a soft lockup or a hung task still names the task it caught.
     let task = matches!(kind, Kind::SoftLockup | Kind::HungTask).then_some(subject).filter(|task| !task.is_empty());
@@ -208,6 +213,20 @@ pub(super) fn title(kind: Kind, subject: &str, frame: Option<&str>) -> String {
         Some(culprit) => format!("{label} in {culprit}"),
         None => label.to_owned(),
     }
+}
+
+/// What a workload's check found broken, by the check's name (`check=` in its VIOLATION line).
+const CHECKS: &[(&str, &str)] = &[
+    // images/workloads/include/mmcid_check.h, check (b)
+    ("unique-cid", "mm_cid shared by two running threads"),
+    // the same, check (a)
+    ("cid-range", "mm_cid above possible CPUs"),
+];
+
+/// Titled by what broke, with the check's name: the same title in every run and on every arch.
+fn violation_title(check: &str) -> String {
+    let what = CHECKS.iter().find(|(name, _)| *name == check).map_or("workload check failed", |(_, what)| what);
+    format!("{what} ({check})")
 }
 
 #[derive(Default)]
@@ -229,6 +248,7 @@ impl Assembler {
             return;
         }
         match header::classify(line.text) {
+            Some(header) if header.role == Role::Violation => self.on_violation(number, &line, header),
             Some(header) => self.on_headline(number, &line, header),
             None => self.on_line(number, &line),
         }
@@ -268,6 +288,19 @@ impl Assembler {
         }
     }
 
+    /// One report per check broken: the first line is its evidence, the later ones are counted.
+    /// The kernel's open reports go on taking their lines around it.
+    fn on_violation(&mut self, number: usize, line: &ConsoleLine<'_>, header: Header) {
+        let same = |draft: &&mut Draft| draft.kind == header.kind && draft.subject == header.subject;
+        if let Some(draft) = self.drafts.iter_mut().find(same) {
+            draft.repeated += 1;
+            return;
+        }
+        let mut draft = Draft::new(number, line.caller, header);
+        draft.record(number, line.text);
+        self.drafts.push(draft);
+    }
+
     fn on_headline(&mut self, number: usize, line: &ConsoleLine<'_>, header: Header) {
         match self.continued_report(number, line.caller, &header) {
             Some(index) => self.continue_report(index, number, line, header),
@@ -288,7 +321,7 @@ impl Assembler {
             Role::StuckCpuDump => draft.expects_other_cpus(),
             // One watchdog pass prints one line per stuck pool, one kmemleak scan one block per object.
             Role::Opens => matches!(header.kind, Kind::WorkqueueLockup | Kind::Kmemleak) && draft.kind == header.kind,
-            Role::CutHere | Role::Panic => false,
+            Role::CutHere | Role::Panic | Role::Violation => false,
         };
         continues.then_some(index)
     }
@@ -415,6 +448,38 @@ mod tests {
         check(
             "BUG: soft lockup - CPU#0 stuck for 22s! [sh:1]\nOops: 0000 [#1] SMP\n",
             "soft-lockup@1 soft lockup in sh; oops@2 Oops",
+        );
+    }
+
+    /// A workload's check: one report per check, titled by what broke, among the kernel's reports
+    /// without taking or ending their lines.
+    #[test]
+    fn workload_violations_are_one_report_per_check() {
+        const SHARED: &str = "mmcid-churn: VIOLATION check=unique-cid cid=0 thread=3 cpu=3 thread=1 cpu=2\n";
+        const RANGE: &str = "mmcid-churn: VIOLATION check=cid-range cid=9 possible_cpus=4 thread=2 cpu=1\n";
+        const SOFT: &str = "BUG: soft lockup - CPU#0 stuck for 22s! [sh:1]\n";
+        check(SHARED, "rseq-violation@1 mm_cid shared by two running threads (unique-cid)");
+        check(RANGE, "rseq-violation@1 mm_cid above possible CPUs (cid-range)");
+        check("t: VIOLATION check=lost-wakeup task=3\n", "rseq-violation@1 workload check failed (lost-wakeup)");
+        check(
+            &format!("{SHARED}{SHARED}{RANGE}{SHARED}"),
+            "rseq-violation@1 mm_cid shared by two running threads (unique-cid); \
+             rseq-violation@3 mm_cid above possible CPUs (cid-range)",
+        );
+        check(
+            &format!("{SOFT}{SHARED} f+0x1/0x2\n"),
+            "soft-lockup@1 soft lockup in f; rseq-violation@2 mm_cid shared by two running threads (unique-cid)",
+        );
+        check(
+            &format!("{SHARED}{SOFT}"),
+            "rseq-violation@1 mm_cid shared by two running threads (unique-cid); soft-lockup@2 soft lockup in sh",
+        );
+        let repeated = |log: &str| triage(log.as_bytes(), None).iter().map(|r| r.repeated).collect::<Vec<_>>();
+        assert_eq!(repeated(&format!("{SHARED}{SHARED}{RANGE}{SHARED}")), [2, 0]);
+        let kept = triage(format!("{SHARED}{SHARED}").as_bytes(), None).remove(0);
+        assert_eq!(
+            (kept.lines, kept.signature.as_str()),
+            (vec![SHARED.trim_end().to_owned()], "rseq-violation:unique-cid")
         );
     }
 

@@ -24,6 +24,9 @@ pub(super) enum Role {
     StuckCpuDump,
     /// `kind` is the report this panic concludes (`Kind::Panic` when the reason does not say).
     Panic,
+    /// A workload's own check failed: a report of one line, printed by user space between the
+    /// kernel's lines, which neither opens nor ends any of the kernel's reports.
+    Violation,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -130,6 +133,9 @@ const HEADLINES: &[(Kind, Role, &str)] = &[
     ),
     // kernel/panic.c: "Kernel panic - not syncing: %s\n"
     (Kind::Panic, Role::Panic, r"Kernel panic - not syncing: (?P<subject>.*)"),
+    // Not the kernel's: a workload's check, "NAME: VIOLATION check=<check> key=value..."
+    // (images/workloads/README.md, the workload contract). The subject is the check's name.
+    (Kind::RseqViolation, Role::Violation, r"[\w.-]+: VIOLATION check=(?P<subject>[\w.-]+)(?:\s|$)"),
 ];
 
 /// Panic reasons that conclude a report of a more specific kind (prefixes of the `panic()` strings).
@@ -311,6 +317,25 @@ mod tests {
             "Kernel panic - not syncing: VFS: Unable to mount root fs on unknown-block(0,0)",
             "panic Panic cpu=- stuck=- frame=- | VFS: Unable to mount root fs on unknown-block(0,0)",
         );
+    }
+
+    /// A workload's check, not the kernel's: the check's name is the subject.
+    #[test]
+    fn workload_violations() {
+        let violation = |check: &str| format!("rseq-violation Violation cpu=- stuck=- frame=- | {check}");
+        check(
+            "mmcid-churn: VIOLATION check=unique-cid cid=0 thread=3 cpu=3 thread=1 cpu=2 (both running at once)",
+            &violation("unique-cid"),
+        );
+        check(
+            "mmcid-affinity: VIOLATION check=cid-range cid=9 possible_cpus=4 thread=2 cpu=1",
+            &violation("cid-range"),
+        );
+        check("my-test: VIOLATION check=no_lost.wakeups", &violation("no_lost.wakeups"));
+        check("VIOLATION check=unique-cid cid=0", "-");
+        check("mmcid-churn: VIOLATION check= cid=0", "-");
+        check("mmcid-churn: VIOLATION found in round 3", "-");
+        check("mmcid-churn: rounds=3 violations=2", "-");
     }
 
     #[test]

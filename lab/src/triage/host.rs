@@ -137,6 +137,7 @@ pub fn diagnose(samples: &HostSamples, symbols: &Symbols, line: usize) -> HostDi
         stuck_cpu: cpu,
         line,
         lines: summary.clone(),
+        repeated: 0,
         source: Source::Host,
         missing: Vec::new(),
         stacks: stuck

@@ -51,6 +51,10 @@ pub struct Report {
     pub line: usize,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub lines: Vec<String>,
+    /// How many more times the same report was printed after the one kept: a workload prints a
+    /// line per violation it finds, and one check broken is one report, its first line the evidence.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub repeated: u32,
     /// What the report rests on: the guest's console, or the host's samples of its vCPUs.
     #[serde(default)]
     pub source: Source,
@@ -144,11 +148,16 @@ impl Report {
             stuck_cpu: None,
             line,
             lines,
+            repeated: 0,
             source: Source::Console,
             missing: Vec::new(),
             stacks: Vec::new(),
         }
     }
+}
+
+fn is_zero(count: &u32) -> bool {
+    *count == 0
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -179,8 +188,28 @@ pub fn triage(log: &[u8], debug: Option<&DebugInfo>) -> Vec<Report> {
     assembler.finish(cut_mid_line, &|site| debug.and_then(|debug| debug.caller_behind(site)))
 }
 
-/// True when this single console line (prefix-stripped or not) opens a report.
-pub fn starts_report(line: &str) -> bool {
+/// Who reports a failure on the console: the kernel, or a workload whose own check failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    Kernel,
+    Workload,
+}
+
+/// Whose report this single console line (prefix-stripped or not) opens, if it opens one.
+pub fn report_origin(line: &str) -> Option<Origin> {
     let line = console::ConsoleLine::parse(line);
-    !line.is_from_guest() && header::classify(line.text).is_some()
+    if line.is_from_guest() {
+        return None;
+    }
+    header::classify(line.text).map(|header| match header.role {
+        header::Role::Violation => Origin::Workload,
+        _ => Origin::Kernel,
+    })
+}
+
+/// True when this single console line (prefix-stripped or not) opens a report: what the tests
+/// hold triage's reports and the VM stage's view of a line to.
+#[cfg(test)]
+pub fn starts_report(line: &str) -> bool {
+    report_origin(line).is_some()
 }

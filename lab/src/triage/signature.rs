@@ -132,6 +132,13 @@ mod tests {
         check(Kind::HardLockup, None, "", "hard-lockup");
     }
 
+    /// A workload's violation is signed by its check, whatever the line's numbers.
+    #[test]
+    fn violations_by_their_check() {
+        check(Kind::RseqViolation, None, "unique-cid", "rseq-violation:unique-cid");
+        check(Kind::RseqViolation, None, "cid-range", "rseq-violation:cid-range");
+    }
+
     #[test]
     fn task_names_are_not_signatures() {
         check(Kind::SoftLockup, None, "kworker/3:1", "soft-lockup");

@@ -18,12 +18,16 @@ fn render(reports: &[Report]) -> String {
         .iter()
         .map(|report| {
             format!(
-                "{} cpu={}{} line={} lines={} frame={}{}{} sig={} | {}\n",
+                "{} cpu={}{} line={} lines={}{} frame={}{}{} sig={} | {}\n",
                 report.kind,
                 report.cpu.map_or("-".to_owned(), |cpu| cpu.to_string()),
                 report.stuck_cpu.map_or(String::new(), |cpu| format!(" stuck={cpu}")),
                 report.line,
                 report.lines.len(),
+                match report.repeated {
+                    0 => String::new(),
+                    more => format!(" repeated={more}"),
+                },
                 report.frame.as_deref().unwrap_or("-"),
                 missing(&report.missing),
                 stacks(&report.stacks),
@@ -183,6 +187,7 @@ fn kind_display_matches_serde() {
         Kind::Kasan,
         Kind::Lockdep,
         Kind::Kmemleak,
+        Kind::RseqViolation,
         Kind::Silent,
         Kind::LostConnection,
         Kind::BootHang,
@@ -195,6 +200,7 @@ fn kind_display_matches_serde() {
     assert_eq!(Kind::HardLockup.to_string(), "hard-lockup");
     assert_eq!(Kind::WorkqueueLockup.to_string(), "workqueue-lockup");
     assert_eq!(Kind::BootHang.to_string(), "boot-hang");
+    assert_eq!(Kind::RseqViolation.to_string(), "rseq-violation");
 }
 
 #[test]
@@ -209,6 +215,7 @@ fn report_json_omits_what_is_empty() {
         stuck_cpu: None,
         line: 1,
         lines: Vec::new(),
+        repeated: 0,
         source: super::Source::Console,
         missing: Vec::new(),
         stacks: Vec::new(),
@@ -238,7 +245,7 @@ fn report_json_omits_what_is_empty() {
             waits_on_lock: true,
             idle: false,
         }],
-        ..report
+        ..report.clone()
     };
     let json = serde_json::to_string(&lockup).expect("serialize");
     assert!(
@@ -251,6 +258,10 @@ fn report_json_omits_what_is_empty() {
         "{json}"
     );
     assert_eq!(serde_json::from_str::<Report>(&json).expect("deserialize"), lockup);
+    let violations = Report { kind: Kind::RseqViolation, repeated: 9, ..report };
+    let json = serde_json::to_string(&violations).expect("serialize");
+    assert!(json.contains(r#""kind":"rseq-violation","#) && json.contains(r#""line":1,"repeated":9,"#), "{json}");
+    assert_eq!(serde_json::from_str::<Report>(&json).expect("deserialize"), violations);
 }
 
 /// xorshift64*: deterministic, so a failure reproduces.

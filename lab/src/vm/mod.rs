@@ -3,11 +3,13 @@
 //! This stage judges nothing about the kernel: it reports what happened on the wire (ready line,
 //! result line, silence, deadlines, QEMU's exit) and leaves the verdict to the runner and triage.
 //! It takes two hints from triage as functions (`Watch`): `report_starts`, to stop a guest a grace
-//! period after the kernel began reporting a failure instead of waiting for the workload deadline,
+//! period after the kernel began reporting a failure instead of waiting for the workload deadline
+//! (or, when only the verdict is wanted, a shorter one after a workload's first violation line),
 //! and `spinning`, to tell a guest that was paused from outside from one that is stuck.
 //!
 //! A guest that goes silent, overruns its workload deadline, or outlives a kernel report's grace
-//! period is diagnosed before it is killed:
+//! period is diagnosed before it is killed (one stopped for its workload's violation alone runs
+//! normally: there is nothing to sample):
 //! the host samples every vCPU through QMP (`sample`), then asks the guest for its own report with
 //! an NMI where the machine has one, and listens for a bounded time.
 //!
@@ -40,7 +42,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use crate::process::{self, Group};
-use crate::triage::HostSamples;
+use crate::triage::{HostSamples, Origin};
 use crate::vocab::CellEnd;
 use anyhow::{bail, Context, Result};
 use job::{SshEvent, SshJob, SshThread};
@@ -56,6 +58,9 @@ pub struct Deadlines {
     pub silence: u64,
     pub workload: u64,
     pub report_grace: u64,
+    /// After a workload's first violation line, the time left for more evidence (the kernel's
+    /// own reports) before the boot ends; `None`: the workload runs to its end as usual.
+    pub violation_grace: Option<u64>,
 }
 
 /// The guest's protocol lines (see images/workloads/README.md), as `key=value` words.
@@ -82,7 +87,8 @@ pub enum End {
     WorkloadTimeout,
     /// No console output for the silence deadline.
     Silent,
-    /// The kernel started a failure report and the grace period for the rest of it ran out.
+    /// The kernel started a failure report and the grace period for the rest of it ran out, or
+    /// the workload reported a violation and the boot was to end a grace period after it.
     StoppedAfterReport,
     /// QEMU refused to start or died with an error of its own.
     QemuFailed(String),
@@ -185,8 +191,8 @@ pub struct SshOutcome {
 
 /// What the VM stage asks of triage while a guest runs, as functions: it never reads triage's data.
 pub struct Watch<'a> {
-    /// Does this console line open a kernel report?
-    pub report_starts: fn(&str) -> bool,
+    /// Does this console line open a report, the kernel's or a workload's?
+    pub report_starts: fn(&str) -> Option<Origin>,
     /// How to diagnose a silent or overdue guest; `None` kills it without looking.
     pub diagnosis: Option<Diagnosis<'a>>,
 }

@@ -10,7 +10,7 @@ use super::job::SshEvent;
 use super::sample::NMI_INJECTED;
 use super::{protocol_fields, ssh, Boot, Deadlines, End, ProtocolLine, SshOutcome};
 use crate::process::Signal;
-use crate::triage::HostSamples;
+use crate::triage::{HostSamples, Origin};
 
 /// How long the guest gets to answer an NMI, and how long a pause in its answer ends it.
 const ANSWER_WAIT: Duration = Duration::from_secs(15);
@@ -21,8 +21,8 @@ const POWER_OFF_GRACE: Duration = Duration::from_secs(30);
 /// What a boot is watched for, fixed before it starts.
 pub(super) struct Rules {
     pub deadlines: Deadlines,
-    /// Does this console line open a kernel report?
-    pub report_starts: fn(&str) -> bool,
+    /// Does this console line open a report, the kernel's or a workload's?
+    pub report_starts: fn(&str) -> Option<Origin>,
     /// A silent or overdue guest is diagnosed before it ends (`Watch::diagnosis`).
     pub diagnoses: bool,
     /// The forwarded SSH port: its outcome goes into `ssh.json`.
@@ -63,7 +63,10 @@ pub(super) struct Watcher {
     ready: Option<ProtocolLine>,
     result: Option<ProtocolLine>,
     last_output: Instant,
+    /// When the kernel began its first report.
     report_seen: Option<Instant>,
+    /// When the workload printed its first violation.
+    violation_seen: Option<Instant>,
     result_seen: Option<Instant>,
     /// How the SSH job says the boot ends, for the next tick.
     ssh_end: Option<End>,
@@ -86,6 +89,7 @@ impl Watcher {
             result: None,
             last_output: start,
             report_seen: None,
+            violation_seen: None,
             result_seen: None,
             ssh_end: None,
             ending: None,
@@ -121,8 +125,12 @@ impl Watcher {
         if let Some(fields) = protocol_fields(text, "LAB-RESULT") {
             self.result.get_or_insert(ProtocolLine { at, fields });
             self.result_seen.get_or_insert(now);
-        } else if self.report_seen.is_none() && (self.rules.report_starts)(text) {
-            self.report_seen = Some(now);
+        } else if let Some(origin) = (self.rules.report_starts)(text) {
+            let seen = match origin {
+                Origin::Kernel => &mut self.report_seen,
+                Origin::Workload => &mut self.violation_seen,
+            };
+            seen.get_or_insert(now);
         }
         Next::Wait
     }
@@ -200,10 +208,14 @@ impl Watcher {
             return over.then(|| Due::End(end.clone()));
         }
         let end = self.due(now)?;
-        // After a report's grace period QEMU is still up when the guest could not even panic
-        // (its CPUs stuck, as on pseries under TCG): the host sees the other side the report lacks.
-        let looked_at =
-            matches!(end, End::Silent | End::WorkloadTimeout | End::StoppedAfterReport | End::LostConnection(_));
+        // After a kernel report's grace period QEMU is still up when the guest could not even
+        // panic (its CPUs stuck, as on pseries under TCG): the host sees the other side the report
+        // lacks. A guest stopped for its workload's violation alone is running normally.
+        let looked_at = match end {
+            End::StoppedAfterReport => self.report_seen.is_some(),
+            End::Silent | End::WorkloadTimeout | End::LostConnection(_) => true,
+            _ => false,
+        };
         Some(if self.rules.diagnoses && looked_at { Due::Diagnose(end) } else { Due::End(end) })
     }
 
@@ -217,7 +229,7 @@ impl Watcher {
         if let Some(end) = self.ssh_end.take() {
             return Some(end);
         }
-        if self.report_seen.is_some_and(|at| now - at > secs(deadlines.report_grace)) {
+        if report_end(self.report_seen, self.violation_seen, &deadlines).is_some_and(|at| now > at) {
             Some(End::StoppedAfterReport)
         } else if now - self.last_output > secs(deadlines.silence) {
             Some(End::Silent)
@@ -276,18 +288,34 @@ impl Watcher {
     }
 }
 
+/// When the reports seen end the boot: a kernel report's grace after the kernel's first, and, when
+/// the deadlines allow it, a violation's grace after the workload's first; the later of the two, so
+/// that a kernel report begun during a violation's grace still gets all of its own.
+fn report_end(kernel: Option<Instant>, violation: Option<Instant>, deadlines: &Deadlines) -> Option<Instant> {
+    let secs = Duration::from_secs;
+    let kernel = kernel.map(|at| at + secs(deadlines.report_grace));
+    let violation = violation.zip(deadlines.violation_grace).map(|(at, grace)| at + secs(grace));
+    kernel.max(violation)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    const DEADLINES: Deadlines = Deadlines { boot: 20, silence: 30, workload: 60, report_grace: 5 };
+    const DEADLINES: Deadlines =
+        Deadlines { boot: 20, silence: 30, workload: 60, report_grace: 5, violation_grace: None };
     /// The loop looks at the time after a poll without a console line.
     const POLL: Duration = Duration::from_millis(100);
 
     fn rules(setup: &str) -> Rules {
+        let verdict_only = setup.split_whitespace().any(|word| word == "verdict");
         Rules {
-            deadlines: DEADLINES,
-            report_starts: |line| line.starts_with("BUG:"),
+            deadlines: Deadlines { violation_grace: verdict_only.then_some(2), ..DEADLINES },
+            report_starts: |line| match line {
+                _ if line.starts_with("BUG:") => Some(Origin::Kernel),
+                _ if line.contains(": VIOLATION") => Some(Origin::Workload),
+                _ => None,
+            },
             diagnoses: setup.contains("look="),
             ssh_port: Some(2222),
             ssh_job: setup.split_whitespace().any(|word| word == "ssh"),
@@ -327,7 +355,8 @@ mod tests {
     }
 
     /// Plays `script` against a watcher set up by `setup` and says what happened (`what@seconds`).
-    /// `setup`: `ssh` (the SSH job is wanted), `look=A,B` (a diagnosis is configured, and finds
+    /// `setup`: `ssh` (the SSH job is wanted), `verdict` (only the verdict is wanted: a workload's
+    /// violation ends the boot 2 s after it), `look=A,B` (a diagnosis is configured, and finds
     /// A, then B: see `look`). `script`: `;`-separated `SECONDS WHAT`, WHAT a console line,
     /// `ssh:EVENT` (see `ssh_event`), `qemu:ok` or `qemu:fail` (its stdout closes), `signal`.
     /// Between steps the watcher ticks every poll, as the loop does while the console is quiet.
@@ -433,6 +462,27 @@ mod tests {
         );
         check("", "1 LAB-READY; 5 signal", "interrupted@5.1");
         check("look=nmi", "1 LAB-READY; 32 signal", "diagnose(silent)@31.1 interrupted@32.1");
+    }
+
+    /// A workload's violation ends the boot only when only the verdict is wanted, a short grace
+    /// after its first line, without a look from the host unless the kernel reported too.
+    #[test]
+    fn ends_after_a_violation() {
+        const SHARED: &str = "mmcid-churn: VIOLATION check=unique-cid cid=0";
+        let check = |setup: &str, script: &str, expect: &str| check(setup, &script.replace("V", SHARED), expect);
+        check("", "1 LAB-READY; 3 V; 10 x; 20 LAB-RESULT status=fail; 21 qemu:ok", "exited@21.0");
+        check("look=stuck", "1 LAB-READY; 3 V; 25 x; 50 x", "diagnose(workload-timeout)@61.1 workload-timeout@61.2");
+        check("verdict", "1 LAB-READY; 3 V", "stopped-after-report@5.1");
+        check("verdict look=stuck", "1 LAB-READY; 3 V; 4 V; 4.5 V", "stopped-after-report@5.1");
+        check("verdict", "1 LAB-READY; 3 V; 4 LAB-RESULT status=fail; 5 qemu:ok", "exited@5.0");
+        // The kernel's report gets its own grace and the host's look, whichever came first.
+        check(
+            "verdict look=stuck",
+            "1 LAB-READY; 3 V; 4 BUG: soft lockup",
+            "diagnose(stopped-after-report)@9.1 stopped-after-report@9.2",
+        );
+        check("verdict", "1 LAB-READY; 2 BUG: soft lockup; 3 V", "stopped-after-report@7.1");
+        check("verdict", "1 LAB-READY; 3 V; 4 Kernel panic - not syncing; 4.5 qemu:ok", "exited@4.5");
     }
 
     #[test]
