@@ -134,13 +134,9 @@ impl Walker<'_> {
         let at = |s: &Walker, k: usize| s.series.steps.iter().find(|st| st.index == k).cloned();
         let (Some(base), Some(top_step)) = (at(self, 0), at(self, top)) else { return Ok(()) };
         let (was, is) = (series::signatures(&base), series::signatures(&top_step));
-        let most = |step: &Step, set: Vec<&String>| {
-            let hits = |s: &String| step.cells.iter().map(|c| c.signatures.get(s).copied().unwrap_or(0)).sum::<u32>();
-            set.into_iter().max_by_key(|s| hits(s)).cloned()
-        };
         let searches = [
-            (most(&top_step, is.difference(&was).collect()), Change::Bad, top),
-            (most(&base, was.difference(&is).collect()), Change::Fix, 0),
+            (series::most_hit(&top_step, is.difference(&was)).cloned(), Change::Bad, top),
+            (series::most_hit(&base, was.difference(&is)).cloned(), Change::Fix, 0),
         ];
         for (signature, change, bad_end) in searches {
             let Some(signature) = signature else { continue };

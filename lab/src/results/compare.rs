@@ -31,7 +31,7 @@ pub struct Side {
 }
 
 impl Side {
-    fn add(&mut self, cell: &CellResult) {
+    pub(super) fn add(&mut self, cell: &CellResult) {
         self.verdict = Some(cell.verdict);
         self.reason = cell.reason.clone();
         if !cell.verdict.judges_the_kernel() {

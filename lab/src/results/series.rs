@@ -13,7 +13,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
-use super::compare::failure;
+use super::compare::Side;
 use crate::arch::Arch;
 use crate::report::CellResult;
 
@@ -109,44 +109,34 @@ fn cell_key(c: &CellStat) -> (Arch, u32, &str) {
     (c.arch, c.vcpus, c.workload.as_str())
 }
 
-/// A step's runs, per cell in the order first seen.
+/// A step's runs, per cell in the order first seen, counted as `lab compare` counts a side.
 pub fn cell_stats(results: &[CellResult]) -> Vec<CellStat> {
-    let mut cells: Vec<CellStat> = Vec::new();
+    let mut cells: Vec<(&CellResult, Side)> = Vec::new();
     for r in results {
-        let at = match cells.iter().position(|c| c.id == r.id) {
-            Some(at) => at,
+        match cells.iter_mut().find(|(first, _)| first.id == r.id) {
+            Some((_, side)) => side.add(r),
             None => {
-                cells.push(CellStat {
-                    id: r.id.clone(),
-                    arch: r.arch,
-                    vcpus: r.vcpus,
-                    workload: r.workload.clone(),
-                    runs: 0,
-                    hits: 0,
-                    hit_rate: 0.0,
-                    bound_95: None,
-                    signatures: BTreeMap::new(),
-                    errors: 0,
-                });
-                cells.len() - 1
+                let mut side = Side::default();
+                side.add(r);
+                cells.push((r, side));
             }
-        };
-        let cell = &mut cells[at];
-        if !r.verdict.judges_the_kernel() {
-            cell.errors += 1;
-            continue;
         }
-        cell.runs += 1;
-        if let Some(signature) = failure(r) {
-            cell.hits += 1;
-            *cell.signatures.entry(signature).or_insert(0) += 1;
-        }
-    }
-    for cell in &mut cells {
-        cell.hit_rate = if cell.runs == 0 { 0.0 } else { f64::from(cell.hits) / f64::from(cell.runs) };
-        cell.bound_95 = (cell.hits == 0 && cell.runs > 0).then(|| 1.0 - 0.05f64.powf(1.0 / f64::from(cell.runs)));
     }
     cells
+        .into_iter()
+        .map(|(r, side)| CellStat {
+            id: r.id.clone(),
+            arch: r.arch,
+            vcpus: r.vcpus,
+            workload: r.workload.clone(),
+            runs: side.judged,
+            hits: side.failed,
+            hit_rate: if side.judged == 0 { 0.0 } else { f64::from(side.failed) / f64::from(side.judged) },
+            bound_95: (side.failed == 0 && side.judged > 0).then(|| 1.0 - 0.05f64.powf(1.0 / f64::from(side.judged))),
+            signatures: side.signatures,
+            errors: side.unjudged,
+        })
+        .collect()
 }
 
 /// Whether any cell of the step judged the kernel: a step whose kernel did not build says
@@ -157,6 +147,24 @@ pub fn judged(step: &Step) -> bool {
 
 pub fn signatures(step: &Step) -> BTreeSet<String> {
     step.cells.iter().flat_map(|c| c.signatures.keys().cloned()).collect()
+}
+
+/// Of `candidates`, the signature `step` hit most often (on a tie, the first by name): what a
+/// change is named by, in a walk and in a bisection alike.
+pub fn most_hit<'a>(step: &Step, candidates: impl IntoIterator<Item = &'a String>) -> Option<&'a String> {
+    let hits = |s: &String| step.cells.iter().map(|c| c.signatures.get(s).copied().unwrap_or(0)).sum::<u32>();
+    candidates.into_iter().max_by_key(|s| (hits(s), std::cmp::Reverse(*s)))
+}
+
+/// The steps that judged the kernel, in patch order.
+fn judged_in_order(steps: &[Step]) -> Vec<&Step> {
+    let mut judged_steps: Vec<&Step> = steps.iter().filter(|s| judged(s)).collect();
+    judged_steps.sort_by_key(|s| s.index);
+    judged_steps
+}
+
+fn subject_of(patches: &[PatchInfo], index: usize) -> String {
+    patches.iter().find(|p| p.index == index).map_or_else(String::new, |p| p.subject.clone())
 }
 
 /// The confidence that `clean` really lacks `signature`, given the rate `bad` shows it at.
@@ -194,19 +202,16 @@ pub fn compare_steps(steps: &mut [Step]) {
 /// the judged steps in patch order; of several signatures there, the one with the most hits.
 /// The confidence is that of the step on the clean side.
 pub fn first(steps: &[Step], patches: &[PatchInfo], change: Change) -> Option<Finding> {
-    let mut judged_steps: Vec<&Step> = steps.iter().filter(|s| judged(s)).collect();
-    judged_steps.sort_by_key(|s| s.index);
-    judged_steps.windows(2).find_map(|pair| {
+    judged_in_order(steps).windows(2).find_map(|pair| {
         let (before, after) = (pair[0], pair[1]);
         let (bad, clean, listed) = match change {
             Change::Bad => (after, before, &after.new_signatures),
             Change::Fix => (before, after, &after.fixed_signatures),
         };
-        let hits = |s: &String| bad.cells.iter().map(|c| c.signatures.get(s).copied().unwrap_or(0)).sum::<u32>();
-        let signature = listed.iter().max_by_key(|s| (hits(s), std::cmp::Reverse((*s).clone())))?;
+        let signature = most_hit(bad, listed)?;
         Some(Finding {
             index: after.index,
-            subject: patches.iter().find(|p| p.index == after.index).map_or_else(String::new, |p| p.subject.clone()),
+            subject: subject_of(patches, after.index),
             signature: signature.clone(),
             confidence: confidence(bad, clean, signature),
         })
@@ -222,10 +227,8 @@ pub enum Change {
 /// Steps whose hits must be measured to a rate (run to all their runs, not stopped at the
 /// first hit): the bad side of every change, since the confidence rests on its rate.
 pub fn to_measure(steps: &[Step]) -> BTreeSet<usize> {
-    let mut judged_steps: Vec<&Step> = steps.iter().filter(|s| judged(s)).collect();
-    judged_steps.sort_by_key(|s| s.index);
     let mut out = BTreeSet::new();
-    for pair in judged_steps.windows(2) {
+    for pair in judged_in_order(steps).windows(2) {
         if !pair[1].new_signatures.is_empty() {
             out.insert(pair[1].index);
         }
@@ -258,8 +261,7 @@ pub fn bisect_next(shown: &BTreeMap<usize, bool>, lo: usize, hi: usize) -> Optio
 /// the answer).
 pub fn bisect_finding(steps: &[Step], patches: &[PatchInfo], signature: &str, change: Change) -> Option<Finding> {
     let has = |s: &Step| signatures(s).contains(signature);
-    let mut probes: Vec<&Step> = steps.iter().filter(|s| judged(s)).collect();
-    probes.sort_by_key(|s| s.index);
+    let probes = judged_in_order(steps);
     let top_has = change == Change::Bad;
     let answer = probes.iter().find(|s| has(s) == top_has && s.index > 0)?;
     let bad_side: Vec<&&Step> = probes.iter().filter(|s| has(s)).collect();
@@ -271,7 +273,7 @@ pub fn bisect_finding(steps: &[Step], patches: &[PatchInfo], signature: &str, ch
     }
     Some(Finding {
         index: answer.index,
-        subject: patches.iter().find(|p| p.index == answer.index).map_or_else(String::new, |p| p.subject.clone()),
+        subject: subject_of(patches, answer.index),
         signature: signature.to_string(),
         confidence,
     })
