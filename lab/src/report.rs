@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use junit_report::{Duration, ReportBuilder, TestCaseBuilder, TestSuiteBuilder};
+use quick_xml::events::{BytesEnd, BytesStart, BytesText, Event};
 use serde::{Deserialize, Serialize};
 
 use crate::arch::Arch;
@@ -209,54 +210,249 @@ pub fn write_summary(out: &Path, results: &[CellResult], repeated: bool) -> Resu
 /// `results` as JUnit: a testsuite per kernel and arch (so a series, a kernel per step, gets one
 /// per step and arch).
 pub fn write_junit(path: &Path, results: &[CellResult]) -> Result<()> {
+    let (report, reruns) = junit(results);
     let mut xml = Vec::new();
-    junit(results).write_xml(&mut xml).with_context(|| format!("cannot render {}", path.display()))?;
+    report.write_xml(&mut xml).with_context(|| format!("cannot render {}", path.display()))?;
+    let xml = with_reruns(&xml, &reruns).with_context(|| format!("cannot render {}", path.display()))?;
     cache::write_atomic(path, &xml)
 }
 
-/// One testsuite per kernel+arch, one testcase per vcpus+workload.
-fn junit(results: &[CellResult]) -> junit_report::Report {
-    let mut suites: BTreeMap<(String, Arch), Vec<&CellResult>> = BTreeMap::new();
+/// A testcase's `system-out` is kept below this many bytes (GitLab's JUnit parser gives up on very
+/// large ones); the rest is in the cell's console.log, which the text names.
+const SYSTEM_OUT_BYTES: usize = 64 * 1024;
+/// The same for each further run of a `--repeat` cell.
+const RERUN_OUT_BYTES: usize = 8 * 1024;
+
+/// `text` cut to at most `max` bytes (at a character boundary), ending with where the whole
+/// console is when it was cut.
+pub fn bounded(text: &str, max: usize, console: &Path) -> String {
+    if text.len() <= max {
+        return text.to_string();
+    }
+    let mut cut = max;
+    while !text.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    format!("{}\n[cut at {max} bytes: the whole console is {}]", &text[..cut], console.display())
+}
+
+/// A run's console, named relative to the run directory, as a reader of the report finds it.
+pub fn console_of(r: &CellResult) -> PathBuf {
+    cell_dir(Path::new(""), &r.id, r.run).join("console.log")
+}
+
+/// What a run says in JUnit terms.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    Success,
+    Failure,
+    Error,
+    Skipped,
+}
+
+fn outcome(r: &CellResult) -> Outcome {
+    match r.verdict {
+        Verdict::Pass => Outcome::Success,
+        Verdict::Fail | Verdict::Timeout => Outcome::Failure,
+        Verdict::Interrupted if r.end == CellEnd::NotStarted => Outcome::Skipped,
+        Verdict::Error | Verdict::Interrupted => Outcome::Error,
+        Verdict::Skip => Outcome::Skipped,
+    }
+}
+
+/// The `type` attribute of a run's failure, error or skip.
+fn junit_type(r: &CellResult) -> String {
+    match r.verdict {
+        Verdict::Pass => String::new(),
+        Verdict::Fail => r.reports.first().map(|rep| rep.kind.to_string()).unwrap_or_else(|| "other".to_string()),
+        Verdict::Timeout => "timeout".into(),
+        // The lab's own kinds (boot-hang, infra) say what kept it from judging the kernel.
+        Verdict::Error => r.reports.first().map_or("error", |rep| rep.kind.name()).into(),
+        Verdict::Skip => "skip".into(),
+        Verdict::Interrupted => "interrupted".into(),
+    }
+}
+
+/// Surefire's elements for the runs of a repeated test beyond the one its result rests on, which
+/// nextest writes too and junit-report does not know.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RerunElement {
+    /// A further failing run of a failing testcase.
+    RerunFailure,
+    /// A run that could not judge the kernel, in a testcase that failed or errored.
+    RerunError,
+    /// A run that could not judge the kernel, in a testcase whose other runs passed.
+    FlakyError,
+}
+
+impl RerunElement {
+    fn tag(self) -> &'static str {
+        match self {
+            RerunElement::RerunFailure => "rerunFailure",
+            RerunElement::RerunError => "rerunError",
+            RerunElement::FlakyError => "flakyError",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Rerun {
+    element: RerunElement,
+    kind: String,
+    message: String,
+    output: String,
+}
+
+/// The element of each run beyond the first of a repeated testcase whose result is `case`.
+/// A run that hit a kernel failure is never written as flaky: a JUnit reader counts a testcase
+/// with only `flakyFailure`s as passed, and a lockup seen once in twenty runs is a kernel bug. Only
+/// the host's errors are flaky, when the kernel passed in the other runs.
+fn rerun_element(case: Outcome, run: Outcome) -> Option<RerunElement> {
+    match (case, run) {
+        (Outcome::Failure, Outcome::Failure) => Some(RerunElement::RerunFailure),
+        (Outcome::Failure | Outcome::Error, Outcome::Error) => Some(RerunElement::RerunError),
+        (Outcome::Success, Outcome::Error) => Some(RerunElement::FlakyError),
+        _ => None,
+    }
+}
+
+/// What a repeated cell's testcase says, from its runs' outcomes: failed when any run failed,
+/// else passed when any run passed, else errored when any run errored, else skipped.
+fn case_outcome(runs: &[Outcome]) -> Outcome {
+    [Outcome::Failure, Outcome::Success, Outcome::Error]
+        .into_iter()
+        .find(|o| runs.contains(o))
+        .unwrap_or(Outcome::Skipped)
+}
+
+/// One testsuite per kernel+arch, one testcase per vcpus+workload: a `--repeat` cell's runs are
+/// one testcase, its result the first run with the case's outcome and the others as rerun or
+/// flaky elements (given apart, testcase by testcase in document order, for `with_reruns`).
+fn junit(results: &[CellResult]) -> (junit_report::Report, Vec<Vec<Rerun>>) {
+    let mut suites: BTreeMap<(String, Arch), Vec<Vec<&CellResult>>> = BTreeMap::new();
     for r in results {
-        suites.entry((r.kernel.clone(), r.arch)).or_default().push(r);
+        let cells = suites.entry((r.kernel.clone(), r.arch)).or_default();
+        match cells.iter_mut().find(|runs| r.run.is_some() && runs[0].run.is_some() && runs[0].id == r.id) {
+            Some(runs) => runs.push(r),
+            None => cells.push(vec![r]),
+        }
     }
     let mut report = ReportBuilder::new();
+    let mut reruns = Vec::new();
     for ((kernel, arch), cells) in suites {
         let mut suite = TestSuiteBuilder::new(&format!("{kernel}.{arch}"));
-        for r in cells {
-            let mut name = format!("{}cpu-{}", r.vcpus, r.workload);
-            if let Some(n) = r.run {
-                name += &format!("#{n}");
+        for runs in cells {
+            let outcomes: Vec<Outcome> = runs.iter().map(|r| outcome(r)).collect();
+            let case_is = case_outcome(&outcomes);
+            let lead = runs[outcomes.iter().position(|&o| o == case_is).unwrap_or(0)];
+            let name = format!("{}cpu-{}", lead.vcpus, lead.workload);
+            let seconds: f64 = runs.iter().map(|r| r.duration_s).sum();
+            let time = Duration::milliseconds((seconds * 1000.0) as i64);
+            let mut message = triage::sanitize(&lead.reason);
+            if runs.len() > 1 && case_is != Outcome::Success {
+                let failed = outcomes.iter().filter(|&&o| o == case_is).count();
+                message = format!("{failed} of {} runs: {message}", runs.len());
             }
-            let time = Duration::milliseconds((r.duration_s * 1000.0) as i64);
-            let kind = r.reports.first().map(|rep| rep.kind.to_string()).unwrap_or_else(|| "other".to_string());
-            let message = triage::sanitize(&r.reason);
-            let mut case = match r.verdict {
-                Verdict::Pass => TestCaseBuilder::success(&name, time),
-                Verdict::Skip => TestCaseBuilder::skipped_with_cause(&name, "skip", &message),
-                Verdict::Fail => TestCaseBuilder::failure(&name, time, &kind, &message),
-                Verdict::Timeout => TestCaseBuilder::failure(&name, time, "timeout", &message),
-                // The lab's own kinds (boot-hang, infra) say what kept it from judging the kernel.
-                Verdict::Error => TestCaseBuilder::error(
-                    &name,
-                    time,
-                    r.reports.first().map_or("error", |rep| rep.kind.name()),
-                    &message,
-                ),
-                Verdict::Interrupted if r.end == CellEnd::NotStarted => {
-                    TestCaseBuilder::skipped_with_cause(&name, "interrupted", &message)
-                }
-                Verdict::Interrupted => TestCaseBuilder::error(&name, time, "interrupted", &message),
+            let kind = junit_type(lead);
+            let mut case = match case_is {
+                Outcome::Success => TestCaseBuilder::success(&name, time),
+                Outcome::Failure => TestCaseBuilder::failure(&name, time, &kind, &message),
+                Outcome::Error => TestCaseBuilder::error(&name, time, &kind, &message),
+                Outcome::Skipped => TestCaseBuilder::skipped_with_cause(&name, &kind, &message),
             };
             case.set_classname(&format!("{kernel}.{arch}"));
-            if r.verdict != Verdict::Pass {
-                case.set_system_out(&r.excerpt);
+            if case_is != Outcome::Success {
+                case.set_system_out(&bounded(&lead.excerpt, SYSTEM_OUT_BYTES, &console_of(lead)));
             }
             suite.add_testcase(case.build());
+            let more = runs.iter().zip(&outcomes).filter(|(r, _)| !std::ptr::eq(**r, lead));
+            reruns.push(
+                more.filter_map(|(r, &o)| {
+                    Some(Rerun {
+                        element: rerun_element(case_is, o)?,
+                        kind: junit_type(r),
+                        message: format!("run {}: {}", r.run.unwrap_or(1), triage::sanitize(&r.reason)),
+                        output: bounded(&r.excerpt, RERUN_OUT_BYTES, &console_of(r)),
+                    })
+                })
+                .collect(),
+            );
         }
         report.add_testsuite(suite.build());
     }
-    report.build()
+    (report.build(), reruns)
+}
+
+/// `element` with its `time` in seconds to the millisecond: junit-report prints an f64's shortest
+/// text, which now and then has more decimals than Surefire's schema allows (31.951999999999998).
+fn millisecond_time(element: &BytesStart) -> Result<BytesStart<'static>> {
+    let mut out = BytesStart::new(String::from_utf8(element.name().as_ref().to_vec())?);
+    for attribute in element.attributes() {
+        let attribute = attribute?;
+        match attribute.key.as_ref() {
+            b"time" => {
+                let seconds: f64 = std::str::from_utf8(&attribute.value)?.parse()?;
+                out.push_attribute(("time", format!("{seconds:.3}").as_str()));
+            }
+            _ => out.push_attribute(attribute),
+        }
+    }
+    Ok(out)
+}
+
+/// junit-report's document with each testcase's rerun elements (`reruns`, one list per testcase
+/// in document order) written into it as it streams through, and its times to the millisecond.
+fn with_reruns(xml: &[u8], reruns: &[Vec<Rerun>]) -> Result<Vec<u8>> {
+    let mut reader = quick_xml::Reader::from_reader(xml);
+    let mut writer = quick_xml::Writer::new(Vec::with_capacity(xml.len()));
+    let mut cases = reruns.iter();
+    let mut current: &[Rerun] = &[];
+    let write_reruns = |w: &mut quick_xml::Writer<Vec<u8>>, reruns: &[Rerun]| -> Result<()> {
+        for rerun in reruns {
+            w.create_element(rerun.element.tag())
+                .with_attributes([("type", rerun.kind.as_str()), ("message", rerun.message.as_str())])
+                .write_inner_content(|w| {
+                    w.create_element("system-out").write_text_content(BytesText::new(&rerun.output)).map(drop)
+                })?;
+        }
+        Ok(())
+    };
+    let mut buf = Vec::new();
+    loop {
+        let event = reader.read_event_into(&mut buf)?;
+        match event {
+            Event::Eof => break,
+            Event::Empty(e) if e.name().as_ref() == b"testcase" => {
+                let e = millisecond_time(&e)?;
+                let reruns = cases.next().map_or(&[][..], Vec::as_slice);
+                if reruns.is_empty() {
+                    writer.write_event(Event::Empty(e))?;
+                } else {
+                    writer.write_event(Event::Start(e))?;
+                    write_reruns(&mut writer, reruns)?;
+                    writer.write_event(Event::End(BytesEnd::new("testcase")))?;
+                }
+            }
+            Event::Start(e) if e.name().as_ref() == b"testcase" => {
+                current = cases.next().map_or(&[][..], Vec::as_slice);
+                writer.write_event(Event::Start(millisecond_time(&e)?))?;
+            }
+            Event::Start(e) if e.name().as_ref() == b"testsuite" => {
+                writer.write_event(Event::Start(millisecond_time(&e)?))?;
+            }
+            Event::Empty(e) if e.name().as_ref() == b"testsuite" => {
+                writer.write_event(Event::Empty(millisecond_time(&e)?))?;
+            }
+            Event::End(e) if e.name().as_ref() == b"testcase" => {
+                write_reruns(&mut writer, current)?;
+                current = &[];
+                writer.write_event(Event::End(e))?;
+            }
+            other => writer.write_event(other)?,
+        }
+        buf.clear();
+    }
+    Ok(writer.into_inner())
 }
 
 /// The console lines a reader needs: around the first report, else the tail; a report from the
@@ -405,11 +601,17 @@ mod tests {
         CellResult { end, ..sample_cell(Verdict::Interrupted, reason, "") }
     }
 
+    fn junit_text(results: &[CellResult]) -> String {
+        let path = std::env::temp_dir().join(format!("lab-junit-{}-{}.xml", std::process::id(), results.len()));
+        write_junit(&path, results).unwrap();
+        let xml = std::fs::read_to_string(&path).unwrap();
+        std::fs::remove_file(path).unwrap();
+        xml
+    }
+
     /// `check_junit(result, element)`: the testcase's verdict element in junit.xml.
     fn check_junit(result: CellResult, element: &str) {
-        let mut xml = Vec::new();
-        junit(&[result]).write_xml(&mut xml).unwrap();
-        let xml = String::from_utf8(xml).unwrap();
+        let xml = junit_text(&[result]);
         let got =
             regex::Regex::new("<(failure|error|skipped)[^>]*>").unwrap().find(&xml).map_or("(none)", |m| m.as_str());
         assert_eq!(got, element, "{xml}");
@@ -433,6 +635,85 @@ mod tests {
     }
 
     #[test]
+    fn a_repeated_cells_outcome_and_its_other_runs() {
+        use Outcome::*;
+        // (runs, the testcase's outcome, the element of each run but the one it rests on)
+        let check = |runs: &[Outcome], case: Outcome, others: &[Option<RerunElement>]| {
+            assert_eq!(case_outcome(runs), case, "{runs:?}");
+            let lead = runs.iter().position(|&o| o == case).unwrap_or(0);
+            let got: Vec<Option<RerunElement>> =
+                runs.iter().enumerate().filter(|&(i, _)| i != lead).map(|(_, &o)| rerun_element(case, o)).collect();
+            assert_eq!(got, others, "{runs:?}");
+        };
+        use RerunElement::*;
+        check(&[Success, Success], Success, &[None]);
+        check(&[Success, Failure, Failure], Failure, &[None, Some(RerunFailure)]);
+        check(&[Failure, Success, Success], Failure, &[None, None]);
+        check(&[Failure, Error, Failure], Failure, &[Some(RerunError), Some(RerunFailure)]);
+        check(&[Success, Error, Success], Success, &[Some(FlakyError), None]);
+        check(&[Error, Error], Error, &[Some(RerunError)]);
+        check(&[Error, Skipped], Error, &[None]);
+        check(&[Skipped, Skipped], Skipped, &[None]);
+        check(&[Skipped, Success], Success, &[None]);
+    }
+
+    #[test]
+    fn a_repeated_cell_is_one_testcase_with_its_further_runs_inside() {
+        let run = |n: u32, verdict: Verdict, reason: &str| CellResult {
+            run: Some(n),
+            ..sample_cell(verdict, reason, &format!("console of run {n}"))
+        };
+        let mut other = run(1, Verdict::Pass, "ok");
+        other.id = "k-x86_64-4cpu-smoke".into();
+        other.vcpus = 4;
+        let results = [
+            run(1, Verdict::Pass, "ok"),
+            run(2, Verdict::Fail, "hard LOCKUP"),
+            run(3, Verdict::Error, "QEMU died"),
+            run(4, Verdict::Fail, "hard LOCKUP again"),
+            other.clone(),
+            CellResult { run: Some(2), ..other.clone() },
+            CellResult { run: Some(3), ..sample_cell(Verdict::Error, "disk full", "") },
+        ];
+        let mut results = results.to_vec();
+        results[6].id = other.id.clone();
+        results[6].vcpus = 4;
+        let xml = junit_text(&results);
+        let cases: Vec<&str> = xml.split("<testcase ").skip(1).collect();
+        assert_eq!(cases.len(), 2, "{xml}");
+        let expect_2cpu = [
+            r#"<failure type="other" message="2 of 4 runs: hard LOCKUP"/>"#,
+            "<system-out><![CDATA[console of run 2]]></system-out>",
+            r#"<rerunError type="error" message="run 3: QEMU died"><system-out>console of run 3</system-out></rerunError>"#,
+            r#"<rerunFailure type="other" message="run 4: hard LOCKUP again"><system-out>console of run 4</system-out></rerunFailure>"#,
+        ];
+        for part in expect_2cpu {
+            assert!(cases[0].contains(part), "{part} in {}", cases[0]);
+        }
+        assert!(cases[0].starts_with(r#"name="2cpu-smoke" time="#) && !cases[0].contains("#"), "{}", cases[0]);
+        assert!(!cases[1].contains("<failure") && !cases[1].contains("<error"), "{}", cases[1]);
+        assert!(
+            cases[1].contains(r#"<flakyError type="error" message="run 3: disk full"><system-out></system-out></flakyError></testcase>"#),
+            "{}",
+            cases[1]
+        );
+        assert!(xml.contains(r#"tests="2" errors="0" failures="1""#), "{xml}");
+    }
+
+    #[test]
+    fn a_long_excerpt_is_cut_and_names_the_whole_console() {
+        let console = Path::new("cells/k/console.log");
+        assert_eq!(bounded("short", 10, console), "short");
+        let cut = bounded("ééééé", 5, console);
+        assert_eq!(cut, "éé\n[cut at 5 bytes: the whole console is cells/k/console.log]");
+        let mut long = sample_cell(Verdict::Fail, "hard LOCKUP", &"x".repeat(SYSTEM_OUT_BYTES * 3));
+        long.run = None;
+        let xml = junit_text(&[long]);
+        assert!(xml.len() < SYSTEM_OUT_BYTES + 2048, "{} bytes", xml.len());
+        assert!(xml.contains("the whole console is cells/k-x86_64-2cpu-smoke/console.log]"));
+    }
+
+    #[test]
     fn the_tally_counts_every_verdict() {
         let check = |verdicts: &[Verdict], want: &str| {
             let results: Vec<CellResult> = verdicts.iter().map(|&v| sample_cell(v, "", "")).collect();
@@ -450,15 +731,18 @@ mod tests {
         let nasty = triage::sanitize("]]> <tag> & \u{1b}[31mred\u{1b}[0m \u{0} \u{7} \u{fffe} done");
         let results = [
             sample_cell(Verdict::Pass, "ok", ""),
-            sample_cell(Verdict::Fail, "hard LOCKUP in <mm_get_cid> & \u{1}", &nasty),
+            CellResult {
+                duration_s: 31.952,
+                ..sample_cell(Verdict::Fail, "hard LOCKUP in <mm_get_cid> & \u{1}", &nasty)
+            },
         ];
-        let mut xml = Vec::new();
-        junit(&results).write_xml(&mut xml).unwrap();
-        let xml = String::from_utf8(xml).unwrap();
+        let xml = junit_text(&results);
         assert!(!xml.chars().any(|c| c < ' ' && !"\t\n\r".contains(c)), "control characters in {xml}");
         assert_eq!(xml.matches("]]>").count(), xml.matches("<![CDATA[").count(), "{xml}");
         assert!(xml.contains("<testsuite ") && xml.contains("name=\"k.x86_64\""), "{xml}");
         assert!(xml.contains("tests=\"2\"") && xml.contains("failures=\"1\""), "{xml}");
+        // Three decimals at most (Surefire's schema): 31.952 alone prints as 31.951999999999998.
+        assert!(xml.contains(r#"time="31.952""#) && xml.contains(r#"time="33.452""#), "{xml}");
         // A real XML parser must accept it, when one is installed.
         let path = std::env::temp_dir().join(format!("lab-junit-{}.xml", std::process::id()));
         std::fs::write(&path, &xml).unwrap();

@@ -326,18 +326,22 @@ fn junit_testcases(xml: &str) -> Vec<String> {
     cases
 }
 
-/// A Python with KCIDB's own I/O library from PyPI, installed once into the cache.
-fn kcidb_python() -> PathBuf {
+/// A Python with the real consumers of what the lab writes, from PyPI, installed once into the
+/// cache: KCIDB's own I/O library, junitparser, and xmlschema for the JUnit XSD.
+fn consumers_python() -> PathBuf {
     static PYTHON: OnceLock<PathBuf> = OnceLock::new();
     PYTHON
         .get_or_init(|| {
-            let venv = cache_root().join("kcidb-io-venv");
+            let venv = cache_root().join("consumers-venv");
             let python = venv.join("bin/python");
             if !python.exists() {
                 assert!(Command::new("python3").arg("-m").arg("venv").arg(&venv).status().unwrap().success());
             }
-            let pip = Command::new(&python).args(["-m", "pip", "install", "-q", "kcidb-io"]).output().unwrap();
-            assert!(pip.status.success(), "pip install kcidb-io: {}", String::from_utf8_lossy(&pip.stderr));
+            let pip = Command::new(&python)
+                .args(["-m", "pip", "install", "-q", "kcidb-io", "junitparser", "xmlschema"])
+                .output()
+                .unwrap();
+            assert!(pip.status.success(), "pip install: {}", String::from_utf8_lossy(&pip.stderr));
             python
         })
         .clone()
@@ -353,7 +357,7 @@ fn kcidb_export_of_runs_with_failures_passes_kcidb_io_validation() {
             data = json.load(open(sys.argv[1]))\n\
             kcidb_io.schema.V5_3.validate_exactly(data)\n\
             print(len(data['tests']), sorted({t['status'] for t in data['tests']}), len(data['issues']), len(data['incidents']))\n";
-        let v = Command::new(kcidb_python()).args(["-c", check]).arg(&file).output().unwrap();
+        let v = Command::new(consumers_python()).args(["-c", check]).arg(&file).output().unwrap();
         let said = String::from_utf8_lossy(&v.stdout);
         assert!(v.status.success(), "{name}: kcidb-io rejects the export: {}", String::from_utf8_lossy(&v.stderr));
         let failing = run.cells.iter().filter(|c| c["verdict"] == "fail").count();
@@ -429,17 +433,11 @@ fn a_provoked_panic_fails_its_cell_and_the_run() {
 fn junit_is_valid_xml_with_a_suite_per_kernel_and_arch() {
     let run = suite();
     let junit = run.out.join("junit.xml");
-    let check = "import sys, xml.dom.minidom as m\n\
-        d = m.parse(sys.argv[1])\n\
-        suites = d.getElementsByTagName('testsuite')\n\
-        print(len(suites), sum(len(s.getElementsByTagName('testcase')) for s in suites), len(d.getElementsByTagName('failure')))\n";
-    let out = Command::new("python3").args(["-c", check]).arg(&junit).output().unwrap();
-    assert!(out.status.success(), "junit.xml does not parse: {}", String::from_utf8_lossy(&out.stderr));
-    assert_eq!(
-        String::from_utf8_lossy(&out.stdout).trim(),
-        format!("3 {} 3", run.cells.len()),
-        "suites, cases, failures"
-    );
+    let read = junit_as_read(&junit);
+    assert_eq!(read.len(), run.cells.len(), "a testcase per cell: {read:#?}");
+    let suites: std::collections::BTreeSet<&str> = read.iter().map(|l| l.split(' ').next().unwrap()).collect();
+    assert_eq!(suites.len(), 3, "a suite per kernel and arch: {read:#?}");
+    assert_eq!(read.iter().filter(|l| l.contains(" failure ")).count(), 3, "failures: {read:#?}");
     let xml = std::fs::read_to_string(&junit).unwrap();
     assert!(xml.contains("name=\"linux-7.3.ppc64le\"") && xml.contains("type=\"panic\""), "{xml}");
     for cell in &run.cells {
@@ -1015,6 +1013,10 @@ fn a_silent_live_lock_is_named_from_the_host_on_every_architecture() {
         .unwrap();
         assert_eq!(samples[0]["vcpus"].as_array().unwrap().len(), 4, "{arch}: every vCPU sampled");
     }
+    // In JUnit a cell's runs are one testcase: failed, whatever the runs before the hit did.
+    let read = junit_as_read(&out.join("junit.xml"));
+    assert_eq!(read.len(), ARCHES.len(), "{read:#?}");
+    assert!(read.iter().all(|l| l.contains(" 4cpu-mmcid-churn failure ")), "{read:#?}");
 }
 
 /// A known-bad kernel that hangs nothing but gives two running threads one mm_cid: the workload's
@@ -1259,41 +1261,97 @@ fn report_html_of_a_run_with_a_failure_and_a_pass_loads_in_a_real_browser() {
 const HOSTILE: &[u8] = b"before <script>console.error('escaped')</script><img src=x onerror=\"console.error('img')\"> \
     NUL\x00 ESC\x1b[31mred\x1b[0m \xff\xfe</pre></details> after";
 
-/// A failed cell written by hand, hostile wherever a cell holds text: its reason, its report's
-/// title, signature, lines and frames, its console.
+/// A cell (or one run of a `--repeat` cell) written by hand into `run_dir`, hostile wherever a
+/// cell holds text: its reason, its report's title, signature, lines and frames, its console, which
+/// ends with `more`. A failed cell has a panic report, an errored one none.
+fn hand_cell(run_dir: &Path, id: &str, vcpus: u32, run: Option<u32>, verdict: &str, more: &[u8]) {
+    let text = String::from_utf8_lossy(HOSTILE).into_owned();
+    let mut cell = run_dir.join("cells").join(id);
+    if let Some(n) = run {
+        cell = cell.join(format!("run-{n:03}"));
+    }
+    std::fs::create_dir_all(&cell).unwrap();
+    let mut console = b"    0.100s| [    0.000000] Linux version 7.3.4\n    0.200s| ".to_vec();
+    console.extend_from_slice(HOSTILE);
+    console.extend_from_slice(b"\n    0.300s| [    1.000000] Kernel panic - not syncing: ");
+    console.extend_from_slice(HOSTILE);
+    console.extend_from_slice(more);
+    console.push(b'\n');
+    std::fs::write(cell.join("console.log"), console).unwrap();
+    let reports = match verdict {
+        "fail" => serde_json::json!([{
+            "kind": "panic", "title": text, "signature": format!("panic:{text}"), "frame": text,
+            "frame_site": {"printed": text, "source": [{"function": text, "file": "x.c", "line": 1}]},
+            "cpu": 0, "stuck_cpu": 0, "line": 3, "lines": [format!("Kernel panic - not syncing: {text}")],
+            "source": "console",
+            "stacks": [{"cpu": 0, "frames": [text], "waits_on_lock": false, "idle": false}],
+        }]),
+        _ => serde_json::json!([]),
+    };
+    let result = serde_json::json!({
+        "id": id, "run": run, "kernel": "k", "arch": "x86_64", "vcpus": vcpus, "workload": id.rsplit("cpu-").next(),
+        "verdict": verdict, "reason": text, "duration_s": 1.0, "reports": reports, "basis": "guest",
+        "accel": "tcg", "end": "exited", "dir": cell,
+    });
+    std::fs::write(cell.join("result.json"), serde_json::to_vec_pretty(&result).unwrap()).unwrap();
+}
+
+/// A run of a failed and a passed cell written by hand (`hand_cell`), its reports by `lab report`.
 fn hostile_run() -> PathBuf {
     let dir = browser_out().join("hostile-run");
     let _ = std::fs::remove_dir_all(&dir);
-    let text = String::from_utf8_lossy(HOSTILE).into_owned();
-    let cells = [("k-x86_64-2cpu-hostile", "fail", 4), ("k-x86_64-1cpu-smoke", "pass", 1)];
-    for (id, verdict, vcpus) in cells {
-        let cell = dir.join("cells").join(id);
-        std::fs::create_dir_all(&cell).unwrap();
-        let mut console = b"    0.100s| [    0.000000] Linux version 7.3.4\n    0.200s| ".to_vec();
-        console.extend_from_slice(HOSTILE);
-        console.extend_from_slice(b"\n    0.300s| [    1.000000] Kernel panic - not syncing: ");
-        console.extend_from_slice(HOSTILE);
-        console.push(b'\n');
-        std::fs::write(cell.join("console.log"), console).unwrap();
-        let reports = match verdict {
-            "fail" => serde_json::json!([{
-                "kind": "panic", "title": text, "signature": format!("panic:{text}"), "frame": text,
-                "frame_site": {"printed": text, "source": [{"function": text, "file": "x.c", "line": 1}]},
-                "cpu": 0, "stuck_cpu": 0, "line": 3, "lines": [format!("Kernel panic - not syncing: {text}")],
-                "source": "console",
-                "stacks": [{"cpu": 0, "frames": [text], "waits_on_lock": false, "idle": false}],
-            }]),
-            _ => serde_json::json!([]),
-        };
-        let result = serde_json::json!({
-            "id": id, "kernel": "k", "arch": "x86_64", "vcpus": vcpus, "workload": id.rsplit("cpu-").next(),
-            "verdict": verdict, "reason": text, "duration_s": 1.0, "reports": reports, "basis": "guest",
-            "accel": "tcg", "end": "exited", "dir": cell,
-        });
-        std::fs::write(cell.join("result.json"), serde_json::to_vec_pretty(&result).unwrap()).unwrap();
-    }
+    hand_cell(&dir, "k-x86_64-2cpu-hostile", 4, None, "fail", b"");
+    hand_cell(&dir, "k-x86_64-1cpu-smoke", 1, None, "pass", b"");
     run_ok(lab().arg("report").arg(&dir));
     dir
+}
+
+/// `classname name outcome reruns system-out-bytes` for each testcase of the JUnit file at
+/// `path`, as junitparser (PyPI) reads it after xmlschema validated it against the Jenkins xunit
+/// plugin's schema (the one CI servers read, with Surefire's rerun and flaky elements).
+fn junit_as_read(path: &Path) -> Vec<String> {
+    let xsd = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/junit-10.xsd");
+    let script = "import sys, xmlschema\n\
+        from junitparser import xunit2\n\
+        xmlschema.XMLSchema(sys.argv[1]).validate(sys.argv[2])\n\
+        for suite in xunit2.JUnitXml.fromfile(sys.argv[2]):\n\
+        \x20   for case in suite:\n\
+        \x20       state = 'passed' if case.is_passed else ' '.join(r._tag for r in case.result)\n\
+        \x20       more = [(len(case.rerun_failures()), 'rerunFailure'), (len(case.rerun_errors()), 'rerunError'),\n\
+        \x20               (len(case.flaky_failures()), 'flakyFailure'), (len(case.flaky_errors()), 'flakyError')]\n\
+        \x20       more = ''.join(f' {n} {tag}' for n, tag in more if n)\n\
+        \x20       print(f'{case.classname} {case.name} {state}{more} {len((case.system_out or \"\").encode())}')\n";
+    let o = Command::new(consumers_python()).args(["-c", script]).arg(xsd).arg(path).output().unwrap();
+    assert!(o.status.success(), "{}: {}", path.display(), String::from_utf8_lossy(&o.stderr));
+    String::from_utf8_lossy(&o.stdout).lines().map(str::to_string).collect()
+}
+
+/// junit.xml as CI servers read it, with hostile console bytes (NUL, ESC, `]]>`, invalid UTF-8, a
+/// 300 KB line) and a `--repeat` run: each cell one testcase, its other runs as Surefire's
+/// elements, as nextest writes retries.
+#[test]
+fn junit_meets_the_jenkins_schema_and_junitparser_reads_repeats_as_reruns() {
+    let dir = scratch("junit-consumers");
+    let long = [b"]]> CDATA's end, then a line of 300 KB: ".as_slice(), &[b'x'; 300_000]].concat();
+    hand_cell(&dir, "k-x86_64-2cpu-hostile", 2, Some(1), "pass", b"");
+    hand_cell(&dir, "k-x86_64-2cpu-hostile", 2, Some(2), "fail", &long);
+    hand_cell(&dir, "k-x86_64-2cpu-hostile", 2, Some(3), "fail", &long);
+    hand_cell(&dir, "k-x86_64-1cpu-smoke", 1, Some(1), "pass", b"");
+    hand_cell(&dir, "k-x86_64-1cpu-smoke", 1, Some(2), "error", b"]]>");
+    hand_cell(&dir, "k-x86_64-1cpu-smoke", 1, Some(3), "pass", b"");
+    run_ok(lab().arg("report").arg(&dir));
+    let read = junit_as_read(&dir.join("junit.xml"));
+    let (smoke, hostile) = (&read[0], &read[1]);
+    // The host failed once between two passes: flaky, and the kernel passed.
+    assert_eq!(smoke, "k.x86_64 1cpu-smoke passed 1 flakyError 0", "{read:#?}");
+    // A kernel failure in two runs of three is a failure, never flaky; its console is cut, not lost.
+    assert!(hostile.starts_with("k.x86_64 2cpu-hostile failure 1 rerunFailure "), "{read:#?}");
+    let out_bytes: usize = hostile.rsplit(' ').next().unwrap().parse().unwrap();
+    assert!((10_000..=70_000).contains(&out_bytes), "system-out of {out_bytes} bytes");
+    let xml = std::fs::read_to_string(dir.join("junit.xml")).unwrap();
+    assert!(xml.contains(r#"message="2 of 3 runs: before"#), "{xml}");
+    assert!(xml.contains("the whole console is cells/k-x86_64-2cpu-hostile/run-002/console.log]"), "{xml}");
+    assert!(xml.len() < 100_000, "junit.xml of {} bytes", xml.len());
 }
 
 #[test]

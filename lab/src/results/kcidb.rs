@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
 use super::Run;
-use crate::report::CellResult;
+use crate::report::{self, CellResult};
 use crate::vocab::{CellEnd, Verdict};
 
 /// A test's log excerpt is kept below this many bytes: the full console is in the cell.
@@ -52,16 +52,7 @@ fn id(origin: &str, run: &str, parts: &[&str]) -> String {
 }
 
 fn excerpt(cell: &CellResult) -> String {
-    let mut text = format!("{}\n{}", cell.reason, cell.excerpt);
-    if text.len() > EXCERPT_BYTES {
-        let mut cut = EXCERPT_BYTES;
-        while !text.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        text.truncate(cut);
-        text += "\n[cut: the whole console is the cell's console.log]";
-    }
-    text
+    report::bounded(&format!("{}\n{}", cell.reason, cell.excerpt), EXCERPT_BYTES, &report::console_of(cell))
 }
 
 /// The submission for `run`, whose kernels were built from `kernels` (by recipe name).
