@@ -129,6 +129,71 @@ pub fn expected_cost(cell: &Cell) -> f64 {
     f64::from(cell.vcpus) * (BOOT_S + seconds)
 }
 
+/// How many cells boot at once (`--jobs`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Jobs {
+    /// As many as keep the running guests' vCPUs within `VCPUS_PER_CORE` per host core.
+    Auto,
+    /// Up to this many cells, whatever their vCPUs.
+    Cells(usize),
+}
+
+impl FromStr for Jobs {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Jobs, String> {
+        match s {
+            "auto" => Ok(Jobs::Auto),
+            _ => match s.parse::<usize>() {
+                Ok(n) if n >= 1 => Ok(Jobs::Cells(n)),
+                _ => Err(format!("`{s}` is neither `auto` nor a number of cells (1 or more)")),
+            },
+        }
+    }
+}
+
+/// Guest vCPUs per host core that `--jobs auto` keeps running. Under TCG each vCPU is a host
+/// thread: at two per core each still gets half a core when all spin, far from starving the
+/// guest's 10 s lockup or 21 s RCU stall detectors, while boots, SSH waits and idle vCPUs leave
+/// room a single guest would waste (measured in BENCHMARKS.md, "The host's cores").
+pub const VCPUS_PER_CORE: u32 = 2;
+
+/// What may run at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Capacity {
+    pub cells: usize,
+    pub vcpus: u32,
+}
+
+impl Jobs {
+    pub fn capacity(self, cores: usize) -> Capacity {
+        match self {
+            Jobs::Auto => Capacity { cells: usize::MAX, vcpus: VCPUS_PER_CORE * cores.max(1) as u32 },
+            Jobs::Cells(n) => Capacity { cells: n, vcpus: u32::MAX },
+        }
+    }
+}
+
+/// The queue's order: costliest first (`expected_cost`), plan order among equals, so the long
+/// cells start early and the short ones fill the gaps at the end (longest processing time first).
+pub fn by_cost(cells: &[Cell]) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..cells.len()).collect();
+    order.sort_by(|&a, &b| expected_cost(&cells[b]).total_cmp(&expected_cost(&cells[a])).then(a.cmp(&b)));
+    order
+}
+
+/// Which queued run boots next, given each queued run's vCPUs in queue order and what runs
+/// already: the first that fits in what is left; with nothing running, the first whatever its
+/// size (a cell larger than the capacity runs alone). None: wait for a running cell to end.
+pub fn next_fit(queued: &[u32], running_cells: usize, running_vcpus: u32, capacity: Capacity) -> Option<usize> {
+    match (queued.is_empty(), running_cells) {
+        (true, _) => None,
+        (false, 0) => Some(0),
+        (false, n) if n >= capacity.cells => None,
+        (false, _) => queued.iter().position(|&v| running_vcpus.saturating_add(v) <= capacity.vcpus),
+    }
+}
+
 /// The cells of `shard`, in plan order. Every cell goes to exactly one shard and to the same one
 /// on every runner, since the assignment depends only on the cells and their costs: heaviest
 /// first (equal costs in the order of a hash of the id), each to the shard with the least cost
@@ -190,6 +255,53 @@ workloads:
     program: lkdtm
     vcpus: [2]
 ";
+
+    #[test]
+    fn the_next_run_to_boot() {
+        let auto = Jobs::Auto.capacity(2);
+        assert_eq!(auto, Capacity { cells: usize::MAX, vcpus: 4 });
+        // (queued vCPUs, running cells, running vCPUs, capacity, the run that boots)
+        type Case = (&'static [u32], usize, u32, Capacity, Option<usize>);
+        let cases: &[Case] = &[
+            (&[], 0, 0, auto, None),
+            (&[4, 2, 1], 0, 0, auto, Some(0)),
+            (&[8], 0, 0, auto, Some(0)),
+            (&[4, 2, 1], 1, 2, auto, Some(1)),
+            (&[4, 2, 1], 1, 3, auto, Some(2)),
+            (&[4, 2, 2], 2, 4, auto, None),
+            (&[4], 1, 1, auto, None),
+            (&[4, 4], 1, 4, Jobs::Cells(2).capacity(2), Some(0)),
+            (&[1], 2, 2, Jobs::Cells(2).capacity(2), None),
+            (&[1], 1, 1, Jobs::Cells(1).capacity(2), None),
+        ];
+        for &(queued, cells, vcpus, capacity, want) in cases {
+            assert_eq!(next_fit(queued, cells, vcpus, capacity), want, "{queued:?} {cells} {vcpus} {capacity:?}");
+        }
+    }
+
+    #[test]
+    fn jobs_from_the_command_line() {
+        assert_eq!("auto".parse(), Ok(Jobs::Auto));
+        assert_eq!("3".parse(), Ok(Jobs::Cells(3)));
+        for bad in ["0", "-1", "two", ""] {
+            let err = bad.parse::<Jobs>().unwrap_err();
+            assert!(err.contains("neither `auto` nor a number of cells"), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn cells_queue_costliest_first() {
+        let programs = ["smoke", "lkdtm"].into_iter().map(String::from).collect();
+        let matrix = parse(
+            "kernels: [{recipe: a.yaml}]\narches: [x86_64]\nvcpus: [1, 4]\nworkloads:\n  - name: smoke\n    args: {seconds: 5}\n  - name: hl\n    program: lkdtm\n    vcpus: [2]\n",
+            &programs,
+        )
+        .unwrap();
+        let cells = cells(&matrix, &["k".to_string()], &[]).unwrap();
+        let order: Vec<&str> = by_cost(&cells).into_iter().map(|i| cells[i].id.as_str()).collect();
+        // hl at 2 vCPUs has no seconds: 2 x (15 + 30) = 90; smoke 4 x 20 = 80, 1 x 20 = 20.
+        assert_eq!(order, ["k-x86_64-2cpu-hl", "k-x86_64-4cpu-smoke", "k-x86_64-1cpu-smoke"]);
+    }
 
     fn check(filters: &[&str], expect: &[&str]) {
         let programs = ["smoke", "lkdtm"].into_iter().map(String::from).collect();

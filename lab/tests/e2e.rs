@@ -682,9 +682,10 @@ fn processes() -> Vec<(i32, i32, String)> {
         .collect()
 }
 
-/// `lab run` on two aarch64 smoke cells whose workload lasts two minutes, `signal` sent to the lab
-/// once the first guest is ready: the lab exits 128+signal, its QEMU's whole process group is
-/// gone, and both reports hold both cells, the one that ran interrupted and the other not started.
+/// `lab run --jobs 1` on two aarch64 smoke cells whose workload lasts two minutes, `signal` sent to
+/// the lab once the first guest (the costlier, at 2 vCPUs) is ready: the lab exits 128+signal, its
+/// QEMU's whole process group is gone, and both reports hold both cells, the one that ran
+/// interrupted and the other not started.
 fn a_signal_mid_cell_kills_qemu_and_reports_every_cell(signal: i32, name: &str) {
     setup();
     let dir = scratch(&format!("signal-{name}"));
@@ -706,13 +707,13 @@ fn a_signal_mid_cell_kills_qemu_and_reports_every_cell(signal: i32, name: &str) 
         .arg("run")
         .arg("--matrix")
         .arg(&matrix)
-        .arg("--out")
+        .args(["--jobs", "1", "--out"])
         .arg(&out)
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
     let pid = child.id() as i32;
-    let cell = out.join("cells/linux-7.3-aarch64-1cpu-smoke");
+    let cell = out.join("cells/linux-7.3-aarch64-2cpu-smoke");
     // Long enough for a cold kernel build; a cached one is ready in seconds.
     let deadline = Instant::now() + Duration::from_secs(1200);
     while !std::fs::read_to_string(cell.join("console.log")).unwrap_or_default().contains("LAB-READY") {
@@ -752,16 +753,17 @@ fn a_signal_mid_cell_kills_qemu_and_reports_every_cell(signal: i32, name: &str) 
         serde_json::from_slice(&std::fs::read(out.join("summary.json")).expect("no summary.json")).unwrap();
     let cells = summary["cells"].as_array().unwrap();
     assert_eq!(cells.len(), 2, "{summary:#}");
-    let (ran, unstarted) = (&cells[0], &cells[1]);
+    // In plan order; the costlier cell ran first.
+    let (unstarted, ran) = (&cells[0], &cells[1]);
     assert_eq!(
         (&ran["vcpus"], &ran["verdict"], &ran["end"]),
-        (&Value::from(1), &Value::from("interrupted"), &Value::from("interrupted")),
+        (&Value::from(2), &Value::from("interrupted"), &Value::from("interrupted")),
         "{ran:#}"
     );
     assert!(ran["reason"].as_str().unwrap().starts_with(&format!("interrupted by {name} after ")), "{ran:#}");
     assert_eq!(
         (&unstarted["vcpus"], &unstarted["verdict"]),
-        (&Value::from(2), &Value::from("interrupted")),
+        (&Value::from(1), &Value::from("interrupted")),
         "{unstarted:#}"
     );
     assert_eq!(unstarted["reason"], format!("not started: the run was interrupted by {name}"), "{unstarted:#}");
@@ -769,7 +771,7 @@ fn a_signal_mid_cell_kills_qemu_and_reports_every_cell(signal: i32, name: &str) 
         assert!(cell.join(kept).exists(), "{name}: the interrupted cell keeps its {kept}");
     }
     assert!(
-        !out.join("cells/linux-7.3-aarch64-2cpu-smoke").exists(),
+        !out.join("cells/linux-7.3-aarch64-1cpu-smoke").exists(),
         "{name}: a cell that never started has no directory"
     );
 
@@ -783,12 +785,12 @@ fn a_signal_mid_cell_kills_qemu_and_reports_every_cell(signal: i32, name: &str) 
     let parsed = String::from_utf8_lossy(&parsed.stdout);
     let lines: Vec<&str> = parsed.lines().collect();
     assert_eq!(lines.len(), 2, "{parsed}");
-    assert!(lines[0].starts_with(&format!("1cpu-smoke error interrupted interrupted by {name} after ")), "{parsed}");
     assert_eq!(
-        lines[1],
-        format!("2cpu-smoke skipped interrupted not started: the run was interrupted by {name}"),
+        lines[0],
+        format!("1cpu-smoke skipped interrupted not started: the run was interrupted by {name}"),
         "{parsed}"
     );
+    assert!(lines[1].starts_with(&format!("2cpu-smoke error interrupted interrupted by {name} after ")), "{parsed}");
 }
 
 #[test]
@@ -804,7 +806,9 @@ fn an_interrupted_run_resumed_equals_the_run_uninterrupted() {
     );
     std::fs::write(&matrix, &text).unwrap();
     let out = dir.join("out");
-    let mut child = lab().arg("run").arg("--matrix").arg(&matrix).arg("--out").arg(&out).spawn().unwrap();
+    // One at a time, the costliest first: 4, 2 then 1 vCPUs.
+    let mut child =
+        lab().arg("run").arg("--matrix").arg(&matrix).args(["--jobs", "1", "--out"]).arg(&out).spawn().unwrap();
     let second = out.join("cells/linux-7.3-x86_64-2cpu-smoke/console.log");
     let deadline = Instant::now() + Duration::from_secs(1200);
     while !std::fs::read_to_string(&second).unwrap_or_default().contains("LAB-READY") {
@@ -814,7 +818,7 @@ fn an_interrupted_run_resumed_equals_the_run_uninterrupted() {
     }
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     assert_eq!(child.wait().unwrap().code(), Some(143));
-    let first = out.join("cells/linux-7.3-x86_64-1cpu-smoke/result.json");
+    let first = out.join("cells/linux-7.3-x86_64-4cpu-smoke/result.json");
     let first_before = std::fs::read(&first).unwrap();
 
     std::fs::write(&matrix, text.replace("seconds: 5", "seconds: 6")).unwrap();

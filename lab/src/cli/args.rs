@@ -9,7 +9,7 @@ use crate::accel;
 use crate::arch::Arch;
 use crate::bench;
 use crate::kernel::BuildOptions;
-use crate::plan::{Filter, Shard};
+use crate::plan::{Filter, Jobs, Shard};
 
 #[derive(Parser)]
 #[command(
@@ -386,9 +386,13 @@ pub struct RunArgs {
     /// lab-out/2026-12-05T07-16-11).
     #[arg(long, value_name = "DIR")]
     pub out: Option<PathBuf>,
-    /// Cells booted at once. Under TCG each vCPU is a host thread: on a 2-core host keep 1.
-    #[arg(long, default_value_t = 1)]
-    pub jobs: usize,
+    /// Cells booted at once. `auto`: as many as keep the running guests' vCPUs within twice the
+    /// host's cores (each vCPU is a host thread under TCG; on 2 cores: one 4-vCPU guest, two of
+    /// 2, four of 1), the costliest cells first and the small ones filling the gaps; a cell with
+    /// more vCPUs than that runs alone. N: up to N cells at once whatever their size (1: one at a
+    /// time, as for timing a reproducer).
+    #[arg(long, value_name = "auto|N", default_value = "auto")]
+    pub jobs: Jobs,
     /// Run every selected cell N times (reproducer mode): summary.json gains a `repro`
     /// section per cell with the hit rate and time to detection.
     #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=10000))]
@@ -461,8 +465,8 @@ pub struct SeriesArgs {
     #[arg(long, value_name = "DIR")]
     pub out: Option<PathBuf>,
     /// Cells booted at once (see `lab run --jobs`).
-    #[arg(long, default_value_t = 1)]
-    pub jobs: usize,
+    #[arg(long, value_name = "auto|N", default_value = "auto")]
+    pub jobs: Jobs,
     /// Host samples of a silent guest before it is killed (see `lab run --host-samples`).
     #[arg(long, value_name = "N", default_value_t = 8, value_parser = clap::value_parser!(u32).range(0..=1000))]
     pub host_samples: u32,

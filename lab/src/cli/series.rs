@@ -91,7 +91,7 @@ struct Walker<'a> {
     patches: Vec<SeriesPatch>,
     out: PathBuf,
     runs: u32,
-    jobs: usize,
+    jobs: crate::plan::Jobs,
     host_samples: u32,
     accel: AccelMode,
     build: BuildOptions,

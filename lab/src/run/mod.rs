@@ -8,13 +8,14 @@
 mod dirs;
 pub mod guest;
 mod hold;
+mod queue;
 mod verdict;
 
 use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::{mpsc, Mutex};
 
 use anyhow::{Context, Result};
 use xshell::Shell;
@@ -22,6 +23,7 @@ use xshell::Shell;
 pub use dirs::{check_out_dir, default_out};
 use guest::Guest;
 pub use hold::{hold, Hold, HoldEvent, HoldSetup};
+use queue::Queue;
 use verdict::{basis, detection_delay, judge};
 
 use crate::accel::{self, AccelMode};
@@ -30,7 +32,7 @@ use crate::cache::Cache;
 use crate::image::{self, Image};
 use crate::kernel::{self, BuildOptions, Kernel, Recipe};
 use crate::matrix::{LoadedMatrix, Matrix};
-use crate::plan::Cell;
+use crate::plan::{self, Cell, Jobs};
 use crate::process::{self, Interrupted, Signal};
 use crate::report::{self, CellResult};
 use crate::results;
@@ -41,7 +43,8 @@ use crate::vocab::{CellEnd, Kind, Verdict};
 
 pub struct RunOptions {
     pub out: PathBuf,
-    pub jobs: usize,
+    /// Cells booted at once.
+    pub jobs: Jobs,
     pub build: BuildOptions,
     pub images_dir: PathBuf,
     /// Runs per cell (reproducer mode when more than one).
@@ -121,39 +124,30 @@ pub fn run(
     let accel = AccelPlan::prove(cache, opts.accel, &kernels, &images, ui)?;
     let ctx = Prepared { matrix: &matrix.matrix, opts, ui, kernels, images, client_key: client_key.private, accel };
 
-    // Runs of one cell follow each other, so --until-fail stops a cell early without waiting.
-    let all_runs = cells.iter().flat_map(|c| (1..=repeat).map(move |n| (c, n))).enumerate();
+    // Runs of one cell follow each other, so --until-fail stops a cell early without waiting;
+    // cells queue costliest first, each run keeping its place in the plan for the reports.
+    let planned_runs = |c: usize| (1..=repeat).map(move |n| (c * repeat as usize + n as usize - 1, &cells[c], n));
     let mut done: Vec<(usize, CellResult)> = Vec::new();
-    let mut runs = std::collections::VecDeque::new();
-    for (i, (cell, n)) in all_runs {
+    let mut waiting = Vec::new();
+    for (i, cell, n) in plan::by_cost(cells).into_iter().flat_map(planned_runs) {
         match finished(cell, n) {
             Some(result) => done.push((i, result.clone())),
-            None => runs.push_back((i, cell, n)),
+            None => waiting.push((i, cell, n)),
         }
     }
     let hits = done.iter().filter(|(_, r)| r.is_hit()).map(|(_, r)| r.id.clone());
-    let hit_cells = Arc::new(Mutex::new(hits.collect::<std::collections::BTreeSet<String>>()));
-    let queue = Arc::new(Mutex::new(runs));
+    let hit_cells = Mutex::new(hits.collect::<std::collections::BTreeSet<String>>());
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let queue = Queue::new(waiting, opts.jobs.capacity(cores));
+    let hit = |cell: &Cell| opts.until_fail && hit_cells.lock().unwrap_or_else(|e| e.into_inner()).contains(&cell.id);
     let (tx, rx) = mpsc::channel::<(usize, CellResult)>();
     std::thread::scope(|scope| -> Result<()> {
-        for _ in 0..opts.jobs.max(1) {
-            let (queue, hit_cells, tx, ctx) = (queue.clone(), hit_cells.clone(), tx.clone(), &ctx);
+        for _ in 0..queue.workers() {
+            let (queue, hit, hit_cells, tx, ctx) = (&queue, &hit, &hit_cells, tx.clone(), &ctx);
             scope.spawn(move || {
-                loop {
-                    // Checked before a run is taken: what is still queued after a signal is what
-                    // never started, and is recorded as such below.
-                    if process::interrupted().is_some() {
-                        break;
-                    }
-                    // A statement of its own: a guard in a `while let` scrutinee would stay locked
-                    // for the whole loop body and run the cells one at a time whatever --jobs says.
-                    let next = queue.lock().unwrap_or_else(|e| e.into_inner()).pop_front();
-                    let Some((index, cell, run)) = next else { break };
-                    if opts.until_fail && hit_cells.lock().unwrap_or_else(|e| e.into_inner()).contains(&cell.id) {
-                        continue;
-                    }
-                    let run = run_number(run);
-                    let result = run_cell(ctx, cell, run);
+                while let Some((index, cell, run)) = queue.take(hit) {
+                    let result = run_cell(ctx, cell, run_number(run));
+                    queue.done(cell);
                     if result.is_hit() {
                         hit_cells.lock().unwrap_or_else(|e| e.into_inner()).insert(cell.id.clone());
                     }
@@ -176,14 +170,8 @@ pub fn run(
     // Read once: the runs recorded as not started and the exit status must name the same signal.
     let interrupted = process::interrupted();
     if let Some(signal) = interrupted {
-        let hit_cells = hit_cells.lock().unwrap_or_else(|e| e.into_inner());
         // A run --until-fail would have skipped was never going to start: it is no result.
-        let unstarted = queue
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .drain(..)
-            .filter(|(_, cell, _)| !(opts.until_fail && hit_cells.contains(&cell.id)))
-            .collect::<Vec<_>>();
+        let unstarted = queue.drain().into_iter().filter(|(_, cell, _)| !hit(cell)).collect::<Vec<_>>();
         for (index, cell, run) in unstarted {
             let mut result = planned(cell, run_number(run), opts);
             result.verdict = Verdict::Interrupted;
