@@ -14,11 +14,15 @@
 //!
 //! `--agreement DIR` measures how often triage names a failure as syzbot does (`agreement.rs`).
 //!
+//! `--schedule [MATRIX]` measures how `lab run --jobs auto` uses the host's cores against one cell
+//! at a time (`schedule.rs`).
+//!
 //! `--symbolize VMLINUX` measures source lines for frames: loading the DWARF, then lookups in
 //! process against one `addr2line` run per frame (what `scripts/faddr2line` does), on the same
 //! frames, and how often the two agree.
 
 mod agreement;
+mod schedule;
 
 use std::path::{Path, PathBuf};
 use std::process::{ExitCode, Stdio};
@@ -66,6 +70,11 @@ pub struct BenchArgs {
     /// pkg/report/testdata/linux/report format) and compare kind and guilty frame with its titles.
     #[arg(long, value_name = "DIR")]
     agreement: Option<PathBuf>,
+    /// Measure the scheduling of cells instead: MATRIX (default: the project's matrix.yaml) run
+    /// with `--jobs 1` and with `--jobs auto`, side by side: wall time, CPU seconds of the lab
+    /// and its guests, the share of the host's cores busy, and the verdicts (which must agree).
+    #[arg(long, value_name = "MATRIX", num_args = 0..=1)]
+    schedule: Option<Option<PathBuf>>,
     #[command(flatten)]
     accel: crate::AccelArg,
 }
@@ -82,6 +91,9 @@ pub fn run(sh: &Shell, cache: &Cache, args: &BenchArgs, ui: &Ui, project: &Path)
     }
     if let Some(dir) = &args.agreement {
         return agreement::run(dir);
+    }
+    if let Some(matrix) = &args.schedule {
+        return schedule::run(cache, &matrix.clone().unwrap_or_else(|| project.join("matrix.yaml")));
     }
     if let Some(vmlinux) = &args.symbolize {
         return symbolize_throughput(sh, vmlinux);
