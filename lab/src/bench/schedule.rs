@@ -28,7 +28,8 @@ pub fn run(cache: &Cache, matrix: &Path) -> Result<ExitCode> {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let lab_command = |args: &[&str]| {
         let mut c = Command::new(&lab);
-        c.env("LAB_CACHE_DIR", cache.root()).args(args);
+        // The children's closing lines go with their progress, to stderr: stdout is the table.
+        c.env("LAB_CACHE_DIR", cache.root()).args(args).stdout(std::io::stderr());
         c
     };
     // Kernels and images first, so that neither side pays for them.
