@@ -213,15 +213,21 @@ impl Walker<'_> {
         }
     }
 
+    /// Step k's kernel recipe and its cells.
+    fn plan(&self, k: usize) -> Result<(Recipe, Vec<plan::Cell>)> {
+        let recipe = self.recipe(k);
+        let cells = plan::cells(&self.matrix.matrix, std::slice::from_ref(&recipe.name), &self.filters)?;
+        Ok((recipe, cells))
+    }
+
     /// Builds step k's kernels and runs its cells (stopping each at its first hit).
     fn step(&mut self, k: usize) -> Result<Ran> {
-        let recipe = self.recipe(k);
+        let (recipe, cells) = self.plan(k)?;
         let name = match k {
             0 => format!("step 0 ({})", self.base.name),
             k => format!("step {k}/{} ({})", self.patches.len(), self.patches[k - 1].subject),
         };
         self.env.ui.note(name.clone());
-        let cells = plan::cells(&self.matrix.matrix, std::slice::from_ref(&recipe.name), &self.filters)?;
         let arches: BTreeSet<Arch> = cells.iter().map(|c| c.arch).collect();
         let mut builds = BTreeMap::new();
         for arch in arches {
@@ -271,7 +277,7 @@ impl Walker<'_> {
     /// Runs step k's cells whose kernel built (the runs in `kept` are not run again), and
     /// records what its runs came to.
     fn run_step(&mut self, k: usize, until_fail: bool, kept: Vec<CellResult>) -> Result<()> {
-        let recipe = self.recipe(k);
+        let (recipe, cells) = self.plan(k)?;
         let built: BTreeSet<Arch> = self
             .series
             .steps
@@ -279,11 +285,7 @@ impl Walker<'_> {
             .filter(|s| s.index == k)
             .flat_map(|s| s.kernel.iter().filter(|(_, b)| b.ok).map(|(a, _)| *a))
             .collect();
-        let cells: Vec<plan::Cell> =
-            plan::cells(&self.matrix.matrix, std::slice::from_ref(&recipe.name), &self.filters)?
-                .into_iter()
-                .filter(|c| built.contains(&c.arch))
-                .collect();
+        let cells: Vec<plan::Cell> = cells.into_iter().filter(|c| built.contains(&c.arch)).collect();
         let mut interrupted = None;
         if !cells.is_empty() {
             let opts = crate::run::RunOptions {
