@@ -107,17 +107,23 @@ pub struct Repro {
     pub upper_bound_95: Option<f64>,
 }
 
-pub fn repro(results: &[CellResult]) -> Vec<Repro> {
-    let mut by_cell: Vec<(String, Vec<&CellResult>)> = Vec::new();
+/// Results by cell, in the order each cell first appears: a `--repeat` cell's runs together.
+pub fn by_cell(results: &[CellResult]) -> Vec<Vec<&CellResult>> {
+    let mut cells: Vec<Vec<&CellResult>> = Vec::new();
     for r in results {
-        match by_cell.iter_mut().find(|(id, _)| *id == r.id) {
-            Some((_, runs)) => runs.push(r),
-            None => by_cell.push((r.id.clone(), vec![r])),
+        match cells.iter_mut().find(|runs| runs[0].id == r.id) {
+            Some(runs) => runs.push(r),
+            None => cells.push(vec![r]),
         }
     }
-    by_cell
+    cells
+}
+
+pub fn repro(results: &[CellResult]) -> Vec<Repro> {
+    by_cell(results)
         .into_iter()
-        .map(|(id, runs)| {
+        .map(|runs| {
+            let id = runs[0].id.clone();
             let judged: Vec<&&CellResult> = runs.iter().filter(|r| r.verdict.judges_the_kernel()).collect();
             let hits: Vec<&&&CellResult> = judged.iter().filter(|r| r.is_hit()).collect();
             let mut hits_by_kind = BTreeMap::new();
@@ -330,12 +336,8 @@ fn case_outcome(runs: &[Outcome]) -> Outcome {
 /// flaky elements (given apart, testcase by testcase in document order, for `with_reruns`).
 fn junit(results: &[CellResult]) -> (junit_report::Report, Vec<Vec<Rerun>>) {
     let mut suites: BTreeMap<(String, Arch), Vec<Vec<&CellResult>>> = BTreeMap::new();
-    for r in results {
-        let cells = suites.entry((r.kernel.clone(), r.arch)).or_default();
-        match cells.iter_mut().find(|runs| r.run.is_some() && runs[0].run.is_some() && runs[0].id == r.id) {
-            Some(runs) => runs.push(r),
-            None => cells.push(vec![r]),
-        }
+    for runs in by_cell(results) {
+        suites.entry((runs[0].kernel.clone(), runs[0].arch)).or_default().push(runs);
     }
     let mut report = ReportBuilder::new();
     let mut reruns = Vec::new();
@@ -731,7 +733,10 @@ mod tests {
         let nasty = triage::sanitize("]]> <tag> & \u{1b}[31mred\u{1b}[0m \u{0} \u{7} \u{fffe} done");
         let results = [
             sample_cell(Verdict::Pass, "ok", ""),
+            // Another cell: one id is one cell, whose runs are one testcase.
             CellResult {
+                id: "k-x86_64-4cpu-smoke".into(),
+                vcpus: 4,
                 duration_s: 31.952,
                 ..sample_cell(Verdict::Fail, "hard LOCKUP in <mm_get_cid> & \u{1}", &nasty)
             },

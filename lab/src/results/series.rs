@@ -111,19 +111,13 @@ fn cell_key(c: &CellStat) -> (Arch, u32, &str) {
 
 /// A step's runs, per cell in the order first seen, counted as `lab compare` counts a side.
 pub fn cell_stats(results: &[CellResult]) -> Vec<CellStat> {
-    let mut cells: Vec<(&CellResult, Side)> = Vec::new();
-    for r in results {
-        match cells.iter_mut().find(|(first, _)| first.id == r.id) {
-            Some((_, side)) => side.add(r),
-            None => {
-                let mut side = Side::default();
-                side.add(r);
-                cells.push((r, side));
-            }
-        }
-    }
-    cells
+    crate::report::by_cell(results)
         .into_iter()
+        .map(|runs| {
+            let mut side = Side::default();
+            runs.iter().for_each(|r| side.add(r));
+            (runs[0], side)
+        })
         .map(|(r, side)| CellStat {
             id: r.id.clone(),
             arch: r.arch,
