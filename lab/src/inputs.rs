@@ -27,6 +27,9 @@ pub struct RunInputs {
     pub repeat: u32,
     pub until_fail: bool,
     pub host_samples: u32,
+    /// `--live-every` (milliseconds, 0: off); a run recorded before the live watch had none.
+    #[serde(default)]
+    pub live_every: u64,
     pub dump_memory: bool,
     pub accel: AccelMode,
     /// Every cell the matrix and filters select, in plan order, before any sharding.
@@ -56,6 +59,7 @@ impl RunInputs {
         differ("--repeat", self.repeat.to_string(), other.repeat.to_string());
         differ("--until-fail", self.until_fail.to_string(), other.until_fail.to_string());
         differ("--host-samples", self.host_samples.to_string(), other.host_samples.to_string());
+        differ("--live-every", self.live_every.to_string(), other.live_every.to_string());
         differ("--dump-memory", self.dump_memory.to_string(), other.dump_memory.to_string());
         let accel = |mode: AccelMode| mode.to_possible_value().map(|v| v.get_name().to_string()).unwrap_or_default();
         differ("--accel", accel(self.accel), accel(other.accel));
@@ -99,6 +103,7 @@ pub fn sample(shard: Option<Shard>, cells: &[&str]) -> RunInputs {
         repeat: 1,
         until_fail: false,
         host_samples: 8,
+        live_every: 1000,
         dump_memory: false,
         accel: AccelMode::Auto,
         plan: ["a", "b", "c"].iter().map(|s| s.to_string()).collect(),

@@ -139,6 +139,8 @@ pub enum CellEnd {
     QemuFailed,
     LostConnection,
     SshFailed,
+    /// The host's live watch saw a vCPU stuck for good while the guest ran, and diagnosed it.
+    Stuck,
     /// The cell never booted: its kernel or image could not be had, or it was skipped before.
     NotBooted,
     /// A signal kept the cell from starting (it has no directory).
@@ -159,6 +161,7 @@ impl CellEnd {
             CellEnd::QemuFailed => "qemu-failed",
             CellEnd::LostConnection => "lost-connection",
             CellEnd::SshFailed => "ssh-failed",
+            CellEnd::Stuck => "stuck",
             CellEnd::NotBooted => "not-booted",
             CellEnd::NotStarted => "not-started",
             CellEnd::Interrupted => "interrupted",

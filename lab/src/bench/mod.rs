@@ -443,8 +443,7 @@ struct Hang {
 fn stuck_boot(machine: &Machine, cache: &Cache, symbols: &crate::triage::Symbols, run: usize) -> Result<Option<Hang>> {
     let dir = cache.dir("bench")?.join(format!("stuck-{}-{run}", machine.arch));
     std::fs::create_dir_all(&dir)?;
-    let spinning = |samples: &_| guest::spinning(Some(symbols), samples);
-    let watch = guest::watch(guest::diagnosis(STUCK_SAMPLES, false, &spinning));
+    let watch = guest::watch(guest::diagnosis(STUCK_SAMPLES, false, Some(symbols), None));
     let start = Instant::now();
     let boot = vm::boot(machine, &dir, STUCK_DEADLINES, &watch, None, |_| {})?;
     let total = start.elapsed().as_secs_f64();

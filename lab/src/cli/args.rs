@@ -310,6 +310,14 @@ pub struct ModelArgs {
     pub json: bool,
 }
 
+/// `--live-every`: 0 (off), or a pace the guests can bear: a round costs a few milliseconds.
+fn live_every(text: &str) -> Result<u64, String> {
+    match text.parse::<u64>() {
+        Ok(ms) if ms == 0 || (100..=60_000).contains(&ms) => Ok(ms),
+        _ => Err(format!("{text}: give 0 (off) or milliseconds from 100 to 60000")),
+    }
+}
+
 fn parse_variant(name: &str) -> Result<crate::model::Variant, String> {
     crate::model::Variant::parse(name).ok_or_else(|| {
         let names: Vec<&str> = crate::model::VARIANTS.iter().map(|v| v.name()).collect();
@@ -407,6 +415,13 @@ pub struct RunArgs {
     /// both; DIR/cells/<cell>/host-samples.json keeps the raw samples. 0 kills without looking.
     #[arg(long, value_name = "N", default_value_t = 8, value_parser = clap::value_parser!(u32).range(0..=1000))]
     pub host_samples: u32,
+    /// While a workload runs, sample every vCPU from the host every MS milliseconds (the VM
+    /// stops for a few milliseconds each time); when three rounds in a row show a vCPU stuck
+    /// in one kernel function with interrupts off or waiting for a spinlock, diagnose the
+    /// guest at once (as --host-samples does a silent one) instead of waiting for its silence
+    /// deadline or its own lockup detector. The cell then ends `stuck`. 0 turns it off.
+    #[arg(long, value_name = "MS", default_value_t = 1000, value_parser = live_every)]
+    pub live_every: u64,
     /// With host samples, also keep the stuck guest's memory in its cell as an ELF core,
     /// guest-memory.elf, for crash(8) with the kernel's vmlinux. It is about as large as the
     /// guest's memory (512 MiB by default); host-samples.json records its size.
@@ -439,7 +454,7 @@ pub struct RunArgs {
     /// matrix or recipes changed since is refused, naming what changed.
     ///   lab run --resume lab-out/2026-12-05T02-00-00
     #[arg(long, value_name = "DIR", verbatim_doc_comment,
-          conflicts_with_all = ["out", "matrix", "filter", "repeat", "until_fail", "host_samples", "dump_memory", "shard", "shard_costs", "list", "accel"])]
+          conflicts_with_all = ["out", "matrix", "filter", "repeat", "until_fail", "host_samples", "live_every", "dump_memory", "shard", "shard_costs", "list", "accel"])]
     pub resume: Option<PathBuf>,
 }
 

@@ -31,6 +31,7 @@ pub fn run(env: &Env, mut args: RunArgs) -> Result<ExitCode> {
         repeat,
         until_fail,
         host_samples,
+        live_every,
         dump_memory,
         build,
         accel,
@@ -76,6 +77,7 @@ pub fn run(env: &Env, mut args: RunArgs) -> Result<ExitCode> {
         repeat,
         until_fail,
         host_samples,
+        live_every,
         dump_memory,
         accel,
         plan: planned,
@@ -107,6 +109,7 @@ pub fn run(env: &Env, mut args: RunArgs) -> Result<ExitCode> {
         repeat,
         until_fail,
         host_samples,
+        live_every: (live_every > 0).then(|| std::time::Duration::from_millis(live_every)),
         dump_memory,
         accel,
         finished,
@@ -143,6 +146,7 @@ fn recorded_inputs(dir: &Path, args: &mut RunArgs) -> Result<RunInputs> {
     args.select.matrix = Some(recorded.matrix.clone());
     (args.repeat, args.until_fail) = (recorded.repeat, recorded.until_fail);
     (args.host_samples, args.dump_memory) = (recorded.host_samples, recorded.dump_memory);
+    args.live_every = recorded.live_every;
     Ok(recorded)
 }
 

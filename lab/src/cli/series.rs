@@ -296,6 +296,7 @@ impl Walker<'_> {
                 repeat: self.runs,
                 until_fail,
                 host_samples: self.host_samples,
+                live_every: Some(crate::run::guest::LIVE_EVERY),
                 dump_memory: false,
                 accel: self.accel,
                 finished: kept,

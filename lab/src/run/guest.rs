@@ -14,10 +14,16 @@ use crate::plan::Cell;
 use crate::triage;
 use crate::triage::HostSamples;
 use crate::vm::{self, Accel, Deadlines, Diagnosis, Fetch, GuestSsh, Machine};
-use crate::vm::{Sampling, SshTask, SshWorkload, Watch};
+use crate::vm::{Live, Sampling, SshTask, SshWorkload, Watch};
 
 /// Between host samples the VM runs: long enough apart that a vCPU making progress shows it.
 const HOST_SAMPLE_INTERVAL: Duration = Duration::from_millis(500);
+
+/// The live watch's pace (`lab run --live-every`) and how many of its rounds in a row must show a
+/// vCPU stuck for good before the guest is diagnosed: chosen by measurement (BENCHMARKS.md,
+/// "Naming a hang in seconds").
+pub const LIVE_EVERY: Duration = Duration::from_secs(1);
+const LIVE_WINDOW: usize = 3;
 
 /// When only a cell's verdict is wanted, its boot ends this long after the workload's first
 /// violation line: time for the kernel's own reports of the same bug (a WARN, a lockup) to start,
@@ -203,16 +209,24 @@ pub fn watch(diagnosis: Option<Diagnosis<'_>>) -> Watch<'_> {
 }
 
 /// `samples` host samples of a silent or overdue guest, then the NMI and the guest's answer; none
-/// when `samples` is 0. `spinning` tells a guest paused from outside from a stuck one.
-pub fn diagnosis(samples: u32, dump_memory: bool, spinning: &dyn Fn(&HostSamples) -> bool) -> Option<Diagnosis<'_>> {
+/// when `samples` is 0. With the kernel's `symbols` and `live_every`, the host also watches the
+/// guest while it runs (`vm::Live`); without symbols it cannot tell a stuck vCPU from a busy one,
+/// and every look counts as spinning, so a guest is never resumed on a guess.
+pub fn diagnosis<'a>(
+    samples: u32,
+    dump_memory: bool,
+    symbols: Option<&'a triage::Symbols>,
+    live_every: Option<Duration>,
+) -> Option<Diagnosis<'a>> {
     let sampling = Sampling { count: samples, interval: HOST_SAMPLE_INTERVAL };
-    (samples > 0).then_some(Diagnosis { sampling, ask_guest: true, dump_memory, spinning })
-}
-
-/// Do these samples show a vCPU spinning in the kernel? Without symbols the samples cannot be
-/// judged: they count as spinning, so a guest is never resumed on a guess.
-pub fn spinning(symbols: Option<&triage::Symbols>, samples: &HostSamples) -> bool {
-    symbols.is_none_or(|s| triage::diagnose_host(samples, s, 0).spinning())
+    let spinning =
+        Box::new(move |samples: &HostSamples| symbols.is_none_or(|s| triage::diagnose_host(samples, s, 0).spinning()));
+    let live = symbols.zip(live_every).map(|(symbols, every)| Live {
+        every,
+        window: LIVE_WINDOW,
+        stuck: Box::new(move |samples: &HostSamples| triage::diagnose_host(samples, symbols, 0).stuck_for_good),
+    });
+    (samples > 0).then_some(Diagnosis { sampling, ask_guest: true, dump_memory, spinning, live })
 }
 
 #[cfg(test)]

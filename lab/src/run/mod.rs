@@ -55,6 +55,8 @@ pub struct RunOptions {
     pub host_samples: u32,
     /// Keep a memory dump of a stuck guest in its cell.
     pub dump_memory: bool,
+    /// The live watch's pace (`None`: the host looks only at a silent or overdue guest).
+    pub live_every: Option<std::time::Duration>,
     /// What x86_64 guests run under (`--accel`, else the matrix's `accel:`).
     pub accel: AccelMode,
     /// Runs a resumed run already finished (`--resume`): kept as they are, not run again.
@@ -323,8 +325,8 @@ fn boot_cell(ctx: &Prepared, cell: &Cell, run: Option<u32>, accel: Accel) -> Cel
         let guest = Guest::of_cell(cell, matrix, kernel, image, false);
         let no_symbols = |e: anyhow::Error| ui.note(format!("{}: no host-side symbols: {e:#}", cell.id));
         let symbols = triage::Symbols::load(&kernel.system_map()).map_err(no_symbols).ok();
-        let spinning = |samples: &_| guest::spinning(symbols.as_ref(), samples);
-        let watch = guest::watch(guest::diagnosis(opts.host_samples, opts.dump_memory, &spinning));
+        let diagnosis = guest::diagnosis(opts.host_samples, opts.dump_memory, symbols.as_ref(), opts.live_every);
+        let watch = guest::watch(diagnosis);
         let task = task.clone();
         let ssh = guest::ssh(image, &ctx.client_key, guest::cell_task(cell));
         let deadlines = guest::deadlines(&matrix.timeouts, opts.until_fail);
@@ -339,6 +341,8 @@ fn boot_cell(ctx: &Prepared, cell: &Cell, run: Option<u32>, accel: Accel) -> Cel
                 ui.send(Event::Progress { task: task.clone(), message: format!("SSH ready after {after_s:.1}s") })
             }
         })?;
+        // The watch judged samples with the symbols; triage takes them over now.
+        drop(watch);
         Ok((boot, symbols))
     })();
     match outcome {

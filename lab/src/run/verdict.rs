@@ -385,6 +385,7 @@ mod tests {
             summary: vec!["vCPU 0: idle (default_idle) in every kernel sample".into()],
             waiters: vec![],
             outside_kernel: false,
+            stuck_for_good: false,
         }
     }
 
@@ -399,6 +400,7 @@ mod tests {
             summary: vec!["vCPU 0: ...".into()],
             waiters: vec![],
             outside_kernel: false,
+            stuck_for_good: true,
         };
         let console = vec![at(Kind::RcuStall, 3, Source::Console), at(Kind::Oops, 8, Source::Console)];
         let (verdict, reason, reports) = judge(&cell(None), &silent, console, Some(&host), 60, 9);

@@ -30,6 +30,9 @@ pub struct HostDiagnosis {
     /// Every vCPU was mostly outside the kernel image (firmware, the decompressor, real mode):
     /// the guest's kernel never ran there, so nothing about it can be judged.
     pub outside_kernel: bool,
+    /// Some stuck vCPU cannot get out by itself: it spins with interrupts off, or waits for a
+    /// spinlock. What the live watch acts on while the guest still talks (`stuck_for_good`).
+    pub stuck_for_good: bool,
 }
 
 impl HostDiagnosis {
@@ -78,6 +81,9 @@ pub fn diagnose(samples: &HostSamples, symbols: &Symbols, line: usize) -> HostDi
     if samples.resumed {
         summary.push("the VM was paused from outside when the lab came to sample; the lab resumed it first".into());
     }
+    if let Some(alarm) = &samples.alarm {
+        summary.push(format!("sampled while the guest still ran: the live watch saw a vCPU stuck in {alarm}"));
+    }
     if frozen {
         summary.push(format!(
             "QEMU had stopped the VM ({}): one look at frozen vCPUs, no evidence of spinning",
@@ -89,8 +95,18 @@ pub fn diagnose(samples: &HostSamples, symbols: &Symbols, line: usize) -> HostDi
     let outside_kernel = !vcpus.is_empty() && vcpus.iter().all(|v| matches!(v.state, State::Outside { .. }));
     let stuck: Vec<&Vcpu> = vcpus.iter().filter(|v| matches!(v.state, State::Stuck { .. })).collect();
     if stuck.is_empty() || frozen {
-        return HostDiagnosis { reports: Vec::new(), summary, waiters: Vec::new(), outside_kernel };
+        return HostDiagnosis {
+            reports: Vec::new(),
+            summary,
+            waiters: Vec::new(),
+            outside_kernel,
+            stuck_for_good: false,
+        };
     }
+    let stuck_for_good = stuck.iter().any(|v| match &v.state {
+        State::Stuck { irqs, stack, .. } => *irqs == Irqs::Off || stack::waits_on_spinlock(&names(stack)),
+        _ => false,
+    });
     let waiters = stuck
         .iter()
         .filter_map(|v| match &v.state {
@@ -154,7 +170,7 @@ pub fn diagnose(samples: &HostSamples, symbols: &Symbols, line: usize) -> HostDi
             })
             .collect(),
     };
-    HostDiagnosis { reports: vec![report], summary, waiters, outside_kernel }
+    HostDiagnosis { reports: vec![report], summary, waiters, outside_kernel, stuck_for_good }
 }
 
 fn classify(vcpu: &VcpuSamples, symbols: &Symbols) -> Vcpu {
@@ -349,6 +365,7 @@ mod tests {
             );
             actual.push_str(&format!("{} cpu={cpu} frame={frame}{stacks} sig={} | {}\n", r.kind, r.signature, r.title));
         }
+        actual.push_str(&format!("stuck for good (the live watch's rule): {}\n", diagnosis.stuck_for_good));
         let expected_path = dir.join(format!("{name}.expected"));
         if std::env::var_os("UPDATE_EXPECT").is_some_and(|v| v == "1") {
             std::fs::write(&expected_path, &actual).unwrap();

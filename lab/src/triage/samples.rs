@@ -21,6 +21,10 @@ pub struct HostSamples {
     /// How many console lines had arrived when sampling began: later lines are the guest's answer.
     #[serde(default)]
     pub console_line: usize,
+    /// Why the host sampled a guest that still talked: the live watch's rounds that saw a vCPU
+    /// stuck (`3 rounds 1.0 s apart from 12.3 s`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alarm: Option<String>,
     /// What asking the guest for its own report did (`NMI injected`, or why not).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub asked: Option<String>,

@@ -41,6 +41,7 @@ use std::process::Stdio;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use crate::arch::Arch;
 use crate::process::{self, Group};
 use crate::triage::{HostSamples, Origin};
 use crate::vocab::CellEnd;
@@ -96,6 +97,9 @@ pub enum End {
     LostConnection(String),
     /// The workload was to run over SSH and could not start: no server, a wrong host key, ...
     SshFailed(String),
+    /// The live watch saw a vCPU stuck for good while the guest still talked, and the longer
+    /// look that followed bore it out.
+    Stuck,
 }
 
 impl End {
@@ -110,6 +114,7 @@ impl End {
             End::QemuFailed(_) => CellEnd::QemuFailed,
             End::LostConnection(_) => CellEnd::LostConnection,
             End::SshFailed(_) => CellEnd::SshFailed,
+            End::Stuck => CellEnd::Stuck,
         }
     }
 }
@@ -204,7 +209,19 @@ pub struct Diagnosis<'a> {
     /// Keep an ELF dump of the stuck guest's memory in the cell (`guest-memory.elf`, for `crash`).
     pub dump_memory: bool,
     /// Do these samples show a vCPU spinning in the kernel?
-    pub spinning: &'a dyn Fn(&HostSamples) -> bool,
+    pub spinning: Box<dyn Fn(&HostSamples) -> bool + 'a>,
+    /// Watch the guest from the host while its workload runs, not only once it went quiet.
+    pub live: Option<Live<'a>>,
+}
+
+/// The live watch: from the ready line on, one round of samples (every vCPU, the VM stopped for
+/// the few milliseconds it takes) every `every`; when the last `window` rounds together show a
+/// vCPU stuck for good (`stuck`: spinning with interrupts off or on a spinlock), the guest is
+/// diagnosed at once, as a silent one is, instead of after the silence deadline.
+pub struct Live<'a> {
+    pub every: Duration,
+    pub window: usize,
+    pub stuck: Box<dyn Fn(&HostSamples) -> bool + 'a>,
 }
 
 const CONSOLE_LOG: &str = "console.log";
@@ -260,6 +277,7 @@ fn boot_once(
         deadlines,
         report_starts: watch.report_starts,
         diagnoses: watch.diagnosis.is_some(),
+        live: watch.diagnosis.as_ref().and_then(|d| d.live.as_ref()),
         ssh_port: machine.ssh_port,
         ssh_job: ssh_job && machine.ssh_port.is_some(),
     };
@@ -283,6 +301,8 @@ struct Guest<'a> {
     console_log: PathBuf,
     stderr: PathBuf,
     sockets: Sockets,
+    /// The lab's QMP connection, made when first needed and kept (QEMU takes one client a socket).
+    qmp: Option<Qmp>,
     job: SshThread,
 }
 
@@ -315,7 +335,22 @@ impl<'a> Guest<'a> {
         let stdout = qemu.child_mut().stdout.take().context("QEMU has no stdout pipe")?;
         let lines = console::read_lines(stdout, start);
         let job = SshThread::new();
-        Ok(Guest { machine, dir, deadlines, watch, ssh, qemu, start, lines, log, console_log, stderr, sockets, job })
+        Ok(Guest {
+            machine,
+            dir,
+            deadlines,
+            watch,
+            ssh,
+            qemu,
+            start,
+            lines,
+            log,
+            console_log,
+            stderr,
+            sockets,
+            qmp: None,
+            job,
+        })
     }
 
     /// Feeds what happens to `cell` and does what it says, until the boot ends. The time is
@@ -347,6 +382,14 @@ impl<'a> Guest<'a> {
                         return Ok(end);
                     }
                 }
+                Some(Due::Sample) => {
+                    let round = self.round();
+                    if let Some(end) = cell.sampled(round.map_err(|e| format!("{e:#}")), Instant::now()) {
+                        if let Some(end) = self.diagnose(cell, end)? {
+                            return Ok(end);
+                        }
+                    }
+                }
             }
         }
     }
@@ -363,12 +406,40 @@ impl<'a> Guest<'a> {
         Ok(())
     }
 
+    /// The lab's QMP connection; a failed command drops it (`with_qmp`), so the next use connects
+    /// again.
+    fn with_qmp<T>(&mut self, what: impl FnOnce(&mut Qmp) -> Result<T>) -> Result<T> {
+        let qmp = match &mut self.qmp {
+            Some(qmp) => qmp,
+            None => self.qmp.insert(Qmp::connect(&self.sockets.lab, QMP_TIMEOUT)?),
+        };
+        let done = what(qmp);
+        if done.is_err() {
+            self.qmp = None;
+        }
+        done
+    }
+
+    /// One round of the live watch.
+    fn round(&mut self) -> Result<Option<HostSamples>> {
+        let every = self.watch.diagnosis.as_ref().and_then(|d| d.live.as_ref()).map_or(POLL, |live| live.every);
+        let (arch, start, scratch) = (self.machine.arch, self.start, self.sockets.dir.clone());
+        self.with_qmp(|qmp| sample::round(qmp, arch, every, &scratch, || start.elapsed().as_secs_f64()))
+    }
+
     /// Diagnoses the guest for `end`, keeping the samples in the cell: the end due now, if any.
     fn diagnose(&mut self, cell: &mut Watcher, end: End) -> Result<Option<End>> {
         let diagnosis = self.watch.diagnosis.as_ref().expect("the watcher diagnoses only with a diagnosis");
         let start = self.start;
         let clock = || start.elapsed().as_secs_f64();
-        let found = diagnose(&self.sockets, self.machine, self.dir, diagnosis, cell.console_lines(), clock);
+        let (arch, dir, scratch) = (self.machine.arch, self.dir, self.sockets.dir.clone());
+        let alarm = end == End::Stuck;
+        let lines = cell.console_lines();
+        let found =
+            self.with_qmp(|qmp| diagnose(qmp, arch, dir, &scratch, diagnosis, alarm, clock)).map(|mut found| {
+                found.samples.console_line = lines;
+                found
+            });
         let sampled = found.is_ok();
         let due = cell.diagnosed(end, found.map_err(|e| format!("{e:#}")), Instant::now());
         if sampled {
@@ -426,28 +497,29 @@ fn write_ssh_command(dir: &Path, port: u16, credentials: &ssh::Credentials) -> R
     Ok(())
 }
 
-/// Samples the vCPUs over the lab's QMP socket, then asks the guest for its own report.
+/// Samples the vCPUs over the lab's QMP connection, then asks the guest for its own report.
+/// `alarm`: the live watch asked, while the guest still ran; a guest resumed from a pause runs
+/// on too, unless the samples show a vCPU spinning.
 fn diagnose(
-    sockets: &Sockets,
-    machine: &Machine,
+    qmp: &mut Qmp,
+    arch: Arch,
     dir: &Path,
+    scratch: &Path,
     diagnosis: &Diagnosis,
-    console_lines: usize,
+    alarm: bool,
     clock: impl Fn() -> f64,
 ) -> Result<Diagnosed> {
-    let mut qmp = Qmp::connect(&sockets.lab, QMP_TIMEOUT)?;
-    let mut samples = sample::sample(&mut qmp, machine.arch, &diagnosis.sampling, &sockets.dir, clock)?;
-    samples.console_line = console_lines;
-    let running_normally = samples.resumed && !(diagnosis.spinning)(&samples);
+    let mut samples = sample::sample(qmp, arch, &diagnosis.sampling, scratch, clock)?;
+    let running_normally = (samples.resumed || alarm) && !(diagnosis.spinning)(&samples);
     if diagnosis.dump_memory && !running_normally {
         let file = dir.join(GUEST_MEMORY);
-        match sample::dump_memory(&mut qmp, &file) {
+        match sample::dump_memory(qmp, &file) {
             Ok(bytes) => samples.memory_dump = Some(format!("{GUEST_MEMORY}: {bytes} bytes")),
             Err(e) => samples.errors.push(format!("no memory dump: {e:#}")),
         }
     }
     if diagnosis.ask_guest && !running_normally && samples.status_before == "running" {
-        samples.asked = Some(sample::ask_guest(&mut qmp, machine.arch));
+        samples.asked = Some(sample::ask_guest(qmp, arch));
     }
     Ok(Diagnosed { samples, running_normally })
 }

@@ -47,10 +47,7 @@ pub fn sample(
     scratch: &Path,
     clock: impl Fn() -> f64,
 ) -> Result<HostSamples> {
-    let mut out =
-        HostSamples { started_s: clock(), interval_ms: sampling.interval.as_millis() as u64, ..HostSamples::default() };
-    let status = qmp.execute("query-status", json!({}))?;
-    out.status_before = status.get("status").and_then(|s| s.as_str()).unwrap_or("unknown").to_string();
+    let mut out = begin(qmp, sampling.interval, &clock)?;
     let mut count = sampling.count;
     match out.status_before.as_str() {
         "running" => {}
@@ -63,6 +60,43 @@ pub fn sample(
         // the frozen state is all there is.
         _ => count = 1,
     }
+    let stop_for_samples = out.status_before == "running" || out.resumed;
+    for round in 0..count {
+        let began = Instant::now();
+        read_round(qmp, arch, scratch, &mut out, stop_for_samples)?;
+        if round + 1 < count {
+            std::thread::sleep(sampling.interval.saturating_sub(began.elapsed()));
+        }
+    }
+    out.finished_s = clock();
+    Ok(out)
+}
+
+/// One sample of every vCPU of a running guest, for the live watch; `None` when QEMU does not
+/// run it (paused from outside, stopped by an error): that is for the silence deadline to find,
+/// and the live watch must not resume a VM someone else paused.
+pub fn round(
+    qmp: &mut Qmp,
+    arch: Arch,
+    every: Duration,
+    scratch: &Path,
+    clock: impl Fn() -> f64,
+) -> Result<Option<HostSamples>> {
+    let mut out = begin(qmp, every, &clock)?;
+    if out.status_before != "running" {
+        return Ok(None);
+    }
+    read_round(qmp, arch, scratch, &mut out, true)?;
+    out.finished_s = clock();
+    Ok(Some(out))
+}
+
+/// The guest's run state and its vCPUs, before the first round.
+fn begin(qmp: &mut Qmp, interval: Duration, clock: impl Fn() -> f64) -> Result<HostSamples> {
+    let mut out =
+        HostSamples { started_s: clock(), interval_ms: interval.as_millis() as u64, ..HostSamples::default() };
+    let status = qmp.execute("query-status", json!({}))?;
+    out.status_before = status.get("status").and_then(|s| s.as_str()).unwrap_or("unknown").to_string();
     let cpus = qmp.execute("query-cpus-fast", json!({}))?;
     let indices: Vec<u32> =
         cpus.as_array().into_iter().flatten().filter_map(|c| c.get("cpu-index")?.as_u64()).map(|i| i as u32).collect();
@@ -70,23 +104,37 @@ pub fn sample(
         bail!("QMP query-cpus-fast listed no vCPUs: {cpus}");
     }
     out.vcpus = indices.iter().map(|&index| VcpuSamples { index, samples: Vec::new() }).collect();
-    let stop_for_samples = out.status_before == "running" || out.resumed;
-    for round in 0..count {
-        let began = Instant::now();
-        if stop_for_samples {
-            qmp.execute("stop", json!({}))?;
-        }
-        let read = read_all(qmp, arch, scratch, &mut out);
-        if stop_for_samples {
-            qmp.execute("cont", json!({}))?;
-        }
-        read?;
-        if round + 1 < count {
-            std::thread::sleep(sampling.interval.saturating_sub(began.elapsed()));
+    Ok(out)
+}
+
+/// One sample of every vCPU, the VM stopped while it is read when `stop` (a running guest).
+fn read_round(qmp: &mut Qmp, arch: Arch, scratch: &Path, out: &mut HostSamples, stop: bool) -> Result<()> {
+    if stop {
+        qmp.execute("stop", json!({}))?;
+    }
+    let read = read_all(qmp, arch, scratch, out);
+    if stop {
+        qmp.execute("cont", json!({}))?;
+    }
+    read
+}
+
+/// The rounds of the live watch as one set of samples, each vCPU's in order, for the host rule.
+pub fn window<'a>(rounds: impl IntoIterator<Item = &'a HostSamples>) -> HostSamples {
+    let mut rounds = rounds.into_iter();
+    let Some(first) = rounds.next() else { return HostSamples::default() };
+    let mut out = first.clone();
+    for round in rounds {
+        out.finished_s = round.finished_s;
+        out.errors.extend(round.errors.iter().cloned());
+        for vcpu in &round.vcpus {
+            match out.vcpus.iter_mut().find(|v| v.index == vcpu.index) {
+                Some(kept) => kept.samples.extend(vcpu.samples.iter().cloned()),
+                None => out.vcpus.push(vcpu.clone()),
+            }
         }
     }
-    out.finished_s = clock();
-    Ok(out)
+    out
 }
 
 fn read_all(qmp: &mut Qmp, arch: Arch, scratch: &Path, out: &mut HostSamples) -> Result<()> {

@@ -3,12 +3,13 @@
 //! the rules are tested case by case with a fake one; `mod.rs` reads the clock, the console and
 //! QMP, and does what these transitions say.
 
+use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use super::job::SshEvent;
-use super::sample::NMI_INJECTED;
-use super::{protocol_fields, ssh, Boot, Deadlines, End, ProtocolLine, SshOutcome};
+use super::sample::{self, NMI_INJECTED};
+use super::{protocol_fields, ssh, Boot, Deadlines, End, Live, ProtocolLine, SshOutcome};
 use crate::process::Signal;
 use crate::triage::{HostSamples, Origin};
 
@@ -19,12 +20,14 @@ const ANSWER_QUIET: Duration = Duration::from_secs(3);
 const POWER_OFF_GRACE: Duration = Duration::from_secs(30);
 
 /// What a boot is watched for, fixed before it starts.
-pub(super) struct Rules {
+pub(super) struct Rules<'a> {
     pub deadlines: Deadlines,
     /// Does this console line open a report, the kernel's or a workload's?
     pub report_starts: fn(&str) -> Option<Origin>,
     /// A silent or overdue guest is diagnosed before it ends (`Watch::diagnosis`).
     pub diagnoses: bool,
+    /// While the workload runs, the host samples the guest now and then (`Live`).
+    pub live: Option<&'a Live<'a>>,
     /// The forwarded SSH port: its outcome goes into `ssh.json`.
     pub ssh_port: Option<u16>,
     /// The SSH job is to start with the ready line (the lab logs in, not only people).
@@ -47,6 +50,8 @@ pub(super) enum Due {
     Diagnose(End),
     /// A signal came: stop at once.
     Interrupted(Signal),
+    /// Take one round of samples for the live watch (`Watcher::sampled`).
+    Sample,
 }
 
 /// What diagnosing the guest found.
@@ -57,8 +62,8 @@ pub(super) struct Diagnosed {
 }
 
 /// The state of one boot as the watch loop sees it.
-pub(super) struct Watcher {
-    rules: Rules,
+pub(super) struct Watcher<'a> {
+    rules: Rules<'a>,
     start: Instant,
     ready: Option<ProtocolLine>,
     result: Option<ProtocolLine>,
@@ -76,11 +81,18 @@ pub(super) struct Watcher {
     host: Vec<HostSamples>,
     host_error: Option<String>,
     ssh: Option<SshOutcome>,
+    /// The live watch's last rounds, and when the next one is due (from the ready line on).
+    rounds: VecDeque<HostSamples>,
+    next_round: Option<Instant>,
+    /// Why the live watch stopped (QMP failed it): the deadlines still end the boot.
+    live_error: Option<String>,
+    /// What the live watch saw, for the diagnosis it sets off.
+    alarm: Option<String>,
 }
 
-impl Watcher {
+impl<'a> Watcher<'a> {
     /// `start`: when QEMU started.
-    pub(super) fn new(rules: Rules, start: Instant) -> Watcher {
+    pub(super) fn new(rules: Rules<'a>, start: Instant) -> Watcher<'a> {
         let ssh = rules.ssh_port.map(|port| SshOutcome { port, ..SshOutcome::default() });
         Watcher {
             rules,
@@ -97,6 +109,10 @@ impl Watcher {
             host: Vec::new(),
             host_error: None,
             ssh,
+            rounds: VecDeque::new(),
+            next_round: None,
+            live_error: None,
+            alarm: None,
         }
     }
 
@@ -119,6 +135,9 @@ impl Watcher {
         self.last_output = now;
         self.console_lines += 1;
         if let Some(fields) = protocol_fields(text, "LAB-READY") {
+            if self.ready.is_none() {
+                self.next_round = self.rules.live.map(|live| now + live.every);
+            }
             self.ready.get_or_insert(ProtocolLine { at, fields });
             return self.ready_for_ssh();
         }
@@ -207,7 +226,9 @@ impl Watcher {
             let over = now > *until || now - self.last_output > ANSWER_QUIET;
             return over.then(|| Due::End(end.clone()));
         }
-        let end = self.due(now)?;
+        let Some(end) = self.due(now) else {
+            return self.round_due(now).then_some(Due::Sample);
+        };
         // After a kernel report's grace period QEMU is still up when the guest could not even
         // panic (its CPUs stuck, as on pseries under TCG): the host sees the other side the report
         // lacks. A guest stopped for its workload's violation alone is running normally.
@@ -241,6 +262,41 @@ impl Watcher {
         }
     }
 
+    /// Is a round of the live watch due? Only while the workload runs and nobody has told yet:
+    /// a kernel report has its own grace and look, a result line ends the boot anyway.
+    fn round_due(&self, now: Instant) -> bool {
+        let quiet = self.report_seen.is_none() && self.result_seen.is_none() && self.live_error.is_none();
+        quiet && self.next_round.is_some_and(|at| now >= at)
+    }
+
+    /// A round of the live watch came back at `now` (`Ok(None)`: QEMU was not running the guest,
+    /// `Err`: why QMP failed): `Some(end)` when the last rounds show a vCPU stuck for good, and
+    /// the guest is to be diagnosed for that end at once.
+    pub(super) fn sampled(&mut self, round: Result<Option<HostSamples>, String>, now: Instant) -> Option<End> {
+        let live = self.rules.live.expect("rounds are due only with a live watch");
+        self.next_round = Some(now + live.every);
+        match round {
+            Err(why) => {
+                self.live_error = Some(why);
+                return None;
+            }
+            // Paused from outside: a window across the pause would see frozen vCPUs as stuck.
+            Ok(None) => self.rounds.clear(),
+            Ok(Some(round)) => self.rounds.push_back(round),
+        }
+        while self.rounds.len() > live.window {
+            self.rounds.pop_front();
+        }
+        let first = self.rounds.front()?;
+        if self.rounds.len() < live.window || !(live.stuck)(&sample::window(&self.rounds)) {
+            return None;
+        }
+        let every = live.every.as_secs_f64();
+        self.alarm = Some(format!("{} rounds {every:.1} s apart from {:.1} s", live.window, first.started_s));
+        self.rounds.clear();
+        Some(End::Stuck)
+    }
+
     /// What diagnosing the guest for `end` found (`Err`: why the host could not look), at `now`:
     /// the end due at once, or `None` to watch on (listening to its answer first, unless it runs
     /// normally).
@@ -257,9 +313,14 @@ impl Watcher {
         let resume = found.running_normally && !matches!(end, End::LostConnection(_));
         let nmi = found.samples.asked.as_deref() == Some(NMI_INJECTED);
         let listen = if nmi { ANSWER_WAIT } else { Duration::ZERO };
-        self.host.push(found.samples);
+        let mut samples = found.samples;
+        samples.alarm = self.alarm.take();
+        self.host.push(samples);
         self.last_output = now;
-        if !resume {
+        if resume {
+            // A live alarm the longer look did not bear out: the watch goes on, with a new window.
+            self.next_round = self.next_round.map(|_| now + self.rules.live.map_or(Duration::ZERO, |l| l.every));
+        } else {
             self.ending = Some((end, now + listen));
         }
         None
@@ -282,7 +343,7 @@ impl Watcher {
             console_log,
             console_lines: self.console_lines,
             host: self.host,
-            host_error: self.host_error,
+            host_error: self.host_error.or(self.live_error.map(|e| format!("the live watch stopped: {e}"))),
             ssh: self.ssh,
         }
     }
@@ -301,13 +362,34 @@ fn report_end(kernel: Option<Instant>, violation: Option<Instant>, deadlines: &D
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::triage::{Irqs, Sample, VcpuSamples};
 
     const DEADLINES: Deadlines =
         Deadlines { boot: 20, silence: 30, workload: 60, report_grace: 5, violation_grace: None };
     /// The loop looks at the time after a poll without a console line.
     const POLL: Duration = Duration::from_millis(100);
 
-    fn rules(setup: &str) -> Rules {
+    /// The live watch of the tests: a round a second, three in a row; a sample at pc 1 is stuck.
+    fn live() -> &'static Live<'static> {
+        let stuck = |samples: &HostSamples| samples.vcpus.iter().flat_map(|v| &v.samples).all(|s| s.pc == 1);
+        Box::leak(Box::new(Live { every: Duration::from_secs(1), window: 3, stuck: Box::new(stuck) }))
+    }
+
+    /// A round of the live watch: `s` stuck, `b` busy, `p` QEMU not running the guest, `e` QMP failed.
+    fn round(word: &str, at: f64) -> Result<Option<HostSamples>, String> {
+        let pc = match word {
+            "s" => 1,
+            "b" => 2,
+            "p" => return Ok(None),
+            "e" => return Err("QMP: broken pipe".into()),
+            _ => panic!("no such round: {word}"),
+        };
+        let sample = Sample { pc, sp: 0, lr: None, kernel: true, irqs: Irqs::Off, frames: Vec::new() };
+        let vcpus = vec![VcpuSamples { index: 0, samples: vec![sample] }];
+        Ok(Some(HostSamples { started_s: at, status_before: "running".into(), vcpus, ..HostSamples::default() }))
+    }
+
+    fn rules(setup: &str) -> Rules<'static> {
         let verdict_only = setup.split_whitespace().any(|word| word == "verdict");
         Rules {
             deadlines: Deadlines { violation_grace: verdict_only.then_some(2), ..DEADLINES },
@@ -317,6 +399,7 @@ mod tests {
                 _ => None,
             },
             diagnoses: setup.contains("look="),
+            live: setup.split_whitespace().any(|word| word.starts_with("rounds=")).then(live),
             ssh_port: Some(2222),
             ssh_job: setup.split_whitespace().any(|word| word == "ssh"),
         }
@@ -357,12 +440,16 @@ mod tests {
     /// Plays `script` against a watcher set up by `setup` and says what happened (`what@seconds`).
     /// `setup`: `ssh` (the SSH job is wanted), `verdict` (only the verdict is wanted: a workload's
     /// violation ends the boot 2 s after it), `look=A,B` (a diagnosis is configured, and finds
-    /// A, then B: see `look`). `script`: `;`-separated `SECONDS WHAT`, WHAT a console line,
+    /// A, then B: see `look`), `rounds=A,B` (the live watch is on, and its rounds find A, then B,
+    /// then busy ones: see `round`). `script`: `;`-separated `SECONDS WHAT`, WHAT a console line,
     /// `ssh:EVENT` (see `ssh_event`), `qemu:ok` or `qemu:fail` (its stdout closes), `signal`.
     /// Between steps the watcher ticks every poll, as the loop does while the console is quiet.
-    fn play(setup: &str, script: &str) -> (String, Watcher) {
+    fn play(setup: &str, script: &str) -> (String, Watcher<'static>) {
         let base = Instant::now();
-        let mut looks = setup.split_whitespace().filter_map(|w| w.strip_prefix("look=")).flat_map(|l| l.split(','));
+        let list = |key: &'static str| {
+            setup.split_whitespace().filter_map(move |w| w.strip_prefix(key)).flat_map(|l| l.split(','))
+        };
+        let (mut looks, mut rounds) = (list("look="), list("rounds="));
         let mut cell = Watcher::new(rules(setup), base);
         let mut steps = script.split(';').map(str::trim).filter(|s| !s.is_empty()).map(|step| {
             let (at, what) = step.split_once(' ').unwrap_or((step, ""));
@@ -382,7 +469,14 @@ mod tests {
                     None => continue,
                     Some(Due::Interrupted(_)) => note(&mut trace, "interrupted", clock),
                     Some(Due::End(end)) => note(&mut trace, end.cell_end().name(), clock),
-                    Some(Due::Diagnose(end)) => {
+                    Some(due @ (Due::Diagnose(_) | Due::Sample)) => {
+                        let end = match due {
+                            Due::Diagnose(end) => end,
+                            _ => match cell.sampled(round(rounds.next().unwrap_or("b"), clock.as_secs_f64()), now) {
+                                Some(end) => end,
+                                None => continue,
+                            },
+                        };
                         note(&mut trace, &format!("diagnose({})", end.cell_end().name()), clock);
                         let found = look(looks.next().expect("a look for every diagnosis"));
                         match cell.diagnosed(end, found, now) {
@@ -483,6 +577,37 @@ mod tests {
         );
         check("verdict", "1 LAB-READY; 2 BUG: soft lockup; 3 V", "stopped-after-report@7.1");
         check("verdict", "1 LAB-READY; 3 V; 4 Kernel panic - not syncing; 4.5 qemu:ok", "exited@4.5");
+    }
+
+    /// From the ready line on, a round a second; three stuck rounds in a row set off the look.
+    #[test]
+    fn ends_when_the_live_watch_sees_a_vcpu_stuck() {
+        check("look=stuck rounds=s,s,s", "1 LAB-READY", "diagnose(stuck)@4.0 stuck@4.1");
+        check("look=stuck rounds=s,s,b,s,s,s", "1 LAB-READY", "diagnose(stuck)@7.0 stuck@7.1");
+        check("look=nmi rounds=s,s,s", "1 LAB-READY; 4.5 NMI backtrace", "diagnose(stuck)@4.0 stuck@7.6");
+        // A pause from outside breaks the row: frozen vCPUs are not stuck ones.
+        check("look=stuck rounds=s,s,p,s,s,s", "1 LAB-READY", "diagnose(stuck)@7.0 stuck@7.1");
+        // Not before the ready line: booting is the boot deadline's business.
+        check("look=stuck rounds=s,s,s", "5 Linux version 7.3.4", "boot-timeout@20.1");
+        // The longer look did not bear it out: the watch goes on with a new row.
+        check(
+            "look=healthy,stuck rounds=s,s,s,s,s,s",
+            "1 LAB-READY",
+            "diagnose(stuck)@4.0 diagnose(stuck)@7.0 stuck@7.1",
+        );
+        // The kernel told first: its report's grace and look, no more rounds.
+        check(
+            "look=stuck rounds=s,s,s",
+            "1 LAB-READY; 2.5 BUG: soft lockup",
+            "diagnose(stopped-after-report)@7.6 stopped-after-report@7.7",
+        );
+        check("look=stuck rounds=s,s,s", "1 LAB-READY; 2.5 LAB-RESULT status=pass; 3 qemu:ok", "exited@3.0");
+        // QMP failed the watch: the deadlines still end the boot, and the cell says why.
+        let (trace, cell) = play("look=stuck rounds=s,e", "1 LAB-READY");
+        assert_eq!(trace, "diagnose(silent)@31.1 silent@31.2");
+        let boot = cell.into_boot(End::Silent, PathBuf::from("console.log"));
+        assert_eq!(boot.host_error.as_deref(), Some("the live watch stopped: QMP: broken pipe"));
+        assert_eq!(boot.host[0].alarm, None);
     }
 
     #[test]
