@@ -14,6 +14,8 @@
 //!
 //! `--agreement DIR` measures how often triage names a failure as syzbot does (`agreement.rs`).
 //!
+//! `--live` measures what the live watch costs a running guest (`live.rs`).
+//!
 //! `--schedule [MATRIX]` measures how `lab run --jobs auto` uses the host's cores against one cell
 //! at a time (`schedule.rs`).
 //!
@@ -22,6 +24,7 @@
 //! frames, and how often the two agree.
 
 mod agreement;
+mod live;
 mod schedule;
 
 use std::path::{Path, PathBuf};
@@ -58,6 +61,11 @@ pub struct BenchArgs {
     /// and how much longer a diagnosed cell takes than one killed at its silence deadline.
     #[arg(long)]
     stuck: bool,
+    /// Measure what the live watch (`lab run --live-every`) costs instead: the stock kernel's
+    /// mmcid-churn at 4 vCPUs with the watch off, every 1000 ms and every 500 ms, side by side:
+    /// the churn's rounds/s and CID windows/s, and the looks the watch set off (false alarms).
+    #[arg(long)]
+    live: bool,
     /// Measure console triage instead: MB/s judging FILE (default: every golden log of
     /// lab/src/triage/testdata, repeated in memory to about 50 MB), and of sanitizing it.
     #[arg(long, value_name = "FILE", num_args = 0..=1)]
@@ -85,6 +93,9 @@ const MEMORY_MIB: u32 = 512;
 pub fn run(sh: &Shell, cache: &Cache, args: &BenchArgs, ui: &Ui, project: &Path) -> Result<ExitCode> {
     if args.stuck {
         return stuck(sh, cache, args, ui, project);
+    }
+    if args.live {
+        return live::run(sh, cache, args, ui, project);
     }
     if let Some(file) = &args.triage {
         return triage_throughput(file.as_deref(), project);

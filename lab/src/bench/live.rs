@@ -1,0 +1,137 @@
+//! `lab bench --live`: what the live watch costs a guest. The stock kernel's `mmcid-churn` at
+//! 4 vCPUs, booted as a cell boots (the guest's detectors set to panic, host diagnosis on), with
+//! the live watch off and at each pace in `PACES`, one after the other in a rotating order so that
+//! the host's drift spreads over all of them: the churn's own throughput (mode-switch rounds and
+//! CID windows per second, from its closing line), and the looks the watch set off, which on a
+//! stock kernel are false alarms.
+
+use std::path::Path;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use xshell::Shell;
+
+use super::{bench_accel, median, subject, BenchArgs, MEMORY_MIB};
+use crate::cache::Cache;
+use crate::kernel;
+use crate::run::guest::{self, Detectors, Guest, Init};
+use crate::triage::Symbols;
+use crate::ui::Ui;
+use crate::vm::{self, Deadlines, Machine};
+
+/// Off, the default pace, and twice as fast.
+const PACES: [Option<Duration>; 3] = [None, Some(guest::LIVE_EVERY), Some(Duration::from_millis(500))];
+const CHURN_SECONDS: u32 = 30;
+const VCPUS: u32 = 4;
+/// The stock churn matrix's deadlines.
+const DEADLINES: Deadlines = Deadlines { boot: 180, silence: 20, workload: 240, report_grace: 15, violation_grace: None };
+
+/// One boot's throughput, and whether the live watch set off a look.
+struct Churn {
+    rounds_per_s: f64,
+    windows_per_s: f64,
+    alarms: usize,
+}
+
+pub fn run(sh: &Shell, cache: &Cache, args: &BenchArgs, ui: &Ui, project: &Path) -> Result<ExitCode> {
+    let (recipe, arches, opts) = subject(args, project, "kernels/linux-7.3.yaml")?;
+    println!(
+        "# lab bench --live: recipe {}, {VCPUS} vCPUs, mmcid-churn {CHURN_SECONDS} s, {} boots per pace and arch\n",
+        recipe.name, args.runs
+    );
+    println!("Medians (min-max) of the churn's own counts; \"/ off\" is the median's ratio to the watch off.\n");
+    println!("| arch | live watch | rounds/s | / off | CID windows/s | / off | looks set off | verdicts |");
+    println!("| --- | --- | --- | --- | --- | --- | --- | --- |");
+    for arch in arches {
+        let k = kernel::build(sh, cache, &recipe, arch, &opts, ui)?;
+        let image = crate::image::build(sh, cache, &project.join("images"), arch, ui)?;
+        let symbols = Symbols::load(&k.system_map())?;
+        let accel = bench_accel(cache, args, &k, &image)?;
+        let churn = Init::Run("mmcid-churn", vec![("seconds".into(), CHURN_SECONDS.to_string())]);
+        let cmdline = guest::cmdline(arch, Detectors::Panic, churn, &[]);
+        let guest = Guest { kernel: &k, image: &image, vcpus: VCPUS, memory_mib: MEMORY_MIB, cmdline };
+        let machine = guest.machine(accel);
+        let mut boots: Vec<Vec<Result<Churn>>> = PACES.iter().map(|_| Vec::new()).collect();
+        for run in 0..args.runs {
+            for turn in 0..PACES.len() {
+                let pace = (run + turn) % PACES.len();
+                boots[pace].push(churn_boot(&machine, cache, &symbols, PACES[pace], run));
+            }
+        }
+        let (mut off_rounds, mut off_windows) = (None, None);
+        for (pace, boots) in PACES.iter().zip(&boots) {
+            let ok: Vec<&Churn> = boots.iter().filter_map(|b| b.as_ref().ok()).collect();
+            let failed: Vec<String> = boots.iter().filter_map(|b| b.as_ref().err()).map(|e| format!("{e:#}")).collect();
+            let column = |f: fn(&Churn) -> f64| {
+                let mut v: Vec<f64> = ok.iter().map(|c| f(c)).collect();
+                let (lo, hi) = (v.iter().copied().fold(f64::MAX, f64::min), v.iter().copied().fold(f64::MIN, f64::max));
+                (!v.is_empty()).then(|| {
+                    let m = median(&mut v);
+                    (m, format!("{m:.1} ({lo:.1}-{hi:.1})"))
+                })
+            };
+            let (rounds, windows) = (column(|c| c.rounds_per_s), column(|c| c.windows_per_s));
+            let ratio = |base: &mut Option<f64>, now: &Option<(f64, String)>| match now {
+                Some((value, _)) => format!("{:.3}", value / *base.get_or_insert(*value)),
+                None => "-".to_string(),
+            };
+            let (rounds_ratio, windows_ratio) = (ratio(&mut off_rounds, &rounds), ratio(&mut off_windows, &windows));
+            let shown = |c: Option<(f64, String)>| c.map_or("-".to_string(), |(_, text)| text);
+            let pace = pace.map_or("off".to_string(), |every| format!("every {} ms", every.as_millis()));
+            let alarms: usize = ok.iter().map(|c| c.alarms).sum();
+            let verdicts = match failed.len() {
+                0 => format!("{} passed", ok.len()),
+                n => format!("{} passed, {n} not: {}", ok.len(), failed.join("; ")),
+            };
+            println!(
+                "| {arch} | {pace} | {} | {rounds_ratio} | {} | {windows_ratio} | {alarms} | {verdicts} |",
+                shown(rounds),
+                shown(windows)
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// One boot of the churn; an error when it did not finish as a stock kernel's must.
+fn churn_boot(machine: &Machine, cache: &Cache, symbols: &Symbols, pace: Option<Duration>, run: usize) -> Result<Churn> {
+    let name = pace.map_or("off".to_string(), |p| p.as_millis().to_string());
+    let dir = cache.dir("bench")?.join(format!("live-{}-{name}-{run}", machine.arch));
+    std::fs::create_dir_all(&dir)?;
+    let watch = guest::watch(guest::diagnosis(8, false, Some(symbols), pace));
+    let boot = vm::boot(machine, &dir, DEADLINES, &watch, None, |_| {})?;
+    let console = std::fs::read_to_string(&boot.console_log)?;
+    let closing = console
+        .lines()
+        .find_map(|line| line.split_once("mmcid-churn: done after ").map(|(_, rest)| rest))
+        .with_context(|| format!("the churn did not finish cleanly (ended {:?}); see {}", boot.end, dir.display()))?;
+    let churn = parse_closing(closing).with_context(|| format!("cannot read the churn's closing line: {closing}"))?;
+    Ok(Churn { alarms: boot.host.iter().filter(|h| h.alarm.is_some()).count(), ..churn })
+}
+
+/// `30.0 s: rounds=544 (18.1/s) ... windows=78347 ...` (images/workloads/mmcid-churn.c).
+fn parse_closing(text: &str) -> Option<Churn> {
+    let elapsed: f64 = text.split_once(" s:")?.0.trim().parse().ok()?;
+    let field = |key: &str| -> Option<f64> {
+        text.split_whitespace().find_map(|w| w.strip_prefix(key)).and_then(|v| v.parse().ok())
+    };
+    Some(Churn {
+        rounds_per_s: field("rounds=")? / elapsed,
+        windows_per_s: field("windows=")? / elapsed,
+        alarms: 0,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_the_churns_closing_line() {
+        let line = "10.0 s: rounds=181 (18.1/s) to_percpu=181 to_pertask=181 windows=78347 aborted=126 overlaps=728 violations=0";
+        let churn = parse_closing(line).unwrap();
+        assert_eq!((churn.rounds_per_s, churn.windows_per_s), (18.1, 7834.7));
+        assert!(parse_closing("10.0 s: rounds=x").is_none());
+    }
+}
