@@ -975,27 +975,30 @@ fn a_patch_that_does_not_apply_names_patch_file_and_hunk_and_leaves_no_tree() {
     assert!(debris.is_empty(), "half-made trees left behind: {debris:?}");
 }
 
+/// The live lock with the guest's own detectors off: the host names it. While the churn still
+/// talks, the live watch sees the vCPUs stuck and the cell ends `stuck`; with the watch off
+/// (`--live-every 0`), the guest goes silent and the host names it after the silence deadline.
 #[test]
 fn a_silent_live_lock_is_named_from_the_host_on_every_architecture() {
     suite();
-    let out = scratch("host-diagnosis");
     let matrix = Path::new(env!("CARGO_MANIFEST_DIR")).join("../kernels/known-bad-nowatchdog-matrix.yaml");
     // The race is missed now and then, and a hit is diagnosed as "hard LOCKUP in mm_get_cid" in
     // 9 runs of 10 or more per arch (BENCHMARKS.md); up to three runs per arch keep this test
     // from flaking while every diagnosis it sees must be right.
-    let o = run(lab()
-        .arg("run")
-        .arg("--matrix")
-        .arg(matrix)
-        .args(["--repeat", "3", "--until-fail", "--jobs", "2", "--out"])
-        .arg(&out));
-    assert_eq!(o.status.code(), Some(1), "the known-bad kernel must fail");
-    let summary: Value = serde_json::from_slice(&std::fs::read(out.join("summary.json")).unwrap()).unwrap();
-    for arch in ARCHES {
-        let runs: Vec<&Value> = summary["cells"].as_array().unwrap().iter().filter(|c| c["arch"] == arch).collect();
-        let hit =
-            runs.iter().find(|c| c["verdict"] == "fail").unwrap_or_else(|| panic!("{arch}: no run hung: {runs:#?}"));
-        assert_eq!(hit["end"], "silent", "{arch}: the guest's detectors are off, it must go silent: {hit:#}");
+    let hung = |name: &str, args: &[&str]| {
+        let out = scratch(name);
+        let o = run(lab()
+            .arg("run")
+            .arg("--matrix")
+            .arg(&matrix)
+            .args(["--repeat", "3", "--until-fail", "--jobs", "2", "--out"])
+            .arg(&out)
+            .args(args));
+        assert_eq!(o.status.code(), Some(1), "the known-bad kernel must fail");
+        let summary: Value = serde_json::from_slice(&std::fs::read(out.join("summary.json")).unwrap()).unwrap();
+        (out, summary)
+    };
+    let named_from_the_host = |hit: &Value, arch: &str| -> Value {
         let reports = hit["reports"].as_array().unwrap();
         let lockup = reports
             .iter()
@@ -1016,11 +1019,27 @@ fn a_silent_live_lock_is_named_from_the_host_on_every_architecture() {
         )
         .unwrap();
         assert_eq!(samples[0]["vcpus"].as_array().unwrap().len(), 4, "{arch}: every vCPU sampled");
+        samples
+    };
+    let (out, summary) = hung("host-diagnosis", &[]);
+    for arch in ARCHES {
+        let runs: Vec<&Value> = summary["cells"].as_array().unwrap().iter().filter(|c| c["arch"] == arch).collect();
+        let hit =
+            runs.iter().find(|c| c["verdict"] == "fail").unwrap_or_else(|| panic!("{arch}: no run hung: {runs:#?}"));
+        assert_eq!(hit["end"], "stuck", "{arch}: the live watch must see it before the silence deadline: {hit:#}");
+        let samples = named_from_the_host(hit, arch);
+        assert!(samples[0]["alarm"].as_str().is_some_and(|a| a.starts_with("3 rounds")), "{arch}: {samples:#}");
     }
     // In JUnit a cell's runs are one testcase: failed, whatever the runs before the hit did.
     let read = junit_as_read(&out.join("junit.xml"));
     assert_eq!(read.len(), ARCHES.len(), "{read:#?}");
     assert!(read.iter().all(|l| l.contains(" 4cpu-mmcid-churn failure ")), "{read:#?}");
+    let (_, summary) = hung("host-diagnosis-silent", &["--filter", "arch=x86_64", "--live-every", "0"]);
+    let runs = summary["cells"].as_array().unwrap();
+    let hit = runs.iter().find(|c| c["verdict"] == "fail").unwrap_or_else(|| panic!("no run hung: {runs:#?}"));
+    assert_eq!(hit["end"], "silent", "the guest's detectors are off, it must go silent: {hit:#}");
+    let samples = named_from_the_host(hit, "x86_64");
+    assert!(samples[0].get("alarm").is_none(), "{samples:#}");
 }
 
 /// A known-bad kernel that hangs nothing but gives two running threads one mm_cid: the workload's

@@ -25,7 +25,8 @@ const PACES: [Option<Duration>; 3] = [None, Some(guest::LIVE_EVERY), Some(Durati
 const CHURN_SECONDS: u32 = 30;
 const VCPUS: u32 = 4;
 /// The stock churn matrix's deadlines.
-const DEADLINES: Deadlines = Deadlines { boot: 180, silence: 20, workload: 240, report_grace: 15, violation_grace: None };
+const DEADLINES: Deadlines =
+    Deadlines { boot: 180, silence: 20, workload: 240, report_grace: 15, violation_grace: None };
 
 /// One boot's throughput, and whether the live watch set off a look.
 struct Churn {
@@ -95,7 +96,13 @@ pub fn run(sh: &Shell, cache: &Cache, args: &BenchArgs, ui: &Ui, project: &Path)
 }
 
 /// One boot of the churn; an error when it did not finish as a stock kernel's must.
-fn churn_boot(machine: &Machine, cache: &Cache, symbols: &Symbols, pace: Option<Duration>, run: usize) -> Result<Churn> {
+fn churn_boot(
+    machine: &Machine,
+    cache: &Cache,
+    symbols: &Symbols,
+    pace: Option<Duration>,
+    run: usize,
+) -> Result<Churn> {
     let name = pace.map_or("off".to_string(), |p| p.as_millis().to_string());
     let dir = cache.dir("bench")?.join(format!("live-{}-{name}-{run}", machine.arch));
     std::fs::create_dir_all(&dir)?;
@@ -116,11 +123,7 @@ fn parse_closing(text: &str) -> Option<Churn> {
     let field = |key: &str| -> Option<f64> {
         text.split_whitespace().find_map(|w| w.strip_prefix(key)).and_then(|v| v.parse().ok())
     };
-    Some(Churn {
-        rounds_per_s: field("rounds=")? / elapsed,
-        windows_per_s: field("windows=")? / elapsed,
-        alarms: 0,
-    })
+    Some(Churn { rounds_per_s: field("rounds=")? / elapsed, windows_per_s: field("windows=")? / elapsed, alarms: 0 })
 }
 
 #[cfg(test)]

@@ -341,8 +341,7 @@ fn boot_cell(ctx: &Prepared, cell: &Cell, run: Option<u32>, accel: Accel) -> Cel
                 ui.send(Event::Progress { task: task.clone(), message: format!("SSH ready after {after_s:.1}s") })
             }
         })?;
-        // The watch judged samples with the symbols; triage takes them over now.
-        drop(watch);
+        drop(watch); // It judged samples with the symbols; triage takes them over now.
         Ok((boot, symbols))
     })();
     match outcome {
