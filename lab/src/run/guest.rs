@@ -111,6 +111,12 @@ pub fn cmdline(arch: Arch, detectors: Detectors, init: Init, extra: &[String]) -
                 // atomically, then ends the VM.
                 "nmi_watchdog=panic",
                 "softlockup_panic=1",
+                // Half the default threshold: hard lockups after 5 s, soft ones after 10 s. The
+                // host's live watch names a spinning vCPU in about 3 s and then looks for 3.5 s
+                // more; with the default 10 s the guest's own report came after the cell had
+                // ended. TCG guests bear it: the stock churn at two 4-vCPU guests on 2 host cores
+                // raised no false alarm (BENCHMARKS.md, "Naming a hang in seconds").
+                "watchdog_thresh=5",
             ]
             .map(String::from),
         );
@@ -245,7 +251,7 @@ mod tests {
         (Cell { id: "x".into(), kernel: 0, kernel_name: "k".into(), arch: Arch::Ppc64le, vcpus: 2, workload }, m)
     }
 
-    const PANIC: &str = "console=hvc0 panic=-1 hardlockup_all_cpu_backtrace=1 softlockup_all_cpu_backtrace=1 nmi_watchdog=panic softlockup_panic=1";
+    const PANIC: &str = "console=hvc0 panic=-1 hardlockup_all_cpu_backtrace=1 softlockup_all_cpu_backtrace=1 nmi_watchdog=panic softlockup_panic=1 watchdog_thresh=5";
 
     #[test]
     fn cmdline_carries_the_workload_or_holds() {
