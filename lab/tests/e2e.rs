@@ -1109,6 +1109,10 @@ fn freeze_mid_workload(matrix: &str, progress_file: &str) -> (std::process::Chil
         std::thread::sleep(Duration::from_millis(100));
     }
     qmp(&cell.join("qmp.sock"), "stop");
+    // A round of the live watch caught in mid-flight by that stop resumes the VM when it ends
+    // (its own `cont`): a second stop, after the round, pauses it for good.
+    std::thread::sleep(Duration::from_millis(1200));
+    qmp(&cell.join("qmp.sock"), "stop");
     (child, cell)
 }
 

@@ -74,7 +74,8 @@ pub fn sample(
 
 /// One sample of every vCPU of a running guest, for the live watch; `None` when QEMU does not
 /// run it (paused from outside, stopped by an error): that is for the silence deadline to find,
-/// and the live watch must not resume a VM someone else paused.
+/// and the live watch must not resume a VM someone else paused. A `stop` from outside that lands
+/// while the round has the VM stopped is undone by its `cont`: QEMU does not say who stopped it.
 pub fn round(
     qmp: &mut Qmp,
     arch: Arch,
