@@ -14,6 +14,8 @@
 //!
 //! `--agreement DIR` measures how often triage names a failure as syzbot does (`agreement.rs`).
 //!
+//! `--model` measures the protocol checker on every variant (`model.rs`).
+//!
 //! `--live` measures what the live watch costs a running guest (`live.rs`).
 //!
 //! `--schedule [MATRIX]` measures how `lab run --jobs auto` uses the host's cores against one cell
@@ -25,6 +27,7 @@
 
 mod agreement;
 mod live;
+mod model;
 mod schedule;
 
 use std::path::{Path, PathBuf};
@@ -66,6 +69,12 @@ pub struct BenchArgs {
     /// the churn's rounds/s and CID windows/s, and the looks the watch set off (false alarms).
     #[arg(long)]
     live: bool,
+    /// Measure the mm_cid protocol checker instead: `lab model` on every variant, sequentially
+    /// consistent and weak, at its defaults: verdict, states, depth, seconds, states/s, peak
+    /// RSS, and issue 19's targets (stock clean in 60 s, no-transit and fork-stale found in 10 s,
+    /// two-field clean unless weak). Exits 1 when a target is missed.
+    #[arg(long)]
+    model: bool,
     /// Measure console triage instead: MB/s judging FILE (default: every golden log of
     /// lab/src/triage/testdata, repeated in memory to about 50 MB), and of sanitizing it.
     #[arg(long, value_name = "FILE", num_args = 0..=1)]
@@ -96,6 +105,9 @@ pub fn run(sh: &Shell, cache: &Cache, args: &BenchArgs, ui: &Ui, project: &Path)
     }
     if args.live {
         return live::run(sh, cache, args, ui, project);
+    }
+    if args.model {
+        return model::run();
     }
     if let Some(file) = &args.triage {
         return triage_throughput(file.as_deref(), project);

@@ -227,6 +227,9 @@ pub struct Live<'a> {
 const CONSOLE_LOG: &str = "console.log";
 const QEMU_COMMAND: &str = "qemu-command.sh";
 const HOST_SAMPLES: &str = "host-samples.json";
+/// Every round of the live watch, a JSON line each, as it is taken: what a window rule is judged
+/// on again (`lab bench --live-windows`).
+const LIVE_ROUNDS: &str = "live-rounds.jsonl";
 const GUEST_MEMORY: &str = "guest-memory.elf";
 /// The QMP socket left for people and tools (the lab uses one of its own, so both can be connected).
 const QMP_LINK: &str = "qmp.sock";
@@ -420,11 +423,21 @@ impl<'a> Guest<'a> {
         done
     }
 
-    /// One round of the live watch.
+    /// One round of the live watch, kept in the cell.
     fn round(&mut self) -> Result<Option<HostSamples>> {
         let every = self.watch.diagnosis.as_ref().and_then(|d| d.live.as_ref()).map_or(POLL, |live| live.every);
         let (arch, start, scratch) = (self.machine.arch, self.start, self.sockets.dir.clone());
-        self.with_qmp(|qmp| sample::round(qmp, arch, every, &scratch, || start.elapsed().as_secs_f64()))
+        let round = self.with_qmp(|qmp| sample::round(qmp, arch, every, &scratch, || start.elapsed().as_secs_f64()))?;
+        if let Some(round) = &round {
+            let path = self.dir.join(LIVE_ROUNDS);
+            let mut file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&path)
+                .with_context(|| format!("cannot open {}", path.display()))?;
+            writeln!(file, "{}", serde_json::to_string(round)?).with_context(|| format!("cannot write {}", path.display()))?;
+        }
+        Ok(round)
     }
 
     /// Diagnoses the guest for `end`, keeping the samples in the cell: the end due now, if any.
