@@ -4,8 +4,14 @@
 //! the host's drift spreads over all of them: the churn's own throughput (mode-switch rounds and
 //! CID windows per second, from its closing line), and the looks the watch set off, which on a
 //! stock kernel are false alarms.
+//!
+//! `lab bench --live-windows DIR...` judges the rounds finished runs kept (`live-rounds.jsonl`)
+//! again with other windows: how many looks each would have set off in cells that passed (false
+//! alarms, each a 3.5 s burst), and how soon after the ready line it would have seen the hangs
+//! the run's own looks bore out.
 
-use std::path::Path;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -15,10 +21,12 @@ use xshell::Shell;
 use super::{bench_accel, median, subject, BenchArgs, MEMORY_MIB};
 use crate::cache::Cache;
 use crate::kernel;
+use crate::report::CellResult;
 use crate::run::guest::{self, Detectors, Guest, Init};
-use crate::triage::Symbols;
+use crate::triage::{self, HostSamples, Symbols};
 use crate::ui::Ui;
 use crate::vm::{self, Deadlines, Machine};
+use crate::vocab::{CellEnd, Verdict};
 
 /// Off, the default pace, and twice as fast.
 const PACES: [Option<Duration>; 3] = [None, Some(guest::LIVE_EVERY), Some(Duration::from_millis(500))];
@@ -126,6 +134,116 @@ fn parse_closing(text: &str) -> Option<Churn> {
     Some(Churn { rounds_per_s: field("rounds=")? / elapsed, windows_per_s: field("windows=")? / elapsed, alarms: 0 })
 }
 
+/// The windows judged again, in rounds.
+const WINDOWS: [usize; 5] = [2, 3, 4, 5, 6];
+
+pub fn windows(cache: &Cache, dirs: &[PathBuf]) -> Result<ExitCode> {
+    let mut symbols: BTreeMap<(String, String), Symbols> = BTreeMap::new();
+    // Per window: looks in passing cells, passing cells with a look, looks before a hang, and
+    // ready-to-seen times of the hangs.
+    let mut passing = 0;
+    let mut hung = 0;
+    let mut rows: Vec<(usize, usize, usize, Vec<f64>)> = WINDOWS.iter().map(|_| (0, 0, 0, Vec::new())).collect();
+    for dir in dirs {
+        let run = crate::results::read(dir)?;
+        for cell in &run.cells {
+            let Some(rounds) = kept_rounds(cell)? else { continue };
+            let key = (cell.kernel.clone(), cell.arch.to_string());
+            if !symbols.contains_key(&key) {
+                symbols.insert(key.clone(), cell_symbols(cache, cell)?);
+            }
+            let symbols = &symbols[&key];
+            let stuck =
+                |rounds: &[HostSamples]| triage::diagnose_host(&vm::live_window(rounds), symbols, 0).stuck_for_good;
+            let hang_from = (cell.end == CellEnd::Stuck).then(|| hang_start(&rounds, &stuck));
+            match (cell.verdict, hang_from) {
+                (Verdict::Pass, _) => passing += 1,
+                (_, Some(_)) => hung += 1,
+                _ => continue,
+            }
+            let every = rounds.windows(2).map(|w| w[1].started_s - w[0].started_s).fold(f64::MAX, f64::min);
+            for (window, row) in WINDOWS.iter().zip(&mut rows) {
+                let looks = replay(&rounds, *window, &stuck);
+                match hang_from {
+                    None => {
+                        row.0 += looks.len();
+                        row.1 += usize::from(!looks.is_empty());
+                    }
+                    Some(from) => {
+                        row.2 += looks.iter().filter(|&&at| at < from).count();
+                        // The hang lasts: rounds past the last kept one would show it too.
+                        let seen = from + (*window as f64 - 1.0) * every;
+                        row.3.push(seen - cell.ready_s.unwrap_or(0.0));
+                    }
+                }
+            }
+        }
+    }
+    println!("# lab bench --live-windows: the kept rounds of {passing} passing and {hung} hung cells judged again\n");
+    println!("| window (rounds) | looks in passing cells | passing cells with a look | looks before a hang | ready to hang seen, median (min-max) |");
+    println!("| --- | --- | --- | --- | --- |");
+    for (window, (looks, cells, early, mut seen)) in WINDOWS.iter().zip(rows) {
+        let seen = match seen.is_empty() {
+            true => "-".to_string(),
+            false => {
+                let (lo, hi) =
+                    (seen.iter().copied().fold(f64::MAX, f64::min), seen.iter().copied().fold(f64::MIN, f64::max));
+                format!("{:.1} s ({lo:.1}-{hi:.1})", median(&mut seen))
+            }
+        };
+        println!("| {window} | {looks} | {cells} of {passing} | {early} | {seen} |");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The live watch's rounds a cell kept, if it kept any.
+fn kept_rounds(cell: &CellResult) -> Result<Option<Vec<HostSamples>>> {
+    let path = cell.dir.join(vm::LIVE_ROUNDS);
+    let Ok(text) = std::fs::read_to_string(&path) else { return Ok(None) };
+    let rounds: Vec<HostSamples> = text
+        .lines()
+        .map(serde_json::from_str)
+        .collect::<Result<_, _>>()
+        .with_context(|| format!("{}: not the live watch's rounds", path.display()))?;
+    Ok((!rounds.is_empty()).then_some(rounds))
+}
+
+/// The System.map of the kernel a cell booted, from the cache (`kernels/<kernel>-<arch>-<key>`).
+fn cell_symbols(cache: &Cache, cell: &CellResult) -> Result<Symbols> {
+    let prefix = format!("{}-{}-", cell.kernel, cell.arch);
+    let kernels = cache.root().join("kernels");
+    let dir = std::fs::read_dir(&kernels)?
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().strip_prefix(&prefix).is_some_and(|key| !key.contains('-')))
+        .max_by_key(|e| e.metadata().and_then(|m| m.modified()).ok())
+        .with_context(|| format!("no {prefix}* kernel in {}: build it first", kernels.display()))?;
+    Symbols::load(&dir.path().join("System.map"))
+}
+
+/// Host seconds of each look a watch of `window` rounds would have set off, starting a new row
+/// after each, as the watch does.
+fn replay(rounds: &[HostSamples], window: usize, stuck: &dyn Fn(&[HostSamples]) -> bool) -> Vec<f64> {
+    let mut looks = Vec::new();
+    let mut from = 0;
+    for end in window..=rounds.len() {
+        if end - from >= window && stuck(&rounds[end - window..end]) {
+            looks.push(rounds[end - 1].finished_s);
+            from = end;
+        }
+    }
+    looks
+}
+
+/// Where the hang that ended a `stuck` cell began: the first of the last rounds that each show a
+/// vCPU stuck for good on their own.
+fn hang_start(rounds: &[HostSamples], stuck: &dyn Fn(&[HostSamples]) -> bool) -> f64 {
+    let mut first = rounds.len() - 1;
+    while first > 0 && stuck(&rounds[first - 1..first]) {
+        first -= 1;
+    }
+    rounds[first].started_s
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -136,5 +254,31 @@ mod tests {
         let churn = parse_closing(line).unwrap();
         assert_eq!((churn.rounds_per_s, churn.windows_per_s), (18.1, 7834.7));
         assert!(parse_closing("10.0 s: rounds=x").is_none());
+    }
+
+    /// `S` a round that shows a vCPU stuck for good, `b` one that does not; a window is stuck when
+    /// all its rounds are. Looks at the host second of their last round.
+    #[test]
+    fn windows_judged_again() {
+        let rounds = |text: &str| -> Vec<HostSamples> {
+            let round = |(i, c): (usize, char)| HostSamples {
+                started_s: i as f64,
+                finished_s: i as f64 + 0.5,
+                interval_ms: u64::from(c == 'S'),
+                ..HostSamples::default()
+            };
+            text.chars().enumerate().map(round).collect()
+        };
+        let stuck = |w: &[HostSamples]| w.iter().all(|r| r.interval_ms == 1);
+        let check = |text: &str, window: usize, looks: &[f64], hang: f64| {
+            let rounds = rounds(text);
+            assert_eq!(replay(&rounds, window, &stuck), looks, "{text} window {window}");
+            assert_eq!(hang_start(&rounds, &stuck), hang, "{text}");
+        };
+        check("bbSSS", 3, &[4.5], 2.0);
+        check("bbSSS", 2, &[3.5], 2.0);
+        check("SSbSSSSSS", 2, &[1.5, 4.5, 6.5, 8.5], 3.0);
+        check("SSbSSSSSS", 3, &[5.5, 8.5], 3.0);
+        check("bbbbS", 4, &[], 4.0);
     }
 }

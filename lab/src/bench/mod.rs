@@ -69,6 +69,11 @@ pub struct BenchArgs {
     /// the churn's rounds/s and CID windows/s, and the looks the watch set off (false alarms).
     #[arg(long)]
     live: bool,
+    /// Judge the live watch's rounds that finished runs kept (`live-rounds.jsonl` in their cells)
+    /// again with windows of 2 to 6 rounds: looks each would set off in passing cells (false
+    /// alarms), and how soon after the ready line it would see the hangs the runs' looks bore out.
+    #[arg(long, value_name = "DIR", num_args = 1..)]
+    live_windows: Vec<PathBuf>,
     /// Measure the mm_cid protocol checker instead: `lab model` on every variant, sequentially
     /// consistent and weak, at its defaults: verdict, states, depth, seconds, states/s, peak
     /// RSS, and issue 19's targets (stock clean in 60 s, no-transit and fork-stale found in 10 s,
@@ -105,6 +110,9 @@ pub fn run(sh: &Shell, cache: &Cache, args: &BenchArgs, ui: &Ui, project: &Path)
     }
     if args.live {
         return live::run(sh, cache, args, ui, project);
+    }
+    if !args.live_windows.is_empty() {
+        return live::windows(cache, &args.live_windows);
     }
     if args.model {
         return model::run();

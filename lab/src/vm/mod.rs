@@ -49,7 +49,7 @@ use anyhow::{bail, Context, Result};
 use job::{SshEvent, SshJob, SshThread};
 pub use qemu::{Accel, Machine};
 use qmp::Qmp;
-pub use sample::Sampling;
+pub use sample::{window as live_window, Sampling};
 use watch::{Diagnosed, Due, Next, Rules, Watcher};
 
 /// Seconds.
@@ -229,7 +229,7 @@ const QEMU_COMMAND: &str = "qemu-command.sh";
 const HOST_SAMPLES: &str = "host-samples.json";
 /// Every round of the live watch, a JSON line each, as it is taken: what a window rule is judged
 /// on again (`lab bench --live-windows`).
-const LIVE_ROUNDS: &str = "live-rounds.jsonl";
+pub const LIVE_ROUNDS: &str = "live-rounds.jsonl";
 const GUEST_MEMORY: &str = "guest-memory.elf";
 /// The QMP socket left for people and tools (the lab uses one of its own, so both can be connected).
 const QMP_LINK: &str = "qmp.sock";
@@ -435,7 +435,8 @@ impl<'a> Guest<'a> {
                 .append(true)
                 .open(&path)
                 .with_context(|| format!("cannot open {}", path.display()))?;
-            writeln!(file, "{}", serde_json::to_string(round)?).with_context(|| format!("cannot write {}", path.display()))?;
+            writeln!(file, "{}", serde_json::to_string(round)?)
+                .with_context(|| format!("cannot write {}", path.display()))?;
         }
         Ok(round)
     }
