@@ -26,7 +26,11 @@ pub fn judge(
     // host saw waiting for a lock: the host's report, which names the holder, leads.
     let victim_first = |h: &triage::HostDiagnosis| {
         reports.first().is_some_and(|r| {
-            r.missing.contains(&Missing::LockHolder) || r.frame.as_ref().is_some_and(|f| h.waiters.contains(f))
+            r.missing.contains(&Missing::LockHolder)
+                || r.frame.as_ref().is_some_and(|f| h.waiters.contains(f))
+                // A report that names no function (pseries' hard-lockup line) says less than the
+                // host's that names the spinning one.
+                || (r.frame.is_none() && h.reports.iter().any(|host| host.frame.is_some()))
         })
     };
     let at = if host.is_some_and(victim_first) { 0 } else { reports.len() };
@@ -435,6 +439,15 @@ mod tests {
         assert_eq!(reason, "hard-lockup@5");
         let (_, reason, _) = judge(&cell(None), &silent, vec![victim], Some(&quiet_host()), 60, 9);
         assert_eq!(reason, "hard-lockup@3", "with nothing spinning on the host, the guest's report stays first");
+        // The guest's report names no function, the host's does: the host's leads.
+        let mut spinner = at(Kind::HardLockup, 5, Source::Host);
+        spinner.frame = Some("mm_get_cid".into());
+        let named = triage::HostDiagnosis { reports: vec![spinner], ..host.clone() };
+        let unnamed = || at(Kind::HardLockup, 3, Source::Console);
+        let (_, reason, _) = judge(&cell(None), &silent, vec![unnamed()], Some(&named), 60, 9);
+        assert_eq!(reason, "hard-lockup@5");
+        let (_, reason, _) = judge(&cell(None), &silent, vec![unnamed()], Some(&host), 60, 9);
+        assert_eq!(reason, "hard-lockup@3", "neither names a function: the guest's report stays first");
         let quiet = quiet_host();
         let (_, reason, reports) = judge(&cell(None), &silent, vec![], Some(&quiet), 60, 9);
         assert_eq!(reason, "silent: no console output for 60s");
