@@ -23,7 +23,7 @@ const HOST_SAMPLE_INTERVAL: Duration = Duration::from_millis(500);
 /// vCPU stuck for good before the guest is diagnosed: chosen by measurement (BENCHMARKS.md,
 /// "Naming a hang in seconds").
 pub const LIVE_EVERY: Duration = Duration::from_secs(1);
-const LIVE_WINDOW: usize = 3;
+pub const LIVE_WINDOW: usize = 3;
 
 /// When only a cell's verdict is wanted, its boot ends this long after the workload's first
 /// violation line: time for the kernel's own reports of the same bug (a WARN, a lockup) to start,
