@@ -125,6 +125,9 @@ pub struct Boot {
     pub ready: Option<ProtocolLine>,
     pub result: Option<ProtocolLine>,
     pub console_log: PathBuf,
+    /// The stdout of a workload run over SSH, its lines stamped as the console's (`job`); there
+    /// is no such file when none ran.
+    pub workload_log: PathBuf,
     /// Console lines the guest printed: none at all means it never got going.
     pub console_lines: usize,
     /// Every round of host sampling, in order (also in `host-samples.json`). A round after which
@@ -399,12 +402,12 @@ impl<'a> Guest<'a> {
 
     fn console(&mut self, cell: &mut Watcher, at: f64, text: &str, on_line: &mut impl FnMut(Seen)) -> Result<()> {
         let now = Instant::now();
-        writeln!(self.log, "{at:>9.3}s| {text}")
+        writeln!(self.log, "{}", console::stamped(at, text))
             .with_context(|| format!("cannot write {}", self.console_log.display()))?;
         on_line(Seen::Console(text));
         let next = cell.console(at, text, now);
         if let (Next::StartSsh, Some(port), Some(ssh)) = (next, self.machine.ssh_port, self.ssh) {
-            self.job.start(SshJob::new(port, ssh, self.dir, self.deadlines, Instant::now()));
+            self.job.start(SshJob::new(port, ssh, self.dir, self.deadlines, self.start, Instant::now()));
         }
         Ok(())
     }
@@ -469,7 +472,7 @@ impl<'a> Guest<'a> {
         for event in self.job.stop() {
             cell.late(event, Instant::now());
         }
-        let boot = cell.into_boot(end, self.console_log);
+        let boot = cell.into_boot(end, self.console_log, self.dir.join(job::WORKLOAD_LOG));
         if let Some(outcome) = &boot.ssh {
             crate::cache::write_atomic(&self.dir.join(SSH_OUTCOME), serde_json::to_string_pretty(outcome)?.as_bytes())?;
         }
@@ -570,7 +573,8 @@ impl Drop for Sockets {
     }
 }
 
-/// The host time stamp of console line `line` (1-based) of a `console.log` text, as `boot` wrote it.
+/// The host time stamp of line `line` (1-based) of a `console.log` or `workload.log` text, as
+/// `boot` wrote it.
 pub fn console_time(console: &str, line: usize) -> Option<f64> {
     let (stamp, _) = console.lines().nth(line.checked_sub(1)?)?.split_once("s| ")?;
     stamp.trim().parse().ok()
