@@ -199,7 +199,7 @@ pub struct SshOutcome {
 
 /// What the VM stage asks of triage while a guest runs, as functions: it never reads triage's data.
 pub struct Watch<'a> {
-    /// Does this console line open a report, the kernel's or a workload's?
+    /// Does this line (the console's, or a workload's stdout over SSH) open a report, whose?
     pub report_starts: fn(&str) -> Option<Origin>,
     /// How to diagnose a silent or overdue guest; `None` kills it without looking.
     pub diagnosis: Option<Diagnosis<'a>>,
