@@ -427,6 +427,7 @@ mod tests {
         Ok(Diagnosed { samples, running_normally })
     }
 
+    /// `line=TEXT`: a line of the workload's stdout that says TEXT (`line`: one that says `tick`).
     fn ssh_event(word: &str) -> SshEvent {
         let error = |e| SshEvent::Failed(e);
         let what = || "smoke".to_owned();
