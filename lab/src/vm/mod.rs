@@ -472,7 +472,7 @@ impl<'a> Guest<'a> {
         for event in self.job.stop() {
             cell.late(event, Instant::now());
         }
-        let boot = cell.into_boot(end, self.console_log, self.dir.join(job::WORKLOAD_LOG));
+        let boot = cell.into_boot(end, self.console_log);
         if let Some(outcome) = &boot.ssh {
             crate::cache::write_atomic(&self.dir.join(SSH_OUTCOME), serde_json::to_string_pretty(outcome)?.as_bytes())?;
         }

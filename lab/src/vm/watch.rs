@@ -343,13 +343,14 @@ impl<'a> Watcher<'a> {
         }
     }
 
-    pub(super) fn into_boot(self, end: End, console_log: PathBuf, workload_log: PathBuf) -> Boot {
+    pub(super) fn into_boot(self, end: End, console_log: PathBuf) -> Boot {
         Boot {
             end,
             ready: self.ready,
             result: self.result,
+            // The job writes it beside console.log, in the cell.
+            workload_log: console_log.with_file_name(super::job::WORKLOAD_LOG),
             console_log,
-            workload_log,
             console_lines: self.console_lines,
             host: self.host,
             host_error: self.host_error.or(self.live_error.map(|e| format!("the live watch stopped: {e}"))),
@@ -660,7 +661,7 @@ mod tests {
         for word in ["fetched", "lost", "ready", "exit=1"] {
             cell.late(ssh_event(word), later);
         }
-        let boot = cell.into_boot(End::Exited, PathBuf::from("console.log"), PathBuf::from("workload.log"));
+        let boot = cell.into_boot(End::Exited, PathBuf::from("console.log"));
         let ssh = boot.ssh.expect("an SSH outcome");
         assert_eq!((ssh.port, ssh.ready_s, ssh.error, ssh.fetched.len()), (2222, Some(4.0), None, 2));
         let result = boot.result.expect("the result the SSH job made");
