@@ -457,12 +457,15 @@ fn with_reruns(xml: &[u8], reruns: &[Vec<Rerun>]) -> Result<Vec<u8>> {
     Ok(writer.into_inner())
 }
 
-/// The console lines a reader needs: around the first report, else the tail; a report from the
-/// host's samples comes first with its per-vCPU lines. Sanitized.
+/// The console lines a reader needs: around the first report, else the tail (a workload's report
+/// over SSH has no console line); a report from the host's samples or from a workload's output
+/// over SSH comes first with its own lines. Sanitized.
 pub fn excerpt(console: &str, reports: &[Report]) -> String {
     let lines: Vec<&str> = console.lines().collect();
     let (from, to) = match reports.first() {
-        Some(r) if r.line > 0 => (r.line.saturating_sub(10), (r.line + 120).min(lines.len())),
+        Some(r) if r.line > 0 && r.source != triage::Source::Workload => {
+            (r.line.saturating_sub(10), (r.line + 120).min(lines.len()))
+        }
         _ => (lines.len().saturating_sub(60), lines.len()),
     };
     let mut text = String::new();
@@ -474,8 +477,14 @@ pub fn excerpt(console: &str, reports: &[Report]) -> String {
     {
         text = format!("guilty frame {}\n", source.join("\n  "));
     }
-    if let Some(host) = reports.first().filter(|r| r.source == triage::Source::Host) {
-        text += &format!("{} (from the host's samples of the vCPUs)\n{}\n", host.title, host.lines.join("\n"));
+    // A first report from outside the console says its own lines before the console's tail.
+    let outside = reports.first().and_then(|r| match r.source {
+        triage::Source::Console => None,
+        triage::Source::Host => Some((r, "the host's samples of the vCPUs".to_owned())),
+        triage::Source::Workload => Some((r, format!("the workload's output over SSH, workload.log line {}", r.line))),
+    });
+    if let Some((report, from)) = outside {
+        text += &format!("{} (from {from})\n{}\n", report.title, report.lines.join("\n"));
     }
     if !text.is_empty() {
         text += "--- console ---\n";
@@ -597,6 +606,18 @@ mod tests {
         });
         let expect = "guilty frame mm_get_cid+0x1c/0x2a:\n  __mm_get_cid at kernel/sched/sched.h:3950\n  (inlined by) mm_get_cid at kernel/sched/sched.h:3972\n--- console ---\n";
         assert_eq!(excerpt(console, &reports), format!("{expect}{}", console.trim_end()));
+        // Over SSH the violation's line is the workload's: it comes first, then the console's tail.
+        let violation = triage::Report {
+            kind: Kind::RseqViolation,
+            title: "mm_cid shared by two running threads (unique-cid)".into(),
+            line: 2,
+            lines: vec!["mmcid-churn: VIOLATION check=unique-cid cid=0".into()],
+            source: triage::Source::Workload,
+            frame_site: None,
+            ..reports[0].clone()
+        };
+        let expect = "mm_cid shared by two running threads (unique-cid) (from the workload's output over SSH, workload.log line 2)\nmmcid-churn: VIOLATION check=unique-cid cid=0\n--- console ---\n";
+        assert_eq!(excerpt(console, &[violation]), format!("{expect}{}", console.trim_end()));
     }
 
     fn interrupted(end: CellEnd, reason: &str) -> CellResult {

@@ -1047,12 +1047,34 @@ fn a_silent_live_lock_is_named_from_the_host_on_every_architecture() {
 /// violation line instead of running the churn's 60 s.
 #[test]
 fn a_workload_violation_is_the_report_and_ends_an_until_fail_cell_early() {
+    let hit = stopped_by_a_violation(&kernels_dir().join("known-bad-shared-cid-matrix.yaml"), "shared-cid");
+    assert_eq!(hit["reports"][0]["source"], "console", "{hit:#}");
+}
+
+/// The same workload over SSH: the violation in its stdout is the report, dated by its line in
+/// `workload.log`, and ends the cell as early.
+#[test]
+fn a_workload_violation_over_ssh_is_the_report_and_ends_an_until_fail_cell_early() {
+    let hit = stopped_by_a_violation(&data("shared-cid-ssh-matrix.yaml"), "shared-cid-ssh");
+    let report = &hit["reports"][0];
+    assert_eq!(report["source"], "workload", "{hit:#}");
+    let dir = Path::new(hit["dir"].as_str().unwrap());
+    let log = std::fs::read_to_string(dir.join("workload.log")).unwrap();
+    let line = log.lines().nth(report["line"].as_u64().unwrap() as usize - 1).unwrap();
+    assert!(line.ends_with(report["lines"][0].as_str().unwrap()), "{line} / {report:#}");
+    let console = std::fs::read_to_string(dir.join("console.log")).unwrap();
+    assert!(!console.contains("VIOLATION"), "over SSH the workload does not print on the console");
+}
+
+/// Runs `matrix` (the shared-cid kernel's cells) on x86_64 under `--until-fail` and checks that a
+/// run failed with the workload's unique-cid violation and ended a short grace after it: the run.
+fn stopped_by_a_violation(matrix: &Path, name: &str) -> Value {
     setup();
-    let out = scratch("shared-cid");
+    let out = scratch(name);
     let o = run(lab()
         .arg("run")
         .arg("--matrix")
-        .arg(kernels_dir().join("known-bad-shared-cid-matrix.yaml"))
+        .arg(matrix)
         .args(["--filter", "arch=x86_64", "--repeat", "2", "--until-fail", "--jobs", "1", "--out"])
         .arg(&out));
     assert_eq!(o.status.code(), Some(1), "the known-bad kernel must fail");
@@ -1072,6 +1094,7 @@ fn a_workload_violation_is_the_report_and_ends_an_until_fail_cell_early() {
     assert!(ready.zip(duration).is_some_and(|(r, d)| d < r + 30.0), "ran {duration:?} s: {hit:#}");
     assert!(std::fs::read_to_string(Path::new(hit["dir"].as_str().unwrap()).join("console.log"))
         .is_ok_and(|console| !console.contains("LAB-RESULT")));
+    hit.clone()
 }
 
 /// One QMP command on a fresh connection (the greeting and capabilities negotiation first).

@@ -24,7 +24,7 @@ pub use dirs::{check_out_dir, default_out};
 use guest::Guest;
 pub use hold::{hold, Hold, HoldEvent, HoldSetup};
 use queue::Queue;
-use verdict::{basis, detection_delay, judge};
+use verdict::{basis, detection_delay, in_time_order, judge, Logs};
 
 use crate::accel::{self, AccelMode};
 use crate::arch::Arch;
@@ -345,41 +345,7 @@ fn boot_cell(ctx: &Prepared, cell: &Cell, run: Option<u32>, accel: Accel) -> Cel
         Ok((boot, symbols))
     })();
     match outcome {
-        Ok((boot, symbols)) => {
-            let console = String::from_utf8_lossy(&fs::read(&boot.console_log).unwrap_or_default()).into_owned();
-            let last_line = console.lines().count().max(1);
-            let host = boot
-                .host
-                .last()
-                .zip(symbols.as_ref())
-                .map(|(samples, s)| triage::diagnose_host(samples, s, samples.console_line.max(1)));
-            let mut console_reports = triage::triage(console.as_bytes(), None);
-            let printed_frames = has_frames(&console_reports) || host.as_ref().is_some_and(|h| has_frames(&h.reports));
-            let debug = match kernel {
-                Ok(kernel) if printed_frames => {
-                    debug_info(&kernel.vmlinux, |e| ui.note(format!("{}: no source lines: {e:#}", cell.id)))
-                }
-                _ => None,
-            };
-            if let Some(debug) = &debug {
-                console_reports = triage::triage(console.as_bytes(), Some(debug));
-            }
-            let (verdict, reason, mut reports) =
-                judge(cell, &boot, console_reports, host.as_ref(), matrix.timeouts.silence, last_line);
-            if let Some(debug) = &debug {
-                debug.symbolize(&mut reports);
-            }
-            result.excerpt = report::excerpt(&console, &reports);
-            result.verdict = verdict;
-            result.reason = reason;
-            result.basis = basis(&reports);
-            result.reports = reports;
-            result.ready_s = boot.ready.as_ref().map(|r| r.at);
-            result.ssh_ready_s = boot.ssh.as_ref().and_then(|s| s.ready_s);
-            result.detect_s =
-                detection_delay(&console, &result.reports, boot.ready.as_ref().map(|r| r.at), boot.host.last());
-            result.end = boot.end.cell_end();
-        }
+        Ok((boot, symbols)) => judge_boot(ctx, cell, kernel, &boot, symbols.as_ref(), &mut result),
         Err(e) => match e.downcast_ref::<Interrupted>() {
             // Its console.log and qemu-command.sh stay; the console's tail shows how far it got.
             Some(Interrupted(signal)) => {
@@ -404,6 +370,53 @@ fn boot_cell(ctx: &Prepared, cell: &Cell, run: Option<u32>, accel: Accel) -> Cel
         summary: format!("{}: {}", result.verdict, result.reason),
     });
     result
+}
+
+/// Judges a finished boot into `result`: triage of its console, of the workload's stdout over
+/// SSH and of the host's samples, then the verdict.
+fn judge_boot(
+    ctx: &Prepared,
+    cell: &Cell,
+    kernel: &Result<Kernel, String>,
+    boot: &Boot,
+    symbols: Option<&triage::Symbols>,
+    result: &mut CellResult,
+) {
+    let read = |path: &Path| String::from_utf8_lossy(&fs::read(path).unwrap_or_default()).into_owned();
+    let (console, workload) = (read(&boot.console_log), read(&boot.workload_log));
+    let logs = Logs { console: &console, workload: &workload };
+    let last_line = console.lines().count().max(1);
+    let host = boot
+        .host
+        .last()
+        .zip(symbols)
+        .map(|(samples, s)| triage::diagnose_host(samples, s, samples.console_line.max(1)));
+    let mut console_reports = triage::triage(console.as_bytes(), None);
+    let printed_frames = has_frames(&console_reports) || host.as_ref().is_some_and(|h| has_frames(&h.reports));
+    let debug = match kernel {
+        Ok(kernel) if printed_frames => {
+            debug_info(&kernel.vmlinux, |e| ctx.ui.note(format!("{}: no source lines: {e:#}", cell.id)))
+        }
+        _ => None,
+    };
+    if let Some(debug) = &debug {
+        console_reports = triage::triage(console.as_bytes(), Some(debug));
+    }
+    let guest = in_time_order(console_reports, triage::workload_reports(workload.as_bytes()), &logs);
+    let (verdict, reason, mut reports) =
+        judge(cell, boot, guest, host.as_ref(), ctx.matrix.timeouts.silence, last_line);
+    if let Some(debug) = &debug {
+        debug.symbolize(&mut reports);
+    }
+    result.excerpt = report::excerpt(&console, &reports);
+    result.verdict = verdict;
+    result.reason = reason;
+    result.basis = basis(&reports);
+    result.reports = reports;
+    result.ready_s = boot.ready.as_ref().map(|r| r.at);
+    result.ssh_ready_s = boot.ssh.as_ref().and_then(|s| s.ready_s);
+    result.detect_s = detection_delay(&logs, &result.reports, result.ready_s, boot.host.last());
+    result.end = boot.end.cell_end();
 }
 
 /// True when some report printed frames: only then is the kernel's debug info worth loading.

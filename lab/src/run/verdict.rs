@@ -7,20 +7,25 @@ use crate::triage::{self, Missing, Report, Source};
 use crate::vm::{self, Boot, End};
 use crate::vocab::{Basis, Kind, Verdict};
 
-/// The verdict of one boot: what the console shows, what the host's samples show, what the
-/// workload said, how the VM ended. Reports come in the order things happened: the console's up to
-/// the host's sampling, the host's, then what the guest printed when asked (after the NMI). Reports
-/// the lab adds itself (silence, no ready line, ...) point at the console's last line.
+/// The verdict of one boot: what the guest reported (`guest`: the console's reports and those of
+/// a workload's stdout over SSH, `in_time_order`), what the host's samples show, what the
+/// workload said, how the VM ended. Reports come in the order things happened: the guest's up to
+/// the host's sampling, the host's, then what the guest printed when asked (after the NMI).
+/// Reports the lab adds itself (silence, no ready line, ...) point at the console's last line.
 pub fn judge(
     cell: &Cell,
     boot: &Boot,
-    console: Vec<Report>,
+    guest: Vec<Report>,
     host: Option<&triage::HostDiagnosis>,
     silence_s: u64,
     last_line: usize,
 ) -> (Verdict, String, Vec<Report>) {
     let sampled_at = boot.host.last().map_or(usize::MAX, |s| s.console_line);
-    let (mut reports, answers): (Vec<Report>, Vec<Report>) = console.into_iter().partition(|r| r.line <= sampled_at);
+    // The guest's reports are in time order (`in_time_order`). A workload's report over SSH has no
+    // console line: it stays with the console's report before it.
+    let mut reports = guest;
+    let answered = reports.iter().position(|r| r.source == Source::Console && r.line > sampled_at);
+    let answers = reports.split_off(answered.unwrap_or(reports.len()));
     // A guest report that tells only the victim's side (its stuck CPU waits for a lock whose holder
     // no CPU dumped: powerpc under TCG ignores the backtrace IPI), or is titled after a vCPU the
     // host saw waiting for a lock: the host's report, which names the holder, leads.
@@ -159,7 +164,7 @@ pub fn never_started(
 pub fn basis(reports: &[Report]) -> Option<Basis> {
     let guest = reports
         .iter()
-        .any(|r| r.source == Source::Console && !matches!(r.kind, Kind::Silent | Kind::LostConnection | Kind::Other));
+        .any(|r| r.source != Source::Host && !matches!(r.kind, Kind::Silent | Kind::LostConnection | Kind::Other));
     let host = reports.iter().any(|r| r.source == Source::Host);
     match (guest, host) {
         (true, true) => Some(Basis::GuestAndHost),
@@ -169,20 +174,60 @@ pub fn basis(reports: &[Report]) -> Option<Basis> {
     }
 }
 
-/// Seconds from the ready line to the first report: the host time that prefixes its console line,
-/// or, for a report from host samples, the time sampling began. Runs that failed during boot have
-/// no ready line and no delay.
+/// The guest's stamped logs, which a report's `line` points into by its `source`.
+pub struct Logs<'a> {
+    pub console: &'a str,
+    /// `workload.log`: a workload's stdout over SSH; empty when it ran on the console.
+    pub workload: &'a str,
+}
+
+impl Logs<'_> {
+    /// The host time (seconds since QEMU started) of the line that opens `report`; `None` for
+    /// a report from the host's samples, which no log line opens.
+    fn time(&self, report: &Report) -> Option<f64> {
+        let log = match report.source {
+            Source::Console => self.console,
+            Source::Workload => self.workload,
+            Source::Host => return None,
+        };
+        vm::console_time(log, report.line)
+    }
+}
+
+/// The console's reports with the workload's over SSH among them, each where its time stamp puts
+/// it: both logs are stamped by the one host clock, so the order is the order things happened.
+/// The console's keep their own order (line order: a cut line joined again may carry an earlier
+/// stamp than the kernel line before it); a tie goes to the console.
+pub fn in_time_order(console: Vec<Report>, workload: Vec<Report>, logs: &Logs) -> Vec<Report> {
+    let mut workload = workload.into_iter().peekable();
+    let mut reports = Vec::new();
+    for report in console {
+        let at = logs.time(&report);
+        let earlier = |w: &Report| logs.time(w).zip(at).is_some_and(|(w, at)| w < at);
+        while let Some(earlier) = workload.next_if(earlier) {
+            reports.push(earlier);
+        }
+        reports.push(report);
+    }
+    reports.extend(workload);
+    reports
+}
+
+/// Seconds from the ready line to the first report: the host time that prefixes its line in the
+/// log it came from, or, for a report from host samples, the time sampling began. Runs that failed
+/// during boot have no ready line and no delay.
 pub fn detection_delay(
-    console: &str,
+    logs: &Logs,
     reports: &[Report],
     ready_at: Option<f64>,
     host: Option<&HostSamples>,
 ) -> Option<f64> {
     let first = reports.first()?;
-    if first.source == Source::Host {
-        return Some(host?.started_s - ready_at?);
-    }
-    Some(vm::console_time(console, first.line)? - ready_at?)
+    let at = match first.source {
+        Source::Host => host?.started_s,
+        _ => logs.time(first)?,
+    };
+    Some(at - ready_at?)
 }
 
 #[cfg(test)]
@@ -230,6 +275,7 @@ mod tests {
             ready: if ready.is_empty() { None } else { line(ready) },
             result: if result.is_empty() { None } else { line(result) },
             console_log: PathBuf::from("/nonexistent"),
+            workload_log: PathBuf::from("/nonexistent"),
             console_lines: 10,
             host: Vec::new(),
             host_error: None,
@@ -424,7 +470,10 @@ mod tests {
         assert_eq!(reason, "hard-lockup@5");
         assert_eq!(basis(&reports), Some(Basis::Host));
         assert!(reports[1].lines.is_empty(), "the silence does not repeat the host's lines");
-        assert_eq!(detection_delay("", &reports, Some(1.0), silent.host.last()), Some(29.0));
+        assert_eq!(
+            detection_delay(&Logs { console: "", workload: "" }, &reports, Some(1.0), silent.host.last()),
+            Some(29.0)
+        );
         // The guest's report named a lock waiter the host saw: the host's holder leads.
         let mut waiter = at(Kind::HardLockup, 3, Source::Console);
         waiter.frame = Some("sched_mm_cid_fork".into());
@@ -532,7 +581,40 @@ mod tests {
         );
         assert_eq!(basis(&reports), Some(Basis::Guest));
         let console = "    1.000s| LAB-READY arch=x86_64\n    1.250s| mmcid-churn: 60 s\n    2.400s| mmcid-churn: VIOLATION check=unique-cid cid=0\n";
-        assert_eq!(detection_delay(console, &[violation(3)], Some(1.0), None), Some(1.4));
+        assert_eq!(detection_delay(&Logs { console, workload: "" }, &[violation(3)], Some(1.0), None), Some(1.4));
+    }
+
+    /// A workload's violations over SSH (`workload.log`) take their place among the console's
+    /// reports by their host times, and are detected at theirs.
+    #[test]
+    fn a_workload_violation_over_ssh_takes_its_place_in_time() {
+        let console = "    1.000s| LAB-READY arch=aarch64\n    2.000s| [ 1.9] BUG: a\n    4.000s| [ 3.9] BUG: b\n";
+        let workload = "    1.500s| w: 60 s\n    2.000s| w: VIOLATION check=a\n    3.000s| w: VIOLATION check=b\n    5.000s| w: VIOLATION check=c\n";
+        let logs = Logs { console, workload };
+        let (c, w) = (|l| at(Kind::Bug, l, Source::Console), |l| at(Kind::RseqViolation, l, Source::Workload));
+        let order = |console: &[usize], workload: &[usize]| {
+            let console = console.iter().map(|&l| c(l)).collect();
+            let merged = in_time_order(console, workload.iter().map(|&l| w(l)).collect(), &logs);
+            let name = |r: &Report| format!("{}{}", if r.source == Source::Console { "c" } else { "w" }, r.line);
+            merged.iter().map(name).collect::<Vec<_>>().join(" ")
+        };
+        assert_eq!(order(&[2, 3], &[3]), "c2 w3 c3");
+        assert_eq!(order(&[2, 3], &[2]), "c2 w2 c3", "a tie goes to the console");
+        assert_eq!(order(&[2, 3], &[4]), "c2 c3 w4");
+        assert_eq!(order(&[3], &[2, 4]), "w2 c3 w4");
+        assert_eq!(order(&[], &[3, 4]), "w3 w4");
+        assert_eq!(order(&[2], &[9]), "c2 w9", "a line the log lacks keeps its report last");
+        assert_eq!(detection_delay(&logs, &[w(3), c(2)], Some(1.0), None), Some(2.0));
+        assert_eq!(basis(&[w(3)]), Some(Basis::Guest));
+        // Sampled after console line 2: the host's report comes after the guest's before it.
+        let mut silent = boot(End::Silent, READY, "");
+        silent.host = vec![HostSamples { console_line: 2, started_s: 3.5, ..HostSamples::default() }];
+        let host = triage::HostDiagnosis { reports: vec![at(Kind::HardLockup, 2, Source::Host)], ..quiet_host() };
+        let guest = in_time_order(vec![c(2), c(3)], vec![w(3)], &logs);
+        let (_, reason, reports) = judge(&cell(None), &silent, guest, Some(&host), 60, 9);
+        let order: Vec<String> = reports.iter().map(|r| format!("{}/{:?}", r.title, r.source)).collect();
+        assert_eq!(reason, "bug@2");
+        assert_eq!(order[..4], ["bug@2/Console", "rseq-violation@3/Workload", "hard-lockup@2/Host", "bug@3/Console"]);
     }
 
     #[test]
@@ -540,10 +622,10 @@ mod tests {
         let console = "    1.000s| LAB-READY arch=x86_64\n    1.500s| lkdtm: writing\n   17.250s| [ 16.4] watchdog: CPU1: Watchdog detected hard LOCKUP on cpu 0\n";
         let mut report = lockup();
         report.line = 3;
-        assert_eq!(detection_delay(console, &[report.clone()], Some(1.0), None), Some(16.25));
-        assert_eq!(detection_delay(console, &[report.clone()], None, None), None);
-        assert_eq!(detection_delay(console, &[], Some(1.0), None), None);
+        assert_eq!(detection_delay(&Logs { console, workload: "" }, &[report.clone()], Some(1.0), None), Some(16.25));
+        assert_eq!(detection_delay(&Logs { console, workload: "" }, &[report.clone()], None, None), None);
+        assert_eq!(detection_delay(&Logs { console, workload: "" }, &[], Some(1.0), None), None);
         report.line = 9;
-        assert_eq!(detection_delay(console, &[report], Some(1.0), None), None);
+        assert_eq!(detection_delay(&Logs { console, workload: "" }, &[report], Some(1.0), None), None);
     }
 }

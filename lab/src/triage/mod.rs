@@ -55,7 +55,8 @@ pub struct Report {
     /// line per violation it finds, and one check broken is one report, its first line the evidence.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub repeated: u32,
-    /// What the report rests on: the guest's console, or the host's samples of its vCPUs.
+    /// What the report rests on: the guest's console, the host's samples of its vCPUs, or the
+    /// stdout of a workload run over SSH; and so which log `line` counts in.
     #[serde(default)]
     pub source: Source,
     /// What the report could not show: its title then tells part of the story.
@@ -168,6 +169,9 @@ pub enum Source {
     Console,
     /// The host sampled the vCPUs (`vm::sample`) and named what they were stuck in.
     Host,
+    /// A workload run over SSH said it in its stdout (`workload.log`, which `line` counts in):
+    /// its own check's violation.
+    Workload,
 }
 
 /// Judges a whole console log. Never panics, never hangs, on any bytes. `debug`: the debug info of
@@ -186,6 +190,14 @@ pub fn triage(log: &[u8], debug: Option<&DebugInfo>) -> Vec<Report> {
         assembler.push(index + 1, raw);
     }
     assembler.finish(cut_mid_line, &|site| debug.and_then(|debug| debug.caller_behind(site)))
+}
+
+/// The reports of a workload's own checks in its stdout over SSH (`workload.log`, stamped as the
+/// console is), one per check as on the console. Only the workload's: whatever else it printed is
+/// not the kernel's word, which is on the console.
+pub fn workload_reports(log: &[u8]) -> Vec<Report> {
+    let own = |report: &Report| report.kind == Kind::RseqViolation;
+    triage(log, None).into_iter().filter(own).map(|report| Report { source: Source::Workload, ..report }).collect()
 }
 
 /// Who reports a failure on the console: the kernel, or a workload whose own check failed.

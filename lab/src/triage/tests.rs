@@ -5,7 +5,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use super::{starts_report, triage, CpuStack, Missing, Report};
+use super::{starts_report, triage, workload_reports, CpuStack, Missing, Report, Source};
 use crate::vocab::Kind;
 
 mod formats;
@@ -170,6 +170,24 @@ fn starts_report_sees_every_report_start() {
             assert!(starts_report(line), "{}:{}: {line}", case.display(), report.line);
         }
     }
+}
+
+/// A workload's stdout over SSH (`workload.log`): its violations are its reports, one per check,
+/// and nothing else it printed is, not even a kernel's headline.
+#[test]
+fn a_workloads_stdout_over_ssh_reports_its_own_checks_only() {
+    let check = |log: &str, expect: &str| {
+        let reports = workload_reports(log.as_bytes());
+        assert!(reports.iter().all(|r| r.source == Source::Workload), "{log}");
+        assert_eq!(render(&reports), expect, "{log}");
+    };
+    let shared = "    4.250s| mmcid-churn: VIOLATION check=unique-cid cid=0 thread=3 cpu=3 thread=1 cpu=2\n";
+    let one = "rseq-violation cpu=- line=2 lines=1 frame=- sig=rseq-violation:unique-cid | mm_cid shared by two running threads (unique-cid)\n";
+    check(&format!("    2.000s| LAB-PROGRESS workload=mmcid-churn rounds=3\n{shared}"), one);
+    check(&format!("    2.000s| BUG: soft lockup - CPU#0 stuck for 22s! [x:1]\n{shared}"), one);
+    check(&format!("    2.000s| mmcid-churn: 60 s\n{shared}{shared}"), &one.replace("lines=1", "lines=1 repeated=1"));
+    check("    2.000s| BUG: soft lockup - CPU#0 stuck for 22s! [x:1]\n", "");
+    check("", "");
 }
 
 #[test]

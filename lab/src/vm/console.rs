@@ -23,6 +23,13 @@ use std::time::Instant;
 /// cut seen in 60 stock runs had its rest after one record.
 const MAX_LINES_BETWEEN: usize = 4;
 
+/// A line as the cell's logs keep it (`console.log`, and `workload.log` of a workload run over
+/// SSH): host seconds since QEMU started, then the text as it came (`vm::console_time` reads the
+/// time back, triage takes it off).
+pub(super) fn stamped(at: f64, text: &str) -> String {
+    format!("{at:>9.3}s| {text}")
+}
+
 /// Splits the console into lines on a thread of its own (see `Splice`). A line the guest left
 /// unfinished is sent when QEMU's output closes.
 pub(super) fn read_lines(mut stdout: impl Read + Send + 'static, start: Instant) -> mpsc::Receiver<(f64, String)> {

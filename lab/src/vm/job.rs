@@ -1,6 +1,13 @@
 //! The SSH job of a boot: logs into the guest once its ready line came, runs the workload there
 //! (`SshTask::Run`) and fetches its files, on a thread of its own, telling the watch loop what
 //! happens as `SshEvent`s.
+//!
+//! The workload's stdout is kept twice: `workload.stdout` holds its bytes as they came, and
+//! `workload.log` its lines stamped as `console.log` stamps the console's (host seconds since QEMU
+//! started, at a line's first byte). The stamps are taken here, where the bytes arrive, not in the
+//! watch loop, which reads the job's events only between console lines and polls; and a stamped
+//! file, like the console's, is what triage reads and `console_time` dates, so a workload's
+//! violation over SSH is judged and timed as one on the console is.
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -11,11 +18,12 @@ use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use super::{ssh, Deadlines, Fetch, GuestSsh, SshTask, SshWorkload, SSH_COMMAND};
+use super::{console, ssh, Deadlines, Fetch, GuestSsh, SshTask, SshWorkload, SSH_COMMAND};
 use crate::process;
 
 const WORKLOAD_STDOUT: &str = "workload.stdout";
 const WORKLOAD_STDERR: &str = "workload.stderr";
+pub(super) const WORKLOAD_LOG: &str = "workload.log";
 const FETCH_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The SSH job of one boot once started, what it says, and the flag that stops it.
@@ -75,14 +83,23 @@ pub(super) struct SshJob {
     credentials: ssh::Credentials,
     workload: Option<SshWorkload>,
     dir: PathBuf,
+    /// When QEMU started: `workload.log`'s time stamps count from it, as `console.log`'s do.
+    start: Instant,
     ready_deadline: Instant,
     workload_deadline: Instant,
 }
 
 impl SshJob {
-    /// The job for a guest that printed its ready line at `now`: its server gets the boot
-    /// deadline to answer, the workload its own deadline and a little more.
-    pub(super) fn new(port: u16, ssh: &GuestSsh, dir: &Path, deadlines: Deadlines, now: Instant) -> SshJob {
+    /// The job for a guest whose QEMU started at `start` and that printed its ready line at `now`:
+    /// its server gets the boot deadline to answer, the workload its own deadline and a little more.
+    pub(super) fn new(
+        port: u16,
+        ssh: &GuestSsh,
+        dir: &Path,
+        deadlines: Deadlines,
+        start: Instant,
+        now: Instant,
+    ) -> SshJob {
         SshJob {
             port,
             credentials: ssh.credentials.clone(),
@@ -91,6 +108,7 @@ impl SshJob {
                 _ => None,
             },
             dir: dir.to_path_buf(),
+            start,
             ready_deadline: now + Duration::from_secs(deadlines.boot),
             workload_deadline: now + Duration::from_secs(deadlines.workload.saturating_add(5)),
         }
@@ -135,7 +153,8 @@ impl SshJob {
         Ok(())
     }
 
-    /// The workload's stdout and stderr into the cell, its stdout also line by line to the loop.
+    /// The workload's stdout and stderr into the cell, its stdout also stamped line by line into
+    /// `workload.log` and to the loop.
     fn captured(
         &self,
         connection: &ssh::Connection,
@@ -146,12 +165,21 @@ impl SshJob {
             File::create(self.dir.join(name))
                 .map_err(|e| ssh::Error::Failed { what: format!("creating {name}"), detail: e.to_string() })
         };
-        let mut stdout = LineSink { file: create(WORKLOAD_STDOUT)?, pending: Vec::new(), events: events.clone() };
+        let mut stdout = LineSink {
+            file: create(WORKLOAD_STDOUT)?,
+            log: create(WORKLOAD_LOG)?,
+            start: self.start,
+            pending: Vec::new(),
+            pending_at: 0.0,
+            events: events.clone(),
+        };
         let mut stderr = create(WORKLOAD_STDERR)?;
         let exit = connection.run(command, self.workload_deadline, &mut stdout, &mut stderr, &mut || {
             let _ = events.send(SshEvent::Heard);
         })?;
-        stdout.finish();
+        stdout
+            .finish()
+            .map_err(|e| ssh::Error::Failed { what: format!("writing {WORKLOAD_LOG}"), detail: e.to_string() })?;
         Ok(exit)
     }
 
@@ -195,19 +223,31 @@ impl SshJob {
     }
 }
 
-/// The workload's stdout, to its file and line by line to the watch loop (progress, liveness).
+/// The workload's stdout, to its file as it came, and line by line, stamped, to `workload.log`
+/// and to the watch loop (progress, liveness, violations).
 struct LineSink {
     file: File,
+    log: File,
+    start: Instant,
     pending: Vec<u8>,
+    /// When the pending line's first byte came (host seconds since QEMU started).
+    pending_at: f64,
     events: mpsc::Sender<SshEvent>,
 }
 
 impl LineSink {
-    fn finish(&mut self) {
-        if !self.pending.is_empty() {
-            let _ = self
-                .events
-                .send(SshEvent::Line(String::from_utf8_lossy(&std::mem::take(&mut self.pending)).into_owned()));
+    fn line(&mut self) -> std::io::Result<()> {
+        let line = String::from_utf8_lossy(&std::mem::take(&mut self.pending)).trim_end_matches('\r').to_owned();
+        writeln!(self.log, "{}", console::stamped(self.pending_at, &line))?;
+        let _ = self.events.send(SshEvent::Line(line));
+        Ok(())
+    }
+
+    /// A last line the workload left unfinished.
+    fn finish(&mut self) -> std::io::Result<()> {
+        match self.pending.is_empty() {
+            true => Ok(()),
+            false => self.line(),
         }
     }
 }
@@ -216,12 +256,12 @@ impl Write for LineSink {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         self.file.write_all(buf)?;
         for &byte in buf {
-            if byte == b'\n' {
-                let line =
-                    String::from_utf8_lossy(&std::mem::take(&mut self.pending)).trim_end_matches('\r').to_owned();
-                let _ = self.events.send(SshEvent::Line(line));
-            } else {
-                self.pending.push(byte);
+            if self.pending.is_empty() {
+                self.pending_at = self.start.elapsed().as_secs_f64();
+            }
+            match byte {
+                b'\n' => self.line()?,
+                _ => self.pending.push(byte),
             }
         }
         Ok(buf.len())

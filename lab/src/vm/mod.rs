@@ -125,6 +125,9 @@ pub struct Boot {
     pub ready: Option<ProtocolLine>,
     pub result: Option<ProtocolLine>,
     pub console_log: PathBuf,
+    /// The stdout of a workload run over SSH, its lines stamped as the console's (`job`); there
+    /// is no such file when none ran.
+    pub workload_log: PathBuf,
     /// Console lines the guest printed: none at all means it never got going.
     pub console_lines: usize,
     /// Every round of host sampling, in order (also in `host-samples.json`). A round after which
@@ -196,7 +199,7 @@ pub struct SshOutcome {
 
 /// What the VM stage asks of triage while a guest runs, as functions: it never reads triage's data.
 pub struct Watch<'a> {
-    /// Does this console line open a report, the kernel's or a workload's?
+    /// Does this line (the console's, or a workload's stdout over SSH) open a report, whose?
     pub report_starts: fn(&str) -> Option<Origin>,
     /// How to diagnose a silent or overdue guest; `None` kills it without looking.
     pub diagnosis: Option<Diagnosis<'a>>,
@@ -399,12 +402,12 @@ impl<'a> Guest<'a> {
 
     fn console(&mut self, cell: &mut Watcher, at: f64, text: &str, on_line: &mut impl FnMut(Seen)) -> Result<()> {
         let now = Instant::now();
-        writeln!(self.log, "{at:>9.3}s| {text}")
+        writeln!(self.log, "{}", console::stamped(at, text))
             .with_context(|| format!("cannot write {}", self.console_log.display()))?;
         on_line(Seen::Console(text));
         let next = cell.console(at, text, now);
         if let (Next::StartSsh, Some(port), Some(ssh)) = (next, self.machine.ssh_port, self.ssh) {
-            self.job.start(SshJob::new(port, ssh, self.dir, self.deadlines, Instant::now()));
+            self.job.start(SshJob::new(port, ssh, self.dir, self.deadlines, self.start, Instant::now()));
         }
         Ok(())
     }
@@ -570,7 +573,8 @@ impl Drop for Sockets {
     }
 }
 
-/// The host time stamp of console line `line` (1-based) of a `console.log` text, as `boot` wrote it.
+/// The host time stamp of line `line` (1-based) of a `console.log` or `workload.log` text, as
+/// `boot` wrote it.
 pub fn console_time(console: &str, line: usize) -> Option<f64> {
     let (stamp, _) = console.lines().nth(line.checked_sub(1)?)?.split_once("s| ")?;
     stamp.trim().parse().ok()

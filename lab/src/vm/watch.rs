@@ -22,7 +22,8 @@ const POWER_OFF_GRACE: Duration = Duration::from_secs(30);
 /// What a boot is watched for, fixed before it starts.
 pub(super) struct Rules<'a> {
     pub deadlines: Deadlines,
-    /// Does this console line open a report, the kernel's or a workload's?
+    /// Does this line open a report, the kernel's or a workload's? Asked of every console line,
+    /// and of every line of a workload's stdout over SSH.
     pub report_starts: fn(&str) -> Option<Origin>,
     /// A silent or overdue guest is diagnosed before it ends (`Watch::diagnosis`).
     pub diagnoses: bool,
@@ -181,7 +182,14 @@ impl<'a> Watcher<'a> {
                 outcome.ready_s = Some(at);
                 (outcome.machine, outcome.cpus) = (Some(machine), cpus);
             }
-            SshEvent::Heard | SshEvent::Line(_) => self.last_output = now,
+            SshEvent::Heard => self.last_output = now,
+            SshEvent::Line(text) => {
+                self.last_output = now;
+                // Only the workload's own report comes over SSH: the kernel's are on the console.
+                if (self.rules.report_starts)(&text) == Some(Origin::Workload) {
+                    self.violation_seen.get_or_insert(now);
+                }
+            }
             SshEvent::Finished { fields } => {
                 self.result.get_or_insert(ProtocolLine { at, fields });
                 self.result_seen.get_or_insert(now);
@@ -340,6 +348,8 @@ impl<'a> Watcher<'a> {
             end,
             ready: self.ready,
             result: self.result,
+            // The job writes it beside console.log, in the cell.
+            workload_log: console_log.with_file_name(super::job::WORKLOAD_LOG),
             console_log,
             console_lines: self.console_lines,
             host: self.host,
@@ -418,9 +428,13 @@ mod tests {
         Ok(Diagnosed { samples, running_normally })
     }
 
+    /// `line=TEXT`: a line of the workload's stdout that says TEXT (`line`: one that says `tick`).
     fn ssh_event(word: &str) -> SshEvent {
         let error = |e| SshEvent::Failed(e);
         let what = || "smoke".to_owned();
+        if let Some(text) = word.strip_prefix("line=") {
+            return SshEvent::Line(text.into());
+        }
         match word {
             "ready" => SshEvent::Ready { machine: "x86_64".into(), cpus: Some(4) },
             "heard" => SshEvent::Heard,
@@ -577,6 +591,15 @@ mod tests {
         );
         check("verdict", "1 LAB-READY; 2 BUG: soft lockup; 3 V", "stopped-after-report@7.1");
         check("verdict", "1 LAB-READY; 3 V; 4 Kernel panic - not syncing; 4.5 qemu:ok", "exited@4.5");
+        // Over SSH, the workload's stdout: the same violation, the same end.
+        let ready = "1 LAB-READY ssh=22; 2 ssh:ready";
+        check("ssh verdict", &format!("{ready}; 3 ssh:line=V"), "start-ssh@1.0 stopped-after-report@5.1");
+        check(
+            "ssh verdict",
+            &format!("{ready}; 3 ssh:line=V; 4 BUG: soft lockup"),
+            "start-ssh@1.0 stopped-after-report@9.1",
+        );
+        check("ssh", &format!("{ready}; 3 ssh:line=V; 10 ssh:exit=1; 11 qemu:ok"), "start-ssh@1.0 exited@11.0");
     }
 
     /// From the ready line on, a round a second; three stuck rounds in a row set off the look.
@@ -621,6 +644,8 @@ mod tests {
         check("ssh", &format!("{ready}; 10 ssh:deadline"), "start-ssh@1.0 workload-timeout@10.1");
         check("ssh", &format!("{ready}; 10 ssh:refused"), "start-ssh@1.0 ssh-failed@10.1");
         check("ssh", &format!("{ready}; 10 ssh:cancelled"), "start-ssh@1.0 silent@31.1");
+        // A kernel's headline in the workload's stdout is no report: the kernel's are on the console.
+        check("ssh verdict", &format!("{ready}; 6 ssh:line=BUG: soft lockup"), "start-ssh@1.0 silent@36.1");
         check("ssh", "1 LAB-READY arch=x86_64 ssh=none", "ssh-failed@1.1");
         check("ssh", "1 LAB-READY arch=x86_64", "ssh-failed@1.1");
         // SSH for people only: the lab does not log in, and a guest without a server is no error.

@@ -120,6 +120,7 @@ fn report_block(report: &Report) -> Markup {
     let source = match report.source {
         Source::Console => "console",
         Source::Host => "host samples",
+        Source::Workload => "workload's output over SSH",
     };
     let guilty = report.frame_site.as_ref().map(FrameSite::faddr2line).unwrap_or_default();
     let mut stacks: Vec<(Role, &CpuStack)> = report.stacks.iter().map(|s| (role(report, s), s)).collect();

@@ -25,7 +25,7 @@ const STYLE: &str = include_str!("style.css");
 const SCRIPT: &str = include_str!("script.js");
 
 /// The files of a cell a reader may want, linked when the cell has them.
-const CELL_FILES: [&str; 4] = ["console.log", "result.json", "host-samples.json", "qemu-command.sh"];
+const CELL_FILES: [&str; 5] = ["console.log", "workload.log", "result.json", "host-samples.json", "qemu-command.sh"];
 
 /// Writes `dir/report.html` for the run whose cells are `cells` (in planned order).
 pub fn write_run(dir: &Path, cells: &[CellResult]) -> Result<()> {
