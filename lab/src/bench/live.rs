@@ -18,11 +18,10 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use xshell::Shell;
 
-use super::{bench_accel, median, subject, BenchArgs, MEMORY_MIB};
+use super::{median, subject, BenchArgs, Churn, CHURN_VCPUS};
 use crate::cache::Cache;
-use crate::kernel;
 use crate::report::CellResult;
-use crate::run::guest::{self, Detectors, Guest, Init};
+use crate::run::guest::{self, Detectors};
 use crate::triage::{self, HostSamples, Symbols};
 use crate::ui::Ui;
 use crate::vm::{self, Deadlines, Machine};
@@ -31,13 +30,12 @@ use crate::vocab::{CellEnd, Verdict};
 /// Off, the default pace, and twice as fast.
 const PACES: [Option<Duration>; 3] = [None, Some(guest::LIVE_EVERY), Some(Duration::from_millis(500))];
 const CHURN_SECONDS: u32 = 30;
-const VCPUS: u32 = 4;
 /// The stock churn matrix's deadlines.
 const DEADLINES: Deadlines =
     Deadlines { boot: 180, silence: 20, workload: 240, report_grace: 15, violation_grace: None };
 
 /// One boot's throughput, and whether the live watch set off a look.
-struct Churn {
+struct Throughput {
     rounds_per_s: f64,
     windows_per_s: f64,
     alarms: usize,
@@ -46,22 +44,17 @@ struct Churn {
 pub fn run(sh: &Shell, cache: &Cache, args: &BenchArgs, ui: &Ui, project: &Path) -> Result<ExitCode> {
     let (recipe, arches, opts) = subject(args, project, "kernels/linux-7.3.yaml")?;
     println!(
-        "# lab bench --live: recipe {}, {VCPUS} vCPUs, mmcid-churn {CHURN_SECONDS} s, {} boots per pace and arch\n",
+        "# lab bench --live: recipe {}, {CHURN_VCPUS} vCPUs, mmcid-churn {CHURN_SECONDS} s, {} boots per pace and arch\n",
         recipe.name, args.runs
     );
     println!("Medians (min-max) of the churn's own counts; \"/ off\" is the median's ratio to the watch off.\n");
     println!("| arch | live watch | rounds/s | / off | CID windows/s | / off | looks set off | verdicts |");
     println!("| --- | --- | --- | --- | --- | --- | --- | --- |");
     for arch in arches {
-        let k = kernel::build(sh, cache, &recipe, arch, &opts, ui)?;
-        let image = crate::image::build(sh, cache, &project.join("images"), arch, ui)?;
-        let symbols = Symbols::load(&k.system_map())?;
-        let accel = bench_accel(cache, args, &k, &image)?;
-        let churn = Init::Run("mmcid-churn", vec![("seconds".into(), CHURN_SECONDS.to_string())]);
-        let cmdline = guest::cmdline(arch, Detectors::Panic, churn, &[]);
-        let guest = Guest { kernel: &k, image: &image, vcpus: VCPUS, memory_mib: MEMORY_MIB, cmdline };
+        let Churn { kernel, image, symbols, accel } = Churn::on(sh, cache, args, ui, project, (&recipe, arch, &opts))?;
+        let guest = Churn::guest(&kernel, &image, CHURN_SECONDS, Detectors::Panic);
         let machine = guest.machine(accel);
-        let mut boots: Vec<Vec<Result<Churn>>> = PACES.iter().map(|_| Vec::new()).collect();
+        let mut boots: Vec<Vec<Result<Throughput>>> = PACES.iter().map(|_| Vec::new()).collect();
         for run in 0..args.runs {
             for turn in 0..PACES.len() {
                 let pace = (run + turn) % PACES.len();
@@ -70,9 +63,9 @@ pub fn run(sh: &Shell, cache: &Cache, args: &BenchArgs, ui: &Ui, project: &Path)
         }
         let (mut off_rounds, mut off_windows) = (None, None);
         for (pace, boots) in PACES.iter().zip(&boots) {
-            let ok: Vec<&Churn> = boots.iter().filter_map(|b| b.as_ref().ok()).collect();
+            let ok: Vec<&Throughput> = boots.iter().filter_map(|b| b.as_ref().ok()).collect();
             let failed: Vec<String> = boots.iter().filter_map(|b| b.as_ref().err()).map(|e| format!("{e:#}")).collect();
-            let column = |f: fn(&Churn) -> f64| {
+            let column = |f: fn(&Throughput) -> f64| {
                 let mut v: Vec<f64> = ok.iter().map(|c| f(c)).collect();
                 let (lo, hi) = (v.iter().copied().fold(f64::MAX, f64::min), v.iter().copied().fold(f64::MIN, f64::max));
                 (!v.is_empty()).then(|| {
@@ -110,7 +103,7 @@ fn churn_boot(
     symbols: &Symbols,
     pace: Option<Duration>,
     run: usize,
-) -> Result<Churn> {
+) -> Result<Throughput> {
     let name = pace.map_or("off".to_string(), |p| p.as_millis().to_string());
     let dir = cache.dir("bench")?.join(format!("live-{}-{name}-{run}", machine.arch));
     std::fs::create_dir_all(&dir)?;
@@ -122,16 +115,20 @@ fn churn_boot(
         .find_map(|line| line.split_once("mmcid-churn: done after ").map(|(_, rest)| rest))
         .with_context(|| format!("the churn did not finish cleanly (ended {:?}); see {}", boot.end, dir.display()))?;
     let churn = parse_closing(closing).with_context(|| format!("cannot read the churn's closing line: {closing}"))?;
-    Ok(Churn { alarms: boot.host.iter().filter(|h| h.alarm.is_some()).count(), ..churn })
+    Ok(Throughput { alarms: boot.host.iter().filter(|h| h.alarm.is_some()).count(), ..churn })
 }
 
 /// `30.0 s: rounds=544 (18.1/s) ... windows=78347 ...` (images/workloads/mmcid-churn.c).
-fn parse_closing(text: &str) -> Option<Churn> {
+fn parse_closing(text: &str) -> Option<Throughput> {
     let elapsed: f64 = text.split_once(" s:")?.0.trim().parse().ok()?;
     let field = |key: &str| -> Option<f64> {
         text.split_whitespace().find_map(|w| w.strip_prefix(key)).and_then(|v| v.parse().ok())
     };
-    Some(Churn { rounds_per_s: field("rounds=")? / elapsed, windows_per_s: field("windows=")? / elapsed, alarms: 0 })
+    Some(Throughput {
+        rounds_per_s: field("rounds=")? / elapsed,
+        windows_per_s: field("windows=")? / elapsed,
+        alarms: 0,
+    })
 }
 
 /// The windows judged again, in rounds.

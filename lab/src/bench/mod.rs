@@ -415,13 +415,8 @@ fn stuck(sh: &Shell, cache: &Cache, args: &BenchArgs, ui: &Ui, project: &Path) -
     println!("| arch | hung runs | last console line to diagnosis (s) | sampling (s) | NMI and answer (s) | cell killed at deadline (s) | cell diagnosed (s) | diagnosed / killed | named |");
     println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- |");
     for arch in arches {
-        let k = kernel::build(sh, cache, &recipe, arch, &opts, ui)?;
-        let image = crate::image::build(sh, cache, &project.join("images"), arch, ui)?;
-        let symbols = crate::triage::Symbols::load(&k.system_map())?;
-        let accel = bench_accel(cache, args, &k, &image)?;
-        let churn = Init::Run("mmcid-churn", vec![("seconds".into(), "60".into())]);
-        let cmdline = guest::cmdline(arch, Detectors::Off, churn, &[]);
-        let guest = Guest { kernel: &k, image: &image, vcpus: 4, memory_mib: MEMORY_MIB, cmdline };
+        let Churn { kernel, image, symbols, accel } = Churn::on(sh, cache, args, ui, project, (&recipe, arch, &opts))?;
+        let guest = Churn::guest(&kernel, &image, 60, Detectors::Off);
         let machine = guest.machine(accel);
         let hangs: Vec<Hang> = (0..args.runs)
             .map(|run| stuck_boot(&machine, cache, &symbols, run))
@@ -456,6 +451,47 @@ fn stuck(sh: &Shell, cache: &Cache, args: &BenchArgs, ui: &Ui, project: &Path) -
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The churn's guests are the size of the known-bad matrices' cells.
+const CHURN_VCPUS: u32 = 4;
+
+/// What a bench of the mm_cid churn boots on one arch: the recipe's kernel and image, the
+/// kernel's symbols for host samples, and what its guests run under.
+struct Churn {
+    kernel: kernel::Kernel,
+    image: crate::image::Image,
+    symbols: crate::triage::Symbols,
+    accel: Accel,
+}
+
+impl Churn {
+    fn on(
+        sh: &Shell,
+        cache: &Cache,
+        args: &BenchArgs,
+        ui: &Ui,
+        project: &Path,
+        (recipe, arch, opts): (&kernel::Recipe, Arch, &BuildOptions),
+    ) -> Result<Churn> {
+        let kernel = kernel::build(sh, cache, recipe, arch, opts, ui)?;
+        let image = crate::image::build(sh, cache, &project.join("images"), arch, ui)?;
+        let symbols = crate::triage::Symbols::load(&kernel.system_map())?;
+        let accel = bench_accel(cache, args, &kernel, &image)?;
+        Ok(Churn { kernel, image, symbols, accel })
+    }
+
+    /// A guest running the churn for `seconds`.
+    fn guest<'a>(
+        kernel: &'a kernel::Kernel,
+        image: &'a crate::image::Image,
+        seconds: u32,
+        detectors: Detectors,
+    ) -> Guest<'a> {
+        let churn = Init::Run("mmcid-churn", vec![("seconds".into(), seconds.to_string())]);
+        let cmdline = guest::cmdline(kernel.arch, detectors, churn, &[]);
+        Guest { kernel, image, vcpus: CHURN_VCPUS, memory_mib: MEMORY_MIB, cmdline }
+    }
 }
 
 struct Hang {
