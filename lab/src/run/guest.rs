@@ -25,6 +25,12 @@ const HOST_SAMPLE_INTERVAL: Duration = Duration::from_millis(500);
 pub const LIVE_EVERY: Duration = Duration::from_secs(1);
 pub const LIVE_WINDOW: usize = 3;
 
+/// The guests' `watchdog_thresh`: hard lockups are reported after it, soft ones after twice it.
+/// Half the kernel's default: after a look the live watch set off, the lab waits for the guest's
+/// own report that long (`vm::Live::guest_wait`), and TCG guests bear it (the stock churn at two
+/// 4-vCPU guests on 2 host cores raised no false alarm: BENCHMARKS.md, "Naming a hang in seconds").
+const WATCHDOG_THRESH_S: u64 = 5;
+
 /// When only a cell's verdict is wanted, its boot ends this long after the workload's first
 /// violation line: time for the kernel's own reports of the same bug (a WARN, a lockup) to start,
 /// which then get their own grace.
@@ -111,15 +117,11 @@ pub fn cmdline(arch: Arch, detectors: Detectors, init: Init, extra: &[String]) -
                 // atomically, then ends the VM.
                 "nmi_watchdog=panic",
                 "softlockup_panic=1",
-                // Half the default threshold: hard lockups after 5 s, soft ones after 10 s. The
-                // host's live watch names a spinning vCPU in about 3 s and then looks for 3.5 s
-                // more; with the default 10 s the guest's own report came after the cell had
-                // ended. TCG guests bear it: the stock churn at two 4-vCPU guests on 2 host cores
-                // raised no false alarm (BENCHMARKS.md, "Naming a hang in seconds").
-                "watchdog_thresh=5",
             ]
             .map(String::from),
         );
+        // The guest's own report of what the live watch saw comes while the lab still listens.
+        words.push(format!("watchdog_thresh={WATCHDOG_THRESH_S}"));
     }
     words.extend(arch.kernel_params().iter().map(|p| p.to_string()));
     if let Detectors::Off = detectors {
@@ -231,6 +233,7 @@ pub fn diagnosis<'a>(
         every,
         window: LIVE_WINDOW,
         stuck: Box::new(move |samples: &HostSamples| triage::diagnose_host(samples, symbols, 0).stuck_for_good),
+        guest_wait: Duration::from_secs(2 * WATCHDOG_THRESH_S),
     });
     (samples > 0).then_some(Diagnosis { sampling, ask_guest: true, dump_memory, spinning, live })
 }

@@ -225,6 +225,9 @@ pub struct Live<'a> {
     pub every: Duration,
     pub window: usize,
     pub stuck: Box<dyn Fn(&HostSamples) -> bool + 'a>,
+    /// After such a look, how long the guest's own detectors may take to report what the host
+    /// saw: the boot is not ended by a pause in the guest's answer before then.
+    pub guest_wait: Duration,
 }
 
 const CONSOLE_LOG: &str = "console.log";

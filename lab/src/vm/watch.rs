@@ -76,8 +76,10 @@ pub(super) struct Watcher<'a> {
     result_seen: Option<Instant>,
     /// How the SSH job says the boot ends, for the next tick.
     ssh_end: Option<End>,
-    /// Set once the guest has been diagnosed: how it will end, after listening until the instant.
-    ending: Option<(End, Instant)>,
+    /// Set once the guest has been diagnosed: how it will end, after listening until the first
+    /// instant, and not ended by a pause in its answer before the second (the guest's own
+    /// detectors' time, after a look the live watch set off).
+    ending: Option<(End, Instant, Instant)>,
     console_lines: usize,
     host: Vec<HostSamples>,
     host_error: Option<String>,
@@ -87,8 +89,9 @@ pub(super) struct Watcher<'a> {
     next_round: Option<Instant>,
     /// Why the live watch stopped (QMP failed it): the deadlines still end the boot.
     live_error: Option<String>,
-    /// What the live watch saw, for the diagnosis it sets off.
+    /// What the live watch saw, for the diagnosis it sets off, and when.
     alarm: Option<String>,
+    alarm_at: Option<Instant>,
 }
 
 impl<'a> Watcher<'a> {
@@ -114,6 +117,7 @@ impl<'a> Watcher<'a> {
             next_round: None,
             live_error: None,
             alarm: None,
+            alarm_at: None,
         }
     }
 
@@ -230,8 +234,8 @@ impl<'a> Watcher<'a> {
         if let Some(signal) = interrupted {
             return Some(Due::Interrupted(signal));
         }
-        if let Some((end, until)) = &self.ending {
-            let over = now > *until || now - self.last_output > ANSWER_QUIET;
+        if let Some((end, until, patient)) = &self.ending {
+            let over = now > *until || (now > *patient && now - self.last_output > ANSWER_QUIET);
             return over.then(|| Due::End(end.clone()));
         }
         let Some(end) = self.due(now) else {
@@ -301,6 +305,7 @@ impl<'a> Watcher<'a> {
         }
         let every = live.every.as_secs_f64();
         self.alarm = Some(format!("{} rounds {every:.1} s apart from {:.1} s", live.window, first.started_s));
+        self.alarm_at = Some(now);
         self.rounds.clear();
         Some(End::Stuck)
     }
@@ -329,7 +334,12 @@ impl<'a> Watcher<'a> {
             // A live alarm the longer look did not bear out: the watch goes on, with a new window.
             self.next_round = self.next_round.map(|_| now + self.rules.live.map_or(Duration::ZERO, |l| l.every));
         } else {
-            self.ending = Some((end, now + listen));
+            // The live watch looked early: the guest's own detectors get their time to report.
+            let patient = match (&end, self.alarm_at, self.rules.live) {
+                (End::Stuck, Some(alarm), Some(live)) => alarm + live.guest_wait,
+                _ => now,
+            };
+            self.ending = Some((end, (now + listen).max(patient), patient));
         }
         None
     }
@@ -338,7 +348,7 @@ impl<'a> Watcher<'a> {
     /// ends as the diagnosis said.
     pub(super) fn closed(&mut self, failure: Option<String>) -> End {
         match self.ending.take() {
-            Some((end, _)) => end,
+            Some((end, ..)) => end,
             None => failure.map_or(End::Exited, End::QemuFailed),
         }
     }
@@ -382,7 +392,8 @@ mod tests {
     /// The live watch of the tests: a round a second, three in a row; a sample at pc 1 is stuck.
     fn live() -> &'static Live<'static> {
         let stuck = |samples: &HostSamples| samples.vcpus.iter().flat_map(|v| &v.samples).all(|s| s.pc == 1);
-        Box::leak(Box::new(Live { every: Duration::from_secs(1), window: 3, stuck: Box::new(stuck) }))
+        let guest_wait = Duration::from_secs(10);
+        Box::leak(Box::new(Live { every: Duration::from_secs(1), window: 3, stuck: Box::new(stuck), guest_wait }))
     }
 
     /// A round of the live watch: `s` stuck, `b` busy, `p` QEMU not running the guest, `e` QMP failed.
@@ -602,21 +613,27 @@ mod tests {
         check("ssh", &format!("{ready}; 3 ssh:line=V; 10 ssh:exit=1; 11 qemu:ok"), "start-ssh@1.0 exited@11.0");
     }
 
-    /// From the ready line on, a round a second; three stuck rounds in a row set off the look.
+    /// From the ready line on, a round a second; three stuck rounds in a row set off the look,
+    /// after which the guest's own detectors get 10 s from the look to report.
     #[test]
     fn ends_when_the_live_watch_sees_a_vcpu_stuck() {
-        check("look=stuck rounds=s,s,s", "1 LAB-READY", "diagnose(stuck)@4.0 stuck@4.1");
-        check("look=stuck rounds=s,s,b,s,s,s", "1 LAB-READY", "diagnose(stuck)@7.0 stuck@7.1");
-        check("look=nmi rounds=s,s,s", "1 LAB-READY; 4.5 NMI backtrace", "diagnose(stuck)@4.0 stuck@7.6");
+        check("look=stuck rounds=s,s,s", "1 LAB-READY", "diagnose(stuck)@4.0 stuck@14.1");
+        check("look=stuck rounds=s,s,b,s,s,s", "1 LAB-READY", "diagnose(stuck)@7.0 stuck@17.1");
+        // The guest reports and panics meanwhile; or talks on past the wait until it pauses.
+        let panics = "1 LAB-READY; 8 BUG: hard LOCKUP; 9 Kernel panic - not syncing; 9.5 qemu:ok";
+        check("look=stuck rounds=s,s,s", panics, "diagnose(stuck)@4.0 stuck@9.5");
+        check("look=nmi rounds=s,s,s", "1 LAB-READY; 4.5 NMI backtrace", "diagnose(stuck)@4.0 stuck@14.1");
+        let talking = "1 LAB-READY; 13 x; 15 x; 17 x";
+        check("look=nmi rounds=s,s,s", talking, "diagnose(stuck)@4.0 stuck@19.1");
         // A pause from outside breaks the row: frozen vCPUs are not stuck ones.
-        check("look=stuck rounds=s,s,p,s,s,s", "1 LAB-READY", "diagnose(stuck)@7.0 stuck@7.1");
+        check("look=stuck rounds=s,s,p,s,s,s", "1 LAB-READY", "diagnose(stuck)@7.0 stuck@17.1");
         // Not before the ready line: booting is the boot deadline's business.
         check("look=stuck rounds=s,s,s", "5 Linux version 7.3.4", "boot-timeout@20.1");
         // The longer look did not bear it out: the watch goes on with a new row.
         check(
             "look=healthy,stuck rounds=s,s,s,s,s,s",
             "1 LAB-READY",
-            "diagnose(stuck)@4.0 diagnose(stuck)@7.0 stuck@7.1",
+            "diagnose(stuck)@4.0 diagnose(stuck)@7.0 stuck@17.1",
         );
         // The kernel told first: its report's grace and look, no more rounds.
         check(
