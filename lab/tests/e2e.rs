@@ -1028,7 +1028,7 @@ fn a_silent_live_lock_is_named_from_the_host_on_every_architecture() {
             runs.iter().find(|c| c["verdict"] == "fail").unwrap_or_else(|| panic!("{arch}: no run hung: {runs:#?}"));
         assert_eq!(hit["end"], "stuck", "{arch}: the live watch must see it before the silence deadline: {hit:#}");
         let samples = named_from_the_host(hit, arch);
-        assert!(samples[0]["alarm"].as_str().is_some_and(|a| a.starts_with("3 rounds")), "{arch}: {samples:#}");
+        assert!(samples[0]["alarm"].as_str().is_some_and(|a| a.contains(" rounds ")), "{arch}: {samples:#}");
     }
     // In JUnit a cell's runs are one testcase: failed, whatever the runs before the hit did.
     let read = junit_as_read(&out.join("junit.xml"));

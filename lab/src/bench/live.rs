@@ -131,16 +131,25 @@ fn parse_closing(text: &str) -> Option<Throughput> {
     })
 }
 
-/// The windows judged again, in rounds.
+/// The plain windows judged again, in rounds; the watch's own rule comes last.
 const WINDOWS: [usize; 5] = [2, 3, 4, 5, 6];
+
+/// What one rule would have done over the kept rounds.
+#[derive(Default)]
+struct Judged {
+    /// Looks in passing cells, and passing cells with one.
+    looks: usize,
+    cells: usize,
+    /// Looks before the hang, in cells the run's look showed hung.
+    early: usize,
+    /// Ready line to the hang seen, in those cells.
+    seen: Vec<f64>,
+}
 
 pub fn windows(cache: &Cache, dirs: &[PathBuf]) -> Result<ExitCode> {
     let mut symbols: BTreeMap<(String, String), Symbols> = BTreeMap::new();
-    // Per window: looks in passing cells, passing cells with a look, looks before a hang, and
-    // ready-to-seen times of the hangs.
-    let mut passing = 0;
-    let mut hung = 0;
-    let mut rows: Vec<(usize, usize, usize, Vec<f64>)> = WINDOWS.iter().map(|_| (0, 0, 0, Vec::new())).collect();
+    let (mut passing, mut hung) = (0, 0);
+    let mut rows: Vec<Judged> = (0..=WINDOWS.len()).map(|_| Judged::default()).collect();
     for dir in dirs {
         let run = crate::results::read(dir)?;
         for cell in &run.cells {
@@ -150,47 +159,78 @@ pub fn windows(cache: &Cache, dirs: &[PathBuf]) -> Result<ExitCode> {
                 symbols.insert(key.clone(), cell_symbols(cache, cell)?);
             }
             let symbols = &symbols[&key];
-            let stuck =
-                |rounds: &[HostSamples]| triage::diagnose_host(&vm::live_window(rounds), symbols, 0).stuck_for_good;
-            let hang_from = (cell.end == CellEnd::Stuck).then(|| hang_start(&rounds));
-            match (cell.verdict, hang_from) {
-                (Verdict::Pass, _) => passing += 1,
-                (_, Some(_)) => hung += 1,
+            let stuck = |w: &HostSamples| triage::diagnose_host(w, symbols, 0).stuck_for_good;
+            let hang_from = match (cell.verdict, cell.end) {
+                (Verdict::Pass, _) => None,
+                (_, CellEnd::Stuck) => Some(hang_start(&rounds)),
                 _ => continue,
+            };
+            match hang_from {
+                None => passing += 1,
+                Some(_) => hung += 1,
             }
-            let every = rounds.windows(2).map(|w| w[1].started_s - w[0].started_s).fold(f64::MAX, f64::min);
-            for (window, row) in WINDOWS.iter().zip(&mut rows) {
-                let looks = replay(&rounds, *window, &stuck);
+            let said = console_times(&cell.dir.join("console.log"));
+            let live = vm::Live {
+                every: guest::LIVE_EVERY,
+                window: guest::LIVE_WINDOW,
+                long_window: guest::LIVE_LONG_WINDOW,
+                stuck: Box::new(stuck),
+                guest_wait: Duration::ZERO,
+            };
+            let last_said = |at: f64| said.iter().copied().take_while(|&t| t < at).last().unwrap_or(0.0);
+            let own = |r: &[HostSamples]| live.alarm(r, last_said(r[r.len() - 1].started_s)).is_some();
+            for (n, row) in rows.iter_mut().enumerate() {
+                let plain = |r: &[HostSamples]| {
+                    WINDOWS.get(n).is_some_and(|&w| r.len() >= w && stuck(&vm::live_window(&r[r.len() - w..])))
+                };
+                let looks = if n < WINDOWS.len() { replay(&rounds, &plain) } else { replay(&rounds, &own) };
                 match hang_from {
                     None => {
-                        row.0 += looks.len();
-                        row.1 += usize::from(!looks.is_empty());
+                        row.looks += looks.len();
+                        row.cells += usize::from(!looks.is_empty());
                     }
                     Some(from) => {
-                        row.2 += looks.iter().filter(|&&at| at < from).count();
+                        row.early += looks.iter().filter(|&&at| at < from).count();
                         // The hang lasts: rounds past the last kept one would show it too.
-                        let seen = from + (*window as f64 - 1.0) * every;
-                        row.3.push(seen - cell.ready_s.unwrap_or(0.0));
+                        let rounds_needed = WINDOWS.get(n).copied().unwrap_or(guest::LIVE_WINDOW);
+                        let seen = from + (rounds_needed as f64 - 1.0) * guest::LIVE_EVERY.as_secs_f64();
+                        row.seen.push(seen - cell.ready_s.unwrap_or(0.0));
                     }
                 }
             }
         }
     }
     println!("# lab bench --live-windows: the kept rounds of {passing} passing and {hung} hung cells judged again\n");
-    println!("| window (rounds) | looks in passing cells | passing cells with a look | looks before a hang | ready to hang seen, median (min-max) |");
+    println!("| rule | looks in passing cells | passing cells with a look | looks before a hang | ready to hang seen, median (min-max) |");
     println!("| --- | --- | --- | --- | --- |");
-    for (window, (looks, cells, early, mut seen)) in WINDOWS.iter().zip(rows) {
-        let seen = match seen.is_empty() {
+    for (n, mut row) in rows.into_iter().enumerate() {
+        let rule = match WINDOWS.get(n) {
+            Some(w) => format!("{w} rounds"),
+            None => format!(
+                "{} rounds with the console quiet, or {} (the watch's)",
+                guest::LIVE_WINDOW,
+                guest::LIVE_LONG_WINDOW
+            ),
+        };
+        let seen = match row.seen.is_empty() {
             true => "-".to_string(),
             false => {
-                let (lo, hi) =
-                    (seen.iter().copied().fold(f64::MAX, f64::min), seen.iter().copied().fold(f64::MIN, f64::max));
-                format!("{:.1} s ({lo:.1}-{hi:.1})", median(&mut seen))
+                let (lo, hi) = (
+                    row.seen.iter().copied().fold(f64::MAX, f64::min),
+                    row.seen.iter().copied().fold(f64::MIN, f64::max),
+                );
+                format!("{:.1} s ({lo:.1}-{hi:.1})", median(&mut row.seen))
             }
         };
-        println!("| {window} | {looks} | {cells} of {passing} | {early} | {seen} |");
+        println!("| {rule} | {} | {} of {passing} | {} | {seen} |", row.looks, row.cells, row.early);
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The host time stamps of a console log's lines (`    1.234s| ...`).
+fn console_times(path: &Path) -> Vec<f64> {
+    let text = std::fs::read(path).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default();
+    text.lines().filter_map(|l| l.split_once("s| ")?.0.trim().parse().ok()).collect()
 }
 
 /// The live watch's rounds a cell kept, if it kept any.
@@ -217,13 +257,13 @@ fn cell_symbols(cache: &Cache, cell: &CellResult) -> Result<Symbols> {
     Symbols::load(&dir.path().join("System.map"))
 }
 
-/// Host seconds of each look a watch of `window` rounds would have set off, starting a new row
-/// after each, as the watch does.
-fn replay(rounds: &[HostSamples], window: usize, stuck: &dyn Fn(&[HostSamples]) -> bool) -> Vec<f64> {
+/// Host seconds of each look a rule would have set off (`alarm`: do these rounds, oldest first,
+/// set one off?), starting a new row after each, as the watch does.
+fn replay(rounds: &[HostSamples], alarm: &dyn Fn(&[HostSamples]) -> bool) -> Vec<f64> {
     let mut looks = Vec::new();
     let mut from = 0;
-    for end in window..=rounds.len() {
-        if end - from >= window && stuck(&rounds[end - window..end]) {
+    for end in 1..=rounds.len() {
+        if alarm(&rounds[from..end]) {
             looks.push(rounds[end - 1].finished_s);
             from = end;
         }
@@ -265,7 +305,8 @@ mod tests {
         let stuck = |w: &[HostSamples]| w.iter().all(|r| r.interval_ms == 1);
         let check = |text: &str, window: usize, looks: &[f64], hang: f64| {
             let rounds = rounds(text);
-            assert_eq!(replay(&rounds, window, &stuck), looks, "{text} window {window}");
+            let plain = |r: &[HostSamples]| r.len() >= window && stuck(&r[r.len() - window..]);
+            assert_eq!(replay(&rounds, &plain), looks, "{text} window {window}");
             assert_eq!(hang_start(&rounds), hang, "{text}");
         };
         check("bbSSS", 3, &[4.5], 2.0);

@@ -20,10 +20,11 @@ use crate::vm::{Live, Sampling, SshTask, SshWorkload, Watch};
 const HOST_SAMPLE_INTERVAL: Duration = Duration::from_millis(500);
 
 /// The live watch's pace (`lab run --live-every`) and how many of its rounds in a row must show a
-/// vCPU stuck for good before the guest is diagnosed: chosen by measurement (BENCHMARKS.md,
-/// "Naming a hang in seconds").
+/// vCPU stuck for good before the guest is diagnosed, with its console quiet through them and
+/// whatever it says: chosen by measurement (BENCHMARKS.md, "Naming a hang in seconds").
 pub const LIVE_EVERY: Duration = Duration::from_secs(1);
 pub const LIVE_WINDOW: usize = 3;
+pub const LIVE_LONG_WINDOW: usize = 6;
 
 /// The guests' `watchdog_thresh`: hard lockups are reported after it, soft ones after twice it.
 /// Half the kernel's default: after a look the live watch set off, the lab waits for the guest's
@@ -232,6 +233,7 @@ pub fn diagnosis<'a>(
     let live = symbols.zip(live_every).map(|(symbols, every)| Live {
         every,
         window: LIVE_WINDOW,
+        long_window: LIVE_LONG_WINDOW,
         stuck: Box::new(move |samples: &HostSamples| triage::diagnose_host(samples, symbols, 0).stuck_for_good),
         guest_wait: Duration::from_secs(2 * WATCHDOG_THRESH_S),
     });

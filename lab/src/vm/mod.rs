@@ -218,12 +218,15 @@ pub struct Diagnosis<'a> {
 }
 
 /// The live watch: from the ready line on, one round of samples (every vCPU, the VM stopped for
-/// the few milliseconds it takes) every `every`; when the last `window` rounds together show a
-/// vCPU stuck for good (`stuck`: spinning with interrupts off or on a spinlock), the guest is
-/// diagnosed at once, as a silent one is, instead of after the silence deadline.
+/// the few milliseconds it takes) every `every`; when the last rounds together show a vCPU stuck
+/// for good (`stuck`: spinning with interrupts off or on a spinlock), the guest is diagnosed at
+/// once, as a silent one is, instead of after the silence deadline (`Live::alarm`).
 pub struct Live<'a> {
     pub every: Duration,
+    /// Rounds that set off a look when the guest said nothing since the first of them.
     pub window: usize,
+    /// Rounds that set off a look whatever the guest said.
+    pub long_window: usize,
     pub stuck: Box<dyn Fn(&HostSamples) -> bool + 'a>,
     /// After such a look, how long the guest's own detectors may take to report what the host
     /// saw: the boot is not ended by a pause in the guest's answer before then.
@@ -233,6 +236,23 @@ pub struct Live<'a> {
 const CONSOLE_LOG: &str = "console.log";
 const QEMU_COMMAND: &str = "qemu-command.sh";
 const HOST_SAMPLES: &str = "host-samples.json";
+impl Live<'_> {
+    /// Whether these rounds (oldest first, since the watch last began a row) set off a look, and
+    /// what it rests on. `last_output_s`: host seconds of the guest's last word. Busy kernel paths
+    /// (the load balancer under TCG) fill a short window now and then; a guest that still talks
+    /// through it is not stuck, so a short window counts only when the console was quiet through it.
+    pub fn alarm(&self, rounds: &[HostSamples], last_output_s: f64) -> Option<String> {
+        let last = |n: usize| rounds.len().checked_sub(n).map(|from| &rounds[from..]);
+        let stuck = |w: &&[HostSamples]| (self.stuck)(&sample::window(*w));
+        let every = self.every.as_secs_f64();
+        let said = |n: usize, from: f64, quiet: &str| format!("{n} rounds {every:.1} s apart from {from:.1} s{quiet}");
+        if let Some(w) = last(self.window).filter(|w| last_output_s < w[0].started_s).filter(stuck) {
+            return Some(said(self.window, w[0].started_s, ", the console quiet"));
+        }
+        last(self.long_window).filter(stuck).map(|w| said(self.long_window, w[0].started_s, ""))
+    }
+}
+
 /// Every round of the live watch, a JSON line each, as it is taken: what a window rule is judged
 /// on again (`lab bench --live-windows`).
 pub const LIVE_ROUNDS: &str = "live-rounds.jsonl";

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use super::job::SshEvent;
-use super::sample::{self, NMI_INJECTED};
+use super::sample::NMI_INJECTED;
 use super::{protocol_fields, ssh, Boot, Deadlines, End, Live, ProtocolLine, SshOutcome};
 use crate::process::Signal;
 use crate::triage::{HostSamples, Origin};
@@ -282,7 +282,7 @@ impl<'a> Watcher<'a> {
     }
 
     /// A round of the live watch came back at `now` (`Ok(None)`: QEMU was not running the guest,
-    /// `Err`: why QMP failed): `Some(end)` when the last rounds show a vCPU stuck for good, and
+    /// `Err`: why QMP failed): `Some(end)` when the last rounds set off a look (`Live::alarm`), and
     /// the guest is to be diagnosed for that end at once.
     pub(super) fn sampled(&mut self, round: Result<Option<HostSamples>, String>, now: Instant) -> Option<End> {
         let live = self.rules.live.expect("rounds are due only with a live watch");
@@ -296,15 +296,11 @@ impl<'a> Watcher<'a> {
             Ok(None) => self.rounds.clear(),
             Ok(Some(round)) => self.rounds.push_back(round),
         }
-        while self.rounds.len() > live.window {
+        while self.rounds.len() > live.window.max(live.long_window) {
             self.rounds.pop_front();
         }
-        let first = self.rounds.front()?;
-        if self.rounds.len() < live.window || !(live.stuck)(&sample::window(&self.rounds)) {
-            return None;
-        }
-        let every = live.every.as_secs_f64();
-        self.alarm = Some(format!("{} rounds {every:.1} s apart from {:.1} s", live.window, first.started_s));
+        let said = self.secs(self.last_output);
+        self.alarm = Some(live.alarm(self.rounds.make_contiguous(), said)?);
         self.alarm_at = Some(now);
         self.rounds.clear();
         Some(End::Stuck)
@@ -316,6 +312,12 @@ impl<'a> Watcher<'a> {
     pub(super) fn diagnosed(&mut self, end: End, found: Result<Diagnosed, String>, now: Instant) -> Option<End> {
         let found = match found {
             Ok(found) => found,
+            // The live watch's look could not be had: the guest runs on, unwatched, to its deadlines.
+            Err(why) if end == End::Stuck => {
+                self.live_error = Some(why);
+                self.alarm = None;
+                return None;
+            }
             Err(why) => {
                 self.host_error = Some(why);
                 return Some(end);
@@ -393,7 +395,8 @@ mod tests {
     fn live() -> &'static Live<'static> {
         let stuck = |samples: &HostSamples| samples.vcpus.iter().flat_map(|v| &v.samples).all(|s| s.pc == 1);
         let guest_wait = Duration::from_secs(10);
-        Box::leak(Box::new(Live { every: Duration::from_secs(1), window: 3, stuck: Box::new(stuck), guest_wait }))
+        let every = Duration::from_secs(1);
+        Box::leak(Box::new(Live { every, window: 3, long_window: 6, stuck: Box::new(stuck), guest_wait }))
     }
 
     /// A round of the live watch: `s` stuck, `b` busy, `p` QEMU not running the guest, `e` QMP failed.
@@ -625,6 +628,12 @@ mod tests {
         check("look=nmi rounds=s,s,s", "1 LAB-READY; 4.5 NMI backtrace", "diagnose(stuck)@4.0 stuck@14.1");
         let talking = "1 LAB-READY; 13 x; 15 x; 17 x";
         check("look=nmi rounds=s,s,s", talking, "diagnose(stuck)@4.0 stuck@19.1");
+        // A guest that talks on is looked at after six stuck rounds, not three.
+        let talking = "1 LAB-READY; 2.5 x; 3.5 x; 4.5 x; 5.5 x; 6.5 x";
+        check("look=stuck rounds=s,s,s,s,s,s", talking, "diagnose(stuck)@7.0 stuck@17.1");
+        check("look=stuck rounds=s,s,s,s,s,b", talking, "diagnose(silent)@36.6 silent@36.7");
+        // The look failed: the guest runs on, unwatched.
+        check("look=failed,stuck rounds=s,s,s", "1 LAB-READY", "diagnose(stuck)@4.0 diagnose(silent)@31.1 silent@31.2");
         // A pause from outside breaks the row: frozen vCPUs are not stuck ones.
         check("look=stuck rounds=s,s,p,s,s,s", "1 LAB-READY", "diagnose(stuck)@7.0 stuck@17.1");
         // Not before the ready line: booting is the boot deadline's business.
