@@ -18,7 +18,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use xshell::Shell;
 
-use super::{median, subject, BenchArgs, Churn, CHURN_VCPUS};
+use super::{spread, subject, BenchArgs, Churn, CHURN_VCPUS};
 use crate::cache::Cache;
 use crate::report::CellResult;
 use crate::run::guest::{self, Detectors};
@@ -66,12 +66,7 @@ pub fn run(sh: &Shell, cache: &Cache, args: &BenchArgs, ui: &Ui, project: &Path)
             let ok: Vec<&Throughput> = boots.iter().filter_map(|b| b.as_ref().ok()).collect();
             let failed: Vec<String> = boots.iter().filter_map(|b| b.as_ref().err()).map(|e| format!("{e:#}")).collect();
             let column = |f: fn(&Throughput) -> f64| {
-                let mut v: Vec<f64> = ok.iter().map(|c| f(c)).collect();
-                let (lo, hi) = (v.iter().copied().fold(f64::MAX, f64::min), v.iter().copied().fold(f64::MIN, f64::max));
-                (!v.is_empty()).then(|| {
-                    let m = median(&mut v);
-                    (m, format!("{m:.1} ({lo:.1}-{hi:.1})"))
-                })
+                spread(ok.iter().map(|c| f(c)).collect()).map(|(m, lo, hi)| (m, format!("{m:.1} ({lo:.1}-{hi:.1})")))
             };
             let (rounds, windows) = (column(|c| c.rounds_per_s), column(|c| c.windows_per_s));
             let ratio = |base: &mut Option<f64>, now: &Option<(f64, String)>| match now {
@@ -203,7 +198,7 @@ pub fn windows(cache: &Cache, dirs: &[PathBuf]) -> Result<ExitCode> {
     println!("# lab bench --live-windows: the kept rounds of {passing} passing and {hung} hung cells judged again\n");
     println!("| rule | looks in passing cells | passing cells with a look | looks before a hang | ready to hang seen, median (min-max) |");
     println!("| --- | --- | --- | --- | --- |");
-    for (n, mut row) in rows.into_iter().enumerate() {
+    for (n, row) in rows.into_iter().enumerate() {
         let rule = match WINDOWS.get(n) {
             Some(w) => format!("{w} rounds"),
             None => format!(
@@ -212,16 +207,7 @@ pub fn windows(cache: &Cache, dirs: &[PathBuf]) -> Result<ExitCode> {
                 guest::LIVE_LONG_WINDOW
             ),
         };
-        let seen = match row.seen.is_empty() {
-            true => "-".to_string(),
-            false => {
-                let (lo, hi) = (
-                    row.seen.iter().copied().fold(f64::MAX, f64::min),
-                    row.seen.iter().copied().fold(f64::MIN, f64::max),
-                );
-                format!("{:.1} s ({lo:.1}-{hi:.1})", median(&mut row.seen))
-            }
-        };
+        let seen = spread(row.seen).map_or("-".to_string(), |(m, lo, hi)| format!("{m:.1} s ({lo:.1}-{hi:.1})"));
         println!("| {rule} | {} | {} of {passing} | {} | {seen} |", row.looks, row.cells, row.early);
     }
     Ok(ExitCode::SUCCESS)
@@ -230,7 +216,7 @@ pub fn windows(cache: &Cache, dirs: &[PathBuf]) -> Result<ExitCode> {
 /// The host time stamps of a console log's lines (`    1.234s| ...`).
 fn console_times(path: &Path) -> Vec<f64> {
     let text = std::fs::read(path).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default();
-    text.lines().filter_map(|l| l.split_once("s| ")?.0.trim().parse().ok()).collect()
+    text.lines().filter_map(vm::line_time).collect()
 }
 
 /// The live watch's rounds a cell kept, if it kept any.

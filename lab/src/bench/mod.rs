@@ -212,6 +212,12 @@ fn median(v: &mut [f64]) -> f64 {
     v[v.len() / 2]
 }
 
+/// The median, least and greatest of `v`, for a "median (min-max)" column; `None` when empty.
+fn spread(mut v: Vec<f64>) -> Option<(f64, f64, f64)> {
+    let (lo, hi) = (v.iter().copied().reduce(f64::min)?, v.iter().copied().reduce(f64::max)?);
+    Some((median(&mut v), lo, hi))
+}
+
 /// QEMU alone: start it, read stdout until the ready line.
 fn bare_boot(machine: &Machine) -> Result<f64> {
     let mut command = machine.command();
@@ -425,12 +431,8 @@ fn stuck(sh: &Shell, cache: &Cache, args: &BenchArgs, ui: &Ui, project: &Path) -
             .flatten()
             .collect();
         let column = |f: fn(&Hang) -> f64, digits: usize| {
-            let mut v: Vec<f64> = hangs.iter().map(f).collect();
-            if v.is_empty() {
-                return "-".to_string();
-            }
-            let (lo, hi) = (v.iter().copied().fold(f64::MAX, f64::min), v.iter().copied().fold(f64::MIN, f64::max));
-            format!("{:.digits$} ({lo:.digits$}-{hi:.digits$})", median(&mut v))
+            spread(hangs.iter().map(f).collect())
+                .map_or("-".to_string(), |(m, lo, hi)| format!("{m:.digits$} ({lo:.digits$}-{hi:.digits$})"))
         };
         let mut named = std::collections::BTreeMap::<&str, usize>::new();
         for h in &hangs {

@@ -599,8 +599,12 @@ impl Drop for Sockets {
 /// The host time stamp of line `line` (1-based) of a `console.log` or `workload.log` text, as
 /// `boot` wrote it.
 pub fn console_time(console: &str, line: usize) -> Option<f64> {
-    let (stamp, _) = console.lines().nth(line.checked_sub(1)?)?.split_once("s| ")?;
-    stamp.trim().parse().ok()
+    line_time(console.lines().nth(line.checked_sub(1)?)?)
+}
+
+/// The host time stamp of one line of a cell's log (`console::stamped`).
+pub fn line_time(line: &str) -> Option<f64> {
+    line.split_once("s| ")?.0.trim().parse().ok()
 }
 
 /// `... LAB-READY arch=x86_64 cpus=4` -> {arch: x86_64, cpus: 4}. The marker may follow kernel

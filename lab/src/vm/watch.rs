@@ -90,8 +90,7 @@ pub(super) struct Watcher<'a> {
     /// Why the live watch stopped (QMP failed it): the deadlines still end the boot.
     live_error: Option<String>,
     /// What the live watch saw, for the diagnosis it sets off, and when.
-    alarm: Option<String>,
-    alarm_at: Option<Instant>,
+    alarm: Option<(String, Instant)>,
 }
 
 impl<'a> Watcher<'a> {
@@ -117,7 +116,6 @@ impl<'a> Watcher<'a> {
             next_round: None,
             live_error: None,
             alarm: None,
-            alarm_at: None,
         }
     }
 
@@ -300,8 +298,7 @@ impl<'a> Watcher<'a> {
             self.rounds.pop_front();
         }
         let said = self.secs(self.last_output);
-        self.alarm = Some(live.alarm(self.rounds.make_contiguous(), said)?);
-        self.alarm_at = Some(now);
+        self.alarm = Some((live.alarm(self.rounds.make_contiguous(), said)?, now));
         self.rounds.clear();
         Some(End::Stuck)
     }
@@ -329,7 +326,8 @@ impl<'a> Watcher<'a> {
         let nmi = found.samples.asked.as_deref() == Some(NMI_INJECTED);
         let listen = if nmi { ANSWER_WAIT } else { Duration::ZERO };
         let mut samples = found.samples;
-        samples.alarm = self.alarm.take();
+        let alarm = self.alarm.take();
+        samples.alarm = alarm.as_ref().map(|(what, _)| what.clone());
         self.host.push(samples);
         self.last_output = now;
         if resume {
@@ -337,8 +335,8 @@ impl<'a> Watcher<'a> {
             self.next_round = self.next_round.map(|_| now + self.rules.live.map_or(Duration::ZERO, |l| l.every));
         } else {
             // The live watch looked early: the guest's own detectors get their time to report.
-            let patient = match (&end, self.alarm_at, self.rules.live) {
-                (End::Stuck, Some(alarm), Some(live)) => alarm + live.guest_wait,
+            let patient = match (&end, alarm, self.rules.live) {
+                (End::Stuck, Some((_, at)), Some(live)) => at + live.guest_wait,
                 _ => now,
             };
             self.ending = Some((end, (now + listen).max(patient), patient));
