@@ -3,8 +3,9 @@
 //! Everything comes from Debian packages. QEMU comes from bookworm-backports on bookworm, because
 //! the preinstalled qemu-utils there is the backports build and breaks the plain bookworm QEMU.
 
+use std::os::fd::AsRawFd;
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use xshell::{cmd, Shell};
@@ -36,6 +37,12 @@ const BUILD_PACKAGES: &[&str] = &[
 ];
 
 const BACKPORTS_LIST: &str = "/etc/apt/sources.list.d/lab-bookworm-backports.list";
+
+/// apt holds the first for a whole install or upgrade, dpkg the second while it unpacks.
+const DPKG_LOCKS: &[&str] = &["/var/lib/dpkg/lock-frontend", "/var/lib/dpkg/lock"];
+
+/// How long a check of the host's packages waits for another package manager to finish.
+const PACKAGE_MANAGER_WAIT: Duration = Duration::from_secs(900);
 
 /// A tree per kernel source is about 2 GiB, plus about 1 GiB of objects per architecture.
 const MIN_FREE_GIB: u64 = 12;
@@ -101,8 +108,42 @@ pub fn missing(sh: &Shell) -> (Vec<&'static str>, Vec<&'static str>) {
     (plain, backports)
 }
 
+/// The pid of a process holding a write lock on `path` (apt and dpkg lock with fcntl), if any.
+fn lock_holder(path: &Path) -> Option<libc::pid_t> {
+    let file = std::fs::File::open(path).ok()?;
+    let mut lock: libc::flock = unsafe { std::mem::zeroed() };
+    lock.l_type = libc::F_WRLCK as _;
+    lock.l_whence = libc::SEEK_SET as _;
+    let asked = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_GETLK, &mut lock) } == 0;
+    (asked && lock.l_type != libc::F_UNLCK as libc::c_short).then_some(lock.l_pid)
+}
+
+/// While apt or dpkg upgrades a package, dpkg reads it as not installed: on a fresh machine every
+/// `lab` started during a test's `apt-get install chromium` failed on "missing host packages:
+/// perl", mid-upgrade. So the host's packages are read only once no package manager runs.
+fn await_package_manager(ui: &Ui) -> Result<()> {
+    let start = Instant::now();
+    let mut told = false;
+    while let Some((path, pid)) = DPKG_LOCKS.iter().find_map(|p| lock_holder(Path::new(p)).map(|pid| (*p, pid))) {
+        if start.elapsed() > PACKAGE_MANAGER_WAIT {
+            bail!(
+                "cannot check the host's packages: pid {pid} has held {path} for over {} min; \
+                 wait for that package manager to finish (or stop it), then run this again",
+                PACKAGE_MANAGER_WAIT.as_secs() / 60
+            );
+        }
+        if !told {
+            ui.note(format!("waiting for the package manager to finish (pid {pid} holds {path}) before checking the host's packages"));
+            told = true;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    Ok(())
+}
+
 /// Refuses to start a run that would fail on a missing tool after minutes of work.
-pub fn preflight(sh: &Shell) -> Result<()> {
+pub fn preflight(sh: &Shell, ui: &Ui) -> Result<()> {
+    await_package_manager(ui)?;
     let (plain, backports) = missing(sh);
     if plain.is_empty() && backports.is_empty() {
         return Ok(());
@@ -132,6 +173,14 @@ fn install_command(plain: &[&str], backports: &[&str]) -> String {
 
 pub fn checks(sh: &Shell, cache: &Cache, images_dir: &Path, ui: &Ui) -> Vec<Check> {
     let mut checks = Vec::new();
+    if let Err(e) = await_package_manager(ui) {
+        checks.push(Check {
+            what: "no package manager running".into(),
+            ok: false,
+            detail: format!("{e:#}"),
+            fix: Some("let the running apt-get or dpkg finish, then run `lab doctor` again".into()),
+        });
+    }
     let (plain, backports) = missing(sh);
     for (p, _) in required_packages() {
         let absent = plain.contains(&p) || backports.contains(&p);
@@ -199,7 +248,8 @@ fn free_gib(path: &Path) -> Option<u64> {
     (unsafe { libc::statvfs(c.as_ptr(), &mut st) } == 0).then(|| (st.f_bavail as u64 * st.f_frsize as u64) >> 30)
 }
 
-pub fn setup(sh: &Shell, dry_run: bool) -> Result<String> {
+pub fn setup(sh: &Shell, ui: &Ui, dry_run: bool) -> Result<String> {
+    await_package_manager(ui)?;
     let (plain, backports) = missing(sh);
     if plain.is_empty() && backports.is_empty() {
         return Ok("all host packages are installed".into());
@@ -217,11 +267,12 @@ pub fn setup(sh: &Shell, dry_run: bool) -> Result<String> {
     }
     // A third-party source in the host's list that cannot be reached must not stop us: apt-get
     // update then only warns, and the Debian indexes it needs are still refreshed.
-    let _ = cmd!(sh, "apt-get update -q").quiet().ignore_stdout().ignore_stderr().run();
+    let lock_timeout = format!("DPkg::Lock::Timeout={}", PACKAGE_MANAGER_WAIT.as_secs());
+    let _ = cmd!(sh, "apt-get -o {lock_timeout} update -q").quiet().ignore_stdout().ignore_stderr().run();
     // One retry: dpkg on this machine kind has been seen to fail transiently on its temp files.
     let install = |args: &[&str]| -> Result<()> {
         let attempt = || {
-            cmd!(sh, "apt-get install -y -q {args...}")
+            cmd!(sh, "apt-get -o {lock_timeout} install -y -q {args...}")
                 .env("DEBIAN_FRONTEND", "noninteractive")
                 .quiet()
                 .ignore_stdout()
@@ -269,5 +320,29 @@ mod tests {
             format!("echo 'deb http://deb.debian.org/debian bookworm-backports main' > {BACKPORTS_LIST} && apt-get update && apt-get install -y flex && apt-get install -y -t bookworm-backports qemu-system-ppc")
         );
         assert_eq!(install_command(&["bc"], &[]), "apt-get update && apt-get install -y bc");
+    }
+
+    /// apt's own kind of lock (fcntl, as Python's lockf takes it) held by another process is seen
+    /// with that process's pid, and is gone with it.
+    #[test]
+    fn a_package_managers_lock_is_seen_with_its_holder() {
+        let path = std::env::temp_dir().join(format!("lab-dpkg-lock-test-{}", std::process::id()));
+        std::fs::write(&path, "").unwrap();
+        assert_eq!(lock_holder(&path), None);
+        let hold = "import fcntl, sys, time; f = open(sys.argv[1], 'w'); fcntl.lockf(f, fcntl.LOCK_EX); print(flush=True); time.sleep(60)";
+        let mut child = std::process::Command::new("python3")
+            .args(["-c", hold])
+            .arg(&path)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("python3 runs");
+        let mut locked = String::new();
+        std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stdout.take().unwrap()), &mut locked).unwrap();
+        assert_eq!(lock_holder(&path), Some(child.id() as libc::pid_t));
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert_eq!(lock_holder(&path), None);
+        assert_eq!(lock_holder(Path::new("/nonexistent/lock")), None);
+        std::fs::remove_file(&path).unwrap();
     }
 }

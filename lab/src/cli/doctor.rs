@@ -17,7 +17,7 @@ pub fn doctor(env: &Env) -> Result<ExitCode> {
 }
 
 pub fn setup(env: &Env, dry_run: bool) -> Result<ExitCode> {
-    println!("{}", crate::doctor::setup(&env.sh, dry_run)?);
+    println!("{}", crate::doctor::setup(&env.sh, &env.ui, dry_run)?);
     Ok(ExitCode::SUCCESS)
 }
 

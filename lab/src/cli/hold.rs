@@ -31,7 +31,7 @@ fn hold(env: &Env, cell: &str, args: HoldArgs, what: Hold) -> Result<ExitCode> {
         anyhow::bail!("{}", unknown_cell(cell, &ids));
     };
     let accel = args.accel.resolve(loaded.matrix.matrix.accel)?;
-    doctor::preflight(&env.sh)?;
+    doctor::preflight(&env.sh, &env.ui)?;
     let out = out_dir(args.out)?;
     let images = images_dir();
     let setup = run::HoldSetup {

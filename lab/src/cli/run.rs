@@ -97,9 +97,9 @@ pub fn run(env: &Env, mut args: RunArgs) -> Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     if setup {
-        env.ui.note(doctor::setup(&env.sh, false)?);
+        env.ui.note(doctor::setup(&env.sh, &env.ui, false)?);
     }
-    doctor::preflight(&env.sh)?;
+    doctor::preflight(&env.sh, &env.ui)?;
     let cache = env.cache()?;
     let opts = crate::run::RunOptions {
         out: out.clone(),

@@ -31,7 +31,7 @@ pub fn series(env: &Env, args: SeriesArgs) -> Result<ExitCode> {
     plan::cells(&matrix.matrix, std::slice::from_ref(&base.name), &select.filter)?;
     let out = out_dir(out)?;
     std::fs::create_dir_all(out.join("steps")).with_context(|| format!("cannot create {}", out.display()))?;
-    doctor::preflight(&env.sh)?;
+    doctor::preflight(&env.sh, &env.ui)?;
     let cache = env.cache()?;
     let mut walker = Walker {
         env,
