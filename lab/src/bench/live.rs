@@ -1,9 +1,15 @@
 //! `lab bench --live`: what the live watch costs a guest. The stock kernel's `mmcid-churn` at
 //! 4 vCPUs, booted as a cell boots (the guest's detectors set to panic, host diagnosis on), with
 //! the live watch off and at each pace in `PACES`, one after the other in a rotating order so that
-//! the host's drift spreads over all of them: the churn's own throughput (mode-switch rounds and
-//! CID windows per second, from its closing line), and the looks the watch set off, which on a
+//! the host's drift spreads over all of them: the churn's throughput (mode-switch rounds and CID
+//! windows per host second, from its progress lines), and the looks the watch set off, which on a
 //! stock kernel are false alarms.
+//!
+//! Per host second, not per guest second: QEMU stops the guest's clocks with its vCPUs, so the
+//! churn's own rates (guest time) cannot see the time a round keeps the guest stopped. And
+//! because TCG's throughput differs from boot to boot by more than the cost, the boots at
+//! `SPLIT_PACE` are also split into the intervals between progress lines that held a round and
+//! those that did not: the same boot, side by side, second by second.
 //!
 //! `lab bench --live-windows DIR...` judges the rounds finished runs kept (`live-rounds.jsonl`)
 //! again with other windows: how many looks each would have set off in cells that passed (false
@@ -27,18 +33,24 @@ use crate::ui::Ui;
 use crate::vm::{self, Deadlines, Machine};
 use crate::vocab::{CellEnd, Verdict};
 
-/// Off, the default pace, and twice as fast.
-const PACES: [Option<Duration>; 3] = [None, Some(guest::LIVE_EVERY), Some(Duration::from_millis(500))];
+/// The pace whose boots are split into intervals with and without a round: a round every other
+/// second leaves about as many of each.
+const SPLIT_PACE: Duration = Duration::from_millis(2000);
+/// Off, the default pace, and the split one.
+const PACES: [Option<Duration>; 3] = [None, Some(guest::LIVE_EVERY), Some(SPLIT_PACE)];
 const CHURN_SECONDS: u32 = 30;
 /// The stock churn matrix's deadlines.
 const DEADLINES: Deadlines =
     Deadlines { boot: 180, silence: 20, workload: 240, report_grace: 15, violation_grace: None };
 
-/// One boot's throughput, and whether the live watch set off a look.
+/// One boot's throughput per host second, and whether the live watch set off a look.
 struct Throughput {
     rounds_per_s: f64,
     windows_per_s: f64,
     alarms: usize,
+    /// Rounds per host second in each interval between two progress lines, and whether a round
+    /// of the watch stopped the guest in it.
+    intervals: Vec<(f64, bool)>,
 }
 
 pub fn run(sh: &Shell, cache: &Cache, args: &BenchArgs, ui: &Ui, project: &Path) -> Result<ExitCode> {
@@ -47,9 +59,10 @@ pub fn run(sh: &Shell, cache: &Cache, args: &BenchArgs, ui: &Ui, project: &Path)
         "# lab bench --live: recipe {}, {CHURN_VCPUS} vCPUs, mmcid-churn {CHURN_SECONDS} s, {} boots per pace and arch\n",
         recipe.name, args.runs
     );
-    println!("Medians (min-max) of the churn's own counts; \"/ off\" is the median's ratio to the watch off.\n");
+    println!("Medians (min-max) over the boots, per host second; \"/ off\" is the median's ratio to the watch off.\n");
     println!("| arch | live watch | rounds/s | / off | CID windows/s | / off | looks set off | verdicts |");
     println!("| --- | --- | --- | --- | --- | --- | --- | --- |");
+    let mut split = Vec::new();
     for arch in arches {
         let Churn { kernel, image, symbols, accel } = Churn::on(sh, cache, args, ui, project, (&recipe, arch, &opts))?;
         let guest = Churn::guest(&kernel, &image, CHURN_SECONDS, Detectors::Panic);
@@ -75,20 +88,41 @@ pub fn run(sh: &Shell, cache: &Cache, args: &BenchArgs, ui: &Ui, project: &Path)
             };
             let (rounds_ratio, windows_ratio) = (ratio(&mut off_rounds, &rounds), ratio(&mut off_windows, &windows));
             let shown = |c: Option<(f64, String)>| c.map_or("-".to_string(), |(_, text)| text);
-            let pace = pace.map_or("off".to_string(), |every| format!("every {} ms", every.as_millis()));
             let alarms: usize = ok.iter().map(|c| c.alarms).sum();
             let verdicts = match failed.len() {
                 0 => format!("{} passed", ok.len()),
                 n => format!("{} passed, {n} not: {}", ok.len(), failed.join("; ")),
             };
             println!(
-                "| {arch} | {pace} | {} | {rounds_ratio} | {} | {windows_ratio} | {alarms} | {verdicts} |",
+                "| {arch} | {} | {} | {rounds_ratio} | {} | {windows_ratio} | {alarms} | {verdicts} |",
+                pace_name(*pace),
                 shown(rounds),
                 shown(windows)
             );
+            if *pace == Some(SPLIT_PACE) {
+                split.push((arch, ok.iter().map(|c| split_ratio(&c.intervals)).collect::<Vec<_>>()));
+            }
         }
     }
+    println!(
+        "\nWithin each boot at {}: rounds per host second in the intervals between progress lines that held a \
+         round of the watch, over those that did not (the cost of one round a second, side by side in one boot).\n",
+        pace_name(Some(SPLIT_PACE))
+    );
+    println!("| arch | boots | intervals with / without a round | with / without, median over boots (min-max) |");
+    println!("| --- | --- | --- | --- |");
+    for (arch, ratios) in split {
+        let ratios: Vec<(f64, usize, usize)> = ratios.into_iter().flatten().collect();
+        let (with, without): (usize, usize) = ratios.iter().fold((0, 0), |(a, b), r| (a + r.1, b + r.2));
+        let shown = spread(ratios.iter().map(|r| r.0).collect())
+            .map_or("-".to_string(), |(m, lo, hi)| format!("{m:.3} ({lo:.3}-{hi:.3})"));
+        println!("| {arch} | {} | {with} / {without} | {shown} |", ratios.len());
+    }
     Ok(ExitCode::SUCCESS)
+}
+
+fn pace_name(pace: Option<Duration>) -> String {
+    pace.map_or("off".to_string(), |every| format!("every {} ms", every.as_millis()))
 }
 
 /// One boot of the churn; an error when it did not finish as a stock kernel's must.
@@ -101,29 +135,75 @@ fn churn_boot(
 ) -> Result<Throughput> {
     let name = pace.map_or("off".to_string(), |p| p.as_millis().to_string());
     let dir = cache.dir("bench")?.join(format!("live-{}-{name}-{run}", machine.arch));
+    if dir.exists() {
+        std::fs::remove_dir_all(&dir).with_context(|| format!("cannot clear {}", dir.display()))?;
+    }
     std::fs::create_dir_all(&dir)?;
     let watch = guest::watch(guest::diagnosis(8, false, Some(symbols), pace));
     let boot = vm::boot(machine, &dir, DEADLINES, &watch, None, |_| {})?;
     let console = std::fs::read_to_string(&boot.console_log)?;
-    let closing = console
+    if !console.contains("mmcid-churn: done after ") {
+        anyhow::bail!("the churn did not finish cleanly (ended {:?}); see {}", boot.end, dir.display());
+    }
+    let rounds = std::fs::read_to_string(dir.join(vm::LIVE_ROUNDS)).unwrap_or_default();
+    let stopped: Vec<(f64, f64)> = rounds
         .lines()
-        .find_map(|line| line.split_once("mmcid-churn: done after ").map(|(_, rest)| rest))
-        .with_context(|| format!("the churn did not finish cleanly (ended {:?}); see {}", boot.end, dir.display()))?;
-    let churn = parse_closing(closing).with_context(|| format!("cannot read the churn's closing line: {closing}"))?;
+        .map(|line| serde_json::from_str::<HostSamples>(line).map(|r| (r.started_s, r.finished_s)))
+        .collect::<Result<_, _>>()
+        .with_context(|| format!("{}: not the live watch's rounds", dir.join(vm::LIVE_ROUNDS).display()))?;
+    let churn = throughput(&progress(&console), &stopped)
+        .with_context(|| format!("the churn printed too few progress lines; see {}", dir.display()))?;
     Ok(Throughput { alarms: boot.host.iter().filter(|h| h.alarm.is_some()).count(), ..churn })
 }
 
-/// `30.0 s: rounds=544 (18.1/s) ... windows=78347 ...` (images/workloads/mmcid-churn.c).
-fn parse_closing(text: &str) -> Option<Throughput> {
-    let elapsed: f64 = text.split_once(" s:")?.0.trim().parse().ok()?;
-    let field = |key: &str| -> Option<f64> {
-        text.split_whitespace().find_map(|w| w.strip_prefix(key)).and_then(|v| v.parse().ok())
-    };
+/// (host second, rounds, CID windows) of each progress line of the churn in a stamped console log
+/// (`   12.345s| LAB-PROGRESS workload=mmcid-churn elapsed_s=3 rounds=181 ... windows=78347 ...`).
+fn progress(console: &str) -> Vec<(f64, f64, f64)> {
+    console
+        .lines()
+        .filter(|line| line.contains("LAB-PROGRESS workload=mmcid-churn "))
+        .filter_map(|line| {
+            let field = |key: &str| -> Option<f64> {
+                line.split_whitespace().find_map(|w| w.strip_prefix(key)).and_then(|v| v.parse().ok())
+            };
+            Some((vm::line_time(line)?, field("rounds=")?, field("windows=")?))
+        })
+        .collect()
+}
+
+/// Rates per host second between the first and the last progress line, and per interval between
+/// two lines whether one of the watch's rounds (`stopped`: host start and end) touched it.
+fn throughput(progress: &[(f64, f64, f64)], stopped: &[(f64, f64)]) -> Option<Throughput> {
+    let (first, last) = (progress.first()?, progress.last()?);
+    let span = last.0 - first.0;
+    if progress.len() < 3 || span <= 0.0 {
+        return None;
+    }
+    let intervals = progress
+        .windows(2)
+        .filter(|w| w[1].0 > w[0].0)
+        .map(|w| {
+            let held = stopped.iter().any(|&(from, to)| from < w[1].0 && to > w[0].0);
+            ((w[1].1 - w[0].1) / (w[1].0 - w[0].0), held)
+        })
+        .collect();
     Some(Throughput {
-        rounds_per_s: field("rounds=")? / elapsed,
-        windows_per_s: field("windows=")? / elapsed,
+        rounds_per_s: (last.1 - first.1) / span,
+        windows_per_s: (last.2 - first.2) / span,
         alarms: 0,
+        intervals,
     })
+}
+
+/// A boot's mean rate in intervals with a round over its mean rate in those without, and how many
+/// of each; none unless it has both.
+fn split_ratio(intervals: &[(f64, bool)]) -> Option<(f64, usize, usize)> {
+    let mean = |held: bool| {
+        let rates: Vec<f64> = intervals.iter().filter(|i| i.1 == held).map(|i| i.0).collect();
+        (!rates.is_empty()).then(|| (rates.iter().sum::<f64>() / rates.len() as f64, rates.len()))
+    };
+    let ((with, n_with), (without, n_without)) = (mean(true)?, mean(false)?);
+    Some((with / without, n_with, n_without))
 }
 
 /// The plain windows judged again, in rounds; the watch's own rule comes last.
@@ -268,11 +348,20 @@ mod tests {
     use super::*;
 
     #[test]
-    fn reads_the_churns_closing_line() {
-        let line = "10.0 s: rounds=181 (18.1/s) to_percpu=181 to_pertask=181 windows=78347 aborted=126 overlaps=728 violations=0";
-        let churn = parse_closing(line).unwrap();
-        assert_eq!((churn.rounds_per_s, churn.windows_per_s), (18.1, 7834.7));
-        assert!(parse_closing("10.0 s: rounds=x").is_none());
+    fn the_churns_throughput_per_host_second_and_per_interval() {
+        let console = "    1.000s| LAB-READY arch=x86_64 cpus=4\n\
+            \x20   2.000s| LAB-PROGRESS workload=mmcid-churn elapsed_s=1 rounds=10 threads=1 windows=100 violations=0\n\
+            \x20   3.000s| LAB-PROGRESS workload=mmcid-churn elapsed_s=2 rounds=20 threads=1 windows=300 violations=0\n\
+            \x20   3.500s| LAB-PROGRESS workload=other elapsed_s=2 rounds=99\n\
+            \x20   5.000s| LAB-PROGRESS workload=mmcid-churn elapsed_s=3 rounds=30 threads=1 windows=500 violations=0\n";
+        let progress = progress(console);
+        assert_eq!(progress, [(2.0, 10.0, 100.0), (3.0, 20.0, 300.0), (5.0, 30.0, 500.0)]);
+        let churn = throughput(&progress, &[(2.5, 2.51), (6.0, 6.01)]).unwrap();
+        assert_eq!((churn.rounds_per_s, churn.windows_per_s), (20.0 / 3.0, 400.0 / 3.0));
+        assert_eq!(churn.intervals, [(10.0, true), (5.0, false)]);
+        assert_eq!(split_ratio(&churn.intervals), Some((2.0, 1, 1)));
+        assert_eq!(split_ratio(&[(10.0, true)]), None);
+        assert!(throughput(&progress[..2], &[]).is_none());
     }
 
     /// `S` a round that shows a vCPU stuck for good, `b` one that does not; a window is stuck when
