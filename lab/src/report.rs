@@ -182,8 +182,9 @@ pub fn repro_line(r: &Repro) -> String {
 }
 
 /// The shape of `summary.json` that this lab writes and reads. A change that an older reader
-/// would misread (a field renamed, a meaning changed) takes the next number.
-pub const SUMMARY_VERSION: u32 = 1;
+/// would misread (a field renamed, a meaning changed, a value it does not know) takes the next
+/// number. 2: a cell's `end` may be `stuck` (the live watch), a report's `source` `workload`.
+pub const SUMMARY_VERSION: u32 = 2;
 
 #[derive(Serialize)]
 struct Summary<'a> {

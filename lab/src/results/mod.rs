@@ -195,22 +195,24 @@ mod tests {
 
     #[test]
     fn a_summary_is_read_at_its_version_only() {
-        check_read("current", r#"{"version": 1, "cells": []}"#, "0 cells");
+        check_read("current", r#"{"version": 2, "cells": []}"#, "0 cells");
         check_read(
             "newer",
-            r#"{"version": 2, "cells": []}"#,
-            "DIR/summary.json: version 2 is newer than this lab reads (1): read it with the lab that wrote it",
+            r#"{"version": 3, "cells": []}"#,
+            "DIR/summary.json: version 3 is newer than this lab reads (2): read it with the lab that wrote it",
         );
-        check_read(
-            "older",
-            r#"{"cells": []}"#,
-            "DIR/summary.json: written by a lab older than summary version 1: run `lab report DIR` to rewrite it from \
-             the cells' result.json",
-        );
-        check_read("broken", "{\"version\": 1,\n \"cells\": [}", "DIR/summary.json:2:12: expected value");
+        for (case, older) in [("older", r#"{"cells": []}"#), ("version 1", r#"{"version": 1, "cells": []}"#)] {
+            check_read(
+                case,
+                older,
+                "DIR/summary.json: written by a lab older than summary version 2: run `lab report DIR` to rewrite it \
+                 from the cells' result.json",
+            );
+        }
+        check_read("broken", "{\"version\": 2,\n \"cells\": [}", "DIR/summary.json:2:12: expected value");
         check_read(
             "wrong",
-            "{\"version\": 1, \"cells\": [{\"id\": 3}]}",
+            "{\"version\": 2, \"cells\": [{\"id\": 3}]}",
             "DIR/summary.json:1:33: invalid type: integer `3`, expected a string",
         );
     }
