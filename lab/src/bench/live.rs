@@ -6,10 +6,7 @@
 //! stock kernel are false alarms.
 //!
 //! Per host second, not per guest second: QEMU stops the guest's clocks with its vCPUs, so the
-//! churn's own rates (guest time) cannot see the time a round keeps the guest stopped. And
-//! because TCG's throughput differs from boot to boot by more than the cost, the boots at
-//! `SPLIT_PACE` are also split into the intervals between progress lines that held a round and
-//! those that did not: the same boot, side by side, second by second.
+//! churn's own rates (guest time) cannot see the time a round keeps the guest stopped.
 //!
 //! `lab bench --live-windows DIR...` judges the rounds finished runs kept (`live-rounds.jsonl`)
 //! again with other windows: how many looks each would have set off in cells that passed (false
@@ -33,11 +30,9 @@ use crate::ui::Ui;
 use crate::vm::{self, Deadlines, Machine};
 use crate::vocab::{CellEnd, Verdict};
 
-/// The pace whose boots are split into intervals with and without a round: a round every other
-/// second leaves about as many of each.
-const SPLIT_PACE: Duration = Duration::from_millis(2000);
-/// Off, the default pace, and the split one.
-const PACES: [Option<Duration>; 3] = [None, Some(guest::LIVE_EVERY), Some(SPLIT_PACE)];
+/// Off, the default pace, and half as often: a cost that scales with the pace shows as twice the
+/// difference from off at 1000 ms as at 2000 ms.
+const PACES: [Option<Duration>; 3] = [None, Some(guest::LIVE_EVERY), Some(Duration::from_millis(2000))];
 const CHURN_SECONDS: u32 = 30;
 /// The stock churn matrix's deadlines.
 const DEADLINES: Deadlines =
@@ -48,9 +43,6 @@ struct Throughput {
     rounds_per_s: f64,
     windows_per_s: f64,
     alarms: usize,
-    /// Rounds per host second in each interval between two progress lines, and whether a round
-    /// of the watch stopped the guest in it.
-    intervals: Vec<(f64, bool)>,
 }
 
 pub fn run(sh: &Shell, cache: &Cache, args: &BenchArgs, ui: &Ui, project: &Path) -> Result<ExitCode> {
@@ -62,7 +54,6 @@ pub fn run(sh: &Shell, cache: &Cache, args: &BenchArgs, ui: &Ui, project: &Path)
     println!("Medians (min-max) over the boots, per host second; \"/ off\" is the median's ratio to the watch off.\n");
     println!("| arch | live watch | rounds/s | / off | CID windows/s | / off | looks set off | verdicts |");
     println!("| --- | --- | --- | --- | --- | --- | --- | --- |");
-    let mut split = Vec::new();
     for arch in arches {
         let Churn { kernel, image, symbols, accel } = Churn::on(sh, cache, args, ui, project, (&recipe, arch, &opts))?;
         let guest = Churn::guest(&kernel, &image, CHURN_SECONDS, Detectors::Panic);
@@ -99,24 +90,7 @@ pub fn run(sh: &Shell, cache: &Cache, args: &BenchArgs, ui: &Ui, project: &Path)
                 shown(rounds),
                 shown(windows)
             );
-            if *pace == Some(SPLIT_PACE) {
-                split.push((arch, ok.iter().map(|c| split_ratio(&c.intervals)).collect::<Vec<_>>()));
-            }
         }
-    }
-    println!(
-        "\nWithin each boot at {}: rounds per host second in the intervals between progress lines that held a \
-         round of the watch, over those that did not (the cost of one round a second, side by side in one boot).\n",
-        pace_name(Some(SPLIT_PACE))
-    );
-    println!("| arch | boots | intervals with / without a round | with / without, median over boots (min-max) |");
-    println!("| --- | --- | --- | --- |");
-    for (arch, ratios) in split {
-        let ratios: Vec<(f64, usize, usize)> = ratios.into_iter().flatten().collect();
-        let (with, without): (usize, usize) = ratios.iter().fold((0, 0), |(a, b), r| (a + r.1, b + r.2));
-        let shown = spread(ratios.iter().map(|r| r.0).collect())
-            .map_or("-".to_string(), |(m, lo, hi)| format!("{m:.3} ({lo:.3}-{hi:.3})"));
-        println!("| {arch} | {} | {with} / {without} | {shown} |", ratios.len());
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -145,13 +119,7 @@ fn churn_boot(
     if !console.contains("mmcid-churn: done after ") {
         anyhow::bail!("the churn did not finish cleanly (ended {:?}); see {}", boot.end, dir.display());
     }
-    let rounds = std::fs::read_to_string(dir.join(vm::LIVE_ROUNDS)).unwrap_or_default();
-    let stopped: Vec<(f64, f64)> = rounds
-        .lines()
-        .map(|line| serde_json::from_str::<HostSamples>(line).map(|r| (r.started_s, r.finished_s)))
-        .collect::<Result<_, _>>()
-        .with_context(|| format!("{}: not the live watch's rounds", dir.join(vm::LIVE_ROUNDS).display()))?;
-    let churn = throughput(&progress(&console), &stopped)
+    let churn = throughput(&progress(&console))
         .with_context(|| format!("the churn printed too few progress lines; see {}", dir.display()))?;
     Ok(Throughput { alarms: boot.host.iter().filter(|h| h.alarm.is_some()).count(), ..churn })
 }
@@ -171,39 +139,14 @@ fn progress(console: &str) -> Vec<(f64, f64, f64)> {
         .collect()
 }
 
-/// Rates per host second between the first and the last progress line, and per interval between
-/// two lines whether one of the watch's rounds (`stopped`: host start and end) touched it.
-fn throughput(progress: &[(f64, f64, f64)], stopped: &[(f64, f64)]) -> Option<Throughput> {
+/// Rates per host second between the first and the last progress line.
+fn throughput(progress: &[(f64, f64, f64)]) -> Option<Throughput> {
     let (first, last) = (progress.first()?, progress.last()?);
     let span = last.0 - first.0;
     if progress.len() < 3 || span <= 0.0 {
         return None;
     }
-    let intervals = progress
-        .windows(2)
-        .filter(|w| w[1].0 > w[0].0)
-        .map(|w| {
-            let held = stopped.iter().any(|&(from, to)| from < w[1].0 && to > w[0].0);
-            ((w[1].1 - w[0].1) / (w[1].0 - w[0].0), held)
-        })
-        .collect();
-    Some(Throughput {
-        rounds_per_s: (last.1 - first.1) / span,
-        windows_per_s: (last.2 - first.2) / span,
-        alarms: 0,
-        intervals,
-    })
-}
-
-/// A boot's mean rate in intervals with a round over its mean rate in those without, and how many
-/// of each; none unless it has both.
-fn split_ratio(intervals: &[(f64, bool)]) -> Option<(f64, usize, usize)> {
-    let mean = |held: bool| {
-        let rates: Vec<f64> = intervals.iter().filter(|i| i.1 == held).map(|i| i.0).collect();
-        (!rates.is_empty()).then(|| (rates.iter().sum::<f64>() / rates.len() as f64, rates.len()))
-    };
-    let ((with, n_with), (without, n_without)) = (mean(true)?, mean(false)?);
-    Some((with / without, n_with, n_without))
+    Some(Throughput { rounds_per_s: (last.1 - first.1) / span, windows_per_s: (last.2 - first.2) / span, alarms: 0 })
 }
 
 /// The plain windows judged again, in rounds; the watch's own rule comes last.
@@ -348,7 +291,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_churns_throughput_per_host_second_and_per_interval() {
+    fn the_churns_throughput_per_host_second() {
         let console = "    1.000s| LAB-READY arch=x86_64 cpus=4\n\
             \x20   2.000s| LAB-PROGRESS workload=mmcid-churn elapsed_s=1 rounds=10 threads=1 windows=100 violations=0\n\
             \x20   3.000s| LAB-PROGRESS workload=mmcid-churn elapsed_s=2 rounds=20 threads=1 windows=300 violations=0\n\
@@ -356,12 +299,9 @@ mod tests {
             \x20   5.000s| LAB-PROGRESS workload=mmcid-churn elapsed_s=3 rounds=30 threads=1 windows=500 violations=0\n";
         let progress = progress(console);
         assert_eq!(progress, [(2.0, 10.0, 100.0), (3.0, 20.0, 300.0), (5.0, 30.0, 500.0)]);
-        let churn = throughput(&progress, &[(2.5, 2.51), (6.0, 6.01)]).unwrap();
+        let churn = throughput(&progress).unwrap();
         assert_eq!((churn.rounds_per_s, churn.windows_per_s), (20.0 / 3.0, 400.0 / 3.0));
-        assert_eq!(churn.intervals, [(10.0, true), (5.0, false)]);
-        assert_eq!(split_ratio(&churn.intervals), Some((2.0, 1, 1)));
-        assert_eq!(split_ratio(&[(10.0, true)]), None);
-        assert!(throughput(&progress[..2], &[]).is_none());
+        assert!(throughput(&progress[..2]).is_none());
     }
 
     /// `S` a round that shows a vCPU stuck for good, `b` one that does not; a window is stuck when

@@ -40,6 +40,19 @@ pub fn judge(
     };
     let at = if host.is_some_and(victim_first) { 0 } else { reports.len() };
     reports.splice(at..at, host.iter().flat_map(|h| h.reports.iter().cloned()));
+    // And the other way: the host found no holder and titled its report after a waiter (on
+    // ppc64le a spinner's samples can share no function, some taken in its interrupt path), while
+    // the guest's answer names a lockup in a function no vCPU waited in: that answer leads.
+    let answer_first = host.and_then(|h| {
+        let victim = h.reports.first()?.frame.as_ref().is_some_and(|f| h.waiters.contains(f));
+        let culprit =
+            |r: &Report| r.kind == Kind::HardLockup && r.frame.as_ref().is_some_and(|f| !h.waiters.contains(f));
+        victim.then(|| answers.iter().position(culprit)).flatten()
+    });
+    let mut answers = answers;
+    if let Some(i) = answer_first {
+        reports.insert(0, answers.remove(i));
+    }
     reports.extend(answers);
     if let Some(fault) = reports.is_empty().then(|| never_started(boot, host, silence_s, last_line)).flatten() {
         return (Verdict::Error, fault.title.clone(), vec![fault]);
@@ -497,6 +510,19 @@ mod tests {
         assert_eq!(reason, "hard-lockup@5");
         let (_, reason, _) = judge(&cell(None), &silent, vec![unnamed()], Some(&host), 60, 9);
         assert_eq!(reason, "hard-lockup@3", "neither names a function: the guest's report stays first");
+        // The host titled its report after a waiter it saw; the guest's answer names the spinner.
+        let mut waiting = at(Kind::HardLockup, 5, Source::Host);
+        waiting.frame = Some("sched_mm_cid_fork".into());
+        let victims =
+            triage::HostDiagnosis { reports: vec![waiting], waiters: vec!["sched_mm_cid_fork".into()], ..host.clone() };
+        let answer =
+            |line, frame: &str| Report { frame: Some(frame.into()), ..at(Kind::HardLockup, line, Source::Console) };
+        let (_, reason, reports) = judge(&cell(None), &silent, vec![answer(12, "mm_get_cid")], Some(&victims), 60, 9);
+        assert_eq!((reason.as_str(), reports[1].title.as_str()), ("hard-lockup@12", "hard-lockup@5"));
+        let (_, reason, _) = judge(&cell(None), &silent, vec![answer(12, "sched_mm_cid_fork")], Some(&victims), 60, 9);
+        assert_eq!(reason, "hard-lockup@5", "an answer naming the same waiter does not lead");
+        let (_, reason, _) = judge(&cell(None), &silent, vec![answer(12, "mm_get_cid")], Some(&named), 60, 9);
+        assert_eq!(reason, "hard-lockup@5", "the host named a function no vCPU waited in: it leads");
         let quiet = quiet_host();
         let (_, reason, reports) = judge(&cell(None), &silent, vec![], Some(&quiet), 60, 9);
         assert_eq!(reason, "silent: no console output for 60s");
