@@ -129,12 +129,11 @@ fn churn_boot(
 fn progress(console: &str) -> Vec<(f64, f64, f64)> {
     console
         .lines()
-        .filter(|line| line.contains("LAB-PROGRESS workload=mmcid-churn "))
         .filter_map(|line| {
-            let field = |key: &str| -> Option<f64> {
-                line.split_whitespace().find_map(|w| w.strip_prefix(key)).and_then(|v| v.parse().ok())
-            };
-            Some((vm::line_time(line)?, field("rounds=")?, field("windows=")?))
+            let fields = vm::protocol_fields(line, "LAB-PROGRESS")?;
+            let number = |key: &str| -> Option<f64> { fields.get(key)?.parse().ok() };
+            let churn = fields.get("workload").is_some_and(|w| w == "mmcid-churn");
+            churn.then(|| Some((vm::line_time(line)?, number("rounds")?, number("windows")?))).flatten()
         })
         .collect()
 }

@@ -25,7 +25,7 @@ pub fn judge(
     // console line: it stays with the console's report before it.
     let mut reports = guest;
     let answered = reports.iter().position(|r| r.source == Source::Console && r.line > sampled_at);
-    let answers = reports.split_off(answered.unwrap_or(reports.len()));
+    let mut answers = reports.split_off(answered.unwrap_or(reports.len()));
     // A guest report that tells only the victim's side (its stuck CPU waits for a lock whose holder
     // no CPU dumped: powerpc under TCG ignores the backtrace IPI), or is titled after a vCPU the
     // host saw waiting for a lock: the host's report, which names the holder, leads.
@@ -49,7 +49,6 @@ pub fn judge(
             |r: &Report| r.kind == Kind::HardLockup && r.frame.as_ref().is_some_and(|f| !h.waiters.contains(f));
         victim.then(|| answers.iter().position(culprit)).flatten()
     });
-    let mut answers = answers;
     if let Some(i) = answer_first {
         reports.insert(0, answers.remove(i));
     }

@@ -609,7 +609,7 @@ pub fn line_time(line: &str) -> Option<f64> {
 
 /// `... LAB-READY arch=x86_64 cpus=4` -> {arch: x86_64, cpus: 4}. The marker may follow kernel
 /// output on the same line: printk can interleave with the init's write.
-fn protocol_fields(line: &str, marker: &str) -> Option<BTreeMap<String, String>> {
+pub fn protocol_fields(line: &str, marker: &str) -> Option<BTreeMap<String, String>> {
     let rest = &line[line.find(marker)? + marker.len()..];
     if !rest.is_empty() && !rest.starts_with(' ') {
         return None;
