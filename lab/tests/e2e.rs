@@ -1042,6 +1042,25 @@ fn a_silent_live_lock_is_named_from_the_host_on_every_architecture() {
     assert!(samples[0].get("alarm").is_none(), "{samples:#}");
 }
 
+/// The seed's POWER report in its own direction: the weak-order kernel with only the switch back
+/// to per-task mode widened, 8 vCPUs (the fewest where the switch back leaves three users), the
+/// churn's survivors pinned. The exit() of the thread that crosses `pcpu_thrs` must be caught
+/// with both of the report's sides: a CPU spinning in `mm_get_cid()` and the exit's CPU walk
+/// waiting for that CPU's runqueue lock. It hit 20 runs of 20 on x86_64 (BENCHMARKS.md); a
+/// second run keeps a rare miss from failing the test.
+#[test]
+fn the_weak_order_kernels_exit_direction_is_named_with_both_sides_of_the_power_report() {
+    let hit = first_hit_on_x86_64(&kernels_dir().join("known-bad-weak-order-exit-matrix.yaml"), "weak-order-exit");
+    assert_eq!(hit["reason"], "hard LOCKUP in mm_get_cid", "{hit:#}");
+    // Both sides, wherever the verdict's reports hold them: the host's per-vCPU lines or the
+    // guest's backtraces.
+    let reports = hit["reports"].to_string();
+    for side in ["mm_get_cid", "mm_cid_fixup_cpus_to_tasks", "sched_mm_cid_exit", "do_exit"] {
+        assert!(reports.contains(side), "no `{side}` in the reports: {reports}");
+    }
+    assert!(!reports.contains("sched_mm_cid_fork"), "the fork() direction, not the exit(): {reports}");
+}
+
 /// A known-bad kernel that hangs nothing but gives two running threads one mm_cid: the workload's
 /// own check is the report, and under `--until-fail` the cell ends a short grace after its first
 /// violation line instead of running the churn's 60 s.
@@ -1069,18 +1088,7 @@ fn a_workload_violation_over_ssh_is_the_report_and_ends_an_until_fail_cell_early
 /// Runs `matrix` (the shared-cid kernel's cells) on x86_64 under `--until-fail` and checks that a
 /// run failed with the workload's unique-cid violation and ended a short grace after it: the run.
 fn stopped_by_a_violation(matrix: &Path, name: &str) -> Value {
-    setup();
-    let out = scratch(name);
-    let o = run(lab()
-        .arg("run")
-        .arg("--matrix")
-        .arg(matrix)
-        .args(["--filter", "arch=x86_64", "--repeat", "2", "--until-fail", "--jobs", "1", "--out"])
-        .arg(&out));
-    assert_eq!(o.status.code(), Some(1), "the known-bad kernel must fail");
-    let summary: Value = serde_json::from_slice(&std::fs::read(out.join("summary.json")).unwrap()).unwrap();
-    let runs = summary["cells"].as_array().unwrap();
-    let hit = runs.iter().find(|c| c["verdict"] == "fail").unwrap_or_else(|| panic!("no run failed: {runs:#?}"));
+    let hit = first_hit_on_x86_64(matrix, name);
     let report = &hit["reports"][0];
     assert_eq!(report["kind"], "rseq-violation", "{hit:#}");
     assert_eq!(report["title"], "mm_cid shared by two running threads (unique-cid)", "{hit:#}");
@@ -1095,6 +1103,23 @@ fn stopped_by_a_violation(matrix: &Path, name: &str) -> Value {
     assert!(std::fs::read_to_string(Path::new(hit["dir"].as_str().unwrap()).join("console.log"))
         .is_ok_and(|console| !console.contains("LAB-RESULT")));
     hit.clone()
+}
+
+/// A known-bad matrix's x86_64 cell, run until it fails, twice at most (one run at a time, as
+/// for timing a reproducer): the failing run's cell from summary.json.
+fn first_hit_on_x86_64(matrix: &Path, name: &str) -> Value {
+    setup();
+    let out = scratch(name);
+    let o = run(lab()
+        .arg("run")
+        .arg("--matrix")
+        .arg(matrix)
+        .args(["--filter", "arch=x86_64", "--repeat", "2", "--until-fail", "--jobs", "1", "--out"])
+        .arg(&out));
+    assert_eq!(o.status.code(), Some(1), "the known-bad kernel must fail");
+    let summary: Value = serde_json::from_slice(&std::fs::read(out.join("summary.json")).unwrap()).unwrap();
+    let runs = summary["cells"].as_array().unwrap();
+    runs.iter().find(|c| c["verdict"] == "fail").unwrap_or_else(|| panic!("no run failed: {runs:#?}")).clone()
 }
 
 /// One QMP command on a fresh connection (the greeting and capabilities negotiation first).

@@ -196,13 +196,7 @@ fn classify(vcpu: &VcpuSamples, symbols: &Symbols) -> Vcpu {
     let state = match common_culprit(&busy, needed) {
         Some((culprit, share, at)) if total > 0 && share >= needed => {
             // The interrupt mask of the samples in the spin, not of one that caught the timer interrupt.
-            let in_spin = |s: &[FrameSite]| {
-                names(s)
-                    .into_iter()
-                    .filter(|f| *f != UNNAMED && !stack::is_plumbing(f))
-                    .take(LOOP_DEPTH)
-                    .any(|f| f == culprit)
-            };
+            let in_spin = |s: &[FrameSite]| loop_candidates(s).iter().any(|k| k.function == culprit);
             let irqs = busy
                 .iter()
                 .filter(|(_, s)| in_spin(s))
@@ -238,23 +232,20 @@ const LOOP_DEPTH: usize = 3;
 /// The loop the vCPU does not leave: the innermost function that at least `needed` busy samples
 /// have among their first `LOOP_DEPTH` candidates (more samples among equals), else the function
 /// most samples have (the innermost of equals); with how many have it and the first sample that
-/// does. Innermost first, because the callers of a spin loop are in every sample that the loop is
+/// does (one caught in the loop itself rather than in an interrupt over it, when there is one).
+/// Innermost first, because the callers of a spin loop are in every sample that the loop is
 /// in and more: a sample caught in an epilogue or a helper can miss the loop's own function
 /// (powerpc's out-of-line register restore runs after the frame is gone; x86_64's spinner under
 /// `__rcu_read_unlock`'s preemption was caught outside `mm_get_cid` once in eight), so the rule
 /// counts rather than requiring all. Deeper common callers do not count: a busy vCPU runs many
 /// different things under one syscall.
 fn common_culprit(busy: &[(usize, &Vec<FrameSite>)], needed: usize) -> Option<(String, usize, usize)> {
-    // A frame the symbols could not name ("?") is no function: it can never be the culprit.
-    let candidates: Vec<Vec<&str>> = busy
-        .iter()
-        .map(|(_, s)| {
-            names(s).into_iter().filter(|f| *f != UNNAMED && !stack::is_plumbing(f)).take(LOOP_DEPTH).collect()
-        })
-        .collect();
+    let candidates: Vec<Vec<Candidate>> = busy.iter().map(|(_, s)| loop_candidates(s)).collect();
+    let has = |c: &[Candidate], function: &str| c.iter().any(|k| k.function == function);
     let mut best: Option<(&str, usize, usize)> = None;
-    for (depth, function) in candidates.iter().flat_map(|c| c.iter().enumerate()) {
-        let count = candidates.iter().filter(|c| c.contains(function)).count();
+    for candidate in candidates.iter().flatten() {
+        let (function, depth) = (candidate.function, candidate.depth);
+        let count = candidates.iter().filter(|c| has(c, function)).count();
         let better = match best {
             None => true,
             Some((_, n, d)) => match (count >= needed, n >= needed) {
@@ -269,43 +260,89 @@ fn common_culprit(busy: &[(usize, &Vec<FrameSite>)], needed: usize) -> Option<(S
     }
     let (mut function, count, _) = best?;
     // `__foo` and its caller `foo` in as many samples: name the bug as the console triage does.
-    if let Some(outer) = candidates.iter().flatten().find(|f| culprit::is_inner_half(function, f)) {
-        if candidates.iter().filter(|c| c.contains(outer)).count() >= count {
+    if let Some(outer) = candidates.iter().flatten().map(|k| k.function).find(|f| culprit::is_inner_half(function, f)) {
+        if candidates.iter().filter(|c| has(c, outer)).count() >= count {
             function = outer;
         }
     }
-    let first = candidates.iter().position(|c| c.contains(&function))?;
+    let in_loop_itself = |c: &Vec<Candidate>| c.iter().any(|k| k.function == function && k.context == 0);
+    let first =
+        candidates.iter().position(in_loop_itself).or_else(|| candidates.iter().position(|c| has(c, function)))?;
     Some((function.to_string(), count, busy[first].0))
 }
 
-/// `function+0xoff` for the program counter, the link register when it names a caller the frame
-/// chain does not (a function that has not saved it yet), then each return address.
+/// A function a sample may be looping in: `depth` among the guilty-frame candidates of its
+/// `context` (0: the code the sample caught; 1, 2, ...: what each interrupt frame under it
+/// interrupted).
+struct Candidate<'a> {
+    function: &'a str,
+    context: usize,
+    depth: usize,
+}
+
+/// The first `LOOP_DEPTH` guilty-frame candidates of each context of a sample. A sample caught in
+/// an interrupt handler counts for the code it interrupted too: on powerpc the watchdog's soft-NMI
+/// interrupts a CPU spinning with interrupts off and runs for seconds (it waits for the other
+/// CPUs' backtraces), so most samples of a hard-locked CPU can be in the handler, over the loop.
+fn loop_candidates(stack: &[FrameSite]) -> Vec<Candidate<'_>> {
+    // An interrupted pc starts a context: every other frame after the first is a return address.
+    let starts = stack.iter().enumerate().filter(|(at, f)| *at == 0 || !f.return_address).map(|(at, _)| at);
+    let mut ends = starts.clone().skip(1).chain([stack.len()]);
+    starts
+        .enumerate()
+        .flat_map(|(context, start)| {
+            let end = ends.next().unwrap_or(stack.len());
+            names(&stack[start..end])
+                .into_iter()
+                .filter(|f| *f != UNNAMED && !stack::is_plumbing(f))
+                .take(LOOP_DEPTH)
+                .enumerate()
+                .map(move |(depth, function)| Candidate { function, context, depth })
+        })
+        .collect()
+}
+
+/// Each context of the sample (the code it caught, then what each interrupt frame under it
+/// interrupted): `function+0xoff` for its program counter, its link register when that names a
+/// caller the frame chain does not (a function that has not saved it yet), then its return
+/// addresses.
 fn named_stack(sample: &Sample, symbols: &Symbols) -> Vec<FrameSite> {
-    let site = |l: Option<super::symbols::Location>, address: u64, return_address: bool| FrameSite {
-        address: Some(address),
-        ..FrameSite::new(
-            l.map_or_else(|| UNNAMED.to_string(), |l| format!("{}+{:#x}", l.function, l.offset)),
-            return_address,
-        )
-    };
-    let pc = symbols.locate(sample.pc);
-    let locate = |frame: &Frame| match *frame {
+    let mut stack = Vec::new();
+    push_context(&mut stack, symbols, sample.pc, sample.lr, sample.frames.first());
+    for (at, frame) in sample.frames.iter().enumerate() {
+        match *frame {
+            Frame::Return(address) => stack.push(site(symbols.locate_return(address), address, true)),
+            Frame::Interrupted { interrupted, link } => {
+                push_context(&mut stack, symbols, interrupted, link, sample.frames.get(at + 1))
+            }
+        }
+    }
+    stack
+}
+
+fn push_context(stack: &mut Vec<FrameSite>, symbols: &Symbols, pc: u64, lr: Option<u64>, next: Option<&Frame>) {
+    let at = symbols.locate(pc);
+    let next = next.and_then(|frame| match *frame {
         Frame::Return(ret) => symbols.locate_return(ret),
-        Frame::Interrupted { interrupted } => symbols.locate(interrupted),
-    };
-    let first_return = sample.frames.first().and_then(locate);
-    let mut stack = vec![site(pc.clone(), sample.pc, false)];
-    if let Some((address, lr)) = sample.lr.and_then(|address| Some((address, symbols.locate_return(address)?))) {
-        let known = [pc.as_ref(), first_return.as_ref()].into_iter().flatten().any(|l| l.function == lr.function);
+        Frame::Interrupted { interrupted, .. } => symbols.locate(interrupted),
+    });
+    stack.push(site(at.clone(), pc, false));
+    if let Some((address, lr)) = lr.and_then(|address| Some((address, symbols.locate_return(address)?))) {
+        let known = [at.as_ref(), next.as_ref()].into_iter().flatten().any(|l| l.function == lr.function);
         if !known {
             stack.push(site(Some(lr), address, true));
         }
     }
-    stack.extend(sample.frames.iter().map(|f| match *f {
-        Frame::Return(address) => site(locate(f), address, true),
-        Frame::Interrupted { interrupted } => site(locate(f), interrupted, false),
-    }));
-    stack
+}
+
+fn site(location: Option<super::symbols::Location>, address: u64, return_address: bool) -> FrameSite {
+    FrameSite {
+        address: Some(address),
+        ..FrameSite::new(
+            location.map_or_else(|| UNNAMED.to_string(), |l| format!("{}+{:#x}", l.function, l.offset)),
+            return_address,
+        )
+    }
 }
 
 fn bare(frame: &str) -> &str {

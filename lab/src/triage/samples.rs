@@ -58,12 +58,17 @@ pub struct Sample {
 }
 
 /// One step of the frame chain: a return address (a number in JSON), or the program counter an
-/// interrupt frame saved (`{"interrupted": pc}`): where the code under an interrupt was.
+/// interrupt frame saved (`{"interrupted": pc, "link": lr}`): where the code under an interrupt
+/// was, and its link register (powerpc), which names its caller before the caller's frame does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(untagged)]
 pub enum Frame {
     Return(u64),
-    Interrupted { interrupted: u64 },
+    Interrupted {
+        interrupted: u64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        link: Option<u64>,
+    },
 }
 
 /// Whether the vCPU takes interrupts, as far as the registers can tell.

@@ -23,6 +23,11 @@ use crate::triage::{Frame, HostSamples, Irqs, Sample, VcpuSamples};
 const STACK_SIZE: u64 = 16 * 1024;
 /// A frame chain longer than this is a loop in corrupted memory, not a stack.
 const MAX_FRAMES: usize = 64;
+/// The stacks one chain may run through: an NMI's (powerpc's soft-NMI watchdog runs on its own
+/// emergency stack), an interrupt's, the task's. A chain that leaves the block it is in for a
+/// block not read yet is followed there, so that a sample caught in a handler still shows what
+/// the handler interrupted.
+const MAX_STACK_BLOCKS: usize = 3;
 
 /// powerpc64 ELFv2 interrupt frames (arch/powerpc/include/asm/ptrace.h): the marker word at
 /// `sp + STACK_INT_FRAME_MARKER` (32) says "REGS" (either byte order), and `struct pt_regs`
@@ -30,6 +35,9 @@ const MAX_FRAMES: usize = 64;
 const PPC_REGS_MARKER: [u64; 2] = [0x5245_4753, 0x5347_4552];
 const PPC_MARKER_OFFSET: u64 = 32;
 const PPC_NIP_OFFSET: u64 = 48 + 32 * 8;
+/// `pt_regs.link` (after nip, msr, orig_gpr3 and ctr): the interrupted code's link register, which
+/// names its caller while the interrupted function has not saved it (a leaf, or its prologue).
+const PPC_LINK_OFFSET: u64 = PPC_NIP_OFFSET + 4 * 8;
 /// Where the powerpc64 kernel's linear map (and text) begins.
 const PPC_KERNEL_BASE: u64 = 0xc000_0000_0000_0000;
 
@@ -152,9 +160,22 @@ fn read_all(qmp: &mut Qmp, arch: Arch, scratch: &Path, out: &mut HostSamples) ->
             frames: Vec::new(),
         };
         if registers.kernel {
-            match read_stack(qmp, vcpu.index, registers.sp, scratch) {
-                Ok(stack) => sample.frames = walk(arch, &registers, &stack),
-                Err(e) => out.errors.push(format!("vCPU {}: stack at {:#x}: {e:#}", vcpu.index, registers.sp)),
+            let mut stack = Stack::default();
+            let mut at = registers.sp;
+            loop {
+                match read_block(qmp, vcpu.index, at, scratch) {
+                    Ok((base, bytes)) => stack.blocks.push((base, bytes)),
+                    Err(e) => {
+                        out.errors.push(format!("vCPU {}: stack at {at:#x}: {e:#}", vcpu.index));
+                        break;
+                    }
+                }
+                let walked = walk(arch, &registers, &stack);
+                sample.frames = walked.frames;
+                match walked.next_block {
+                    Some(next) if stack.blocks.len() < MAX_STACK_BLOCKS => at = next,
+                    _ => break,
+                }
             }
         }
         vcpu.samples.push(sample);
@@ -162,14 +183,15 @@ fn read_all(qmp: &mut Qmp, arch: Arch, scratch: &Path, out: &mut HostSamples) ->
     Ok(())
 }
 
-/// The stack from `sp` to the end of its 16 KiB block, through the vCPU's own address translation.
-fn read_stack(qmp: &mut Qmp, cpu: u32, sp: u64, scratch: &Path) -> Result<Stack> {
+/// The stack from `sp` to the end of its 16 KiB block, through the vCPU's own address translation:
+/// where it starts, and its bytes.
+fn read_block(qmp: &mut Qmp, cpu: u32, sp: u64, scratch: &Path) -> Result<(u64, Vec<u8>)> {
     let top = (sp | (STACK_SIZE - 1)).wrapping_add(1);
     let file = scratch.join(format!("stack-{cpu}.bin"));
     qmp.execute("memsave", json!({ "val": sp, "size": top - sp, "filename": file, "cpu-index": cpu }))?;
     let bytes = std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
     let _ = std::fs::remove_file(&file);
-    Ok(Stack { base: sp, bytes })
+    Ok((sp, bytes))
 }
 
 /// Writes the guest's memory as an ELF core (what `crash` reads with the cell's vmlinux) and
@@ -269,24 +291,53 @@ fn parse_registers(arch: Arch, text: &str) -> Result<Registers> {
     })
 }
 
+/// The parts of kernel stacks read so far: where each starts, and its bytes.
+#[derive(Default)]
 struct Stack {
-    base: u64,
-    bytes: Vec<u8>,
+    blocks: Vec<(u64, Vec<u8>)>,
 }
 
 impl Stack {
     fn word(&self, address: u64) -> Option<u64> {
-        let offset = usize::try_from(address.checked_sub(self.base)?).ok()?;
-        let bytes = self.bytes.get(offset..offset.checked_add(8)?)?;
-        Some(u64::from_le_bytes(bytes.try_into().ok()?))
+        self.blocks.iter().find_map(|(base, bytes)| {
+            let offset = usize::try_from(address.checked_sub(*base)?).ok()?;
+            let bytes = bytes.get(offset..offset.checked_add(8)?)?;
+            Some(u64::from_le_bytes(bytes.try_into().ok()?))
+        })
+    }
+
+    fn has_block_of(&self, address: u64) -> bool {
+        self.blocks.iter().any(|(base, _)| block(*base) == block(address))
     }
 }
 
-/// The frame chain as the kernel's own unwinder would walk it, stopping where it leaves the stack
-/// that was read or stops growing upwards.
-fn walk(arch: Arch, registers: &Registers, stack: &Stack) -> Vec<Frame> {
+fn block(address: u64) -> u64 {
+    address & !(STACK_SIZE - 1)
+}
+
+/// Where the kernel's own addresses begin: a frame pointer below it is the end of the chain.
+fn kernel_space(arch: Arch) -> u64 {
+    match arch {
+        Arch::X86_64 => 0xffff_8000_0000_0000,
+        Arch::Aarch64 => 0xffff_0000_0000_0000,
+        Arch::Ppc64le => PPC_KERNEL_BASE,
+    }
+}
+
+struct Walk {
+    frames: Vec<Frame>,
+    /// The chain went on into a kernel stack block that was not read: an address in it.
+    next_block: Option<u64>,
+}
+
+/// The frame chain as the kernel's own unwinder would walk it, stopping where it stops growing
+/// upwards within a stack or leaves the stacks that were read; a step into another stack block
+/// (from an interrupt's stack to the interrupted one) is taken once per block.
+fn walk(arch: Arch, registers: &Registers, stack: &Stack) -> Walk {
     let mut frames = Vec::new();
     let mut frame = registers.fp;
+    let mut visited = vec![block(frame)];
+    let unread = |address: u64| (address >= kernel_space(arch) && !stack.has_block_of(address)).then_some(address);
     while frames.len() < MAX_FRAMES {
         // x86_64 and arm64 frame records: [fp] = caller's fp, [fp + 8] = return address.
         // powerpc: [sp] = back chain to the caller's frame, whose LR save slot (+16) holds the
@@ -294,14 +345,14 @@ fn walk(arch: Arch, registers: &Registers, stack: &Stack) -> Vec<Frame> {
         let (next, ret) = match arch {
             Arch::X86_64 | Arch::Aarch64 => match (stack.word(frame), stack.word(frame + 8)) {
                 (Some(next), Some(ret)) => (next, ret),
-                _ => break,
+                _ => return Walk { frames, next_block: unread(frame) },
             },
             Arch::Ppc64le => match stack.word(frame) {
                 Some(next) => match stack.word(next + 16) {
                     Some(ret) => (next, ret),
-                    None => break,
+                    None => return Walk { frames, next_block: unread(next) },
                 },
-                None => break,
+                None => return Walk { frames, next_block: unread(frame) },
             },
         };
         if ret == 0 && arch != Arch::Ppc64le {
@@ -314,16 +365,19 @@ fn walk(arch: Arch, registers: &Registers, stack: &Stack) -> Vec<Frame> {
         .flatten()
         .filter(|&nip| nip >= PPC_KERNEL_BASE);
         if let Some(nip) = interrupted {
-            frames.push(Frame::Interrupted { interrupted: nip });
+            let link = stack.word(next + PPC_LINK_OFFSET).filter(|&lr| lr >= PPC_KERNEL_BASE);
+            frames.push(Frame::Interrupted { interrupted: nip, link });
         } else if ret != 0 {
             frames.push(Frame::Return(ret));
         }
-        if next <= frame || next % 8 != 0 {
+        let switched = block(next) != block(frame);
+        if next % 8 != 0 || (!switched && next <= frame) || (switched && visited.contains(&block(next))) {
             break;
         }
+        visited.push(block(next));
         frame = next;
     }
-    frames
+    Walk { frames, next_block: None }
 }
 
 #[cfg(test)]
@@ -338,19 +392,13 @@ mod tests {
         let text = std::fs::read_to_string(dir.join(format!("cpu{cpu}.regs"))).unwrap();
         let registers = parse_registers(arch_value, &text).unwrap();
         let bytes = std::fs::read(dir.join(format!("cpu{cpu}.stack"))).unwrap();
-        (registers, Stack { base: registers.sp, bytes })
+        (registers, Stack { blocks: vec![(registers.sp, bytes)] })
     }
 
     fn render(arch: &str, cpu: u32) -> String {
         let (registers, stack) = capture(arch, cpu);
-        let frames = walk(arch.parse().unwrap(), &registers, &stack);
-        let frames: Vec<String> = frames
-            .iter()
-            .map(|f| match f {
-                Frame::Return(ret) => format!("{ret:x}"),
-                Frame::Interrupted { interrupted } => format!("irq@{interrupted:x}"),
-            })
-            .collect();
+        let frames = walk(arch.parse().unwrap(), &registers, &stack).frames;
+        let frames: Vec<String> = frames.iter().map(show).collect();
         format!(
             "{arch} cpu{cpu}: pc={:x} kernel={} irqs={:?} frames={}",
             registers.pc,
@@ -358,6 +406,14 @@ mod tests {
             registers.irqs,
             frames.join(",")
         )
+    }
+
+    fn show(frame: &Frame) -> String {
+        match frame {
+            Frame::Return(ret) => format!("{ret:x}"),
+            Frame::Interrupted { interrupted, link: Some(link) } => format!("irq@{interrupted:x}/lr@{link:x}"),
+            Frame::Interrupted { interrupted, link: None } => format!("irq@{interrupted:x}"),
+        }
     }
 
     /// The frames were checked against System.map by hand when the captures were added; the
@@ -373,7 +429,7 @@ mod tests {
             "aarch64 cpu1: pc=ffff800080048420 kernel=true irqs=Unknown frames=ffff800080214f8c,ffff800080215180,ffff800080057338,ffff800080057574,ffff80008001b940,ffff80008001dab0",
             "aarch64 cpu2: pc=ffff800080219af8 kernel=true irqs=Unknown frames=ffff800080064fd4,ffff800080219264,ffff800080048d08,ffff80008004d8f8,ffff800080052de8,ffff8000800539dc,ffff80008002ac04,ffff800080010364,ffff800080013bc8,ffff800080013ba0",
             "aarch64 cpu3: pc=ffff800080219a58 kernel=true irqs=Unknown frames=ffff800080064fd4,ffff800080219264,ffff800080048d08,ffff800080048d24,ffff800080049184,ffff8000800493c4,ffff80008004a8bc,ffff800080025418,ffff8000800256e0,ffff8000800258b8,ffff800080025ab4,ffff80008001c5f8,ffff800080211740,ffff8000802129d0,ffff800080011620",
-            "ppc64le cpu0: pc=c0000000000192d8 kernel=true irqs=Off frames=c00000000001e32c,c0000000002e2104,c00000000001e6ac,c0000000002e1e44,c0000000000afcc4,c0000000000ecdc8,c0000000000f27f0,c0000000000fb4a4,c00000000010be68,c0000000000fc060,c0000000000fccec,c00000000001971c,irq@c00000000006ce64,c000000000016b38,c0000000002f0bd0,c0000000000bd10c,c0000000000bd2fc,c00000000000fc6c,c000000000400f08,c00000000000e788",
+            "ppc64le cpu0: pc=c0000000000192d8 kernel=true irqs=Off frames=c00000000001e32c,c0000000002e2104,c00000000001e6ac,c0000000002e1e44,c0000000000afcc4,c0000000000ecdc8,c0000000000f27f0,c0000000000fb4a4,c00000000010be68,c0000000000fc060,c0000000000fccec,c00000000001971c,irq@c00000000006ce64/lr@c0000000000711f0,c000000000016b38,c0000000002f0bd0,c0000000000bd10c,c0000000000bd2fc,c00000000000fc6c,c000000000400f08,c00000000000e788",
             "ppc64le cpu1: pc=c0000000000498ec kernel=true irqs=Unknown frames=c0000000000ce9f8,c0000000000aacb8,c0000000000ab860,c0000000000ed878,c0000000000ee9e0,c0000000000f1c2c,c0000000000a3450,c00000000000dcd8",
             "ppc64le cpu2: pc=c00000000006ce58 kernel=true irqs=Off frames=c0000000002f6b80,c0000000000ce9f8,c0000000000aacb8,c0000000000ab1c0,c0000000000ab434,c00000000007f174,c00000000007f474,c00000000007f6a0,c00000000001e920,c00000000000ce5c",
             "ppc64le cpu3: pc=c0000000000aa30c kernel=true irqs=Off frames=c0000000002f12b8,c0000000002f1364,c0000000000a8de8,c0000000000a3450,c00000000000dcd8",
@@ -381,6 +437,52 @@ mod tests {
         let got: Vec<String> =
             ["x86_64", "aarch64", "ppc64le"].iter().flat_map(|arch| (0..4).map(move |cpu| render(arch, cpu))).collect();
         assert_eq!(got.join("\n"), expect.join("\n"));
+    }
+
+    /// powerpc's soft-NMI handler runs on its own stack: the chain reaches the interrupt frame
+    /// there, and its back chain leads into the interrupted task's stack, another block.
+    #[test]
+    fn follows_a_chain_from_an_interrupts_stack_into_the_interrupted_one() {
+        const NMI: u64 = 0xc000_0000_1ff7_8000;
+        const TASK: u64 = 0xc000_0000_06a5_8000;
+        let mut nmi = vec![0u64; 2048];
+        let mut task = vec![0u64; 2048];
+        let word = |block: &mut Vec<u64>, base: u64, address: u64, value: u64| {
+            block[((address - base) / 8) as usize] = value;
+        };
+        // The handler's frame at sp, its caller's at +0x100 (whose LR slot says where the
+        // handler returns), then the interrupt frame at +0x200, whose back chain is the task's r1.
+        let sp = NMI + 0x1a90;
+        word(&mut nmi, NMI, sp, sp + 0x100);
+        word(&mut nmi, NMI, sp + 0x100 + 16, 0xc000_0000_0004_0b4c);
+        word(&mut nmi, NMI, sp + 0x100, sp + 0x200);
+        let regs = sp + 0x200;
+        word(&mut nmi, NMI, regs, TASK + 0x1cf0);
+        word(&mut nmi, NMI, regs + PPC_MARKER_OFFSET, PPC_REGS_MARKER[0]);
+        word(&mut nmi, NMI, regs + PPC_NIP_OFFSET, 0xc000_0000_0022_5a2c);
+        word(&mut nmi, NMI, regs + PPC_LINK_OFFSET, 0xc000_0000_0022_5b5c);
+        // The interrupted function's frame on the task stack, and two callers above it.
+        word(&mut task, TASK, TASK + 0x1cf0, TASK + 0x1d80);
+        word(&mut task, TASK, TASK + 0x1d80 + 16, 0xc000_0000_0122_33c8);
+        word(&mut task, TASK, TASK + 0x1d80, TASK + 0x1e00);
+        word(&mut task, TASK, TASK + 0x1e00 + 16, 0xc000_0000_0122_3a4c);
+        let bytes = |block: &[u64], from: u64| -> Vec<u8> {
+            block[(from / 8) as usize..].iter().flat_map(|w| w.to_le_bytes()).collect()
+        };
+        let registers = Registers { pc: 0xc000_0000_0003_2100, sp, fp: sp, lr: None, kernel: true, irqs: Irqs::Off };
+        let mut stack = Stack { blocks: vec![(sp, bytes(&nmi, sp - NMI))] };
+        let first = walk(Arch::Ppc64le, &registers, &stack);
+        let shown: Vec<String> = first.frames.iter().map(show).collect();
+        assert_eq!(shown, ["c000000000040b4c", "irq@c000000000225a2c/lr@c000000000225b5c"]);
+        assert_eq!(first.next_block.map(block), Some(TASK), "the task's stack is the block to read next");
+        stack.blocks.push((TASK + 0x1cf0, bytes(&task, 0x1cf0)));
+        let whole = walk(Arch::Ppc64le, &registers, &stack);
+        let shown: Vec<String> = whole.frames.iter().map(show).collect();
+        assert_eq!(
+            shown,
+            ["c000000000040b4c", "irq@c000000000225a2c/lr@c000000000225b5c", "c0000000012233c8", "c000000001223a4c"]
+        );
+        assert_eq!(whole.next_block, None, "the chain ends inside what was read");
     }
 
     #[test]
