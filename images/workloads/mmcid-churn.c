@@ -159,8 +159,8 @@ static int parse_args(int argc, char **argv, struct mmcid_options *options)
 		if (matched < 0)
 			return -1;
 		if (!matched) {
-			fprintf(stderr, NAME ": unknown argument '%s' (known: " MMCID_USAGE " --survivors=roam|pinned)\n",
-				argv[i]);
+			fprintf(stderr, NAME ": unknown argument '%s' (known: " MMCID_USAGE
+					" --survivors=roam|pinned)\n", argv[i]);
 			return -1;
 		}
 	}

@@ -18,7 +18,10 @@ starts = [a for a, _ in text]
 keep = {l for l in lines if l.split()[2] in ("_etext", "_einittext")}
 for vcpu in samples["vcpus"]:
     for s in vcpu["samples"]:
-        for address in [s["pc"], s.get("lr") or 0] + [f - 1 for f in s.get("frames", [])]:
+        # A return address lies just past its call; an interrupt frame holds a pc and a link.
+        frames = [[f - 1] if isinstance(f, int) else [f["interrupted"], f.get("link") or 0]
+                  for f in s.get("frames", [])]
+        for address in [s["pc"], s.get("lr") or 0] + [a for f in frames for a in f]:
             i = bisect.bisect_right(starts, address) - 1
             keep.update(l for _, l in text[max(i, 0):i + 2])
 here = os.path.dirname(os.path.abspath(__file__))
