@@ -286,6 +286,7 @@ struct Candidate<'a> {
 /// CPUs' backtraces), so most samples of a hard-locked CPU can be in the handler, over the loop.
 fn loop_candidates(stack: &[FrameSite]) -> Vec<Candidate<'_>> {
     // An interrupted pc starts a context: every other frame after the first is a return address.
+    // A frame the symbols could not name ("?") is no function: it can never be the culprit.
     let starts = stack.iter().enumerate().filter(|(at, f)| *at == 0 || !f.return_address).map(|(at, _)| at);
     let mut ends = starts.clone().skip(1).chain([stack.len()]);
     starts
