@@ -40,8 +40,8 @@ pub fn judge(
     };
     let at = if host.is_some_and(victim_first) { 0 } else { reports.len() };
     reports.splice(at..at, host.iter().flat_map(|h| h.reports.iter().cloned()));
-    // And the other way: the host found no holder and titled its report after a waiter (on
-    // ppc64le a spinner's samples can share no function, some taken in its interrupt path), while
+    // And the other way: the host found no holder and titled its report after a waiter (a
+    // spinner's samples can share no function, even counting the code under an interrupt), while
     // the guest's answer names a lockup in a function no vCPU waited in: that answer leads.
     let answer_first = host.and_then(|h| {
         let victim = h.reports.first()?.frame.as_ref().is_some_and(|f| h.waiters.contains(f));

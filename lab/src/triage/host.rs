@@ -285,22 +285,21 @@ struct Candidate<'a> {
 /// interrupts a CPU spinning with interrupts off and runs for seconds (it waits for the other
 /// CPUs' backtraces), so most samples of a hard-locked CPU can be in the handler, over the loop.
 fn loop_candidates(stack: &[FrameSite]) -> Vec<Candidate<'_>> {
-    // An interrupted pc starts a context: every other frame after the first is a return address.
-    // A frame the symbols could not name ("?") is no function: it can never be the culprit.
-    let starts = stack.iter().enumerate().filter(|(at, f)| *at == 0 || !f.return_address).map(|(at, _)| at);
-    let mut ends = starts.clone().skip(1).chain([stack.len()]);
-    starts
-        .enumerate()
-        .flat_map(|(context, start)| {
-            let end = ends.next().unwrap_or(stack.len());
-            names(&stack[start..end])
-                .into_iter()
-                .filter(|f| *f != UNNAMED && !stack::is_plumbing(f))
-                .take(LOOP_DEPTH)
-                .enumerate()
-                .map(move |(depth, function)| Candidate { function, context, depth })
-        })
-        .collect()
+    let (mut context, mut depth) = (0, 0);
+    let mut candidates = Vec::new();
+    for (at, frame) in stack.iter().enumerate() {
+        // An interrupted pc starts a context: every other frame after the first is a return address.
+        if at > 0 && !frame.return_address {
+            (context, depth) = (context + 1, 0);
+        }
+        // A frame the symbols could not name ("?") is no function: it can never be the culprit.
+        let function = bare(&frame.printed);
+        if depth < LOOP_DEPTH && function != UNNAMED && !stack::is_plumbing(function) {
+            candidates.push(Candidate { function, context, depth });
+            depth += 1;
+        }
+    }
+    candidates
 }
 
 /// Each context of the sample (the code it caught, then what each interrupt frame under it
